@@ -1,0 +1,37 @@
+# The two commands of the README's quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NAME ?= /sysmetrics
+INTERVAL ?= 1
+SHELL := /bin/bash
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# A publisher in the background, the live view in front; Ctrl-C stops both and
+# the publisher removes its segment and semaphore on the way out.
+run: $(VENV)/.installed
+	@$(BIN)/shm-publisher --name '$(NAME)' --interval '$(INTERVAL)' & pub=$$!; \
+	trap 'kill -TERM $$pub 2>/dev/null; wait $$pub' EXIT; \
+	trap 'exit 130' INT TERM; \
+	for _ in $$(seq 50); do [ -e /dev/shm/$(patsubst /%,%,$(NAME)) ] && break; \
+	  kill -0 $$pub 2>/dev/null || exit 1; sleep 0.1; done; \
+	$(BIN)/shm-read --name '$(NAME)'
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

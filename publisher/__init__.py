@@ -1,0 +1,1 @@
+"""The shm-metrics publisher: samples the host into a shared-memory segment."""

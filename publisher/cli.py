@@ -1,0 +1,178 @@
+"""``shm-publisher``: sample the host into a shared-memory segment, forever.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the name is taken (a live
+publisher, or something foreign that is left untouched) or the segment could
+not be created; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+import shm_layout as L
+from publisher.filters import Filters
+from publisher.sampler import Sampler
+from publisher.segment import NameInUse, OwnedSegment
+
+log = logging.getLogger("shm-publisher")
+
+EXIT_OK, EXIT_NAME_IN_USE, EXIT_USAGE = 0, 1, 2
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0.01 <= value <= 3600) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is outside 0.01..3600 seconds")
+    return value
+
+
+def _mode(text: str) -> int:
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0644")
+    mode = int(text, 8)
+    if mode & 0o022:
+        raise argparse.ArgumentTypeError(
+            f"{text}: group/other write would let others corrupt or shrink the segment under every reader")
+    if mode & 0o111:
+        raise argparse.ArgumentTypeError(f"{text}: execute bits make no sense on a segment")
+    if not mode & 0o600 == 0o600:
+        raise argparse.ArgumentTypeError(f"{text}: the owner needs read and write")
+    return mode
+
+
+def _name(text: str) -> str:
+    try:
+        return L.validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= L.MAX_CAPACITY:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..{L.MAX_CAPACITY}")
+    return value
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"bad regular expression {text!r}: {exc}") from None
+    return text
+
+
+def possible_cpus() -> int:
+    """CPUs that may ever come online (so hotplug never overflows the array)."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
+                epilog="exit codes: 0 stopped by signal; 1 name in use or segment not created; 2 bad arguments",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", type=_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV}); "
+                        "the semaphore is <name>.lock")
+    p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
+                   help="sampling interval, 0.01..3600 (default 1.0)")
+    p.add_argument("--mode", type=_mode, default=0o644, metavar="OCTAL",
+                   help="permissions of segment and semaphore, applied exactly (default 0644)")
+    p.add_argument("--keep-on-exit", action="store_true",
+                   help="leave the (stopped) segment and semaphore in place on exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
+    cap = p.add_argument_group("capacities (fixed when the segment is created)")
+    cap.add_argument("--max-cpus", type=_capacity, default=None, help="default: possible CPUs")
+    cap.add_argument("--max-interfaces", type=_capacity, default=64)
+    cap.add_argument("--max-disks", type=_capacity, default=64)
+    cap.add_argument("--max-filesystems", type=_capacity, default=64)
+    flt = p.add_argument_group("filters (regular expressions; defaults are node_exporter's)")
+    flt.add_argument("--disk-exclude", type=_regex, default=Filters.disk_exclude)
+    flt.add_argument("--mount-points-exclude", type=_regex, default=Filters.mount_point_exclude)
+    flt.add_argument("--fs-types-exclude", type=_regex, default=Filters.fs_type_exclude)
+    flt.add_argument("--net-exclude", type=_regex, default=Filters.net_exclude)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
+    layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
+                                     args.max_disks, args.max_filesystems)
+    # Signals stay pending until the loop waits for them: a SIGTERM never
+    # lands in the middle of a write, and shutdown always runs the same path.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    sampler = Sampler(filters=filters)
+    try:
+        segment = OwnedSegment(args.name, layout, args.mode, args.interval)
+    except NameInUse as exc:
+        log.error("%s", exc)
+        sampler.close()
+        return EXIT_NAME_IN_USE
+    log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
+    try:
+        _loop(segment, sampler, args.interval)
+    finally:
+        segment.close(unlink=not args.keep_on_exit)
+        sampler.close()
+    log.info("stopped%s", " (segment kept)" if args.keep_on_exit else "")
+    return EXIT_OK
+
+
+def _loop(segment: OwnedSegment, sampler: Sampler, interval: float) -> None:
+    """Sample on a drift-free grid start + k*interval until a stop signal."""
+    start = time.monotonic()
+    k = 0
+    overruns = 0
+    while True:
+        wall, t0 = time.time(), time.monotonic()
+        sample = sampler.sample()
+        t1 = time.monotonic()
+        segment.publish(sample, wall, t0, t1 - t0, overruns)
+        if k == 0:
+            segment.set_state(L.STATE_RUNNING)  # only after the first sample is in
+        k += 1
+        now = time.monotonic()
+        behind = int((now - start) / interval) - k
+        if behind > 0:  # a whole slot missed: skip it instead of bunching samples
+            overruns += behind
+            k += behind
+        if signal.sigtimedwait(_STOP_SIGNALS, max(0.0, start + k * interval - time.monotonic())):
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="shm-publisher: %(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

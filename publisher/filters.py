@@ -1,0 +1,47 @@
+"""Which devices and filesystems are sampled: node_exporter's default filters.
+
+The defaults are node_exporter's (collector/diskstats_linux.go,
+collector/filesystem_linux.go), so that shm-exporter and node_exporter show the
+same series on the same host.  Each can be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
+MOUNT_POINT_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+FS_TYPE_EXCLUDE = (r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
+                   r"iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|"
+                   r"squashfs|sysfs|tracefs)$")
+NET_EXCLUDE = r""  # node_exporter's netdev collector excludes nothing by default
+
+
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
+
+
+@dataclass
+class Filters:
+    disk_exclude: str = DISK_EXCLUDE
+    mount_point_exclude: str = MOUNT_POINT_EXCLUDE
+    fs_type_exclude: str = FS_TYPE_EXCLUDE
+    net_exclude: str = NET_EXCLUDE
+
+    def __post_init__(self) -> None:
+        # re.error propagates: the CLI turns it into a usage error.
+        self._disk = _compile(self.disk_exclude)
+        self._mount = _compile(self.mount_point_exclude)
+        self._fstype = _compile(self.fs_type_exclude)
+        self._net = _compile(self.net_exclude)
+
+    def disk_excluded(self, device: str) -> bool:
+        return bool(self._disk and self._disk.search(device))
+
+    def fs_excluded(self, mountpoint: str, fstype: str) -> bool:
+        return bool((self._mount and self._mount.search(mountpoint))
+                    or (self._fstype and self._fstype.search(fstype)))
+
+    def net_excluded(self, device: str) -> bool:
+        return bool(self._net and self._net.search(device))

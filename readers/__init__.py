@@ -1,0 +1,19 @@
+"""Reading shm-metrics segments: the Python reader API.
+
+    from readers import Reader
+    with Reader("/sysmetrics") as reader:
+        snap = reader.read()              # one consistent snapshot, read in place
+        print(snap.procs_total, snap.load1, snap.mem_available_bytes)
+        for nic in snap.net:              # arrays are lists of dicts
+            print(nic["device"], nic["rx_bytes"])
+        for snap in reader.follow():      # each new sample, across publisher restarts
+            ...
+
+Errors: NoSegment (nothing under the name), IncompatibleSegment (corrupt,
+foreign or another layout version), SegmentBusy (the publisher stopped in the
+middle of a write); all derive from ReaderError.
+"""
+
+from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, Snapshot
+
+__all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentBusy"]

@@ -1,0 +1,240 @@
+"""``shm-read``: print, follow or watch the values a shm-publisher writes.
+
+The one-shot path (``--once``) imports nothing heavier than the standard
+library and the layout: no psutil, no TUI library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import shm_layout as L
+from readers import format as fmt
+from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, Snapshot
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NO_SEGMENT = 3
+EXIT_INCOMPATIBLE = 4
+EXIT_STALE = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    ok
+  2    usage error (an unknown field lists the valid ones)
+  3    no segment: shm-publisher is not running under that name
+  4    incompatible or corrupt segment (bad magic, version, size, permissions)
+  5    stale or stopped publisher (data still printed, warning on stderr),
+       or the publisher stopped in the middle of a write
+  130  interrupted (Ctrl-C)
+"""
+
+HEADER_KEYS = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
+ARRAY_KEYS = tuple(rec.name for rec in L.ARRAYS)
+FIELDS = HEADER_KEYS + L.SCALARS.names + ARRAY_KEYS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _name(text: str) -> str:
+    try:
+        return L.validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Print, follow or watch the host metrics a shm-publisher writes to shared memory. "
+                            "On a terminal with no options: a live view. Piped: like --once.",
+                epilog=EXIT_CODES_HELP)
+    p.add_argument("fields", nargs="*", metavar="FIELD",
+                   help="print only these: one prints its bare value, several print 'field value' lines")
+    p.add_argument("--name", type=_name, default=None,
+                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--json", action="store_true",
+                   help="JSON: with --once one object, otherwise one line per new sample")
+    p.add_argument("-f", "--follow", action="store_true", help="print each new sample as text")
+    p.add_argument("--count", type=_positive_int, metavar="N", help="stop following after N samples")
+    p.add_argument("--info", action="store_true", help="print segment metadata")
+    p.add_argument("--max-age", type=_seconds, metavar="SECONDS",
+                   help="a sample older than this is stale (default 2 x interval + 1 s)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
+    return p
+
+
+def _check_fields(parser: argparse.ArgumentParser, fields: list[str]) -> None:
+    unknown = [f for f in fields if f not in FIELDS]
+    if unknown:
+        parser.error(f"unknown field {unknown[0]!r}; valid fields: {', '.join(FIELDS)}")
+
+
+def _warn(text: str) -> None:
+    print(f"shm-read: {text}", file=sys.stderr, flush=True)
+
+
+def _value(snap: Snapshot, field: str):
+    return snap.header()[field] if field in HEADER_KEYS else snap[field]
+
+
+def _render(snap: Snapshot, fields: list[str], as_json: bool) -> str:
+    if as_json:
+        data = snap.to_dict() if not fields else {f: _value(snap, f) for f in fields}
+        return json.dumps(data, separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
+    if len(fields) == 1:
+        return fmt.bare(_value(snap, fields[0]))
+    if fields:
+        return "\n".join(f"{f} {fmt.bare(_value(snap, f))}" for f in fields)
+    return fmt.table(snap)
+
+
+def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
+    """The current snapshot; a publisher still starting gets a short grace period."""
+    snap = reader.read(arrays=arrays)
+    deadline = time.monotonic() + min(2 * reader.interval + 1, 5.0)
+    while snap.seq == 0 and snap.state_code == L.STATE_STARTING and time.monotonic() < deadline:
+        time.sleep(0.01)
+        snap = reader.read(arrays=arrays)
+    return snap
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
+    with Reader(args.name) as reader:
+        snap = _first_sample(reader, arrays)
+        print(_render(snap, args.fields, args.json), flush=True)
+        return _freshness(snap, args.max_age)
+
+
+def _freshness(snap: Snapshot, max_age: float | None) -> int:
+    if snap.is_fresh(max_age):
+        return EXIT_OK
+    if snap.seq == 0:
+        _warn(f"publisher pid {snap.publisher_pid} has not written a sample yet ({snap.state})")
+    elif snap.state != "running":
+        _warn(f"publisher pid {snap.publisher_pid} is {snap.state}: values are from "
+              f"{fmt.seconds(snap.age)} ago")
+    else:
+        limit = snap.max_age() if max_age is None else max_age
+        _warn(f"stale: last sample {fmt.seconds(snap.age)} ago (limit {fmt.seconds(limit)}); "
+              f"publisher pid {snap.publisher_pid} may be stopped or hung")
+    return EXIT_STALE
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with Reader(args.name) as reader:
+        snap = reader.read(arrays=False)
+        info = {
+            "name": reader.name, "path": reader.path, "size_bytes": reader.size,
+            "layout_version": L.LAYOUT_VERSION, "table_hash": f"0x{L.TABLE_HASH:016x}",
+            "capacities": {k: v for k, v in reader.capacities.items() if k != "scalars"},
+            "overflow": snap.overflow(), "state": snap.state, "publisher_pid": reader.publisher_pid,
+            "publisher_start_time": reader.publisher_start_time, "instance_id": f"{reader.instance_id:016x}",
+            "hostname": reader.hostname, "seq": snap.seq, "samples": snap.seq // 2,
+            "sample_time": snap.sample_time, "age_seconds": snap.age, "interval_seconds": reader.interval,
+            "sample_duration_seconds": snap.sample_duration_seconds, "overruns_total": snap.overruns_total,
+            "wake": "poll",
+        }
+        if args.json:
+            print(json.dumps(info, indent=2 if sys.stdout.isatty() else None))
+        else:
+            width = max(map(len, info))
+            for key, value in info.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}={v}" for k, v in value.items())
+                elif isinstance(value, float):
+                    value = f"{value:.6f}"
+                print(f"{key:<{width}}  {value}")
+        return _freshness(snap, args.max_age)
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    reader = Reader(args.name, attach=False)
+    arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
+    seen = 0
+    try:
+        for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=arrays):
+            text = _render(snap, args.fields, args.json)
+            print(text if args.json or args.fields else text + "\n", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                return EXIT_OK
+    finally:
+        reader.close()
+    return EXIT_OK
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from readers.live import run_live  # rich is imported only here
+
+    return run_live(args.name, args.max_age)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_fields(parser, args.fields)
+    if args.info:
+        command = cmd_info
+    elif args.once:
+        command = cmd_once
+    elif args.json or args.follow or args.count:
+        command = cmd_follow
+    elif sys.stdout.isatty() and not args.fields:
+        command = cmd_live
+    else:
+        command = cmd_once
+    try:
+        return command(args)
+    except NoSegment as exc:
+        _warn(str(exc))
+        return EXIT_NO_SEGMENT
+    except IncompatibleSegment as exc:
+        _warn(str(exc))
+        return EXIT_INCOMPATIBLE
+    except SegmentBusy as exc:
+        _warn(str(exc))
+        return EXIT_STALE
+    except ReaderError as exc:
+        _warn(str(exc))
+        return EXIT_INCOMPATIBLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The consumer went away (e.g. `| head -1`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

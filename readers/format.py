@@ -1,0 +1,87 @@
+"""Presentation helpers shared by the CLI's text output and the live view."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import shm_layout as L
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(value: float) -> str:
+    value = float(value)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def seconds(value: float) -> str:
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {secs}s"
+
+
+def bare(value: Any) -> str:
+    """A value as a script wants it: numbers plain, floats without noise."""
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _explain(name: str, value: Any) -> str:
+    if name.endswith("_bytes"):
+        return human_bytes(value)
+    if name in ("boot_time", "sample_time"):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    if name == "uptime_seconds":
+        return seconds(value)
+    return ""
+
+
+def _rows_table(title: str, rows: list[dict], columns: list[str]) -> list[str]:
+    if not rows:
+        return [f"{title}: none"]
+    cells = [[bare(r[c]) if not c.endswith("_bytes") else human_bytes(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [f"{title}:", "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                         for i, (c, w) in enumerate(zip(columns, widths)))]
+    for row in cells:
+        lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                      for i, (v, w) in enumerate(zip(row, widths))))
+    return lines
+
+
+def table(snap) -> str:
+    """The readable --once output: header line, scalars, then each array."""
+    lines = [f"{snap.hostname}: seq {snap.seq}, sampled {seconds(snap.age)} ago, every {seconds(snap.interval)}, "
+             f"publisher pid {snap.publisher_pid} ({snap.state}), layout {snap.layout_version}"]
+    scalars = snap.scalars()
+    width = max(map(len, scalars))
+    for name, value in scalars.items():
+        text = bare(value)
+        extra = _explain(name, value)
+        lines.append(f"{name:<{width}}  {text:>20}" + (f"  ({extra})" if extra else ""))
+    for rec in L.ARRAYS:
+        try:
+            rows = snap.array(rec.name)
+        except KeyError:
+            continue
+        lines.append("")
+        lines += _rows_table(rec.name, rows, list(rec.names))
+    overflow = {k: v for k, v in snap.overflow().items() if v}
+    if overflow:
+        lines.append("")
+        lines.append("left out (over capacity): " + ", ".join(f"{k} {v}" for k, v in overflow.items()))
+    return "\n".join(lines)

@@ -1,0 +1,367 @@
+"""Reading a segment in place: attach read-only, validate, seqlock snapshots.
+
+A reader never takes the semaphore (it may have no access to it, and a reader
+killed while holding it would wedge the publisher).  Consistency comes from
+the seqlock alone: read ``seq``; if odd, a write is in progress; otherwise
+decode straight out of the mapping and read ``seq`` again; equal means the
+snapshot is whole.  Retries are bounded in time, so a publisher stopped in the
+middle of a write (SIGSTOP, or killed) yields ``SegmentBusy``, never a hang.
+
+Nothing is copied out of the mapping but the values themselves:
+``struct.unpack_from`` decodes from the mapped pages, and array records are
+decoded from memoryview slices (which do not copy).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import shm_layout as L
+
+# Seqlock-protected header fields, contiguous from ``seq`` on.
+_DYNAMIC = ("seq", "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total")
+_DYNAMIC_STRUCT = struct.Struct("<QdddQ")
+assert [L.HEADER.offsets[n] - L.HEADER_SEQ_OFFSET for n in _DYNAMIC] == [0, 8, 16, 24, 32]
+_DIRECTORY_STRUCT = struct.Struct("<" + "".join(L.SECTION.struct.format[1:] for _ in L.SECTIONS))
+_DIR_WIDTH = len(L.SECTION.names)
+_COUNT_POS = L.SECTION.names.index("count")
+
+BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
+_SPIN_TRIES = 200
+
+
+class ReaderError(Exception):
+    """Base of everything a reader can report about a segment."""
+
+
+class NoSegment(ReaderError):
+    """Nothing under the name: no publisher has created it (or it stopped)."""
+
+
+class IncompatibleSegment(ReaderError):
+    """Something is under the name, but not a segment this reader can trust."""
+
+
+class SegmentBusy(ReaderError):
+    """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
+
+
+class Origin(NamedTuple):
+    """The static header facts of one segment instance, fixed at attach time."""
+
+    instance_id: int
+    publisher_pid: int
+    publisher_start_time: float
+    interval: float
+    hostname: str
+
+
+class Snapshot:
+    """One consistent sample.  Scalars by attribute or key; arrays as lists of dicts.
+
+    Units are in the names: ``*_bytes``, ``*_seconds``, ``*_total`` counters.
+    """
+
+    __slots__ = ("_origin", "_dynamic", "_scalars", "_arrays", "_directory", "state_code")
+
+    def __init__(self, origin: Origin, dynamic: tuple, scalars: tuple, arrays: dict[str, list[tuple]],
+                 directory: tuple, state_code: int):
+        self._origin = origin
+        self._dynamic = dynamic
+        self._scalars = scalars
+        self._arrays = arrays
+        self._directory = directory
+        self.state_code = state_code
+
+    # header facts
+    seq = property(lambda self: self._dynamic[0])
+    sample_time = property(lambda self: self._dynamic[1], doc="Unix time of the sample, seconds")
+    sample_monotonic = property(lambda self: self._dynamic[2])
+    sample_duration_seconds = property(lambda self: self._dynamic[3])
+    overruns_total = property(lambda self: self._dynamic[4])
+    state = property(lambda self: L.STATE_NAMES[self.state_code])
+    interval = property(lambda self: self._origin.interval)
+    publisher_pid = property(lambda self: self._origin.publisher_pid)
+    hostname = property(lambda self: self._origin.hostname)
+    instance_id = property(lambda self: self._origin.instance_id)
+    layout_version = property(lambda self: L.LAYOUT_VERSION)
+
+    @property
+    def age(self) -> float:
+        """Seconds since the sample was taken (wall clock)."""
+        return max(0.0, time.time() - self.sample_time)
+
+    def max_age(self) -> float:
+        """The staleness limit: 2 x interval + 1 s."""
+        return 2 * self.interval + 1.0
+
+    def is_fresh(self, max_age: float | None = None) -> bool:
+        """Running publisher, at least one sample, and not older than ``max_age``."""
+        limit = self.max_age() if max_age is None else max_age
+        return self.state_code == L.STATE_RUNNING and self.seq > 0 and self.age <= limit
+
+    def overflow(self) -> dict[str, int]:
+        """Entries per array left out because the capacity was too small."""
+        return {rec.name: self._directory[i * _DIR_WIDTH + _COUNT_POS + 1]
+                for i, rec in enumerate(L.SECTIONS) if rec is not L.SCALARS}
+
+    def __getitem__(self, name: str) -> Any:
+        index = _SCALAR_INDEX.get(name)
+        if index is not None:
+            return self._scalars[index]
+        if name in _ARRAY_RECORDS:
+            return self.array(name)
+        raise KeyError(name)
+
+    def __getattr__(self, name: str) -> Any:
+        index = _SCALAR_INDEX.get(name)
+        if index is None:
+            if name in _ARRAY_RECORDS:
+                return self.array(name)
+            raise AttributeError(name)
+        return self._scalars[index]
+
+    def scalars(self) -> dict[str, int | float]:
+        return dict(zip(L.SCALARS.names, self._scalars))
+
+    def array(self, name: str) -> list[dict[str, Any]]:
+        rec = _ARRAY_RECORDS[name]
+        rows = self._arrays.get(name)
+        if rows is None:
+            raise KeyError(f"{name}: read with arrays=False")
+        strings = [i for i, f in enumerate(rec.fields) if f.is_string]
+        out = []
+        for row in rows:
+            if strings:
+                row = list(row)
+                for i in strings:
+                    row[i] = L.decode_string(row[i])
+            out.append(dict(zip(rec.names, row)))
+        return out
+
+    def header(self) -> dict[str, Any]:
+        return {"seq": self.seq, "sample_time": self.sample_time, "interval": self.interval,
+                "publisher_pid": self.publisher_pid, "state": self.state, "age": self.age,
+                "hostname": self.hostname, "layout_version": self.layout_version}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Header keys, every scalar and (if read) every array: JSON-ready."""
+        out = self.header()
+        out.update(self.scalars())
+        for name in _ARRAY_RECORDS:
+            if name in self._arrays:
+                out[name] = self.array(name)
+        return out
+
+
+_SCALAR_INDEX = {n: i for i, n in enumerate(L.SCALARS.names)}
+_ARRAY_RECORDS = {rec.name: rec for rec in L.ARRAYS}
+
+
+class Reader:
+    """A read-only attachment to a segment.
+
+    >>> with Reader("/sysmetrics") as r:
+    ...     print(r.read().procs_total)
+    """
+
+    def __init__(self, name: str | None = None, *, attach: bool = True):
+        self.name = L.validate_name(name or os.environ.get(L.NAME_ENV) or L.DEFAULT_NAME)
+        self.path = L.segment_path(self.name)
+        self._mm: mmap.mmap | None = None
+        self.retries = 0  # seqlock retries over this reader's life (for the benchmark)
+        if attach:
+            self.attach()
+
+    # --- attaching
+    @property
+    def attached(self) -> bool:
+        return self._mm is not None
+
+    def attach(self) -> None:
+        """Open, validate and map the segment; raises NoSegment or IncompatibleSegment."""
+        self.close()
+        try:
+            fd, st = L.open_checked(self.path)
+        except FileNotFoundError:
+            raise NoSegment(f"no segment {self.name}: is shm-publisher running under that name?") from None
+        except L.LayoutError as exc:
+            raise IncompatibleSegment(str(exc)) from None
+        try:
+            if st.st_mode & 0o022:
+                raise IncompatibleSegment(f"{self.path} is writable by group or others: refusing to trust it")
+            # Validate from a plain read first: a short or truncated file must
+            # never be mapped beyond its end (that is a SIGBUS, not an error).
+            head = os.pread(fd, L.Layout.for_capacities(1, 1, 1, 1).header_size, 0)
+            try:
+                hdr, layout = L.parse_header(head, st.st_size)
+            except L.LayoutError as exc:
+                raise IncompatibleSegment(f"{self.name}: {exc}") from None
+            mm = mmap.mmap(fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)  # the mapping keeps the object alive
+        self._identity = (st.st_dev, st.st_ino)
+        self._mm = mm
+        self._mv = memoryview(mm)
+        self._q = self._mv.cast("Q")
+        self._i = self._mv.cast("I")
+        self.layout = layout
+        self.origin = Origin(hdr["instance_id"], hdr["publisher_pid"], hdr["publisher_start_time"],
+                             hdr["interval_seconds"], hdr["hostname"])
+        self.instance_id, self.publisher_pid, self.publisher_start_time, self.interval, self.hostname = self.origin
+        self.size = layout.total_size
+        self.capacities = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
+        self._seq_index = L.HEADER_SEQ_OFFSET // 8
+        self._state_index = L.HEADER_STATE_OFFSET // 4
+        self._scalars_offset = layout.offsets[0]
+        self._array_slots = [(rec, layout.offsets[i + 1], layout.capacities[i + 1])
+                             for i, rec in enumerate(L.ARRAYS)]
+
+    def replaced(self) -> bool:
+        """True when the name no longer refers to the object we map (restart or removal)."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
+
+    def close(self) -> None:
+        if self._mm is not None:
+            for view in (self._q, self._i, self._mv):
+                view.release()
+            self._mm.close()
+            self._mm = None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading
+    @property
+    def state(self) -> str:
+        return L.STATE_NAMES.get(self._i[self._state_index], "corrupt")
+
+    @property
+    def seq(self) -> int:
+        return self._q[self._seq_index]
+
+    def read(self, arrays: bool = True) -> Snapshot:
+        """One consistent snapshot, decoded in place.  Raises SegmentBusy."""
+        mm, q, si = self._mm, self._q, self._seq_index
+        if mm is None:
+            raise NoSegment(f"not attached to {self.name}")
+        deadline = None
+        tries = 0
+        while True:
+            s1 = q[si]
+            if not s1 & 1:
+                L.memory_fence()
+                dynamic = _DYNAMIC_STRUCT.unpack_from(mm, L.HEADER_SEQ_OFFSET)
+                directory = _DIRECTORY_STRUCT.unpack_from(mm, self.layout.sections_offset)
+                scalars = L.SCALARS.struct.unpack_from(mm, self._scalars_offset)
+                decoded = self._decode_arrays(directory) if arrays else {}
+                state = self._i[self._state_index]
+                L.memory_fence()
+                if q[si] == s1:
+                    if decoded is None or state not in L.STATE_NAMES:
+                        raise IncompatibleSegment(f"{self.name}: a count exceeds its capacity, or a bad state")
+                    return Snapshot(self.origin, dynamic, scalars, decoded, directory, state)
+            tries += 1
+            self.retries += 1
+            if tries > _SPIN_TRIES:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + BUSY_TIMEOUT_SECONDS
+                elif now > deadline:
+                    raise SegmentBusy(f"{self.name}: publisher stopped in the middle of a write "
+                                      f"(seq {q[si]} stays odd or keeps moving)")
+                time.sleep(0.0005)
+
+    def _decode_arrays(self, directory: tuple) -> dict[str, list[tuple]] | None:
+        out = {}
+        mv = self._mv
+        for i, (rec, offset, capacity) in enumerate(self._array_slots, start=1):
+            count = directory[i * _DIR_WIDTH + _COUNT_POS]
+            if count > capacity:
+                return None  # torn (retried) or corrupt (reported)
+            out[rec.name] = list(rec.struct.iter_unpack(mv[offset:offset + count * rec.size]))
+        return out
+
+    def read_field(self, name: str) -> int | float:
+        """One scalar with the seqlock check, without decoding the rest."""
+        field = L.SCALARS.by_name[name]
+        offset = self.layout.offset_of("scalars", name)
+        view = self._q if field.code == "Q" else self._mv.cast(field.code)
+        index = offset // field.size
+        q, si = self._q, self._seq_index
+        for _ in range(_SPIN_TRIES):
+            s1 = q[si]
+            value = view[index]
+            L.memory_fence()
+            if not s1 & 1 and q[si] == s1:
+                return value
+            self.retries += 1
+        return self.read(arrays=False)[name]  # slow path: bounded wait, SegmentBusy
+
+    # --- following
+    def poll_interval(self) -> float:
+        return min(max(self.interval / 20, 0.002), 0.1)
+
+    def follow(self, on_status: Callable[[str], None] | None = None,
+               max_age: float | None = None, arrays: bool = True) -> Iterator[Snapshot]:
+        """Yield each new fresh snapshot, forever; survives publisher restarts.
+
+        Waits (calling ``on_status`` once per change of situation) while there
+        is no segment, or the publisher is starting, stopped or stale.  Never
+        yields a stopped or stale sample, never the same sample twice.
+        """
+        status = None
+        last = None
+        last_identity_check = 0.0
+
+        def say(text: str) -> None:
+            nonlocal status
+            if text != status and on_status:
+                on_status(text)
+            status = text
+
+        while True:
+            if not self.attached:
+                try:
+                    self.attach()
+                except NoSegment:
+                    say(f"waiting for shm-publisher to create {self.name}")
+                    time.sleep(0.1)
+                    continue
+                except IncompatibleSegment as exc:
+                    say(f"waiting: {exc}")
+                    time.sleep(0.5)
+                    continue
+            try:
+                snap = self.read(arrays=arrays)
+            except SegmentBusy as exc:
+                say(str(exc))
+                snap = None
+            key = (self.instance_id, snap.seq) if snap else None
+            if snap and snap.is_fresh(max_age) and key != last:
+                last = key
+                status = None
+                yield snap
+            elif snap and snap.seq > 0 and not snap.is_fresh(max_age):
+                say(f"publisher pid {self.publisher_pid} is {snap.state if snap.state != 'running' else 'stale'}"
+                    f"; waiting for new samples")
+            now = time.monotonic()
+            stalled = snap is None or not snap.is_fresh(max_age)
+            if stalled or now - last_identity_check > 1.0:
+                last_identity_check = now
+                if self.replaced():
+                    self.close()
+                    continue
+            time.sleep(self.poll_interval())
