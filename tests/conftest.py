@@ -1,0 +1,122 @@
+"""Shared fixtures: unique segment names, real publishers stopped by PID, no leftovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import shm_layout as L
+
+BIN = Path(sys.executable).parent
+PUBLISHER = [sys.executable, "-m", "publisher"]
+READER = [sys.executable, "-m", "readers"]
+
+
+def shm_files(name: str) -> list[str]:
+    base = L.validate_name(name)[1:]
+    return [p for p in (f"/dev/shm/{base}", f"/dev/shm/sem.{base}.lock") if os.path.lexists(p)]
+
+
+@pytest.fixture
+def name(request) -> str:
+    """A segment name unique to this test; its files must be gone afterwards."""
+    value = f"/shmtest-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+    yield value
+    leftovers = shm_files(value)
+    for path in leftovers:  # clean up, then fail: a test must not leave files
+        try:
+            os.chmod(path, 0o600, follow_symlinks=False) if not os.path.islink(path) else None
+            os.unlink(path)
+        except OSError:
+            pass
+    assert not leftovers, f"test left files in /dev/shm: {leftovers}"
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def segment_state(name: str) -> int | None:
+    path = L.segment_path(name)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(L.MIN_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    if len(head) < L.MIN_HEADER_BYTES or head[:8] != L.MAGIC:
+        return None
+    return int.from_bytes(head[L.HEADER_STATE_OFFSET:L.HEADER_STATE_OFFSET + 4], "little")
+
+
+class Publisher:
+    """A real shm-publisher process, stopped by its own PID."""
+
+    def __init__(self, name: str, *args: str, wait: bool = True, env: dict | None = None):
+        self.name = name
+        self.proc = subprocess.Popen([*PUBLISHER, "--name", name, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        if wait:
+            wait_for(lambda: segment_state(name) == L.STATE_RUNNING or self.proc.poll() is not None,
+                     what=f"publisher on {name} to run")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"publisher exited {self.proc.returncode}: {self.proc.stderr.read()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def start_publisher(name):
+    """start_publisher(name, *args) -> Publisher; every one is stopped (by PID) at teardown.
+
+    Depends on ``name`` so that publishers stop before the leftover check runs.
+    """
+    started: list[Publisher] = []
+
+    def start(name: str, *args: str, **kw) -> Publisher:
+        pub = Publisher(name, *args, **kw)
+        started.append(pub)
+        return pub
+
+    yield start
+    for pub in started:
+        if pub.proc.poll() is None:
+            pub.stop()
+        else:
+            for stream in (pub.proc.stdout, pub.proc.stderr):
+                if not stream.closed:
+                    stream.close()
+
+
+def run_reader(*args: str, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*READER, *args], capture_output=True, text=True, timeout=timeout, **kw)

@@ -1,0 +1,58 @@
+"""A publisher stand-in that writes invariant samples as fast as it is allowed to.
+
+Every numeric field of sample k holds k (as int or float), every string holds
+"k<k>", and each array holds 1 + k % 4 rows.  A snapshot in which any value
+differs from the others is torn.  Used by the consistency stress test and the
+benchmark; runs the real write path (OwnedSegment.publish).
+
+    python tests/invariant_writer.py NAME PAUSE_SECONDS
+Stops on SIGTERM, removing its segment and semaphore.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import shm_layout as L
+from publisher.sampler import Sample
+from publisher.segment import OwnedSegment
+
+
+def invariant_sample(k: int) -> Sample:
+    def row(rec: L.Record) -> dict:
+        return {f.name: (f"k{k}" if f.is_string else float(k) if f.ctype == "f64" else k) for f in rec.fields}
+
+    rows = 1 + k % 4
+    return Sample(scalars=row(L.SCALARS), cpus=[row(L.CPU)] * rows, net=[row(L.NET)] * rows,
+                  disks=[row(L.DISK)] * rows, filesystems=[row(L.FILESYSTEM)] * rows)
+
+
+def main() -> None:
+    name, pause = sys.argv[1], float(sys.argv[2])
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    segment = OwnedSegment(name, L.Layout.for_capacities(4, 4, 4, 4), 0o644, interval=0.001)
+    samples = [invariant_sample(k) for k in range(64)]  # precomputed: the loop only writes
+    try:
+        segment.set_state(L.STATE_RUNNING)
+        k = 0
+        while not stop:
+            k += 1
+            segment.publish(samples[k % 64], float(k), float(k), 0.0, 0)
+            if pause:
+                deadline = time.perf_counter() + pause
+                while time.perf_counter() < deadline:
+                    pass
+    finally:
+        segment.close(unlink=True)
+
+
+if __name__ == "__main__":
+    main()
