@@ -439,5 +439,23 @@ def markdown() -> str:
     return "\n".join(out)
 
 
+_BEGIN, _END = "<!-- BEGIN GENERATED TABLES -->", "<!-- END GENERATED TABLES -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/LAYOUT.md) with its generated section replaced by markdown()."""
+    head, _, rest = text.partition(_BEGIN)
+    _, _, tail = rest.partition(_END)
+    return f"{head}{_BEGIN}\n## Field tables\n\n{markdown()}{_END}{tail}"
+
+
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+
+    if sys.argv[1:2] == ["--update-docs"]:
+        with open(sys.argv[2]) as f:
+            updated = render_doc(f.read())
+        with open(sys.argv[2], "w") as f:
+            f.write(updated)
+    else:
+        print(markdown())
