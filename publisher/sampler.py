@@ -51,9 +51,13 @@ class ProcFile:
 
 
 def _busy_percent(now: tuple[float, ...], before: tuple[float, ...] | None) -> float:
-    """CPU busy share between two cpu lines: everything but idle and iowait."""
+    """CPU busy share between two cpu lines: everything but idle and iowait.
+
+    With no earlier line (the first sample) the share is the average since boot,
+    which says more than a 0.
+    """
     if before is None:
-        return 0.0
+        before = (0.0,) * len(now)
     deltas = [max(0.0, a - b) for a, b in zip(now, before)]
     total = sum(deltas)
     if total <= 0:

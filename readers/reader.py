@@ -23,13 +23,21 @@ from typing import Any, NamedTuple
 
 import shm_layout as L
 
-# Seqlock-protected header fields, contiguous from ``seq`` on.
+# Everything a sample changes is one contiguous span: the seqlock part of the
+# header (seq .. overruns_total), the section directory and the scalars.  One
+# unpack_from of that span is a whole snapshot of the scalars.
 _DYNAMIC = ("seq", "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total")
-_DYNAMIC_STRUCT = struct.Struct("<QdddQ")
-assert [L.HEADER.offsets[n] - L.HEADER_SEQ_OFFSET for n in _DYNAMIC] == [0, 8, 16, 24, 32]
-_DIRECTORY_STRUCT = struct.Struct("<" + "".join(L.SECTION.struct.format[1:] for _ in L.SECTIONS))
+assert list(L.HEADER.names[-len(_DYNAMIC):]) == list(_DYNAMIC) and L.HEADER.size == L.HEADER_SEQ_OFFSET + 40
+_FIXED = L.Layout.for_capacities(1, 1, 1, 1)  # header geometry does not depend on capacities
+_SPAN = struct.Struct("<QdddQ" + "".join(L.SECTION.struct.format[1:] for _ in L.SECTIONS)
+                      + f"{_FIXED.header_size - _FIXED.sections_offset - len(L.SECTIONS) * L.SECTION.size}x"
+                      + L.SCALARS.struct.format[1:])
+assert _SPAN.size == _FIXED.header_size + L.SCALARS.size - L.HEADER_SEQ_OFFSET
+_DIR_START = len(_DYNAMIC)
 _DIR_WIDTH = len(L.SECTION.names)
 _COUNT_POS = L.SECTION.names.index("count")
+_SCALARS_START = _DIR_START + _DIR_WIDTH * len(L.SECTIONS)
+_fence = None if L.STRONGLY_ORDERED else L.memory_fence
 
 BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
 _SPIN_TRIES = 200
@@ -67,23 +75,20 @@ class Snapshot:
     Units are in the names: ``*_bytes``, ``*_seconds``, ``*_total`` counters.
     """
 
-    __slots__ = ("_origin", "_dynamic", "_scalars", "_arrays", "_directory", "state_code")
+    __slots__ = ("_origin", "_values", "_arrays", "state_code")
 
-    def __init__(self, origin: Origin, dynamic: tuple, scalars: tuple, arrays: dict[str, list[tuple]],
-                 directory: tuple, state_code: int):
+    def __init__(self, origin: Origin, values: tuple, arrays: dict[str, list[tuple]], state_code: int):
         self._origin = origin
-        self._dynamic = dynamic
-        self._scalars = scalars
+        self._values = values  # the decoded span: dynamic header, directory, scalars
         self._arrays = arrays
-        self._directory = directory
         self.state_code = state_code
 
     # header facts
-    seq = property(lambda self: self._dynamic[0])
-    sample_time = property(lambda self: self._dynamic[1], doc="Unix time of the sample, seconds")
-    sample_monotonic = property(lambda self: self._dynamic[2])
-    sample_duration_seconds = property(lambda self: self._dynamic[3])
-    overruns_total = property(lambda self: self._dynamic[4])
+    seq = property(lambda self: self._values[0])
+    sample_time = property(lambda self: self._values[1], doc="Unix time of the sample, seconds")
+    sample_monotonic = property(lambda self: self._values[2])
+    sample_duration_seconds = property(lambda self: self._values[3])
+    overruns_total = property(lambda self: self._values[4])
     state = property(lambda self: L.STATE_NAMES[self.state_code])
     interval = property(lambda self: self._origin.interval)
     publisher_pid = property(lambda self: self._origin.publisher_pid)
@@ -107,13 +112,13 @@ class Snapshot:
 
     def overflow(self) -> dict[str, int]:
         """Entries per array left out because the capacity was too small."""
-        return {rec.name: self._directory[i * _DIR_WIDTH + _COUNT_POS + 1]
+        return {rec.name: self._values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS + 1]
                 for i, rec in enumerate(L.SECTIONS) if rec is not L.SCALARS}
 
     def __getitem__(self, name: str) -> Any:
         index = _SCALAR_INDEX.get(name)
         if index is not None:
-            return self._scalars[index]
+            return self._values[index]
         if name in _ARRAY_RECORDS:
             return self.array(name)
         raise KeyError(name)
@@ -124,10 +129,10 @@ class Snapshot:
             if name in _ARRAY_RECORDS:
                 return self.array(name)
             raise AttributeError(name)
-        return self._scalars[index]
+        return self._values[index]
 
     def scalars(self) -> dict[str, int | float]:
-        return dict(zip(L.SCALARS.names, self._scalars))
+        return dict(zip(L.SCALARS.names, self._values[_SCALARS_START:]))
 
     def array(self, name: str) -> list[dict[str, Any]]:
         rec = _ARRAY_RECORDS[name]
@@ -159,7 +164,7 @@ class Snapshot:
         return out
 
 
-_SCALAR_INDEX = {n: i for i, n in enumerate(L.SCALARS.names)}
+_SCALAR_INDEX = {n: _SCALARS_START + i for i, n in enumerate(L.SCALARS.names)}
 _ARRAY_RECORDS = {rec.name: rec for rec in L.ARRAYS}
 
 
@@ -218,7 +223,9 @@ class Reader:
         self.capacities = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
         self._seq_index = L.HEADER_SEQ_OFFSET // 8
         self._state_index = L.HEADER_STATE_OFFSET // 4
-        self._scalars_offset = layout.offsets[0]
+        views = {code: self._mv.cast(code) for code in ("Q", "d")}
+        self._field_slots = {f.name: (views[f.code], layout.offset_of("scalars", f.name) // f.size)
+                             for f in L.SCALARS.fields}
         self._array_slots = [(rec, layout.offsets[i + 1], layout.capacities[i + 1])
                              for i, rec in enumerate(L.ARRAYS)]
 
@@ -232,7 +239,7 @@ class Reader:
 
     def close(self) -> None:
         if self._mm is not None:
-            for view in (self._q, self._i, self._mv):
+            for view in (self._q, self._i, *(v for v, _ in self._field_slots.values()), self._mv):
                 view.release()
             self._mm.close()
             self._mm = None
@@ -262,17 +269,17 @@ class Reader:
         while True:
             s1 = q[si]
             if not s1 & 1:
-                L.memory_fence()
-                dynamic = _DYNAMIC_STRUCT.unpack_from(mm, L.HEADER_SEQ_OFFSET)
-                directory = _DIRECTORY_STRUCT.unpack_from(mm, self.layout.sections_offset)
-                scalars = L.SCALARS.struct.unpack_from(mm, self._scalars_offset)
-                decoded = self._decode_arrays(directory) if arrays else {}
+                if _fence:
+                    _fence()
+                values = _SPAN.unpack_from(mm, L.HEADER_SEQ_OFFSET)
+                decoded = self._decode_arrays(values) if arrays else {}
                 state = self._i[self._state_index]
-                L.memory_fence()
-                if q[si] == s1:
+                if _fence:
+                    _fence()
+                if q[si] == s1 == values[0]:
                     if decoded is None or state not in L.STATE_NAMES:
                         raise IncompatibleSegment(f"{self.name}: a count exceeds its capacity, or a bad state")
-                    return Snapshot(self.origin, dynamic, scalars, decoded, directory, state)
+                    return Snapshot(self.origin, values, decoded, state)
             tries += 1
             self.retries += 1
             if tries > _SPIN_TRIES:
@@ -284,11 +291,11 @@ class Reader:
                                       f"(seq {q[si]} stays odd or keeps moving)")
                 time.sleep(0.0005)
 
-    def _decode_arrays(self, directory: tuple) -> dict[str, list[tuple]] | None:
+    def _decode_arrays(self, values: tuple) -> dict[str, list[tuple]] | None:
         out = {}
         mv = self._mv
         for i, (rec, offset, capacity) in enumerate(self._array_slots, start=1):
-            count = directory[i * _DIR_WIDTH + _COUNT_POS]
+            count = values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS]
             if count > capacity:
                 return None  # torn (retried) or corrupt (reported)
             out[rec.name] = list(rec.struct.iter_unpack(mv[offset:offset + count * rec.size]))
@@ -296,15 +303,15 @@ class Reader:
 
     def read_field(self, name: str) -> int | float:
         """One scalar with the seqlock check, without decoding the rest."""
-        field = L.SCALARS.by_name[name]
-        offset = self.layout.offset_of("scalars", name)
-        view = self._q if field.code == "Q" else self._mv.cast(field.code)
-        index = offset // field.size
+        view, index = self._field_slots[name]
         q, si = self._q, self._seq_index
         for _ in range(_SPIN_TRIES):
             s1 = q[si]
+            if _fence:
+                _fence()
             value = view[index]
-            L.memory_fence()
+            if _fence:
+                _fence()
             if not s1 & 1 and q[si] == s1:
                 return value
             self.retries += 1
