@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import re
 import stat
 import struct
+from collections import namedtuple
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 __version__ = "0.1.0"
 
@@ -58,13 +57,12 @@ class LayoutError(Exception):
     """The bytes under a name are not a segment this code can trust."""
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str
-    ctype: str  # u32, u64, i64, f64 or char[N]
-    unit: str
-    meaning: str
-    source: str = ""
+# namedtuple, not dataclass: dataclasses (and inspect) would add ~6 ms to the
+# one-shot CLI's start, which imports this module.
+class Field(namedtuple("Field", "name ctype unit meaning source", defaults=("",))):
+    """One field: ``ctype`` is u32, u64, i64, f64 or char[N]."""
+
+    __slots__ = ()
 
     @property
     def size(self) -> int:
@@ -247,15 +245,14 @@ def _round_up(n: int, to: int) -> int:
     return n + (-n % to)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where everything is, for one set of array capacities."""
+class Layout(namedtuple("Layout", "capacities offsets sections_offset header_size total_size")):
+    """Where everything is, for one set of array capacities.
 
-    capacities: tuple[int, ...]  # one per SECTIONS entry; scalars is always 1
-    offsets: tuple[int, ...]
-    sections_offset: int
-    header_size: int
-    total_size: int
+    ``capacities`` and ``offsets`` have one entry per SECTIONS record (the
+    scalars' capacity is always 1).
+    """
+
+    __slots__ = ()
 
     @classmethod
     def for_capacities(cls, cpus: int, net: int, disks: int, filesystems: int) -> Layout:
@@ -351,7 +348,7 @@ def encode_string(text: str, size: int) -> bytes:
 # access is an opaque C call (a compiler barrier), so no fence is needed there.
 # Weakly ordered CPUs (ARM64, POWER) need one: a lock acquire/release pair is a
 # full barrier in glibc's implementation (vLLM's memory_fence does the same).
-STRONGLY_ORDERED = platform.machine() in ("x86_64", "AMD64", "i386", "i686")
+STRONGLY_ORDERED = os.uname().machine in ("x86_64", "AMD64", "i386", "i686")
 
 if STRONGLY_ORDERED:
     def memory_fence() -> None:

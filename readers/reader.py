@@ -18,10 +18,14 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 import shm_layout as L
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at start; the one-shot CLI does not pay them
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 # Everything a sample changes is one contiguous span: the seqlock part of the
 # header (seq .. overruns_total), the section directory and the scalars.  One
@@ -59,14 +63,8 @@ class SegmentBusy(ReaderError):
     """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
 
 
-class Origin(NamedTuple):
-    """The static header facts of one segment instance, fixed at attach time."""
-
-    instance_id: int
-    publisher_pid: int
-    publisher_start_time: float
-    interval: float
-    hostname: str
+Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname")
+Origin.__doc__ = "The static header facts of one segment instance, fixed at attach time."
 
 
 class Snapshot:
