@@ -6,7 +6,7 @@ NAME ?= /sysmetrics
 INTERVAL ?= 1
 SHELL := /bin/bash
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -16,6 +16,8 @@ import signal
 import sys
 import time
 
+import posix_ipc
+
 import shm_layout as L
 from publisher.filters import Filters
 from publisher.sampler import Sampler
@@ -23,7 +25,7 @@ from publisher.segment import NameInUse, OwnedSegment
 
 log = logging.getLogger("shm-publisher")
 
-EXIT_OK, EXIT_NAME_IN_USE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NAME_IN_USE, EXIT_USAGE = 0, 1, 2  # 1 also: the segment could not be created
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         sampler.close()
         return EXIT_NAME_IN_USE
+    except (OSError, posix_ipc.Error) as exc:  # e.g. /dev/shm not writable for this user
+        log.error("cannot create segment %s: %s", args.name, exc)
+        sampler.close()
+        return EXIT_NAME_IN_USE
     log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
     try:
         _loop(segment, sampler, args.interval)
@@ -161,7 +167,11 @@ def _loop(segment: OwnedSegment, sampler: Sampler, interval: float) -> None:
         if behind > 0:  # a whole slot missed: skip it instead of bunching samples
             overruns += behind
             k += behind
-        if signal.sigtimedwait(_STOP_SIGNALS, max(0.0, start + k * interval - time.monotonic())):
+        # CPython's sigtimedwait returns an uninitialised siginfo (not None) when
+        # EINTR arrives after the deadline, e.g. on SIGCONT after a SIGSTOP
+        # longer than the interval: only a real stop signal ends the loop.
+        info = signal.sigtimedwait(_STOP_SIGNALS, max(0.0, start + k * interval - time.monotonic()))
+        if info is not None and info.si_signo in _STOP_SIGNALS:
             return
 
 
