@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,10 +240,17 @@ class Sampler:
 
 
 def _unescape_mount(field_: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    """mountinfo escapes space, tab, newline and backslash as \\ooo.
+
+    Only those octal escapes are decoded: the rest is already text (a codec
+    round trip through latin-1 would mangle non-ASCII names such as "Müller").
+    """
     if "\\" not in field_:
         return field_
-    return field_.encode("latin-1", "replace").decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field_)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 class _MountTable:
