@@ -57,6 +57,10 @@ class LayoutError(Exception):
     """The bytes under a name are not a segment this code can trust."""
 
 
+class NotInitialised(LayoutError):
+    """Empty, or header without its magic yet: a publisher is creating it (or died doing so)."""
+
+
 # namedtuple, not dataclass: dataclasses (and inspect) would add ~6 ms to the
 # one-shot CLI's start, which imports this module.
 class Field(namedtuple("Field", "name ctype unit meaning source", defaults=("",))):
@@ -290,12 +294,14 @@ def parse_header(data: bytes | memoryview, file_size: int) -> tuple[dict, Layout
     header as a dict and the Layout it describes, or raises LayoutError with a
     one-line reason.  Nothing here trusts a count or offset it has not checked.
     """
+    if file_size == 0:
+        raise NotInitialised("segment is empty (publisher starting or died while creating it)")
     if file_size < MIN_HEADER_BYTES or len(data) < MIN_HEADER_BYTES:
         raise LayoutError(f"segment too small ({file_size} bytes) to hold a header")
     hdr = dict(zip(HEADER.names, HEADER.struct.unpack_from(data, 0)))
     if hdr["magic"] != MAGIC:
         if hdr["magic"] == bytes(8):
-            raise LayoutError("segment is not initialised (publisher starting or died while creating it)")
+            raise NotInitialised("segment is not initialised (publisher starting or died while creating it)")
         raise LayoutError(f"bad magic {hdr['magic']!r}: not a shm-metrics segment")
     if hdr["layout_version"] != LAYOUT_VERSION:
         raise LayoutError(f"layout version {hdr['layout_version']}, this reader understands {LAYOUT_VERSION}")

@@ -10,10 +10,11 @@
             ...
 
 Errors: NoSegment (nothing under the name), IncompatibleSegment (corrupt,
-foreign or another layout version), SegmentBusy (the publisher stopped in the
+foreign or another layout version; SegmentStarting, a subclass, while a
+publisher is still creating it), SegmentBusy (the publisher stopped in the
 middle of a write); all derive from ReaderError.
 """
 
-from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, Snapshot
+from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
 
-__all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentBusy"]
+__all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentStarting", "SegmentBusy"]

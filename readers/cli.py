@@ -14,7 +14,7 @@ import time
 
 import shm_layout as L
 from readers import format as fmt
-from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, Snapshot
+from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -117,6 +117,18 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool) -> str:
     return fmt.table(snap)
 
 
+def _attach(name: str | None) -> Reader:
+    """Attach, giving a publisher that is creating the segment a moment to finish."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            return Reader(name)
+        except SegmentStarting:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
     """The current snapshot; a publisher still starting gets a short grace period."""
     snap = reader.read(arrays=arrays)
@@ -129,7 +141,7 @@ def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
 
 def cmd_once(args: argparse.Namespace) -> int:
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
-    with Reader(args.name) as reader:
+    with _attach(args.name) as reader:
         snap = _first_sample(reader, arrays)
         print(_render(snap, args.fields, args.json), flush=True)
         return _freshness(snap, args.max_age)
@@ -151,7 +163,7 @@ def _freshness(snap: Snapshot, max_age: float | None) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with Reader(args.name) as reader:
+    with _attach(args.name) as reader:
         snap = reader.read(arrays=False)
         info = {
             "name": reader.name, "path": reader.path, "size_bytes": reader.size,

@@ -59,6 +59,10 @@ class IncompatibleSegment(ReaderError):
     """Something is under the name, but not a segment this reader can trust."""
 
 
+class SegmentStarting(IncompatibleSegment):
+    """Empty or without magic yet: a publisher is creating it, or died doing so."""
+
+
 class SegmentBusy(ReaderError):
     """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
 
@@ -203,6 +207,8 @@ class Reader:
             head = os.pread(fd, L.Layout.for_capacities(1, 1, 1, 1).header_size, 0)
             try:
                 hdr, layout = L.parse_header(head, st.st_size)
+            except L.NotInitialised as exc:
+                raise SegmentStarting(f"{self.name}: {exc}") from None
             except L.LayoutError as exc:
                 raise IncompatibleSegment(f"{self.name}: {exc}") from None
             mm = mmap.mmap(fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
