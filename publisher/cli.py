@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import select
 import signal
 import sys
 import time
@@ -26,7 +27,38 @@ from publisher.segment import NameInUse, OwnedSegment
 log = logging.getLogger("shm-publisher")
 
 EXIT_OK, EXIT_NAME_IN_USE, EXIT_USAGE = 0, 1, 2  # 1 also: the segment could not be created
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignals:
+    """SIGTERM/SIGINT only set a flag, and wake the loop's wait through a pipe.
+
+    The handler never interrupts a write (it runs between bytecodes and only
+    records the signal), and the wait is a select() on the wakeup pipe, so
+    shutdown always takes the same path.  (sigtimedwait was tried first: after
+    SIGSTOP/SIGCONT, CPython 3.11 can return an uninitialised siginfo from it.)
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.received = signum
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True once a stop signal has arrived."""
+        if self.received is None and timeout > 0:
+            select.select([self._read_fd], [], [], timeout)
+            try:
+                while os.read(self._read_fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        return self.received is not None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,9 +157,7 @@ def run(args: argparse.Namespace) -> int:
     filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
                                      args.max_disks, args.max_filesystems)
-    # Signals stay pending until the loop waits for them: a SIGTERM never
-    # lands in the middle of a write, and shutdown always runs the same path.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    stop = StopSignals()  # from here on SIGTERM/SIGINT are a flag the loop checks
     sampler = Sampler(filters=filters)
     try:
         segment = OwnedSegment(args.name, layout, args.mode, args.interval)
@@ -141,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NAME_IN_USE
     log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
     try:
-        _loop(segment, sampler, args.interval)
+        _loop(segment, sampler, args.interval, stop)
     finally:
         segment.close(unlink=not args.keep_on_exit)
         sampler.close()
@@ -149,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _loop(segment: OwnedSegment, sampler: Sampler, interval: float) -> None:
+def _loop(segment: OwnedSegment, sampler: Sampler, interval: float, stop: StopSignals) -> None:
     """Sample on a drift-free grid start + k*interval until a stop signal."""
     start = time.monotonic()
     k = 0
@@ -167,11 +197,7 @@ def _loop(segment: OwnedSegment, sampler: Sampler, interval: float) -> None:
         if behind > 0:  # a whole slot missed: skip it instead of bunching samples
             overruns += behind
             k += behind
-        # CPython's sigtimedwait returns an uninitialised siginfo (not None) when
-        # EINTR arrives after the deadline, e.g. on SIGCONT after a SIGSTOP
-        # longer than the interval: only a real stop signal ends the loop.
-        info = signal.sigtimedwait(_STOP_SIGNALS, max(0.0, start + k * interval - time.monotonic()))
-        if info is not None and info.si_signo in _STOP_SIGNALS:
+        if stop.wait(start + k * interval - time.monotonic()):
             return
 
 

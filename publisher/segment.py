@@ -16,7 +16,9 @@ import fcntl
 import logging
 import mmap
 import os
+import re
 import secrets
+import stat
 import time
 
 import posix_ipc
@@ -42,15 +44,50 @@ def _inode(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+_GLIBC_SEM_TEMP = re.compile(r"sem\.[A-Za-z0-9]{6}")
+
+
+def _sem_open_temp_link(path: str, st: os.stat_result) -> str | None:
+    """The other name of a semaphore whose creator died inside glibc's sem_open.
+
+    sem_open(O_CREAT) builds the semaphore in /dev/shm/sem.XXXXXX, links it to
+    the real name, then unlinks the temporary; killed in between, it leaves the
+    semaphore with two links.  Returns that temporary's path, or None if the
+    second link is anything else.
+    """
+    if st.st_nlink != 2:
+        return None
+    with os.scandir(os.path.dirname(path)) as entries:
+        for entry in entries:
+            if _GLIBC_SEM_TEMP.fullmatch(entry.name) and entry.inode() == st.st_ino:
+                other = entry.stat(follow_symlinks=False)
+                if other.st_dev == st.st_dev and stat.S_ISREG(other.st_mode):
+                    return entry.path
+    return None
+
+
 def _check_semaphore_not_foreign(path: str) -> None:
     try:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if not os.path.isfile(path) or os.path.islink(path) or st.st_nlink != 1:
+    if not os.path.isfile(path) or os.path.islink(path) or (
+            st.st_nlink != 1 and _sem_open_temp_link(path, st) is None):
         raise NameInUse(f"{path} exists and is not a semaphore file; left untouched")
     if st.st_uid != os.geteuid():
         raise NameInUse(f"{path} is owned by uid {st.st_uid}, not by us (uid {os.geteuid()}); left untouched")
+
+
+def _left_mid_creation(head: bytes) -> bool:
+    """True for what a publisher of ours leaves when it dies before writing the
+    magic: the header it writes first (our table hash), magic still zero.  Like
+    an empty file, it is ours and may be taken over once locked; without this,
+    one such crash would block the name until removed by hand.  Anything else
+    non-empty without our magic (even all zeros) is foreign.
+    """
+    hash_at = L.HEADER.offsets["table_hash"]
+    return (len(head) >= L.MIN_HEADER_BYTES and head[:8] == bytes(8)
+            and int.from_bytes(head[hash_at:hash_at + 8], "little") == L.TABLE_HASH)
 
 
 def _inspect_existing(path: str) -> int | None:
@@ -73,9 +110,10 @@ def _inspect_existing(path: str) -> int | None:
         pid = None
         if st.st_size > 0:
             head = os.pread(fd, L.MIN_HEADER_BYTES, 0)
-            if len(head) < L.MIN_HEADER_BYTES or head[:8] != L.MAGIC:
+            if len(head) == L.MIN_HEADER_BYTES and head[:8] == L.MAGIC:
+                pid = int.from_bytes(head[L.HEADER.offsets["publisher_pid"]:][:4], "little")
+            elif not _left_mid_creation(head):
                 raise NameInUse(f"{path} holds data that is not a shm-metrics segment; left untouched")
-            pid = int.from_bytes(head[L.HEADER.offsets["publisher_pid"]:][:4], "little")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -136,6 +174,11 @@ class OwnedSegment:
             st = os.fstat(self._fd)
             self._identity = (st.st_dev, st.st_ino)
             os.fchmod(self._fd, mode)  # exactly, whatever the umask
+            # The header (magic still zero) goes in with the very first byte: from
+            # the moment the file is non-empty it carries our table hash, so a
+            # publisher killed during creation leaves something the next one
+            # recognises as ours instead of an anonymous run of zeros.
+            os.pwrite(self._fd, self._header_image(interval), 0)
             try:
                 os.posix_fallocate(self._fd, 0, layout.total_size)  # ENOSPC now, not SIGBUS later
             except OSError as exc:
@@ -143,7 +186,8 @@ class OwnedSegment:
             self._mm = mmap.mmap(self._fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._open_semaphore(mode)
             self._init_views()
-            self._write_header(interval)
+            L.memory_fence()
+            self._bytes[0:8] = L.MAGIC  # publish-last: readers trust nothing before this
         except BaseException:
             self.close(unlink=True)
             raise
@@ -154,7 +198,13 @@ class OwnedSegment:
         # leftover one (maybe wedged at 0 by a publisher killed mid-write) is reset.
         _check_semaphore_not_foreign(self.sem_path)
         if _inode(self.sem_path) is not None:
+            temp = _sem_open_temp_link(self.sem_path, os.stat(self.sem_path, follow_symlinks=False))
             posix_ipc.unlink_semaphore(self.sem_name)
+            if temp is not None:  # the dead creator's leftover name of the same semaphore
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
         try:
             self.sem = posix_ipc.Semaphore(self.sem_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
         except posix_ipc.ExistentialError:
@@ -190,7 +240,8 @@ class OwnedSegment:
                 plan.append((f.name, self._views[f.code], off // f.size, rec.size // f.size, f.ctype))
         return plan
 
-    def _write_header(self, interval: float) -> None:
+    def _header_image(self, interval: float) -> bytes:
+        """Header and section directory, magic left zero."""
         layout = self.layout
         values = {
             "magic": bytes(8), "layout_version": L.LAYOUT_VERSION, "header_size": layout.header_size,
@@ -204,13 +255,12 @@ class OwnedSegment:
             "overruns_total": 0,
         }
         self.instance_id = values["instance_id"]
-        self._bytes[:L.HEADER.size] = L.HEADER.struct.pack(*(values[n] for n in L.HEADER.names))
+        image = bytearray(layout.header_size)
+        L.HEADER.struct.pack_into(image, 0, *(values[n] for n in L.HEADER.names))
         for i, rec in enumerate(L.SECTIONS):
-            entry = L.SECTION.struct.pack(layout.offsets[i], rec.size, layout.capacities[i], 0, 0)
-            off = layout.section_entry_offset(i)
-            self._bytes[off:off + L.SECTION.size] = entry
-        L.memory_fence()
-        self._bytes[0:8] = L.MAGIC  # publish-last: readers trust nothing before this
+            L.SECTION.struct.pack_into(image, layout.section_entry_offset(i),
+                                       layout.offsets[i], rec.size, layout.capacities[i], 0, 0)
+        return bytes(image)
 
     # --- sampling
     def _prepare(self, sample: Sample) -> tuple[list[tuple], list[tuple[int, int]]]:

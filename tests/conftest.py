@@ -49,16 +49,21 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def segment_state(name: str) -> int | None:
-    path = L.segment_path(name)
+def segment_header(name: str) -> dict | None:
+    """The header under ``name`` as a dict, or None if absent or not (yet) ours."""
     try:
-        with open(path, "rb") as f:
+        with open(L.segment_path(name), "rb") as f:
             head = f.read(L.MIN_HEADER_BYTES)
     except FileNotFoundError:
         return None
     if len(head) < L.MIN_HEADER_BYTES or head[:8] != L.MAGIC:
         return None
-    return int.from_bytes(head[L.HEADER_STATE_OFFSET:L.HEADER_STATE_OFFSET + 4], "little")
+    return dict(zip(L.HEADER.names, L.HEADER.struct.unpack_from(head)))
+
+
+def segment_state(name: str) -> int | None:
+    hdr = segment_header(name)
+    return None if hdr is None else hdr["state"]
 
 
 class Publisher:
@@ -68,8 +73,9 @@ class Publisher:
         self.name = name
         self.proc = subprocess.Popen([*PUBLISHER, "--name", name, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
-        if wait:
-            wait_for(lambda: segment_state(name) == L.STATE_RUNNING or self.proc.poll() is not None,
+        if wait:  # until *this* publisher runs (a stale segment may still say "running")
+            wait_for(lambda: self.proc.poll() is not None or (segment_header(name) or {}).get("state") ==
+                     L.STATE_RUNNING and segment_header(name)["publisher_pid"] == self.proc.pid,
                      what=f"publisher on {name} to run")
             if self.proc.poll() is not None:
                 raise AssertionError(f"publisher exited {self.proc.returncode}: {self.proc.stderr.read()}")

@@ -34,12 +34,18 @@ def writer(name):
             return None
         return reader if reader.seq > 10 else reader.close()
 
-    reader = wait_for(attached, what="invariant writer")
-    yield reader
-    reader.close()
-    proc.terminate()
-    assert proc.wait(10) == 0, proc.stderr.read()
-    proc.stderr.close()
+    reader = None
+    try:
+        reader = wait_for(attached, what="invariant writer")
+        yield reader
+    finally:
+        if reader is not None:
+            reader.close()
+        proc.terminate()
+        code = proc.wait(10)
+        err = proc.stderr.read()
+        proc.stderr.close()
+    assert code == 0, err
 
 
 def torn(snapshot) -> bool:
