@@ -1,8 +1,11 @@
 """Which devices and filesystems are sampled: node_exporter's default filters.
 
-The defaults are node_exporter's (collector/diskstats_linux.go,
-collector/filesystem_linux.go), so that shm-exporter and node_exporter show the
-same series on the same host.  Each can be overridden on the command line.
+The defaults are those of the node_exporter on our platform (1.5.0 as Debian 12
+packages it: `prometheus-node-exporter --help`), so that shm-exporter and
+node_exporter show the same series on the same host out of the box.  Debian's
+build differs from upstream's defaults: it leaves out the loopback interface
+and everything under /run, /mnt and /media.  Each filter can be overridden on
+the publisher's command line.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
-MOUNT_POINT_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+DISK_EXCLUDE = r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
+MOUNT_POINT_EXCLUDE = r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
 FS_TYPE_EXCLUDE = (r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
                    r"iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|"
                    r"squashfs|sysfs|tracefs)$")
-NET_EXCLUDE = r""  # node_exporter's netdev collector excludes nothing by default
+NET_EXCLUDE = r"^lo$"
 
 
 def _compile(pattern: str) -> re.Pattern[str] | None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import wait_for
 
 import shm_layout as L
-from readers import NoSegment, Reader
+from readers import NoSegment, Reader, SegmentStarting
 
 WRITER = os.path.join(os.path.dirname(__file__), "invariant_writer.py")
 READS = 1_000_000
@@ -30,7 +30,7 @@ def writer(name):
     def attached():
         try:
             reader = Reader(name)
-        except NoSegment:
+        except (NoSegment, SegmentStarting):
             return None
         return reader if reader.seq > 10 else reader.close()
 

@@ -1,0 +1,121 @@
+"""``shm-exporter``: serve the segment's values to Prometheus, in node_exporter's names.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the listen address could not be
+bound; 2 bad arguments or an invalid --web.config.file (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+import shm_layout as L
+from readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
+
+log = logging.getLogger("shm-exporter")
+
+EXIT_OK, EXIT_LISTEN, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _name(text: str) -> str:
+    try:
+        return L.validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every interface) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. {DEFAULT_LISTEN}, [::1]:19100, :19100)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:19100")
+    return host, int(port_text)
+
+
+def _telemetry_path(text: str) -> str:
+    if not text.startswith("/") or text == "/" or any(c in text for c in "?#\r\n\t "):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an absolute path other than '/', e.g. /metrics")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
+                epilog="exit codes: 0 stopped by signal; 1 cannot listen; 2 bad arguments or web config",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", type=_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--web.listen-address", "--listen", dest="listen", type=listen_address, default=DEFAULT_LISTEN,
+                   metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN}: loopback only; "
+                   "':19100' for every interface; port 0 picks a free one, logged at start)")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", type=_telemetry_path,
+                   default=DEFAULT_TELEMETRY_PATH, metavar="PATH",
+                   help=f"path of the metrics (default {DEFAULT_TELEMETRY_PATH})")
+    p.add_argument("--web.config.file", dest="web_config", default=None, metavar="FILE",
+                   help="exporter-toolkit web config (TLS, basic auth with bcrypt hashes), as node_exporter's")
+    p.add_argument("--web.disable-exporter-metrics", dest="process_metrics", action="store_false",
+                   help="leave out the exporter's own process_* metrics")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
+    return p
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="shm-exporter: %(levelname)s: %(message)s")
+
+    from readers.exporter.exposition import build
+    from readers.exporter.server import App, ExporterServer, resolve
+    from readers.exporter.source import SegmentSource
+    from readers.exporter.webconfig import WebConfigError, WebConfigWatcher
+
+    try:
+        web = WebConfigWatcher(args.web_config)
+    except WebConfigError as exc:
+        parser.error(" ".join(f"--web.config.file {args.web_config}: {exc}".split()))  # one line
+    source = SegmentSource(args.name)
+    _, exposition = build(source, process_metrics=args.process_metrics)
+    host, port = args.listen
+    try:
+        address, family = resolve(host, port)
+        server = ExporterServer(address, family, App(exposition, args.telemetry_path, web, args.name))
+    except OSError as exc:
+        print(f"shm-exporter: error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_LISTEN
+    shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+    scheme = "https" if web.tls_enabled else "http"
+    log.info("listening on %s://%s:%d%s for segment %s (TLS %s, basic auth %s, pid %d)", scheme, shown,
+             server.port, args.telemetry_path, args.name, "on" if web.tls_enabled else "off",
+             "on" if web.auth.enabled else "off", os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    finally:
+        server.server_close()
+        source.close()
+    log.info("stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Where a scrape's values come from: one consistent snapshot, read at scrape time.
+
+The source owns one ``Reader`` and keeps it attached across scrapes.  Each
+``read()`` first checks whether the name still refers to the object it maps (a
+restarted publisher creates a new one), attaches when needed, and reads one
+seqlock-consistent snapshot.  Whatever state the segment is in, ``read()``
+returns a ``Reading``; it never raises for a missing, stopped, stale, busy or
+corrupt segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import NamedTuple
+
+from readers import IncompatibleSegment, NoSegment, Reader, SegmentBusy, Snapshot
+
+# Values of Reading.state: the header's states a reader can see, plus two of ours.
+ABSENT = "absent"  # nothing under the name
+INCOMPATIBLE = "incompatible"  # something under the name we cannot trust (corrupt, foreign, other layout)
+STATES = (ABSENT, INCOMPATIBLE, "starting", "running", "stopped")
+
+log = logging.getLogger("shm-exporter")
+
+
+def _state(header_state: str) -> str:
+    if header_state == "init":  # header not finished: the publisher is still creating the segment
+        return "starting"
+    return header_state if header_state in STATES else INCOMPATIBLE
+
+
+class Reading(NamedTuple):
+    """What one scrape found: the segment's state and, if readable, a snapshot."""
+
+    state: str  # one of STATES
+    snapshot: Snapshot | None  # None when absent, incompatible, or the publisher stopped mid-write
+    fresh: bool  # the core staleness rule: running and age <= 2 x interval + 1 s
+    error: str | None = None  # why there is no snapshot, for the log
+
+
+class SegmentSource:
+    """Reads the segment ``name`` for each scrape; safe to call from many threads."""
+
+    def __init__(self, name: str | None = None):
+        self._reader = Reader(name, attach=False)
+        self.name = self._reader.name
+        self._lock = threading.Lock()  # a Reader is not thread-safe; reads take microseconds
+        self._last: tuple | None = None
+
+    def read(self) -> Reading:
+        reading = self._read()
+        situation = (reading.state, reading.fresh, reading.snapshot.publisher_pid if reading.snapshot else None)
+        if situation != self._last:  # say it once per change, not once per scrape
+            self._last = situation
+            self._report(reading)
+        return reading
+
+    def _report(self, reading: Reading) -> None:
+        snap = reading.snapshot
+        if reading.fresh:
+            log.info("segment %s: publisher pid %d running, samples fresh", self.name, snap.publisher_pid)
+        elif snap is not None and reading.state == "running" and snap.seq:
+            log.warning("segment %s: publisher pid %d is stale (last sample %.1f s ago, limit %.1f s): "
+                        "shm_metrics_up 0", self.name, snap.publisher_pid, snap.age, snap.max_age())
+        elif snap is not None:
+            log.warning("segment %s: publisher pid %d is %s: shm_metrics_up 0", self.name, snap.publisher_pid,
+                        reading.state)
+        else:
+            log.warning("%s: shm_metrics_up 0", reading.error)  # the reader's message names the segment
+
+    def _read(self) -> Reading:
+        with self._lock:
+            reader = self._reader
+            if reader.attached and reader.replaced():
+                reader.close()  # publisher restarted (new object) or removed: look again
+            if not reader.attached:
+                try:
+                    reader.attach()
+                except NoSegment as exc:
+                    return Reading(ABSENT, None, False, str(exc))
+                except IncompatibleSegment as exc:
+                    return Reading(INCOMPATIBLE, None, False, str(exc))
+            try:
+                snap = reader.read()
+            except SegmentBusy as exc:
+                return Reading(_state(reader.state), None, False, str(exc))
+            except IncompatibleSegment as exc:
+                reader.close()
+                return Reading(INCOMPATIBLE, None, False, str(exc))
+        return Reading(_state(snap.state), snap, snap.is_fresh(), None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._reader.close()

@@ -1,0 +1,295 @@
+"""shm-exporter end to end: a real publisher, a real exporter process, scraped over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+from conftest import READER, shm_files, wait_for
+from exporter_util import EXPORTER, Exporter, Exposition, get, keepalive_connection, metrics, need, scrape, wait_scrape
+
+import shm_layout as L
+from readers.exporter.collector import (
+    CPU_MODES,
+    DISK_FAMILIES,
+    FILESYSTEM_FAMILIES,
+    NET_FAMILIES,
+    NODE_FAMILIES,
+    OWN_NAMES,
+    SCALAR_FAMILIES,
+)
+
+
+@pytest.fixture
+def exporters():
+    """start(name, *args) -> Exporter; each is stopped by its PID at teardown."""
+    started: list[Exporter] = []
+
+    def start(name: str, *args: str, **kw) -> Exporter:
+        exp = Exporter(name, *args, **kw)
+        started.append(exp)
+        return exp
+
+    yield start
+    for exp in started:
+        exp.stop()
+
+
+def up(expo: Exposition) -> float:
+    return expo.value("shm_metrics_up")
+
+
+def state(expo: Exposition) -> str:
+    current = [dict(k)["state"] for k, v in expo.samples["shm_metrics_segment_state"].items() if v == 1]
+    assert len(current) == 1, expo.text
+    return current[0]
+
+
+def assert_down(expo: Exposition, expected_state: str) -> None:
+    assert up(expo) == 0
+    assert state(expo) == expected_state
+    assert not expo.names("node_"), f"node_* series with up 0: {sorted(expo.names('node_'))}"
+    assert expo.names("process_"), "the exporter's own process metrics are always there"
+
+
+def shm_read_json(name: str) -> dict:
+    out = subprocess.run([*READER, "--name", name, "--once", "--json"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+# ------------------------------------------------------------------ values
+
+
+def test_values_match_shm_read(name, start_publisher, exporters):
+    pub = start_publisher(name, "--interval", "5")  # slow: a scrape and shm-read see the same sample
+    exp = exporters(name)
+    for _ in range(5):
+        expo = scrape(exp.url + "/metrics")
+        data = shm_read_json(name)
+        if expo.value("shm_metrics_seq") == data["seq"]:
+            break
+    else:
+        pytest.fail("scrape and shm-read never saw the same sample")
+
+    assert up(expo) == 1 and state(expo) == "running"
+    assert expo.value("shm_metrics_publisher_info", hostname=data["hostname"], layout_version=str(L.LAYOUT_VERSION),
+                      publisher_pid=str(pub.pid)) == 1
+    assert expo.value("shm_metrics_sample_timestamp_seconds") == pytest.approx(data["sample_time"], rel=1e-15)
+    assert expo.value("shm_metrics_interval_seconds") == 5
+    assert 0 <= expo.value("shm_metrics_sample_age_seconds") <= 2 * 5 + 1
+
+    for fam in SCALAR_FAMILIES:
+        assert expo.value(fam.name) == pytest.approx(data[fam.field], rel=1e-15), fam.name
+    for row in data["cpus"]:
+        for mode in CPU_MODES:
+            assert expo.value("node_cpu_seconds_total", cpu=str(row["cpu"]), mode=mode) == pytest.approx(row[mode])
+    for families, rows in ((NET_FAMILIES, data["net"]), (DISK_FAMILIES, data["disks"])):
+        for fam in families:
+            assert expo.label_values(fam.name, "device") == {r["device"] for r in rows}, fam.name
+            for row in rows:
+                assert expo.value(fam.name, device=row["device"]) == pytest.approx(row[fam.field]), fam.name
+    for fam in FILESYSTEM_FAMILIES:
+        assert len(expo.samples[fam.name]) == len(data["filesystems"])
+        for row in data["filesystems"]:
+            labels = {k: row[k] for k in ("device", "fstype", "mountpoint")}
+            assert expo.value(fam.name, **labels) == pytest.approx(row[fam.field]), fam.name
+
+    # Every node_* name is one of ours, with the type its name promises; every own family is there.
+    assert expo.names("node_") == {f.name for f in NODE_FAMILIES}
+    assert expo.names("shm_metrics_") == set(OWN_NAMES)
+    for fam in NODE_FAMILIES:
+        assert expo.types[fam.name] == fam.kind and expo.help[fam.name] == fam.help
+
+    # The bare value the README's scripts use.
+    out = subprocess.run([*READER, "--name", name, "--once", "procs_total"], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0 and int(out.stdout) == expo.value("node_processes_pids")
+
+
+def test_promtool_finds_only_node_exporters_camelcase(name, start_publisher, exporters):
+    promtool = need("promtool", "prometheus")
+    start_publisher(name, "--interval", "0.5")
+    exp = exporters(name)
+    for text in (metrics(exp.url + "/metrics"), metrics(exporters(name + "-none").url + "/metrics")):
+        out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        findings = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        assert out.returncode in (0, 3), out
+        for line in findings:
+            assert line.startswith("node_memory_") and "camelCase" in line, f"unexpected lint: {line}"
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+def test_http_paths_keepalive_head_and_gzip(name, start_publisher, exporters):
+    start_publisher(name, "--interval", "0.5")
+    exp = exporters(name, "--web.telemetry-path", "/probe")
+
+    status, headers, body = get(exp.url + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert 'href="/probe"' in body and name in body
+    assert get(exp.url + "/metrics")[0] == 404
+    assert get(exp.url + "/probe/more")[0] == 404
+    status, headers, body = get(exp.url + "/probe?x=1")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "node_load1 " in body
+
+    # One connection for many requests (HTTP/1.1 keep-alive), mixing paths and methods.
+    conn = keepalive_connection(exp.port)
+    try:
+        sock = None
+        for i in range(20):
+            method, path = [("GET", "/probe"), ("GET", "/"), ("GET", "/nope"), ("HEAD", "/probe")][i % 4]
+            conn.request(method, path)
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == {"/probe": 200, "/": 200, "/nope": 404}[path]
+            assert resp.getheader("Connection") != "close"
+            if method == "HEAD":
+                assert data == b"" and int(resp.getheader("Content-Length")) > 1000
+            sock = sock or conn.sock
+            assert conn.sock is sock, "the connection was not reused"
+
+        # gzip when the client accepts it, as Prometheus does.
+        conn.request("GET", "/probe", headers={"Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        assert resp.getheader("Content-Encoding") == "gzip"
+        text = gzip.decompress(resp.read()).decode()
+        assert Exposition(text).value("shm_metrics_up") == 1
+        assert conn.sock is sock
+    finally:
+        conn.close()
+
+
+def test_sigterm_exits_zero_and_port_in_use_exits_one(name, exporters):
+    exp = exporters(name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        out = subprocess.run([*EXPORTER, "--name", name, "--listen", f"127.0.0.1:{busy}"], capture_output=True,
+                             text=True, timeout=20)
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1 and "cannot listen" in out.stderr
+    assert exp.stop(signal.SIGTERM) == 0
+    assert "stopped" in exp.output()
+
+
+# ------------------------------------------------------------------ up 0, never a 500
+
+
+def test_no_segment_then_publisher_appears(name, start_publisher, exporters):
+    exp = exporters(name)
+    expo = scrape(exp.url + "/metrics")
+    assert_down(expo, "absent")
+    assert not expo.names("shm_metrics_publisher_info")
+    pub = start_publisher(name, "--interval", "0.2")
+    expo = wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1, what="up 1 after the publisher started")
+    assert expo.value("node_processes_pids") > 0
+    assert dict(next(iter(expo.samples["shm_metrics_publisher_info"])))["publisher_pid"] == str(pub.pid)
+
+
+def test_stopped_segment_kept_on_exit(name, start_publisher, exporters):
+    pub = start_publisher(name, "--interval", "0.2", "--keep-on-exit")
+    exp = exporters(name)
+    wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1, what="up 1")
+    assert pub.stop() == 0
+    try:
+        expo = scrape(exp.url + "/metrics")
+        assert_down(expo, "stopped")
+        # The segment's own facts are still shown: an alert can say which publisher stopped and when.
+        assert dict(next(iter(expo.samples["shm_metrics_publisher_info"])))["publisher_pid"] == str(pub.pid)
+        assert expo.value("shm_metrics_sample_timestamp_seconds") > 0
+    finally:
+        for path in shm_files(name):
+            os.unlink(path)
+
+
+def test_sigstopped_publisher_goes_stale_then_recovers(name, start_publisher, exporters):
+    pub = start_publisher(name, "--interval", "0.2")  # stale after 2 x 0.2 + 1 = 1.4 s
+    exp = exporters(name)
+    wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1, what="up 1")
+    os.kill(pub.pid, signal.SIGSTOP)
+    try:
+        expo = wait_scrape(exp.url + "/metrics", lambda e: up(e) == 0, what="up 0 while SIGSTOPped")
+        assert_down(expo, "running")  # the header still says running: the publisher is hung, not gone
+        if "shm_metrics_sample_age_seconds" in expo.samples:  # absent if it stopped in the middle of a write
+            assert expo.value("shm_metrics_sample_age_seconds") > 1.4
+        assert_down(scrape(exp.url + "/metrics"), "running")  # and stays down: no stale value served as fresh
+    finally:
+        os.kill(pub.pid, signal.SIGCONT)
+    wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1, what="up 1 after SIGCONT")
+
+
+@pytest.mark.parametrize("content", [b"NOTASEGMENT" * 1000, L.MAGIC + bytes(100), L.MAGIC, b""],
+                         ids=["garbage", "short-header", "magic-only", "empty"])
+def test_corrupt_file_under_the_name(name, exporters, content):
+    path = L.segment_path(name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, content)
+        os.close(fd)
+        exp = exporters(name)
+        for _ in range(3):
+            status, _, body = get(exp.url + "/metrics")
+            assert status == 200
+            assert_down(Exposition(body), "incompatible")
+    finally:
+        os.unlink(path)
+
+
+def test_publisher_restart_is_picked_up(name, start_publisher, exporters):
+    first = start_publisher(name, "--interval", "0.2")
+    exp = exporters(name)
+
+    def publisher_pid(e: Exposition) -> str | None:
+        info = e.samples.get("shm_metrics_publisher_info")
+        return dict(next(iter(info)))["publisher_pid"] if info else None
+
+    wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1 and publisher_pid(e) == str(first.pid), what="first")
+    # A crash: SIGKILL leaves the segment behind; the next publisher takes the name over (a new object).
+    first.stop(signal.SIGKILL)
+    second = start_publisher(name, "--interval", "0.2")
+    expo = wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1 and publisher_pid(e) == str(second.pid),
+                       what="the restarted publisher")
+    assert expo.value("node_processes_pids") > 0
+    # A clean stop removes the segment: absent, then a third publisher again without touching the exporter.
+    second.stop()
+    wait_for(lambda: not shm_files(name), what="segment removed")
+    assert_down(scrape(exp.url + "/metrics"), "absent")
+    third = start_publisher(name, "--interval", "0.2")
+    wait_scrape(exp.url + "/metrics", lambda e: up(e) == 1 and publisher_pid(e) == str(third.pid), what="third")
+
+
+def test_concurrent_scrapes(name, start_publisher, exporters):
+    start_publisher(name, "--interval", "0.2")
+    exp = exporters(name)
+    errors: list[str] = []
+
+    def worker() -> None:
+        conn = keepalive_connection(exp.port)
+        try:
+            for _ in range(15):
+                conn.request("GET", "/metrics")
+                resp = conn.getresponse()
+                text = resp.read().decode()
+                if resp.status != 200 or Exposition(text).value("shm_metrics_up") != 1:
+                    errors.append(f"{resp.status}: {text[:200]}")
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
