@@ -23,6 +23,7 @@ import shm_layout as L
 from publisher.filters import Filters
 from publisher.sampler import Sampler
 from publisher.segment import NameInUse, OwnedSegment
+from readers.cliargs import OneLineParser, segment_name
 
 log = logging.getLogger("shm-publisher")
 
@@ -61,11 +62,6 @@ class StopSignals:
         return self.received is not None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def _interval(text: str) -> float:
     try:
         value = float(text)
@@ -88,13 +84,6 @@ def _mode(text: str) -> int:
     if not mode & 0o600 == 0o600:
         raise argparse.ArgumentTypeError(f"{text}: the owner needs read and write")
     return mode
-
-
-def _name(text: str) -> str:
-    try:
-        return L.validate_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _capacity(text: str) -> int:
@@ -126,10 +115,10 @@ def possible_cpus() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 stopped by signal; 1 name in use or segment not created; 2 bad arguments",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", type=_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+    p.add_argument("--name", type=segment_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV}); "
                         "the semaphore is <name>.lock")
     p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",

@@ -14,6 +14,7 @@ import time
 
 import shm_layout as L
 from readers import format as fmt
+from readers.cliargs import OneLineParser, segment_name
 from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
 
 EXIT_OK = 0
@@ -39,18 +40,6 @@ ARRAY_KEYS = tuple(rec.name for rec in L.ARRAYS)
 FIELDS = HEADER_KEYS + L.SCALARS.names + ARRAY_KEYS
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _name(text: str) -> str:
-    try:
-        return L.validate_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,13 +61,13 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Print, follow or watch the host metrics a shm-publisher writes to shared memory. "
                             "On a terminal with no options: a live view. Piped: like --once.",
                 epilog=EXIT_CODES_HELP)
     p.add_argument("fields", nargs="*", metavar="FIELD",
                    help="print only these: one prints its bare value, several print 'field value' lines")
-    p.add_argument("--name", type=_name, default=None,
+    p.add_argument("--name", type=segment_name, default=None,
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true",

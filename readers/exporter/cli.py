@@ -14,23 +14,12 @@ import socket
 import sys
 
 import shm_layout as L
+from readers.cliargs import OneLineParser, segment_name
 from readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
 
 log = logging.getLogger("shm-exporter")
 
 EXIT_OK, EXIT_LISTEN, EXIT_USAGE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _name(text: str) -> str:
-    try:
-        return L.validate_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -52,10 +41,10 @@ def _telemetry_path(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 stopped by signal; 1 cannot listen; 2 bad arguments or web config",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", type=_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+    p.add_argument("--name", type=segment_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
     p.add_argument("--web.listen-address", "--listen", dest="listen", type=listen_address, default=DEFAULT_LISTEN,
                    metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN}: loopback only; "
