@@ -1,4 +1,4 @@
-# The two commands of the README's quick start: `make run` and `make test`.
+# The two commands of the README's quick start, `make run` and `make test`, and `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ NAME ?= /sysmetrics
 INTERVAL ?= 1
 SHELL := /bin/bash
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The speed targets (issue 4), each measured against a peer in the same run: a few minutes on 2 cores.
+# Tables on stdout and in bench/results/latest.md (bench/README.md explains them); BENCH_ARGS=--quick for a
+# smoke run, BENCH_ARGS='--only 1,6' for some questions.
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench --out bench/results/latest.md $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
