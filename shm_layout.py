@@ -21,9 +21,7 @@ Run ``python -m shm_layout`` to print the Markdown reference (docs/LAYOUT.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import stat
 import struct
 from collections import namedtuple
@@ -242,7 +240,20 @@ def table_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLE_HASH = int.from_bytes(hashlib.sha256(table_text().encode()).digest()[:8], "little")
+def _sha256(data: bytes) -> bytes:
+    # The builtin module, not hashlib: hashlib loads OpenSSL, ~3 ms of every
+    # one-shot shm-read's start for one 3 KiB hash.
+    try:
+        from _sha256 import sha256  # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython >= 3.12
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).digest()
+
+
+TABLE_HASH = int.from_bytes(_sha256(table_text().encode())[:8], "little")
 
 
 def _round_up(n: int, to: int) -> int:
@@ -371,12 +382,15 @@ else:  # pragma: no cover - exercised on ARM64 only
 
 
 # ---------------------------------------------------------------- names and files
-_NAME_RE = re.compile(r"/?[A-Za-z0-9._-]{1,200}")
+# A set, not a regular expression: `re` is not on the one-shot CLI's import path.
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def validate_name(name: str) -> str:
     """Return the canonical '/name' form, or raise ValueError."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.lstrip("/") in (".", ".."):
+    base = name[1:] if isinstance(name, str) and name.startswith("/") else name
+    if (not isinstance(base, str) or not 1 <= len(base) <= 200 or not _NAME_CHARS.issuperset(base)
+            or base in (".", "..")):
         raise ValueError(f"invalid segment name {name!r}: expected an optional leading '/' then "
                          "1-200 characters of [A-Za-z0-9._-]")
     return "/" + name.lstrip("/")

@@ -1,21 +1,24 @@
 """``shm-read``: print, follow or watch the values a shm-publisher writes.
 
 The one-shot path (``--once``) imports nothing heavier than the standard
-library and the layout: no psutil, no TUI library.
+library and the layout: no psutil, no TUI library, and for the common
+``--once [--json] [--name N] FIELD...`` form not even argparse or json (their
+imports cost more than the read itself; scripts call this in loops).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
 
 import shm_layout as L
 from readers import format as fmt
-from readers.cliargs import OneLineParser, segment_name
 from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -41,6 +44,8 @@ FIELDS = HEADER_KEYS + L.SCALARS.names + ARRAY_KEYS
 
 
 def _positive_int(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -51,6 +56,8 @@ def _positive_int(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -61,6 +68,10 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from readers.cliargs import OneLineParser, segment_name
+
     p = OneLineParser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Print, follow or watch the host metrics a shm-publisher writes to shared memory. "
                             "On a terminal with no options: a live view. Piped: like --once.",
@@ -97,6 +108,8 @@ def _value(snap: Snapshot, field: str):
 
 def _render(snap: Snapshot, fields: list[str], as_json: bool) -> str:
     if as_json:
+        import json
+
         data = snap.to_dict() if not fields else {f: _value(snap, f) for f in fields}
         return json.dumps(data, separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
     if len(fields) == 1:
@@ -166,6 +179,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "wake": "poll",
         }
         if args.json:
+            import json
+
             print(json.dumps(info, indent=2 if sys.stdout.isatty() else None))
         else:
             width = max(map(len, info))
@@ -200,10 +215,54 @@ def cmd_live(args: argparse.Namespace) -> int:
     return run_live(args.name, args.max_age)
 
 
+class _OneShot:
+    """What argparse would return for the fast path's few options."""
+
+    info = follow = False
+    once = True
+    count = max_age = None
+
+    def __init__(self, name: str | None, as_json: bool, fields: list[str]):
+        self.name, self.json, self.fields = name, as_json, fields
+
+
+def _parse_one_shot(argv: list[str]) -> _OneShot | None:
+    """``--once [--json] [--name N] FIELD...`` without argparse; None for anything else
+    (including every error, so that argparse reports it the usual way)."""
+    name, as_json, once, fields = None, False, False, []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--once":
+            once = True
+        elif token == "--json":
+            as_json = True
+        elif token == "--name":
+            name = next(tokens, None)
+            if name is None:
+                return None
+        elif token.startswith("--name="):
+            name = token[len("--name="):]
+        elif token.startswith("-") or token not in FIELDS:
+            return None
+        else:
+            fields.append(token)
+    if not once:
+        return None
+    if name is not None:
+        try:
+            name = L.validate_name(name)
+        except ValueError:
+            return None
+    return _OneShot(name, as_json, fields)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_fields(parser, args.fields)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_one_shot(argv)
+    if args is None:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _check_fields(parser, args.fields)
     if args.info:
         command = cmd_info
     elif args.once:

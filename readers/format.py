@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import shm_layout as L
@@ -39,6 +38,8 @@ def bare(value: Any) -> str:
     if isinstance(value, float):
         return repr(round(value, 6))
     if isinstance(value, (list, dict)):
+        import json  # only arrays need it; the one-shot path for scalars stays lean
+
         return json.dumps(value)
     return str(value)
 
