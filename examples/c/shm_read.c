@@ -1,0 +1,138 @@
+/*
+ * shm_read.c: a minimal shm-metrics reader written from docs/LAYOUT.md only.
+ *
+ *   gcc -O2 -Wall -o shm_read examples/c/shm_read.c
+ *   ./shm_read [NAME]          (default /sysmetrics, or $SHM_METRICS_NAME)
+ *
+ * Opens the segment safely, validates the header and the section directory
+ * against offsets it computes itself, reads a consistent snapshot with the
+ * seqlock, and prints the process count.  Exit codes follow shm-read: 0 ok,
+ * 2 usage, 3 no segment, 4 incompatible or corrupt, 5 stale/stopped or busy.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Header offsets (docs/LAYOUT.md, table `header`). */
+enum {
+    H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_TOTAL_SIZE = 16, H_TABLE_HASH = 24,
+    H_STATE = 44, H_INTERVAL = 56, H_SECTION_COUNT = 64, H_SECTION_SIZE = 68, H_SECTIONS_OFFSET = 72,
+    H_SEQ = 208, H_SAMPLE_TIME = 216, HEADER_BYTES = 248,
+};
+/* Section directory entry (table `section`). */
+enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 5 };
+static const uint32_t RECORD_SIZE[SECTIONS] = {264, 80, 96, 72, 440}; /* scalars cpus net disks filesystems */
+static const uint64_t TABLE_HASH = 0xfe4f779d550c2476ULL;
+enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_MAX = 3 };
+
+static uint32_t u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }   /* x86-64 and ARM64 */
+static uint64_t u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }   /* are little-endian */
+static double f64(const unsigned char *p) { double v; memcpy(&v, p, 8); return v; }
+static uint64_t round_up(uint64_t n, uint64_t to) { return n + (to - n % to) % to; }
+
+static int fail(int code, const char *name, const char *why)
+{
+    fprintf(stderr, "shm_read: %s: %s\n", name, why);
+    return code;
+}
+
+static int valid_name(const char *name)
+{
+    const char *base = name[0] == '/' ? name + 1 : name;
+    size_t n = strlen(base);
+    if (n < 1 || n > 200 || !strcmp(base, ".") || !strcmp(base, ".."))
+        return 0;
+    return strspn(base, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *name = argc > 1 ? argv[1] : getenv("SHM_METRICS_NAME");
+    if (!name)
+        name = "/sysmetrics";
+    if (argc > 2 || !valid_name(name))
+        return fail(2, name, "usage: shm_read [NAME]; NAME is an optional '/' then 1-200 of [A-Za-z0-9._-]");
+
+    char path[256];
+    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? fail(3, name, "no segment: is shm-publisher running under that name?")
+                               : fail(4, name, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || (st.st_mode & 022))
+        return fail(4, name, "not a regular, singly linked file writable only by its owner");
+
+    /* Validate from a plain read before mapping anything (a short file must never be mapped). */
+    unsigned char head[384];
+    if (st.st_size < (off_t)sizeof head || pread(fd, head, sizeof head, 0) != (ssize_t)sizeof head)
+        return fail(4, name, "too small to hold a header");
+    if (memcmp(head + H_MAGIC, "SHMMETR\0", 8))
+        return fail(4, name, u64(head) == 0 ? "not initialised yet" : "bad magic: not a shm-metrics segment");
+    if (u32(head + H_VERSION) != 1 || u64(head + H_TABLE_HASH) != TABLE_HASH)
+        return fail(4, name, "another layout version or field table");
+    if (u64(head + H_TOTAL_SIZE) != (uint64_t)st.st_size || u32(head + H_SECTION_COUNT) != SECTIONS ||
+        u32(head + H_SECTION_SIZE) != SECTION_BYTES || u64(head + H_SECTIONS_OFFSET) != HEADER_BYTES ||
+        u32(head + H_STATE) > STATE_MAX)
+        return fail(4, name, "header does not match the layout");
+
+    /* Recompute every section's offset from the capacities; trust none from the file. */
+    uint64_t pos = round_up(HEADER_BYTES + SECTIONS * SECTION_BYTES, 64), scalars = 0;
+    if (u32(head + H_HEADER_SIZE) != pos)
+        return fail(4, name, "header size does not match the layout");
+    for (int i = 0; i < SECTIONS; i++) {
+        const unsigned char *e = head + HEADER_BYTES + i * SECTION_BYTES;
+        uint32_t cap = u32(e + S_CAPACITY);
+        if (u32(e + S_RECORD_SIZE) != RECORD_SIZE[i] || cap < 1 || cap > 65536 || (i == 0 && cap != 1) ||
+            u64(e + S_OFFSET) != pos)
+            return fail(4, name, "section directory does not match the layout");
+        if (i == 0)
+            scalars = pos;
+        pos = round_up(pos + (uint64_t)RECORD_SIZE[i] * cap, 64);
+    }
+    if (round_up(pos, 4096) != (uint64_t)st.st_size)
+        return fail(4, name, "capacities do not add up to the segment size");
+
+    const unsigned char *m = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return fail(4, name, strerror(errno));
+
+    /* The seqlock: even and unchanged around the copy.  Bounded: a publisher stopped mid-write. */
+    const uint64_t *seq = (const uint64_t *)(m + H_SEQ);
+    uint64_t procs = 0, s1 = 0;
+    double sample_time = 0;
+    struct timespec nap = {0, 500000};
+    int ok = 0;
+    for (int tries = 0; tries < 1000 && !ok; tries++) {
+        s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+        if (!(s1 & 1)) {
+            procs = u64(m + scalars + 8 * SCALAR_PROCS_TOTAL);
+            sample_time = f64(m + H_SAMPLE_TIME);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            ok = __atomic_load_n(seq, __ATOMIC_RELAXED) == s1;
+        }
+        if (!ok && tries >= 200)
+            nanosleep(&nap, NULL);
+    }
+    if (!ok)
+        return fail(5, name, "publisher stopped in the middle of a write");
+    if (s1 == 0)
+        return fail(5, name, "no sample written yet");
+
+    printf("%llu\n", (unsigned long long)procs);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double age = now.tv_sec + now.tv_nsec / 1e9 - sample_time;
+    if (u32(m + H_STATE) != STATE_RUNNING || age > 2 * f64(m + H_INTERVAL) + 1)
+        return fail(5, name, "stale or stopped publisher: value printed is old");
+    return 0;
+}
