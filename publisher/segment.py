@@ -225,6 +225,8 @@ class OwnedSegment:
         self._i = self._views["I"]
         self._seq_index = L.HEADER_SEQ_OFFSET // 8
         self._plans = {rec.name: self._store_plan(rec) for rec in L.SECTIONS}
+        self._header_indexes = tuple(L.HEADER.offsets[n] // 8 for n in (
+            "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total"))
         self._counts_index = [(self.layout.section_entry_offset(i) + L.SECTION.offsets["count"]) // 4
                               for i in range(len(L.SECTIONS))]
 
@@ -294,7 +296,7 @@ class OwnedSegment:
                 overruns: int) -> None:
         stores, counts = self._prepare(sample)
         counts_index = self._counts_index
-        hdr = L.HEADER.offsets
+        t_wall, t_mono, t_duration, t_overruns = self._header_indexes
         d, q, i = self._views["d"], self._q, self._i
         if not _acquire(self.sem):
             log.error("semaphore %s stayed taken for 1 s; sample skipped", self.sem_name)
@@ -308,10 +310,10 @@ class OwnedSegment:
             for idx, (count, overflow) in zip(counts_index, counts):
                 i[idx] = count
                 i[idx + 1] = overflow
-            d[hdr["sample_time"] // 8] = wall_time
-            d[hdr["sample_monotonic"] // 8] = monotonic
-            d[hdr["sample_duration_seconds"] // 8] = duration
-            q[hdr["overruns_total"] // 8] = min(overruns, _U64_MAX)
+            d[t_wall] = wall_time
+            d[t_mono] = monotonic
+            d[t_duration] = duration
+            q[t_overruns] = min(overruns, _U64_MAX)
             L.memory_fence()
             q[self._seq_index] = (seq | 1) + 1  # even: done
         finally:

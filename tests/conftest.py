@@ -39,14 +39,16 @@ def name(request) -> str:
     assert not leftovers, f"test left files in /dev/shm: {leftovers}"
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition", poll: float = 0.01):
+    """predicate()'s first truthy value; AssertionError (with the last value) after ``timeout``."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
 
 
 def segment_header(name: str) -> dict | None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import READER
+from conftest import READER, wait_for
 from exporter_util import Exporter, Process, free_port, get, need
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
@@ -31,15 +30,9 @@ def _api(base: str, path: str, **params) -> dict:
     return data["data"]
 
 
-def _wait(what: str, fn, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last})")
+def _wait(what: str, fn):
+    """Prometheus moves at its 1 s scrape interval: poll slowly, allow a minute."""
+    return wait_for(fn, timeout=60.0, what=what, poll=0.2)
 
 
 @pytest.fixture

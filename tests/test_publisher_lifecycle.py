@@ -50,6 +50,13 @@ def stop_collect(pub, sig: int = signal.SIGTERM) -> tuple[int, str]:
     return rc, err
 
 
+def leave_stale_segment(start_publisher, name: str) -> None:
+    """A publisher SIGKILLed: its segment and semaphore stay, its lock is gone."""
+    first = start_publisher(name, "--interval", "0.05")
+    first.proc.kill()
+    assert first.proc.wait(10) == -signal.SIGKILL
+
+
 def start_takeover(start_publisher, name: str, *args: str):
     """Start a publisher on a name whose stale segment still says "running" (which fools the
     fixture's own wait) and wait until the header is the new publisher's and running."""
@@ -341,9 +348,7 @@ def test_takeover_after_sigkill(name, start_publisher):
 def test_semaphore_left_taken_does_not_wedge_next_publisher(name, start_publisher, stale_segment):
     sem_name = L.semaphore_name(name)
     if stale_segment:
-        first = start_publisher(name, "--interval", "0.05")
-        first.proc.kill()
-        first.proc.wait(10)
+        leave_stale_segment(start_publisher, name)
         posix_ipc.unlink_semaphore(sem_name)
     sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, initial_value=0)
     sem.close()  # value 0, as if its holder died mid-write
@@ -588,9 +593,7 @@ def test_semaphore_left_inside_sem_open_does_not_wedge_next(name, start_publishe
     """Killed between glibc's link(sem.XXXXXX, name) and unlink(sem.XXXXXX): two links, both ours."""
     sem = L.semaphore_path(name)
     if stale_segment:
-        first = start_publisher(name, "--interval", "0.05")
-        first.proc.kill()
-        first.proc.wait(10)
+        leave_stale_segment(start_publisher, name)
     else:
         s = posix_ipc.Semaphore(L.semaphore_name(name), posix_ipc.O_CREX, initial_value=1)
         s.close()
