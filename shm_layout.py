@@ -9,6 +9,11 @@ derived from them; nothing is written twice.
 The segment is::
 
     header | section directory | scalars | cpus[] | net[] | disks[] | filesystems[]
+           | history[] | top_cpu[] | top_rss[] | process_states[]
+
+``history`` is a ring of the last N samples' scalars; ``top_cpu``/``top_rss``
+are the publisher's ``--top`` tables and ``process_states`` its counts of
+processes and threads by state.
 
 All integers are little-endian and every field is naturally aligned; sections
 start on a 64-byte boundary and the file is a whole number of 4 KiB pages.
@@ -30,7 +35,7 @@ from collections.abc import Iterable
 __version__ = "0.1.0"
 
 MAGIC = b"SHMMETR\x00"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SHM_DIR = "/dev/shm"
 DEFAULT_NAME = "/sysmetrics"
 NAME_ENV = "SHM_METRICS_NAME"
@@ -38,6 +43,9 @@ NAME_ENV = "SHM_METRICS_NAME"
 SECTION_ALIGN = 64
 PAGE_SIZE = 4096
 MAX_CAPACITY = 65536  # per array; a header claiming more is corrupt
+DEFAULT_HISTORY = 600  # ring entries: 10 minutes at the default 1 s interval
+DEFAULT_TOP = 10
+STATE_SLOTS = 16  # process_states rows: Linux has ~10 state letters
 
 # Values of the header's ``state`` field.
 STATE_INIT = 0  # file exists but the header is not written yet
@@ -187,6 +195,12 @@ SCALARS = Record("scalars", [
     _f("uptime_seconds", "f64", "seconds", "time since boot", "/proc/uptime"),
     _f("filefd_allocated", "u64", "file handles", "allocated file handles", "/proc/sys/fs/file-nr field 1"),
     _f("filefd_maximum", "u64", "file handles", "maximum file handles", "/proc/sys/fs/file-nr field 3"),
+    # Totals over the arrays, so that the history ring can give host-wide rates.
+    _f("net_rx_bytes_total", "u64", "bytes", "bytes received, sum over the net array", "net"),
+    _f("net_tx_bytes_total", "u64", "bytes", "bytes transmitted, sum over the net array", "net"),
+    _f("disk_read_bytes_total", "u64", "bytes", "bytes read, sum over the disks array (stacked devices "
+       "such as dm-N count again)", "disks"),
+    _f("disk_written_bytes_total", "u64", "bytes", "bytes written, sum over the disks array", "disks"),
 ])
 
 # ---------------------------------------------------------------- arrays
@@ -225,10 +239,48 @@ FILESYSTEM = Record("filesystems", [
     _f("avail_bytes", "u64", "bytes", "f_bavail x f_bsize (free to unprivileged users)", "statfs"),
 ])
 
+# ---------------------------------------------------------------- history ring
+# Slot of the sample whose header seq (after its write) is s: (s / 2 - 1) % capacity.
+# The slot's own seq says which sample it holds, so a reader never needs a head
+# index and can tell a slot not yet written (seq 0) from a valid one.
+HISTORY = Record("history", [
+    _f("seq", "u64", "", "header seq of the sample in this slot (0: never written)"),
+    _f("sample_time", "f64", "seconds", "Unix time the sample was taken"),
+    *SCALARS.fields,
+])
+HISTORY_SCALARS_OFFSET = HISTORY.offsets[SCALARS.fields[0].name]
+
+# ---------------------------------------------------------------- processes
+_PID_STAT = "/proc/PID/stat"
+_PROCESS_FIELDS = [
+    _f("pid", "u32", "", "process id", _PID_STAT),
+    _f("threads", "u32", "threads", "threads of the process", f"{_PID_STAT} field 20"),
+    _f("cpu_percent", "f64", "percent", "CPU over the last interval; 100 = one whole CPU (so up to "
+       "100 x CPUs); a process first seen: its average since it started",
+       f"{_PID_STAT} utime+stime, delta"),
+    _f("rss_bytes", "u64", "bytes", "resident memory (what ps and top show)", "/proc/PID/status VmRSS"),
+    _f("state", "char[8]", "", "state letter (R, S, D, Z, T, t, I, ...)", f"{_PID_STAT} field 3"),
+    _f("name", "char[16]", "", "command name (comm)", f"{_PID_STAT} field 2"),
+    _f("user", "char[32]", "", "user name of the effective uid", "/proc/PID/status Uid"),
+]
+TOP_CPU = Record("top_cpu", _PROCESS_FIELDS)
+TOP_RSS = Record("top_rss", _PROCESS_FIELDS)
+PROCESS_STATES = Record("process_states", [
+    _f("state", "char[8]", "", "state letter, as in /proc/PID/stat field 3", _PID_STAT),
+    _f("processes", "u64", "processes", "processes in this state (node_processes_state)", _PID_STAT),
+    _f("threads", "u64", "threads", "threads in this state (node_processes_threads_state)",
+       "/proc/PID/task/TID/stat"),
+])
+
 # Directory order: the index of a section in the directory is fixed.
-SECTIONS: tuple[Record, ...] = (SCALARS, CPU, NET, DISK, FILESYSTEM)
+SECTIONS: tuple[Record, ...] = (SCALARS, CPU, NET, DISK, FILESYSTEM, HISTORY, TOP_CPU, TOP_RSS, PROCESS_STATES)
 ARRAYS: tuple[Record, ...] = SECTIONS[1:]
+# What a snapshot holds: every array but the history ring, which is read on request.
+SAMPLE_ARRAYS: tuple[Record, ...] = tuple(r for r in ARRAYS if r is not HISTORY)
 SECTION_INDEX = {r.name: i for i, r in enumerate(SECTIONS)}
+# Smallest capacity per section: the --top tables and the state counts may be
+# switched off (capacity 0); a ring needs two samples to give a rate.
+MIN_CAPACITY = {r.name: 1 for r in SECTIONS} | {"history": 2, "top_cpu": 0, "top_rss": 0, "process_states": 0}
 
 
 def table_text() -> str:
@@ -270,11 +322,17 @@ class Layout(namedtuple("Layout", "capacities offsets sections_offset header_siz
     __slots__ = ()
 
     @classmethod
-    def for_capacities(cls, cpus: int, net: int, disks: int, filesystems: int) -> Layout:
-        caps = (1, cpus, net, disks, filesystems)
+    def for_capacities(cls, cpus: int, net: int, disks: int, filesystems: int, history: int = DEFAULT_HISTORY,
+                       top: int = DEFAULT_TOP, states: int | None = None) -> Layout:
+        """``top`` is the length of each --top table; ``states`` defaults to
+        STATE_SLOTS, or 0 when ``top`` is 0 (no process scan, nothing to count)."""
+        if states is None:
+            states = STATE_SLOTS if top else 0
+        caps = (1, cpus, net, disks, filesystems, history, top, top, states)
         for rec, cap in zip(SECTIONS, caps):
-            if not 1 <= cap <= MAX_CAPACITY:
-                raise ValueError(f"capacity of {rec.name} must be 1..{MAX_CAPACITY}, not {cap}")
+            low = MIN_CAPACITY[rec.name]
+            if not low <= cap <= MAX_CAPACITY:
+                raise ValueError(f"capacity of {rec.name} must be {low}..{MAX_CAPACITY}, not {cap}")
         sections_offset = _round_up(HEADER.size, 8)
         pos = _round_up(sections_offset + SECTION.size * len(SECTIONS), SECTION_ALIGN)
         header_size = pos
@@ -294,6 +352,9 @@ class Layout(namedtuple("Layout", "capacities offsets sections_offset header_siz
 
 
 HEADER_SEQ_OFFSET = HEADER.offsets["seq"]
+# Readers that want the next sample FUTEX_WAIT on this 32-bit word (the low
+# half of seq, little-endian); the publisher FUTEX_WAKEs it after every sample.
+FUTEX_WORD_OFFSET = HEADER_SEQ_OFFSET
 HEADER_STATE_OFFSET = HEADER.offsets["state"]
 MIN_HEADER_BYTES = HEADER.size
 
@@ -332,10 +393,10 @@ def parse_header(data: bytes | memoryview, file_size: int) -> tuple[dict, Layout
             raise LayoutError(f"section {rec.name}: record size {entry['record_size']}, expected {rec.size}")
         caps.append(entry["capacity"])
     try:
-        layout = Layout.for_capacities(*caps[1:])
+        layout = Layout.for_capacities(*caps[1:7], states=caps[8])
     except ValueError as exc:
         raise LayoutError(str(exc)) from None
-    if caps[0] != 1 or layout.total_size != file_size or layout.header_size != hdr["header_size"]:
+    if caps[0] != 1 or caps[6] != caps[7] or layout.total_size != file_size or layout.header_size != hdr["header_size"]:
         raise LayoutError("capacities in the header do not add up to the segment size")
     for i, rec in enumerate(SECTIONS):
         entry_off = hdr["sections_offset"] + i * SECTION.size
@@ -441,12 +502,20 @@ def markdown() -> str:
     example = Layout.for_capacities(cpus=2, net=64, disks=64, filesystems=64)
     for rec in (HEADER, SECTION, *SECTIONS):
         out.append(f"### `{rec.name}` ({rec.size} bytes per record)\n")
+        if rec is TOP_RSS:
+            out.append("The same record as `top_cpu`, ordered by `rss_bytes` instead.\n")
+            continue
         out.append("| offset | field | C type | unit | meaning | source |")
         out.append("|---:|---|---|---|---|---|")
         for f in rec.fields:
+            if rec is HISTORY and f.name in SCALARS.by_name:
+                out.append(f"| {HISTORY_SCALARS_OFFSET} | (every field) | `struct scalars` | | the scalars of "
+                           f"this sample, laid out exactly as the `scalars` record ({SCALARS.size} bytes) | |")
+                break
             out.append(f"| {rec.offsets[f.name]} | `{f.name}` | `{f.ctype}` | {f.unit} | {f.meaning} | {f.source} |")
         out.append("")
-    out.append("### Example: offsets for capacities cpus=2, net=64, disks=64, filesystems=64\n")
+    out.append("### Example: offsets for capacities cpus=2, net=64, disks=64, filesystems=64 "
+               f"and the defaults history={DEFAULT_HISTORY}, top={DEFAULT_TOP}, states={STATE_SLOTS}\n")
     out.append("| section | directory index | offset | record size | capacity |")
     out.append("|---|---:|---:|---:|---:|")
     for i, rec in enumerate(SECTIONS):

@@ -54,7 +54,7 @@ def bare_full_decoder(data: bytes, layout: L.Layout):
     unpack, offset, mv = R._SPAN.unpack_from, L.HEADER_SEQ_OFFSET, memoryview(data)
     slots = [(rec.name, rec.struct.iter_unpack, layout.offsets[i], rec.size,
               R._DIR_START + i * R._DIR_WIDTH + R._COUNT_POS)
-             for i, rec in enumerate(L.SECTIONS) if rec is not L.SCALARS]
+             for i, rec in ((L.SECTION_INDEX[r.name], r) for r in L.SAMPLE_ARRAYS)]
 
     def decode():
         values = unpack(data, offset)

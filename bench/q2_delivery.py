@@ -59,9 +59,8 @@ def pack(data: bytes, layout: L.Layout) -> tuple[bytes, list[tuple]]:
     parts = [data[off:off + R._SPAN.size]]
     plan = []
     pos = R._SPAN.size
-    for i, rec in enumerate(L.SECTIONS):
-        if rec is L.SCALARS:
-            continue
+    for rec in L.SAMPLE_ARRAYS:  # what Reader.read() decodes: every array but the history ring
+        i = L.SECTION_INDEX[rec.name]
         count = values[R._DIR_START + i * R._DIR_WIDTH + R._COUNT_POS]
         parts.append(data[layout.offsets[i]:layout.offsets[i] + count * rec.size])
         plan.append((rec.name, rec.struct.iter_unpack, pos, count * rec.size))

@@ -86,14 +86,20 @@ def _mode(text: str) -> int:
     return mode
 
 
-def _capacity(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= L.MAX_CAPACITY:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1..{L.MAX_CAPACITY}")
-    return value
+def _bounded(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+_capacity = _bounded(1, L.MAX_CAPACITY)
 
 
 def _regex(text: str) -> str:
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-interfaces", type=_capacity, default=64)
     cap.add_argument("--max-disks", type=_capacity, default=64)
     cap.add_argument("--max-filesystems", type=_capacity, default=64)
+    cap.add_argument("--history", type=_bounded(2, L.MAX_CAPACITY), default=L.DEFAULT_HISTORY, metavar="SAMPLES",
+                     help=f"samples kept in the segment's history ring (default {L.DEFAULT_HISTORY}: "
+                          "10 minutes at the default interval)")
+    p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
+                   help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
+                        f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
     flt = p.add_argument_group("filters (regular expressions; defaults are node_exporter's)")
     flt.add_argument("--disk-exclude", type=_regex, default=Filters.disk_exclude)
     flt.add_argument("--mount-points-exclude", type=_regex, default=Filters.mount_point_exclude)
@@ -145,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
-                                     args.max_disks, args.max_filesystems)
+                                     args.max_disks, args.max_filesystems, history=args.history, top=args.top)
     stop = StopSignals()  # from here on SIGTERM/SIGINT are a flag the loop checks
-    sampler = Sampler(filters=filters)
+    sampler = Sampler(filters=filters, top_n=args.top)
     try:
         segment = OwnedSegment(args.name, layout, args.mode, args.interval)
     except NameInUse as exc:

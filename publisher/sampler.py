@@ -76,12 +76,17 @@ class Sample:
     net: list[dict] = field(default_factory=list)
     disks: list[dict] = field(default_factory=list)
     filesystems: list[dict] = field(default_factory=list)
+    top_cpu: list[dict] = field(default_factory=list)
+    top_rss: list[dict] = field(default_factory=list)
+    process_states: list[dict] = field(default_factory=list)
 
 
 class Sampler:
     """Holds the open /proc files and the previous CPU counters."""
 
-    def __init__(self, procfs: str = "/proc", filters: Filters | None = None):
+    def __init__(self, procfs: str = "/proc", filters: Filters | None = None, top_n: int = 0):
+        """``top_n`` > 0 adds the per-process scan (``--top``): the top tables and
+        the counts by state, and ``procs_total`` from the same listing."""
         self.procfs = procfs
         self.filters = filters or Filters()
         self._stat = ProcFile(f"{procfs}/stat")
@@ -107,6 +112,13 @@ class Sampler:
             "disks": self.sample_disks,
             "filesystems": self.sample_filesystems,
         }
+        self._processes = None
+        if top_n:
+            from publisher.processes import ProcessTable
+
+            self._processes = ProcessTable(top_n=top_n, procfs=procfs)
+            del self.families["procs"]  # the scan counts them from the same listing
+            self.families = {"processes": self.sample_processes, **self.families}
 
     def sample(self) -> Sample:
         out = Sample()
@@ -125,8 +137,15 @@ class Sampler:
                    self._filenr, self._netdev, self._diskstats):
             pf.close()
         self._mounts.close()
+        if self._processes is not None:
+            self._processes.close()
 
     # --- processes
+    def sample_processes(self, out: Sample) -> None:
+        scan = self._processes.scan()
+        out.scalars["procs_total"] = scan.procs_total
+        out.top_cpu, out.top_rss, out.process_states = scan.by_cpu, scan.by_rss, scan.states
+
     def sample_procs(self, out: Sample) -> None:
         # Numeric entries of /proc are the processes (thread groups); this is
         # node_processes_pids' meaning and ~200x cheaper than popen("ps axh").
@@ -213,6 +232,8 @@ class Sampler:
                          "tx_packets": v[9], "rx_errors": v[2], "tx_errors": v[10],
                          "rx_dropped": v[3], "tx_dropped": v[11]})
         out.net = rows
+        out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
+        out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
 
     # --- block devices
     def sample_disks(self, out: Sample) -> None:
@@ -225,6 +246,8 @@ class Sampler:
                          "read_bytes": int(v[5]) * 512, "written_bytes": int(v[9]) * 512,
                          "io_time_seconds": int(v[12]) / 1000.0})
         out.disks = rows
+        out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
+        out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)
 
     # --- filesystems
     def sample_filesystems(self, out: Sample) -> None:

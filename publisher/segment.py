@@ -24,6 +24,7 @@ import time
 import posix_ipc
 
 import shm_layout as L
+import shm_wake
 from publisher.sampler import Sample
 
 log = logging.getLogger(__name__)
@@ -220,27 +221,16 @@ class OwnedSegment:
     def _init_views(self) -> None:
         mv = memoryview(self._mm)
         self._bytes = mv
-        self._views = {code: mv.cast(code) for code in ("I", "Q", "q", "d")}
-        self._q = self._views["Q"]
-        self._i = self._views["I"]
+        self._q = mv.cast("Q")
+        self._i = mv.cast("I")
+        self._d = mv.cast("d")
         self._seq_index = L.HEADER_SEQ_OFFSET // 8
-        self._plans = {rec.name: self._store_plan(rec) for rec in L.SECTIONS}
         self._header_indexes = tuple(L.HEADER.offsets[n] // 8 for n in (
             "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total"))
         self._counts_index = [(self.layout.section_entry_offset(i) + L.SECTION.offsets["count"]) // 4
                               for i in range(len(L.SECTIONS))]
-
-    def _store_plan(self, rec: L.Record) -> list[tuple]:
-        """For each field: (key, view, first index, stride, converter)."""
-        base = self.layout.offsets[L.SECTION_INDEX[rec.name]]
-        plan = []
-        for f in rec.fields:
-            off = base + rec.offsets[f.name]
-            if f.is_string:
-                plan.append((f.name, None, off, rec.size, f.size))
-            else:
-                plan.append((f.name, self._views[f.code], off // f.size, rec.size // f.size, f.ctype))
-        return plan
+        self._packers = {rec.name: _row_packer(rec) for rec in L.SECTIONS}
+        self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
     def _header_image(self, interval: float) -> bytes:
         """Header and section directory, magic left zero."""
@@ -265,39 +255,48 @@ class OwnedSegment:
         return bytes(image)
 
     # --- sampling
-    def _prepare(self, sample: Sample) -> tuple[list[tuple], list[tuple[int, int]]]:
-        """Turn a Sample into ready stores, outside the write window.
+    def _prepare(self, sample: Sample, wall_time: float) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
+        """Turn a Sample into (offset, bytes) stores, outside the write window.
 
-        Conversion and clamping happen here so that nothing can raise while
-        seq is odd (an exception there would leave readers 'busy' forever).
+        Conversion, clamping and packing happen here so that nothing can raise
+        while seq is odd (an exception there would leave readers 'busy'
+        forever), and the window itself is a few memcpys.
         """
-        stores: list[tuple] = []
+        stores: list[tuple[int, bytes]] = []
         counts: list[tuple[int, int]] = []
+        layout = self.layout
         for i, rec in enumerate(L.SECTIONS):
+            if rec is L.HISTORY:
+                continue  # below: it needs the packed scalars
             rows = [sample.scalars] if rec is L.SCALARS else getattr(sample, rec.name)
-            cap = self.layout.capacities[i]
+            cap = layout.capacities[i]
             kept, overflow = rows[:cap], max(0, len(rows) - cap)
             if overflow and rec.name not in self._overflow_logged:
                 self._overflow_logged.add(rec.name)
                 log.warning("%d %s entries beyond capacity %d left out (counted in the header; "
                             "raise the capacity option to keep them)", overflow, rec.name, cap)
-            for n, row in enumerate(kept):
-                for key, view, first, stride, kind in self._plans[rec.name]:
-                    value = row.get(key, 0)
-                    if view is None:
-                        start = first + n * stride
-                        stores.append((self._bytes, slice(start, start + kind), L.encode_string(str(value), kind)))
-                    else:
-                        stores.append((view, first + n * stride, _convert(value, kind)))
+            pack = self._packers[rec.name]
+            packed = b"".join(pack(row) for row in kept)
+            if rec is L.SCALARS:
+                scalars = packed
+            if packed:
+                stores.append((layout.offsets[i], packed))
             counts.append((len(kept), min(overflow, _U32_MAX)))
+        # The ring slot of this sample: the only writer knows the seq it will end with.
+        seq_after = (self._q[self._seq_index] | 1) + 1
+        h = L.SECTION_INDEX["history"]
+        capacity = layout.capacities[h]
+        slot = layout.offsets[h] + ((seq_after // 2 - 1) % capacity) * L.HISTORY.size
+        stores.append((slot, _HISTORY_STAMP.pack(seq_after, wall_time) + scalars))
+        counts.insert(h, (min(seq_after // 2, capacity), 0))
         return stores, counts
 
     def publish(self, sample: Sample, wall_time: float, monotonic: float, duration: float,
                 overruns: int) -> None:
-        stores, counts = self._prepare(sample)
+        stores, counts = self._prepare(sample, wall_time)
         counts_index = self._counts_index
         t_wall, t_mono, t_duration, t_overruns = self._header_indexes
-        d, q, i = self._views["d"], self._q, self._i
+        d, q, i, raw = self._d, self._q, self._i, self._bytes
         if not _acquire(self.sem):
             log.error("semaphore %s stayed taken for 1 s; sample skipped", self.sem_name)
             return
@@ -305,8 +304,8 @@ class OwnedSegment:
             seq = q[self._seq_index]
             q[self._seq_index] = seq + 1 if seq % 2 == 0 else seq  # odd: write in progress
             L.memory_fence()
-            for view, index, value in stores:
-                view[index] = value
+            for offset, data in stores:
+                raw[offset:offset + len(data)] = data
             for idx, (count, overflow) in zip(counts_index, counts):
                 i[idx] = count
                 i[idx + 1] = overflow
@@ -318,9 +317,17 @@ class OwnedSegment:
             q[self._seq_index] = (seq | 1) + 1  # even: done
         finally:
             self.sem.release()
+        self.wake_readers()
+
+    def wake_readers(self) -> None:
+        """FUTEX_WAKE everyone sleeping on seq (readers waiting for the next sample)."""
+        if self._futex_address:
+            shm_wake.wake_all(self._futex_address)
 
     def set_state(self, state: int) -> None:
         self._i[L.HEADER_STATE_OFFSET // 4] = state
+        if state == L.STATE_STOPPED:
+            self.wake_readers()  # followers learn at once, not at their next timeout
 
     # --- teardown
     def close(self, unlink: bool) -> None:
@@ -336,9 +343,8 @@ class OwnedSegment:
             self.sem.close()
             self.sem = None
         if self._mm is not None:
-            self._views = {}
-            self._q = self._i = self._bytes = None
-            self._plans = {}
+            self._q = self._i = self._d = self._bytes = None
+            self._futex_address = 0
             try:
                 self._mm.close()
             except BufferError:
@@ -357,8 +363,29 @@ def _acquire(sem: posix_ipc.Semaphore) -> bool:
         return False
 
 
-def _convert(value, kind: str):
-    if kind == "f64":
-        return float(value)
-    top = _U32_MAX if kind == "u32" else _U64_MAX
-    return min(max(int(value), 0), top)
+_HISTORY_STAMP = L.Record("stamp", L.HISTORY.fields[:2]).struct
+assert _HISTORY_STAMP.size == L.HISTORY_SCALARS_OFFSET and L.HISTORY.size == _HISTORY_STAMP.size + L.SCALARS.size
+
+
+def _row_packer(rec: L.Record):
+    """A function packing one row (a dict, missing keys 0) into the record's bytes.
+
+    Integers are clamped into their type's range and strings encoded and cut
+    here, so a hostile or odd value never raises inside the write window.
+    """
+    converters = [(f.name, _converter(f)) for f in rec.fields]
+    pack = rec.struct.pack
+
+    def packer(row: dict) -> bytes:
+        return pack(*[convert(row.get(key, 0)) for key, convert in converters])
+
+    return packer
+
+
+def _converter(f: L.Field):
+    if f.is_string:
+        return lambda value, size=f.size: L.encode_string(str(value), size)
+    if f.ctype == "f64":
+        return float
+    top = _U32_MAX if f.ctype == "u32" else _U64_MAX
+    return lambda value: min(max(int(value), 0), top)

@@ -14,11 +14,14 @@ import time
 
 import shm_layout as L
 from readers import format as fmt
+from readers.rates import RATE_KEYS, SERIES_FIELDS
 from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -39,8 +42,8 @@ exit codes:
 """
 
 HEADER_KEYS = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
-ARRAY_KEYS = tuple(rec.name for rec in L.ARRAYS)
-FIELDS = HEADER_KEYS + L.SCALARS.names + ARRAY_KEYS
+ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS)
+FIELDS = HEADER_KEYS + L.SCALARS.names + RATE_KEYS + ARRAY_KEYS
 
 
 def _positive_int(text: str) -> int:
@@ -86,37 +89,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="print each new sample as text")
     p.add_argument("--count", type=_positive_int, metavar="N", help="stop following after N samples")
     p.add_argument("--info", action="store_true", help="print segment metadata")
+    p.add_argument("--history", metavar="FIELD",
+                   help="print FIELD's values from the segment's history ring, oldest first (a chart on a "
+                        "terminal, one 'time value' line per sample otherwise, an array with --json); "
+                        "FIELD is a scalar or a rate (" + ", ".join(RATE_KEYS[:2]) + ", ...)")
+    p.add_argument("--since", type=_seconds, metavar="SECONDS",
+                   help="with --history: only the last SECONDS before the newest sample")
     p.add_argument("--max-age", type=_seconds, metavar="SECONDS",
                    help="a sample older than this is stale (default 2 x interval + 1 s)")
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     return p
 
 
-def _check_fields(parser: argparse.ArgumentParser, fields: list[str]) -> None:
-    unknown = [f for f in fields if f not in FIELDS]
+def _check_fields(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    unknown = [f for f in args.fields if f not in FIELDS]
     if unknown:
         parser.error(f"unknown field {unknown[0]!r}; valid fields: {', '.join(FIELDS)}")
+    if args.history is not None:
+        if args.history not in SERIES_FIELDS:
+            parser.error(f"--history: unknown field {args.history!r}; valid: {', '.join(SERIES_FIELDS)}")
+        if args.fields or args.follow or args.count or args.info or args.once:
+            parser.error("--history takes one FIELD and no other mode")
+    elif args.since is not None:
+        parser.error("--since goes with --history")
 
 
 def _warn(text: str) -> None:
     print(f"shm-read: {text}", file=sys.stderr, flush=True)
 
 
-def _value(snap: Snapshot, field: str):
-    return snap.header()[field] if field in HEADER_KEYS else snap[field]
+def _value(snap: Snapshot, field: str, rates: dict | None):
+    if field in HEADER_KEYS:
+        return snap.header()[field]
+    if field in RATE_KEYS:
+        return None if rates is None else rates[field]
+    return snap[field]
 
 
-def _render(snap: Snapshot, fields: list[str], as_json: bool) -> str:
+def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None = None) -> str:
     if as_json:
         import json
 
-        data = snap.to_dict() if not fields else {f: _value(snap, f) for f in fields}
+        if fields:
+            data = {f: _value(snap, f, rates) for f in fields}
+        else:
+            data = snap.to_dict()
+            data["rates"] = rates  # null until the ring holds two samples
         return json.dumps(data, separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
     if len(fields) == 1:
-        return fmt.bare(_value(snap, fields[0]))
+        return fmt.bare(_value(snap, fields[0], rates))
     if fields:
-        return "\n".join(f"{f} {fmt.bare(_value(snap, f))}" for f in fields)
-    return fmt.table(snap)
+        return "\n".join(f"{f} {fmt.bare(_value(snap, f, rates))}" for f in fields)
+    return fmt.table(snap, rates)
+
+
+def _ring_rates(reader: Reader, snap: Snapshot) -> dict | None:
+    """Rates over the newest second or more of the history ring (None: fewer than two samples).
+
+    Read after ``snap``; the ring is cut at ``snap`` so that both describe the same sample.
+    """
+    from readers.rates import latest_span, rates
+
+    wanted = max(1.0, reader.interval)  # a rate over less than a second is mostly noise
+    entries = [e for e in reader.history(since=2 * wanted + reader.interval) if e["seq"] <= snap.seq]
+    span = latest_span(entries, wanted)
+    return rates(*span) if span else None
 
 
 def _attach(name: str | None) -> Reader:
@@ -145,7 +182,30 @@ def cmd_once(args: argparse.Namespace) -> int:
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
     with _attach(args.name) as reader:
         snap = _first_sample(reader, arrays)
-        print(_render(snap, args.fields, args.json), flush=True)
+        rates = None
+        if not args.fields or any(f in RATE_KEYS for f in args.fields):
+            rates = _ring_rates(reader, snap)
+            if rates is None and args.fields:
+                _warn("rates need two samples in the history ring; printed as null")
+        print(_render(snap, args.fields, args.json, rates), flush=True)
+        return _freshness(snap, args.max_age)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from readers.rates import series
+
+    with _attach(args.name) as reader:
+        snap = _first_sample(reader, arrays=False)
+        points = series(reader.history(since=args.since), args.history)
+        if args.json:
+            import json
+
+            print(json.dumps([{"sample_time": t, "value": v} for t, v in points]))
+        elif sys.stdout.isatty() and points:
+            print(fmt.chart(points, args.history, snap.hostname), flush=True)
+        else:
+            for t, v in points:
+                print(f"{fmt.iso_time(t)} {fmt.bare(v)}")
         return _freshness(snap, args.max_age)
 
 
@@ -176,7 +236,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "hostname": reader.hostname, "seq": snap.seq, "samples": snap.seq // 2,
             "sample_time": snap.sample_time, "age_seconds": snap.age, "interval_seconds": reader.interval,
             "sample_duration_seconds": snap.sample_duration_seconds, "overruns_total": snap.overruns_total,
-            "wake": "poll",
+            "history": _history_info(reader),
+            "wake": reader.wake,
         }
         if args.json:
             import json
@@ -193,13 +254,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         return _freshness(snap, args.max_age)
 
 
+def _history_info(reader: Reader) -> dict:
+    entries = reader.history()
+    span = entries[-1]["sample_time"] - entries[0]["sample_time"] if entries else 0.0
+    return {"capacity": reader.capacities["history"], "samples": len(entries), "covers_seconds": round(span, 3)}
+
+
 def cmd_follow(args: argparse.Namespace) -> int:
     reader = Reader(args.name, attach=False)
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
+    with_rates = not args.fields or any(f in RATE_KEYS for f in args.fields)
     seen = 0
     try:
         for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=arrays):
-            text = _render(snap, args.fields, args.json)
+            text = _render(snap, args.fields, args.json, _ring_rates(reader, snap) if with_rates else None)
             print(text if args.json or args.fields else text + "\n", flush=True)
             seen += 1
             if args.count and seen >= args.count:
@@ -220,7 +288,7 @@ class _OneShot:
 
     info = follow = False
     once = True
-    count = max_age = None
+    count = max_age = history = since = None
 
     def __init__(self, name: str | None, as_json: bool, fields: list[str]):
         self.name, self.json, self.fields = name, as_json, fields
@@ -258,12 +326,18 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:
+        from readers.top import main as top_main
+
+        return top_main(argv[1:])  # a subcommand with options of its own
     args = _parse_one_shot(argv)
     if args is None:
         parser = build_parser()
         args = parser.parse_args(argv)
-        _check_fields(parser, args.fields)
-    if args.info:
+        _check_fields(parser, args)
+    if args.history is not None:
+        command = cmd_history
+    elif args.info:
         command = cmd_info
     elif args.once:
         command = cmd_once
@@ -273,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         command = cmd_live
     else:
         command = cmd_once
+    return run_guarded(command, args)
+
+
+def run_guarded(command: Callable[[Any], int], args: Any) -> int:
+    """Run a command, turning every reader error into its one-line message and exit code."""
     try:
         return command(args)
     except NoSegment as exc:

@@ -67,8 +67,41 @@ def _rows_table(title: str, rows: list[dict], columns: list[str]) -> list[str]:
     return lines
 
 
-def table(snap) -> str:
-    """The readable --once output: header line, scalars, then each array."""
+def iso_time(unix: float) -> str:
+    """Local time with milliseconds, e.g. 2026-11-21T16:23:01.250."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(unix)) + f".{int(unix % 1 * 1000):03d}"
+
+
+def rate(name: str, value: float) -> str:
+    if "_bytes_" in name:
+        return f"{human_bytes(value)}/s"
+    if name == "cpu_percent":
+        return f"{value:.1f} %"
+    if name == "over_seconds":
+        return seconds(value)
+    return f"{value:,.1f}/s"
+
+
+def chart(points: list[tuple[float, float]], field: str, hostname: str) -> str:
+    """A terminal line chart of (time, value) points, drawn by plotext, with a summary line."""
+    import plotext as plt  # only --history on a terminal pays for it
+
+    newest = points[-1][0]
+    values = [v for _, v in points]
+    plt.clear_figure()
+    plt.plot([t - newest for t, _ in points], values, marker="braille")
+    width, height = plt.terminal_size()
+    plt.plotsize(min(width or 100, 120), min(max((height or 24) - 4, 10), 25))
+    plt.title(f"{field} on {hostname}")
+    plt.xlabel(f"seconds before {iso_time(newest)}")
+    plt.theme("clear")
+    summary = (f"{len(points)} samples over {seconds(newest - points[0][0])}: min {bare(min(values))}, "
+               f"mean {bare(sum(values) / len(values))}, max {bare(max(values))}, last {bare(values[-1])}")
+    return plt.build() + "\n" + summary
+
+
+def table(snap, rates: dict | None = None) -> str:
+    """The readable --once output: header line, scalars, rates, then each array."""
     lines = [f"{snap.hostname}: seq {snap.seq}, sampled {seconds(snap.age)} ago, every {seconds(snap.interval)}, "
              f"publisher pid {snap.publisher_pid} ({snap.state}), layout {snap.layout_version}"]
     scalars = snap.scalars()
@@ -77,7 +110,13 @@ def table(snap) -> str:
         text = bare(value)
         extra = _explain(name, value)
         lines.append(f"{name:<{width}}  {text:>20}" + (f"  ({extra})" if extra else ""))
-    for rec in L.ARRAYS:
+    if rates:
+        lines.append("")
+        lines.append(f"rates over the last {seconds(rates['over_seconds'])} (from the history ring):")
+        for name, value in rates.items():
+            if name != "over_seconds":
+                lines.append(f"  {name:<{width - 2}}  {rate(name, value):>20}")
+    for rec in L.SAMPLE_ARRAYS:
         try:
             rows = snap.array(rec.name)
         except KeyError:

@@ -114,8 +114,8 @@ class Snapshot:
 
     def overflow(self) -> dict[str, int]:
         """Entries per array left out because the capacity was too small."""
-        return {rec.name: self._values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS + 1]
-                for i, rec in enumerate(L.SECTIONS) if rec is not L.SCALARS}
+        return {rec.name: self._values[_DIR_START + L.SECTION_INDEX[rec.name] * _DIR_WIDTH + _COUNT_POS + 1]
+                for rec in L.SAMPLE_ARRAYS}
 
     def __getitem__(self, name: str) -> Any:
         index = _SCALAR_INDEX.get(name)
@@ -167,7 +167,7 @@ class Snapshot:
 
 
 _SCALAR_INDEX = {n: _SCALARS_START + i for i, n in enumerate(L.SCALARS.names)}
-_ARRAY_RECORDS = {rec.name: rec for rec in L.ARRAYS}
+_ARRAY_RECORDS = {rec.name: rec for rec in L.SAMPLE_ARRAYS}
 
 
 class Reader:
@@ -204,7 +204,7 @@ class Reader:
                 raise IncompatibleSegment(f"{self.path} is writable by group or others: refusing to trust it")
             # Validate from a plain read first: a short or truncated file must
             # never be mapped beyond its end (that is a SIGBUS, not an error).
-            head = os.pread(fd, L.Layout.for_capacities(1, 1, 1, 1).header_size, 0)
+            head = os.pread(fd, _FIXED.header_size, 0)
             try:
                 hdr, layout = L.parse_header(head, st.st_size)
             except L.NotInitialised as exc:
@@ -230,8 +230,9 @@ class Reader:
         views = {code: self._mv.cast(code) for code in ("Q", "d")}
         self._field_slots = {f.name: (views[f.code], layout.offset_of("scalars", f.name) // f.size)
                              for f in L.SCALARS.fields}
-        self._array_slots = [(rec, layout.offsets[i + 1], layout.capacities[i + 1])
-                             for i, rec in enumerate(L.ARRAYS)]
+        self._array_slots = [(rec, i, layout.offsets[i], layout.capacities[i])
+                             for rec, i in ((r, L.SECTION_INDEX[r.name]) for r in L.SAMPLE_ARRAYS)]
+        self._wake: tuple[int, str] | None = None  # (futex address or 0, reason), decided on first wait
 
     def replaced(self) -> bool:
         """True when the name no longer refers to the object we map (restart or removal)."""
@@ -298,7 +299,7 @@ class Reader:
     def _decode_arrays(self, values: tuple) -> dict[str, list[tuple]] | None:
         out = {}
         mv = self._mv
-        for i, (rec, offset, capacity) in enumerate(self._array_slots, start=1):
+        for rec, i, offset, capacity in self._array_slots:
             count = values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS]
             if count > capacity:
                 return None  # torn (retried) or corrupt (reported)
@@ -321,17 +322,107 @@ class Reader:
             self.retries += 1
         return self.read(arrays=False)[name]  # slow path: bounded wait, SegmentBusy
 
-    # --- following
+    # --- history
+    def history(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The ring's samples, oldest first: dicts of ``seq``, ``sample_time`` and every scalar.
+
+        ``since``: only samples taken within that many seconds of the newest;
+        ``limit``: at most that many of the newest.  Only the slots needed are
+        decoded.  Raises SegmentBusy like read().
+        """
+        h = L.SECTION_INDEX["history"]
+        base, capacity, size = self.layout.offsets[h], self.layout.capacities[h], L.HISTORY.size
+        wanted = capacity if limit is None else max(0, min(limit, capacity))
+        if since is not None:  # slots are interval apart or more (a missed slot is skipped)
+            wanted = min(wanted, int(since / self.interval) + 2)
+        unpack = L.HISTORY.struct.iter_unpack
+        mv, q, si = self._mv, self._q, self._seq_index
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            s1 = q[si]
+            if not s1 & 1:
+                if _fence:
+                    _fence()
+                count = min(s1 // 2, wanted)
+                first = (s1 // 2 - count) % capacity
+                end = first + count
+                rows = list(unpack(mv[base + first * size:base + min(end, capacity) * size]))
+                if end > capacity:  # wrapped
+                    rows += unpack(mv[base:base + (end - capacity) * size])
+                if _fence:
+                    _fence()
+                if q[si] == s1:
+                    break
+            self.retries += 1
+            if time.monotonic() > deadline:
+                raise SegmentBusy(f"{self.name}: publisher stopped in the middle of a write")
+            time.sleep(0.0002)
+        # Each slot names its sample: anything else is a slot not written yet, or corrupt.
+        expected = s1 - 2 * (len(rows) - 1)
+        names = _HISTORY_NAMES
+        out = [dict(zip(names, row)) for k, row in enumerate(rows) if row[0] == expected + 2 * k]
+        if since is not None and out:
+            cutoff = out[-1]["sample_time"] - since
+            out = [e for e in out if e["sample_time"] >= cutoff]
+        return out
+
+    # --- waiting for the next sample
+    @property
+    def wake(self) -> str:
+        """How this reader waits for samples: "futex", or "poll (<why>)"."""
+        address, reason = self._wake_method()
+        return "futex" if address else f"poll ({reason})"
+
+    def _wake_method(self) -> tuple[int, str]:
+        if self._wake is None:
+            import shm_wake  # ctypes: only readers that wait pay for it
+
+            reason = shm_wake.UNAVAILABLE_REASON
+            address = 0
+            if shm_wake.AVAILABLE:
+                address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET
+                reason = shm_wake.probe(address, self._i[L.FUTEX_WORD_OFFSET // 4])
+                if reason:
+                    address = 0
+            self._wake = (address, reason)
+        return self._wake
+
+    def wait_for_sample(self, seq: int, timeout: float) -> bool:
+        """Sleep until ``seq`` changes (a sample is being or has been written), at most ``timeout`` s.
+
+        Sleeps in the kernel on the publisher's futex (no CPU while waiting,
+        woken within microseconds of the write); polls every
+        ``poll_interval()`` where the futex is unavailable.  True if it changed.
+        """
+        import shm_wake
+
+        address, _ = self._wake_method()
+        q, si = self._q, self._seq_index
+        deadline = time.monotonic() + timeout
+        while q[si] == seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if address:
+                shm_wake.wait(address, seq, remaining)
+            else:
+                time.sleep(min(self.poll_interval(), remaining))
+        return True
+
     def poll_interval(self) -> float:
+        """The fallback poll period: 1/20 of the interval, within 2-100 ms."""
         return min(max(self.interval / 20, 0.002), 0.1)
 
     def follow(self, on_status: Callable[[str], None] | None = None,
                max_age: float | None = None, arrays: bool = True) -> Iterator[Snapshot]:
         """Yield each new fresh snapshot, forever; survives publisher restarts.
 
-        Waits (calling ``on_status`` once per change of situation) while there
-        is no segment, or the publisher is starting, stopped or stale.  Never
-        yields a stopped or stale sample, never the same sample twice.
+        ``for snap in reader.follow(): ...`` sleeps between samples (see
+        ``wait_for_sample``).  Waits (calling ``on_status`` once per change of
+        situation) while there is no segment, or the publisher is starting,
+        stopped or stale.  Never yields a stopped or stale sample, never the
+        same sample twice; a reader slower than the publisher skips samples
+        (``Snapshot.seq`` says which).
         """
         status = None
         last = None
@@ -375,4 +466,10 @@ class Reader:
                 if self.replaced():
                     self.close()
                     continue
-            time.sleep(self.poll_interval())
+            # Bounded sleep: a publisher that died or was replaced never wakes us,
+            # so look at the name and the sample's age at least this often.
+            limit = (snap.max_age() if max_age is None else max_age) if snap else 1.0
+            self.wait_for_sample(snap.seq if snap else self.seq, min(1.0, max(limit / 2, 0.01)))
+
+
+_HISTORY_NAMES = L.HISTORY.names

@@ -128,3 +128,59 @@ def start_publisher(name):
 
 def run_reader(*args: str, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*READER, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class PtyProcess:
+    """A process whose stdout and stderr are a terminal (for the live views and charts).
+
+    Output is collected with ``read_until``; ``stop`` sends a signal to its PID
+    and returns the exit code.
+    """
+
+    def __init__(self, argv: list[str], env: dict | None = None, columns: int = 120, rows: int = 40):
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        env = dict(os.environ if env is None else env, TERM="xterm-256color", COLUMNS=str(columns),
+                   LINES=str(rows))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self.output = b""
+
+    def read_until(self, needle: bytes, timeout: float = 15.0, count: int = 1) -> bytes:
+        """Output so far, once ``needle`` occurs ``count`` times in it."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while self.output.count(needle) < count and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the other side closed
+                    break
+                if not chunk:
+                    break
+                self.output += chunk
+        assert self.output.count(needle) >= count, f"{needle!r} not {count}x in output: {self.output[-2000:]!r}"
+        return self.output
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Read everything until the process exits; its exit code."""
+        try:
+            self.read_until(b"\0never\0", timeout=timeout)
+        except AssertionError:
+            pass  # the output ended (EIO) or the time ran out: the exit code tells which
+        return self.stop(signal.SIGKILL, timeout=1.0)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            return self.proc.wait(timeout)
+        finally:
+            os.close(self.master)

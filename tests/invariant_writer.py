@@ -1,7 +1,8 @@
 """A publisher stand-in that writes invariant samples as fast as it is allowed to.
 
 Every numeric field of sample k holds k (as int or float), every string holds
-"k<k>", and each array holds 1 + k % 4 rows.  A snapshot in which any value
+"k<k>", each array holds 1 + k % 4 rows, and the sample time is k (so each
+history slot holds k everywhere but its seq).  A snapshot in which any value
 differs from the others is torn.  Used by the consistency stress test and the
 benchmark; runs the real write path (OwnedSegment.publish).
 
@@ -25,8 +26,7 @@ def invariant_sample(k: int) -> Sample:
         return {f.name: (f"k{k}" if f.is_string else float(k) if f.ctype == "f64" else k) for f in rec.fields}
 
     rows = 1 + k % 4
-    return Sample(scalars=row(L.SCALARS), cpus=[row(L.CPU)] * rows, net=[row(L.NET)] * rows,
-                  disks=[row(L.DISK)] * rows, filesystems=[row(L.FILESYSTEM)] * rows)
+    return Sample(scalars=row(L.SCALARS), **{rec.name: [row(rec)] * rows for rec in L.SAMPLE_ARRAYS})
 
 
 def main() -> None:
@@ -38,7 +38,8 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    segment = OwnedSegment(name, L.Layout.for_capacities(4, 4, 4, 4), 0o644, interval=0.001)
+    layout = L.Layout.for_capacities(4, 4, 4, 4, history=64, top=4, states=4)
+    segment = OwnedSegment(name, layout, 0o644, interval=0.001)
     samples = [invariant_sample(k) for k in range(64)]  # precomputed: the loop only writes
     try:
         segment.set_state(L.STATE_RUNNING)

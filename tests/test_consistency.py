@@ -53,14 +53,15 @@ def torn(snapshot) -> bool:
     if len(values) != 1:
         return True
     (k,) = values
-    for rec in L.ARRAYS:
+    for rec in L.SAMPLE_ARRAYS:
         rows = snapshot.array(rec.name)
         if len(rows) != 1 + int(k) % 4:
             return True
+        strings = {f.name for f in rec.fields if f.is_string}
         for row in rows:
-            if {v for key, v in row.items() if key not in ("device", "mountpoint", "fstype")} != {k}:
+            if {v for key, v in row.items() if key not in strings} != {k}:
                 return True
-            if any(row[s] != f"k{int(k)}" for s in ("device", "mountpoint", "fstype") if s in row):
+            if any(row[s] != f"k{int(k)}" for s in strings):
                 return True
     return False
 
@@ -78,6 +79,21 @@ def test_seqlock_gives_no_torn_snapshot_in_a_million_reads(writer):
     assert len(seqs) > 1000, "the writer must really be writing during the reads"
     assert torn_count == 0
     assert reader.retries > 0, "reads must have overlapped writes for the test to mean anything"
+
+
+def test_history_read_during_writes_is_never_torn(writer):
+    reader = writer
+    newest = set()
+    for _ in range(3000):
+        entries = reader.history(limit=16)
+        assert entries, "the writer has written samples"
+        for a, b in zip(entries, entries[1:]):
+            assert b["seq"] == a["seq"] + 2, "entries are consecutive samples, oldest first"
+        for e in entries:
+            values = {v for key, v in e.items() if key not in ("seq", "sample_time")}
+            assert values == {e["sample_time"] % 64}, f"torn history entry {e}"  # the writer cycles 64 samples
+        newest.add(entries[-1]["seq"])
+    assert len(newest) > 100, "the writer must really be writing during the reads"
 
 
 def test_without_the_seqlock_reads_do_tear(writer):

@@ -57,7 +57,7 @@ def test_staleness_is_checked_on_every_scrape_despite_the_cache(name, start_publ
         try:
             text = wait_for(lambda: (t := exposition.render()) and b"shm_metrics_up 0.0" in t and t,
                             what="up 0 while SIGSTOPped")
-            assert b"\nnode_" not in text and b"process_" not in text
+            assert b"\nnode_" not in text and b"\nprocess_" not in text
         finally:
             os.kill(pub.pid, signal.SIGCONT)
         renders = exposition.renders

@@ -57,6 +57,7 @@ def test_every_issue_field_is_in_the_table():
     wanted += [f"cpu_seconds_{m}" for m in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")]
     wanted += [f"mem_{m}_bytes" for m in ("total", "available", "used", "free", "buffers", "cached")]
     wanted += [f"swap_{m}_bytes" for m in ("total", "used", "free")]
+    wanted += ["net_rx_bytes_total", "net_tx_bytes_total", "disk_read_bytes_total", "disk_written_bytes_total"]
     assert set(wanted) == set(L.SCALARS.names)
     assert L.NET.names == ("device", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors",
                            "rx_dropped", "tx_dropped")

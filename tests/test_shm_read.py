@@ -165,7 +165,8 @@ def test_once_json_has_every_key_with_json_types(name, start_publisher):
     assert isinstance(data, dict)
 
     header = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
-    expected = set(header) | set(L.SCALARS.names) | {"cpus", "net", "disks", "filesystems"}
+    arrays = {"cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"}
+    expected = set(header) | set(L.SCALARS.names) | arrays | {"rates"}
     assert set(data) == expected
 
     def is_int(v) -> bool:
@@ -504,8 +505,12 @@ def test_info_text_and_json(name, start_publisher):
     assert data["name"] == name and data["publisher_pid"] == pub.pid and data["state"] == "running"
     assert data["layout_version"] == L.LAYOUT_VERSION
     assert data["size_bytes"] == os.path.getsize(L.segment_path(name))
-    assert data["capacities"]["net"] == 7 and set(data["capacities"]) == {"cpus", "net", "disks", "filesystems"}
+    assert data["capacities"]["net"] == 7 and set(data["capacities"]) == {
+        "cpus", "net", "disks", "filesystems", "history", "top_cpu", "top_rss", "process_states"}
+    assert data["capacities"]["history"] == L.DEFAULT_HISTORY and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
     assert data["seq"] > 0 and data["seq"] % 2 == 0 and data["samples"] == data["seq"] // 2
+    assert data["history"]["samples"] == min(data["samples"], L.DEFAULT_HISTORY)
+    assert data["wake"] == "futex"
     assert data["interval_seconds"] == float(INTERVAL) and data["age_seconds"] >= 0
 
 
@@ -590,7 +595,8 @@ def test_api_read_snapshot(name, start_publisher):
         assert len(snap.cpus) == snap.cpu_count
         assert {nic["device"] for nic in snap.net} == set(psutil_nics()) - {"lo"}
         assert "/" in {fs["mountpoint"] for fs in snap.filesystems}
-        assert snap.overflow() == {"cpus": 0, "net": 0, "disks": 0, "filesystems": 0}
+        assert snap.overflow() == {"cpus": 0, "net": 0, "disks": 0, "filesystems": 0,
+                                   "top_cpu": 0, "top_rss": 0, "process_states": 0}
         assert set(snap.to_dict()) >= set(L.SCALARS.names) | {"cpus", "net", "disks", "filesystems", "seq"}
         with pytest.raises(AttributeError):
             snap.no_such_field  # noqa: B018

@@ -28,9 +28,11 @@ enum {
     H_SEQ = 208, H_SAMPLE_TIME = 216, HEADER_BYTES = 248,
 };
 /* Section directory entry (table `section`). */
-enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 5 };
-static const uint32_t RECORD_SIZE[SECTIONS] = {264, 80, 96, 72, 440}; /* scalars cpus net disks filesystems */
-static const uint64_t TABLE_HASH = 0xfe4f779d550c2476ULL;
+enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 9 };
+/* scalars cpus net disks filesystems history top_cpu top_rss process_states */
+static const uint32_t RECORD_SIZE[SECTIONS] = {296, 80, 96, 72, 440, 312, 80, 80, 24};
+static const uint32_t MIN_CAPACITY[SECTIONS] = {1, 1, 1, 1, 1, 2, 0, 0, 0};
+static const uint64_t TABLE_HASH = 0x0f7332c837628328ULL;
 enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_MAX = 3 };
 
 static uint32_t u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }   /* x86-64 and ARM64 */
@@ -72,12 +74,12 @@ int main(int argc, char **argv)
         return fail(4, name, "not a regular, singly linked file writable only by its owner");
 
     /* Validate from a plain read before mapping anything (a short file must never be mapped). */
-    unsigned char head[384];
+    unsigned char head[512];
     if (st.st_size < (off_t)sizeof head || pread(fd, head, sizeof head, 0) != (ssize_t)sizeof head)
         return fail(4, name, "too small to hold a header");
     if (memcmp(head + H_MAGIC, "SHMMETR\0", 8))
         return fail(4, name, u64(head) == 0 ? "not initialised yet" : "bad magic: not a shm-metrics segment");
-    if (u32(head + H_VERSION) != 1 || u64(head + H_TABLE_HASH) != TABLE_HASH)
+    if (u32(head + H_VERSION) != 2 || u64(head + H_TABLE_HASH) != TABLE_HASH)
         return fail(4, name, "another layout version or field table");
     if (u64(head + H_TOTAL_SIZE) != (uint64_t)st.st_size || u32(head + H_SECTION_COUNT) != SECTIONS ||
         u32(head + H_SECTION_SIZE) != SECTION_BYTES || u64(head + H_SECTIONS_OFFSET) != HEADER_BYTES ||
@@ -91,7 +93,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < SECTIONS; i++) {
         const unsigned char *e = head + HEADER_BYTES + i * SECTION_BYTES;
         uint32_t cap = u32(e + S_CAPACITY);
-        if (u32(e + S_RECORD_SIZE) != RECORD_SIZE[i] || cap < 1 || cap > 65536 || (i == 0 && cap != 1) ||
+        if (u32(e + S_RECORD_SIZE) != RECORD_SIZE[i] || cap < MIN_CAPACITY[i] || cap > 65536 ||
+            (i == 0 && cap != 1) || (i == 7 && cap != u32(e - SECTION_BYTES + S_CAPACITY)) ||
             u64(e + S_OFFSET) != pos)
             return fail(4, name, "section directory does not match the layout");
         if (i == 0)

@@ -102,9 +102,15 @@ FILESYSTEM_FAMILIES: tuple[Family, ...] = (
            "avail_bytes"),
 )
 
+# From the publisher's per-process scan (--top); absent when it runs with --top 0.
+PROCESS_STATE_FAMILIES: tuple[tuple[Family, str], ...] = (
+    (Family("node_processes_state", GAUGE, "Number of processes in each state.", "processes"), "state"),
+    (Family("node_processes_threads_state", GAUGE, "Number of threads in each state.", "threads"), "thread_state"),
+)
+
 # Every node_* family this exporter can show (the comparison test and the dashboard use it).
 NODE_FAMILIES: tuple[Family, ...] = (*SCALAR_FAMILIES, CPU_FAMILY, *NET_FAMILIES, *DISK_FAMILIES,
-                                     *FILESYSTEM_FAMILIES)
+                                     *FILESYSTEM_FAMILIES, *(fam for fam, _ in PROCESS_STATE_FAMILIES))
 
 
 # The exporter's own families (shown whatever the segment's state; some only once a sample exists).
@@ -141,6 +147,15 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
         for row in rows:
             metric.add_metric([row["device"], row["fstype"], row["mountpoint"]], row[fam.field])
         yield metric
+
+    states = snap.process_states
+    if states:
+        for fam, label in PROCESS_STATE_FAMILIES:
+            metric = _family(fam, (label,))
+            for row in states:
+                if row[fam.field]:  # node_exporter shows only the states it saw
+                    metric.add_metric([row["state"]], row[fam.field])
+            yield metric
 
 
 def _per_device(families: Iterable[Family], rows: list[dict]) -> Iterator[Metric]:

@@ -1,0 +1,149 @@
+"""``shm-read top``: the publisher's process tables, live or once.
+
+The publisher (``--top N``) scans /proc once per sample; this view only reads
+the segment, so any number of people can watch it without a single extra
+/proc scan.  It wakes on each new sample (futex) and redraws then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from readers import format as fmt
+from readers.reader import IncompatibleSegment, Reader, Snapshot
+
+STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T": "stopped",
+               "t": "tracing_stop", "X": "dead", "x": "dead", "I": "idle", "P": "parked", "W": "waking",
+               "K": "wakekill"}
+COLUMNS = ("pid", "user", "state", "cpu_percent", "rss_bytes", "threads", "name")
+EXIT_HELP = """\
+exit codes:
+  0    ok
+  2    usage error
+  3    no segment: shm-publisher is not running under that name
+  4    incompatible or corrupt segment, or a publisher started with --top 0 (no process tables)
+  5    stale or stopped publisher (data still printed, warning on stderr)
+  130  interrupted (Ctrl-C)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from readers.cliargs import OneLineParser, segment_name
+
+    p = OneLineParser(prog="shm-read top", formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description="The top processes by CPU and by memory, and process counts by state, as the "
+                                  "publisher (--top N) sampled them. Live on a terminal; once otherwise.",
+                      epilog=EXIT_HELP)
+    p.add_argument("--name", type=segment_name, default=None, help="segment name (default /sysmetrics)")
+    p.add_argument("--once", action="store_true", help="print the tables once and exit")
+    p.add_argument("--json", action="store_true",
+                   help='with --once: {"by_cpu": [...], "by_rss": [...], "states": {...}}')
+    p.add_argument("--max-age", type=float, metavar="SECONDS",
+                   help="a sample older than this is stale (default 2 x interval + 1 s)")
+    return p
+
+
+def state_counts(snap: Snapshot) -> dict[str, dict]:
+    """{"sleeping": {"state": "S", "processes": n, "threads": m}, ...}: node_exporter's counts, named."""
+    out: dict[str, dict] = {}
+    for row in snap.process_states:
+        name = STATE_NAMES.get(row["state"], row["state"])
+        entry = out.setdefault(name, {"state": row["state"], "processes": 0, "threads": 0})
+        entry["processes"] += row["processes"]
+        entry["threads"] += row["threads"]
+    return out
+
+
+def to_json(snap: Snapshot) -> dict:
+    return {"by_cpu": snap.top_cpu, "by_rss": snap.top_rss, "states": state_counts(snap),
+            "seq": snap.seq, "sample_time": snap.sample_time, "hostname": snap.hostname,
+            "procs_total": snap.procs_total, "threads_total": snap.threads_total}
+
+
+def _cells(row: dict) -> list[str]:
+    return [str(row["pid"]), row["user"], row["state"], f"{row['cpu_percent']:.1f}",
+            fmt.human_bytes(row["rss_bytes"]), str(row["threads"]), row["name"]]
+
+
+def summary(snap: Snapshot) -> str:
+    states = ", ".join(f"{v['processes']} {k}" for k, v in sorted(state_counts(snap).items(),
+                                                                  key=lambda kv: -kv[1]["processes"]))
+    return (f"{snap.hostname}: {snap.procs_total} processes ({states}), {snap.threads_total} threads; "
+            f"load {snap.load1:.2f} {snap.load5:.2f} {snap.load15:.2f}; cpu {snap.cpu_percent:.1f} %; "
+            f"mem used {fmt.human_bytes(snap.mem_used_bytes)} of {fmt.human_bytes(snap.mem_total_bytes)}")
+
+
+def text(snap: Snapshot) -> str:
+    lines = [summary(snap)]
+    for title, rows in (("by CPU", snap.top_cpu), ("by resident memory", snap.top_rss)):
+        cells = [list(COLUMNS)] + [_cells(r) for r in rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+        lines += ["", f"top {len(rows)} {title}:"]
+        for c in cells:
+            lines.append("  " + "  ".join(v.ljust(w) if i in (1, 2, 6) else v.rjust(w)
+                                          for i, (v, w) in enumerate(zip(c, widths))).rstrip())
+    return "\n".join(lines)
+
+
+def _check_tables(reader: Reader) -> None:
+    if not reader.capacities.get("top_cpu"):
+        raise IncompatibleSegment(f"{reader.name}: the publisher runs with --top 0, so there are no process tables")
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from readers.cli import _attach, _first_sample, _freshness
+
+    with _attach(args.name) as reader:
+        _check_tables(reader)
+        snap = _first_sample(reader, arrays=True)
+        if args.json:
+            import json
+
+            print(json.dumps(to_json(snap), indent=2 if sys.stdout.isatty() else None))
+        else:
+            print(text(snap))
+        return _freshness(snap, args.max_age)
+
+
+def render(snap: Snapshot):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    tables = []
+    for title, rows in (("by CPU", snap.top_cpu), ("by resident memory", snap.top_rss)):
+        table = Table(*("PID", "USER", "S", "CPU %", "RSS", "THR", "COMMAND"), title=f"top {len(rows)} {title}",
+                      title_justify="left", box=None, padding=(0, 1))
+        for row in rows:
+            table.add_row(*_cells(row))
+        tables.append(table)
+    return Group(Text(summary(snap), style="bold"), Text(""), tables[0], Text(""), tables[1])
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    reader = Reader(args.name, attach=False)
+    try:
+        with Live(Text(""), console=Console(), auto_refresh=False) as live:
+            def on_status(message: str) -> None:
+                live.update(Text(f"shm-read: {message}", style="yellow"), refresh=True)
+
+            for snap in reader.follow(on_status=on_status, max_age=args.max_age):
+                _check_tables(reader)
+                live.update(render(snap), refresh=True)
+    finally:
+        reader.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    from readers.cli import run_guarded
+
+    args = build_parser().parse_args(argv)
+    live = sys.stdout.isatty() and not (args.once or args.json)  # JSON is a one-shot format here
+    command = cmd_live if live else cmd_once
+    return run_guarded(command, args)

@@ -1,0 +1,488 @@
+"""publisher.processes.ProcessTable against the real /proc, ps and children it watches.
+
+Every child is started through the ``spawn`` fixture and killed by its own PID
+at teardown.  Other processes (other tests, the other sessions on the host)
+come and go while these run, so host-wide comparisons bracket the scan between
+a read before and a read after, or retry until two reads agree.  No timing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from publisher.processes import PAGE_SIZE_BYTES, ProcessScan, ProcessTable, time_scan
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW_KEYS = {"pid", "name", "user", "state", "cpu_percent", "rss_bytes", "threads"}
+EVERYTHING = 1 << 20  # top_n that lists every process in by_cpu and by_rss
+IS_ROOT = os.geteuid() == 0
+
+
+# ----------------------------------------------------------------- helpers
+@pytest.fixture
+def spawn():
+    """spawn(argv, ready=None, **popen) -> Popen; every child is killed by its PID (and reaped) at teardown.
+
+    With ``ready``, waits for that line on the child's stdout.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(argv: list[str], ready: str | None = None, **kw) -> subprocess.Popen:
+        if ready is not None:
+            kw.update(stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, **kw)
+        started.append(proc)
+        if ready is not None:
+            line = proc.stdout.readline().strip()
+            assert line == ready, f"child {proc.pid} said {line!r}"
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture
+def table():
+    t = ProcessTable(top_n=10)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def full_table():
+    """A table whose top lists hold every process (so any child can be looked up by pid)."""
+    t = ProcessTable(top_n=EVERYTHING)
+    yield t
+    t.close()
+
+
+def python_child(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state first), or None if the process has gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def proc_state(pid: int) -> str | None:
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def row_of(rows: list[dict], pid: int) -> dict | None:
+    return next((r for r in rows if r["pid"] == pid), None)
+
+
+def ps(*args: str) -> str:
+    return subprocess.run(["ps", *args], capture_output=True, text=True, check=False).stdout
+
+
+def numeric_proc_entries() -> int:
+    return sum(1 for e in os.listdir("/proc") if e.isdigit())
+
+
+def all_tasks() -> int:
+    """Entries of /proc/*/task/* (threads of every process), as node_exporter lists them."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                total += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    return total
+
+
+def own_fds() -> dict[int, str]:
+    """This process's fds -> what they point at."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the fd of the listing itself
+            pass
+    return out
+
+
+def user_matches(ours: str, ps_user: str) -> bool:
+    """ps prints at most 8 characters of a name: longer ones end in '+' (older procps: the uid)."""
+    if ours == ps_user:
+        return True
+    if ps_user.endswith("+") and len(ps_user) == 8:
+        return ours.startswith(ps_user[:-1])
+    try:
+        return ps_user.isdigit() and pwd.getpwnam(ours).pw_uid == int(ps_user)
+    except KeyError:
+        return False
+
+
+BUSY = python_child("""
+    print("ready", flush=True)
+    while True:
+        pass
+""")
+SLEEPER = python_child("""
+    import time
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+# ----------------------------------------------------------------- API and rows
+def test_api_shapes_and_orders(full_table, table):
+    full_table.scan()
+    scan = full_table.scan()
+    assert isinstance(scan, ProcessScan)
+    assert scan.procs_total > 0
+    for rows in (scan.by_cpu, scan.by_rss):
+        assert rows
+        for r in rows:
+            assert set(r) == ROW_KEYS
+            assert isinstance(r["pid"], int) and r["pid"] > 0
+            assert isinstance(r["name"], str) and isinstance(r["user"], str)
+            assert isinstance(r["state"], str) and len(r["state"]) == 1
+            assert isinstance(r["cpu_percent"], float) and r["cpu_percent"] >= 0
+            assert isinstance(r["rss_bytes"], int) and r["rss_bytes"] % PAGE_SIZE_BYTES == 0
+            assert isinstance(r["threads"], int) and r["threads"] >= 1
+    cpu_keys = [(r["cpu_percent"], r["rss_bytes"], -r["pid"]) for r in scan.by_cpu]
+    assert cpu_keys == sorted(cpu_keys, reverse=True)
+    rss_keys = [(r["rss_bytes"], -r["pid"]) for r in scan.by_rss]
+    assert rss_keys == sorted(rss_keys, reverse=True)
+    assert {r["pid"] for r in scan.by_cpu} == {r["pid"] for r in scan.by_rss}  # both list everyone
+    assert len(scan.by_rss) <= scan.procs_total
+
+    letters = [s["state"] for s in scan.states]
+    assert letters == sorted(set(letters))
+    for s in scan.states:
+        assert set(s) == {"state", "processes", "threads"} and len(s["state"]) == 1
+        assert s["processes"] >= 0 and s["threads"] >= s["processes"]  # a process is at least its leader
+
+    small = table.scan()  # top_n bounds both lists
+    assert len(small.by_cpu) == len(small.by_rss) == min(10, small.procs_total)
+
+
+def test_top_n_validation():
+    with pytest.raises(ValueError):
+        ProcessTable(top_n=-1)
+    ProcessTable(top_n=0).close()  # allowed; the publisher just never scans it
+
+
+def test_comm_with_spaces_and_parentheses(spawn, full_table):
+    weird = "we) ird (na)me"[:15]  # comm holds 15 characters
+    child = spawn(python_child(f"""
+        import time
+        with open("/proc/self/comm", "w") as f:
+            f.write({weird!r})
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    wait_for(lambda: proc_state(child.pid) == "S", what="child asleep")
+    row = row_of(full_table.scan().by_rss, child.pid)
+    assert row is not None
+    assert row["name"] == weird == Path(f"/proc/{child.pid}/comm").read_text().rstrip("\n")
+    assert row["state"] == "S" and row["threads"] == 1
+
+
+# ----------------------------------------------------------------- CPU
+def test_busy_child_tops_by_cpu(spawn, table):
+    child = spawn(BUSY, ready="ready")
+    table.scan()
+    time.sleep(1)
+    scan = table.scan()
+    row = row_of(scan.by_cpu, child.pid)
+    assert row is not None, f"busy child {child.pid} not in {scan.by_cpu}"
+    assert row["cpu_percent"] > 30
+    assert row["state"] == "R"
+    assert row["name"] == Path(f"/proc/{child.pid}/comm").read_text().rstrip("\n")
+    assert row["name"].startswith("python")
+    assert row["threads"] == 1
+
+
+def test_first_scan_gives_the_average_since_start_like_ps(spawn):
+    child = spawn(BUSY, ready="ready")
+    time.sleep(1)
+    t = ProcessTable(top_n=10)
+    try:
+        row = row_of(t.scan().by_cpu, child.pid)
+    finally:
+        t.close()
+    ps_percent = float(ps("-o", "%cpu=", "-p", str(child.pid)).strip())  # cputime / elapsed, like ours
+    assert row is not None
+    assert row["cpu_percent"] > 30
+    assert row["cpu_percent"] == pytest.approx(ps_percent, abs=15)
+
+
+def test_sleeping_process_has_no_cpu_after_the_first_scan(spawn, full_table):
+    child = spawn(SLEEPER, ready="ready")
+    wait_for(lambda: proc_state(child.pid) == "S", what="child asleep")
+    full_table.scan()
+    time.sleep(0.2)
+    row = row_of(full_table.scan().by_cpu, child.pid)
+    assert row is not None and row["cpu_percent"] == 0.0 and row["state"] == "S"
+
+
+# ----------------------------------------------------------------- memory
+def test_rss_of_a_200mb_child_matches_ps(spawn, table):
+    child = spawn(python_child("""
+        import time
+        block = b"\\1" * (200 << 20)  # allocated and written: resident
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    scan = table.scan()
+    ps_bytes = int(ps("-o", "rss=", "-p", str(child.pid))) * 1024
+    row = row_of(scan.by_rss, child.pid)
+    assert row is not None, scan.by_rss
+    assert row["rss_bytes"] >= 200 << 20
+    assert row["rss_bytes"] == pytest.approx(ps_bytes, rel=0.05)
+    assert scan.by_rss[0]["pid"] == child.pid or scan.by_rss[0]["rss_bytes"] >= row["rss_bytes"]
+
+
+def test_top_by_rss_agrees_with_ps(spawn, table):
+    spawn(python_child("""
+        import time
+        block = b"\\1" * (64 << 20)
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    problems = []
+    for _ in range(5):  # processes start and exit between the two reads: retry until one pair agrees
+        ours = {r["pid"]: r["rss_bytes"] for r in table.scan().by_rss}
+        theirs = []
+        for line in ps("-eo", "pid=,rss=", "--sort=-rss").splitlines():
+            pid, rss = map(int, line.split())
+            theirs.append((pid, rss * 1024))
+        # ps's own row, and processes that have exited since, are not ours to find
+        top3 = [pid for pid, _ in theirs if os.path.exists(f"/proc/{pid}")][:3]
+        problems = [f"ps's top pid {pid} not among ours {ours}" for pid in top3 if pid not in ours]
+        problems += [f"pid {pid}: ours {ours[pid]} ps {rss}" for pid, rss in theirs[:10]
+                     if pid in ours and ours[pid] != pytest.approx(rss, rel=0.10)]
+        if not problems:
+            return
+        time.sleep(0.2)
+    pytest.fail("; ".join(problems))
+
+
+# ----------------------------------------------------------------- users
+def test_user_is_the_effective_uids_name_like_ps(spawn, table):
+    unknown_uid = next(uid for uid in range(54321, 60000) if not _has_passwd_entry(uid))
+    children = {}
+    if IS_ROOT:  # processes of other users: one with a name, one with none (its uid, as a number)
+        busy_sh = ["sh", "-c", "while :; do :; done"]
+        children["nobody"] = spawn(busy_sh, user="nobody")
+        children[str(unknown_uid)] = spawn(busy_sh, user=unknown_uid)
+    table.scan()
+    time.sleep(1)
+    scan = table.scan()
+    for user, child in children.items():
+        row = row_of(scan.by_cpu, child.pid)
+        assert row is not None, f"{user}'s busy child not in {scan.by_cpu}"
+        assert row["user"] == user and row["name"] == "sh"
+    checked = 0
+    for row in scan.by_cpu + scan.by_rss:
+        ps_user = ps("-o", "user=", "-p", str(row["pid"])).strip()
+        if ps_user:  # else the process has gone
+            assert user_matches(row["user"], ps_user), (row, ps_user)
+            checked += 1
+    assert checked
+
+
+def _has_passwd_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+# ----------------------------------------------------------------- states
+def test_process_counts_by_state_cover_every_process(table):
+    for _ in range(5):
+        before = numeric_proc_entries()
+        scan = table.scan()
+        after = numeric_proc_entries()
+        counted = sum(s["processes"] for s in scan.states)
+        low, high = min(before, after) - 3, max(before, after) + 3
+        if low <= counted <= high and low <= scan.procs_total <= high and counted <= scan.procs_total:
+            return
+    pytest.fail(f"/proc had {before}..{after} processes, scan counted {counted} of {scan.procs_total}")
+
+
+def test_stopped_and_zombie_children_show_up(spawn, table):
+    stopped = spawn(["sleep", "600"])
+    os.kill(stopped.pid, signal.SIGSTOP)
+    zombie = spawn(["true"])  # exits at once; not waited for (until teardown), so it stays a zombie
+    wait_for(lambda: proc_state(stopped.pid) == "T", what="stopped child")
+    wait_for(lambda: proc_state(zombie.pid) == "Z", what="zombie child")
+    states = {s["state"]: s for s in table.scan().states}
+    assert states["T"]["processes"] >= 1 and states["T"]["threads"] >= 1
+    assert states["Z"]["processes"] >= 1 and states["Z"]["threads"] >= 1
+
+
+def test_threads_are_counted(spawn, full_table):
+    child = spawn(python_child("""
+        import threading, time
+        for _ in range(5):
+            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    for _ in range(5):
+        before = all_tasks()
+        scan = full_table.scan()
+        after = all_tasks()
+        row = row_of(scan.by_rss, child.pid)
+        assert row is not None and row["threads"] >= 6
+        threads = sum(s["threads"] for s in scan.states)
+        if min(before, after) - 5 <= threads <= max(before, after) + 5:
+            break
+    else:
+        pytest.fail(f"/proc/*/task/* had {before}..{after} entries, scan counted {threads} threads")
+    sleeping = next(s for s in scan.states if s["state"] == "S")
+    assert sleeping["threads"] >= sleeping["processes"] + 5  # the child's five sleeping threads
+
+
+def test_thread_states_match_a_read_of_every_task(full_table):
+    """node_exporter's way, every task's stat read, gives the same counts (within churn)."""
+
+    def reference() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                fields = stat_fields(int(tid)) if tid == pid else _task_state(pid, tid)
+                if fields:
+                    counts[fields[0]] = counts.get(fields[0], 0) + 1
+        return counts
+
+    for _ in range(5):
+        before = reference()
+        ours = {s["state"]: s["threads"] for s in full_table.scan().states}
+        after = reference()
+        bad = {st: (before.get(st, 0), ours.get(st, 0), after.get(st, 0)) for st in set(before) | set(ours) | set(after)
+               if not min(before.get(st, 0), after.get(st, 0)) - 3 <= ours.get(st, 0)
+               <= max(before.get(st, 0), after.get(st, 0)) + 3}
+        if not bad:
+            return
+    pytest.fail(f"state: (before, ours, after): {bad}")
+
+
+def _task_state(pid: str, tid: str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------- fds
+def test_a_process_that_exits_between_scans_has_its_fd_closed(spawn, table):
+    child = spawn(SLEEPER, ready="ready")
+    table.scan()
+    path = f"/proc/{child.pid}/stat"
+    assert path in own_fds().values(), "the child's stat file is kept open"
+    kept = table.kept_fds
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    scan = table.scan()  # must not fail
+    assert row_of(scan.by_rss, child.pid) is None
+    assert path not in own_fds().values()
+    assert table.kept_fds < kept + 5  # churn from elsewhere aside, it did not grow by the dead one
+
+
+def test_threads_fds_are_closed_when_the_process_exits(spawn, table):
+    child = spawn(python_child("""
+        import threading, time
+        for _ in range(3):
+            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    table.scan()
+    prefix = f"/proc/{child.pid}/task/"
+    assert sum(1 for target in own_fds().values() if target.startswith(prefix)) == 3  # not the leader's
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    table.scan()
+    assert not [target for target in own_fds().values() if target.startswith(prefix)]
+
+
+def test_close_closes_every_kept_fd():
+    before = own_fds()
+    t = ProcessTable(top_n=5)
+    t.scan()
+    t.scan()
+    assert t.kept_fds > 1
+    assert len(own_fds()) > len(before)
+    t.close()
+    assert own_fds() == before
+    assert t.kept_fds == 0
+
+
+FD_BUDGET_SCRIPT = """
+import os, resource, sys
+from publisher.processes import ProcessTable
+soft, hard = map(int, sys.argv[1:3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+t = ProcessTable(top_n=5)
+t.scan()
+s = t.scan()
+print(t.kept_fds, resource.getrlimit(resource.RLIMIT_NOFILE)[0], s.procs_total,
+      sum(x["processes"] for x in s.states), len(s.by_rss))
+t.close()
+print(len(os.listdir("/proc/self/fd")))
+"""
+
+
+@pytest.mark.parametrize("room", [False, True], ids=["soft=hard", "soft<hard"])
+def test_fd_budget_half_the_soft_limit_then_open_read_close(spawn, room):
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]) if room else 16
+    if room and hard <= 16:
+        pytest.skip("the hard RLIMIT_NOFILE leaves no room to raise the soft one")
+    for _ in range(12):  # more processes than the budget of 8, whatever the host
+        spawn(["sleep", "600"])
+    done = subprocess.run([sys.executable, "-c", FD_BUDGET_SCRIPT, "16", str(hard)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    kept, soft_after, total, counted, rows = map(int, first.split())
+    assert total >= 12 and counted >= total - 3 and rows == 5  # every process read, kept fd or not
+    if not room:  # at most 8 kept, the rest opened and closed on each scan
+        assert soft_after == 16 and kept <= 8 + 1  # + /proc/uptime
+    else:  # the soft limit went up to the hard one, and the budget with it
+        assert soft_after == hard and kept > 8 + 1
+    assert int(second) <= 4  # after close(): stdin, stdout, stderr and the listing's own fd
+
+
+def test_time_scan_returns_a_median(table):
+    seconds = time_scan(table, 3)
+    assert isinstance(seconds, float) and seconds > 0
