@@ -6,8 +6,13 @@
         print(snap.procs_total, snap.load1, snap.mem_available_bytes)
         for nic in snap.net:              # arrays are lists of dicts
             print(nic["device"], nic["rx_bytes"])
-        for snap in reader.follow():      # each new sample, across publisher restarts
-            ...
+        for entry in reader.history(since=60):   # the segment's ring: the last samples' scalars
+            print(entry["sample_time"], entry["load1"])
+        for snap in reader.follow():      # each new sample (sleeping until the publisher wakes
+            ...                           # it), across publisher restarts
+
+``readers.rates`` turns history entries into per-second rates; ``shm_wake``
+is the futex underneath ``Reader.wait_for_sample``.
 
 Errors: NoSegment (nothing under the name), IncompatibleSegment (corrupt,
 foreign or another layout version; SegmentStarting, a subclass, while a

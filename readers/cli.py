@@ -14,7 +14,7 @@ import time
 
 import shm_layout as L
 from readers import format as fmt
-from readers.rates import RATE_KEYS, SERIES_FIELDS
+from readers.rates import RATE_KEYS, SERIES_FIELDS, recent_rates
 from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
 
 TYPE_CHECKING = False
@@ -143,19 +143,6 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None
     return fmt.table(snap, rates)
 
 
-def _ring_rates(reader: Reader, snap: Snapshot) -> dict | None:
-    """Rates over the newest second or more of the history ring (None: fewer than two samples).
-
-    Read after ``snap``; the ring is cut at ``snap`` so that both describe the same sample.
-    """
-    from readers.rates import latest_span, rates
-
-    wanted = max(1.0, reader.interval)  # a rate over less than a second is mostly noise
-    entries = [e for e in reader.history(since=2 * wanted + reader.interval) if e["seq"] <= snap.seq]
-    span = latest_span(entries, wanted)
-    return rates(*span) if span else None
-
-
 def _attach(name: str | None) -> Reader:
     """Attach, giving a publisher that is creating the segment a moment to finish."""
     deadline = time.monotonic() + 1.0
@@ -184,7 +171,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         snap = _first_sample(reader, arrays)
         rates = None
         if not args.fields or any(f in RATE_KEYS for f in args.fields):
-            rates = _ring_rates(reader, snap)
+            rates = recent_rates(reader, snap)
             if rates is None and args.fields:
                 _warn("rates need two samples in the history ring; printed as null")
         print(_render(snap, args.fields, args.json, rates), flush=True)
@@ -267,7 +254,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     seen = 0
     try:
         for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=arrays):
-            text = _render(snap, args.fields, args.json, _ring_rates(reader, snap) if with_rates else None)
+            text = _render(snap, args.fields, args.json, recent_rates(reader, snap) if with_rates else None)
             print(text if args.json or args.fields else text + "\n", flush=True)
             seen += 1
             if args.count and seen >= args.count:

@@ -1,8 +1,10 @@
 """The live view of ``shm-read`` on a terminal, drawn with rich.
 
-Refreshes once per new sample (never redraws an unchanged one) and shows rates
-computed between consecutive samples: network and disk bytes per second, fork
-and context-switch rates.  CPU percentages come straight from the segment.
+Refreshes once per new sample (it sleeps until the publisher wakes it, and
+never redraws an unchanged one) and shows rates computed between consecutive
+samples: network and disk bytes per second, fork and context-switch rates (the
+first frame takes the host-wide ones from the history ring).  CPU percentages
+come straight from the segment.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from readers import format as fmt
+from readers.rates import recent_rates
 from readers.reader import Reader, Snapshot
 
 
@@ -35,9 +38,15 @@ def _bar(percent: float, width: int = 20) -> Text:
     return Text("█" * filled + "·" * (width - filled), style=style)
 
 
-def render(snap: Snapshot, prev: Snapshot | None) -> Group:
+def render(snap: Snapshot, prev: Snapshot | None, ring: dict | None = None) -> Group:
+    """``ring``: rates from the history ring, for the first frame (no ``prev`` yet)."""
     dt = snap.sample_monotonic - prev.sample_monotonic if prev else 0.0
     s, p = snap.scalars(), prev.scalars() if prev else None
+
+    def host_rate(counter: str, rate: str) -> float | None:
+        value = _rate(s, p, counter, dt)
+        return ring.get(rate) if value is None and ring else value
+
     head = Text(f"{snap.hostname}  seq {snap.seq}  every {fmt.seconds(snap.interval)}  "
                 f"publisher pid {snap.publisher_pid} ({snap.state})  up {fmt.seconds(s['uptime_seconds'])}",
                 style="bold")
@@ -48,9 +57,9 @@ def render(snap: Snapshot, prev: Snapshot | None) -> Group:
     system.add_row("procs", f"{s['procs_total']}", "threads", f"{s['threads_total']}")
     system.add_row("running", f"{s['procs_running']}", "blocked", f"{s['procs_blocked']}")
     system.add_row("load", f"{s['load1']:.2f} {s['load5']:.2f} {s['load15']:.2f}",
-                   "forks", _per_second(_rate(s, p, "forks_total", dt)))
+                   "forks", _per_second(host_rate("forks_total", "forks_per_second")))
     system.add_row("cpu", f"{s['cpu_percent']:5.1f} %",
-                   "ctx switches", _per_second(_rate(s, p, "ctx_switches_total", dt)))
+                   "ctx switches", _per_second(host_rate("ctx_switches_total", "ctx_switches_per_second")))
     system.add_row("mem used", f"{fmt.human_bytes(s['mem_used_bytes'])} of {fmt.human_bytes(s['mem_total_bytes'])}",
                    "available", fmt.human_bytes(s["mem_available_bytes"]))
     system.add_row("swap used", f"{fmt.human_bytes(s['swap_used_bytes'])} of {fmt.human_bytes(s['swap_total_bytes'])}",
@@ -101,7 +110,8 @@ def run_live(name: str | None, max_age: float | None) -> int:
             for snap in reader.follow(on_status=on_status, max_age=max_age):
                 if prev is not None and prev.instance_id != snap.instance_id:
                     prev = None  # a new publisher: rates restart
-                live.update(render(snap, prev), refresh=True)
+                ring = recent_rates(reader, snap) if prev is None else None  # rates from the first frame on
+                live.update(render(snap, prev, ring), refresh=True)
                 prev = snap
     finally:
         reader.close()

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import shm_layout as L
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from readers.reader import Reader, Snapshot
+
 # rate name -> the counter it is the derivative of
 RATE_SOURCES = {
     "forks_per_second": "forks_total",
@@ -71,3 +75,15 @@ def series(entries: list[dict], field: str) -> list[tuple[float, float]]:
         if span > 0:
             out.append((b["sample_time"], max(0, b[counter] - a[counter]) / span))
     return out
+
+
+def recent_rates(reader: Reader, snap: Snapshot) -> dict[str, float] | None:
+    """Rates over the newest second (or interval, if longer) of ``reader``'s ring, ending at ``snap``.
+
+    None while the ring holds fewer than two samples.  The ring is read after
+    ``snap`` and cut at it, so that both describe the same sample.
+    """
+    wanted = max(1.0, reader.interval)  # a rate over less than a second is mostly noise
+    entries = [e for e in reader.history(since=2 * wanted + reader.interval) if e["seq"] <= snap.seq]
+    span = latest_span(entries, wanted)
+    return rates(*span) if span else None
