@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bench.common import BIN, Config, Lab, Shared
 
-QUESTIONS = {1: "q1_read", 2: "q2_delivery", 3: "q3_cli", 4: "q4_publisher", 5: "q5_contention", 6: "q6_exporter"}
+QUESTIONS = {1: "q1_read", 2: "q2_delivery", 3: "q3_cli", 4: "q4_publisher", 5: "q5_contention", 6: "q6_exporter",
+             7: "q7_wake", 8: "q8_top"}
 
 
 def _questions(text: str) -> list[int]:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split(":", 1)[1].strip())
     ap.add_argument("--quick", action="store_true", help="a few seconds in all: proves every table still comes out")
     ap.add_argument("--only", type=_questions, default=list(QUESTIONS), metavar="N,N",
-                    help="run only these questions (1-6)")
+                    help=f"run only these questions (1-{len(QUESTIONS)})")
     ap.add_argument("--out", type=Path, help="also write the tables to this file")
     args = ap.parse_args(argv)
 
