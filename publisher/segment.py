@@ -372,19 +372,48 @@ def _row_packer(rec: L.Record):
 
     Integers are clamped into their type's range and strings encoded and cut
     here, so a hostile or odd value never raises inside the write window.
+    Rows often repeat from one sample to the next (idle processes, filesystem
+    sizes, state counts): their bytes are remembered, keyed by their values.
     """
-    converters = [(f.name, _converter(f)) for f in rec.fields]
+    keys = rec.names
+    converters = [_converter(f) for f in rec.fields]
     pack = rec.struct.pack
+    remembered: dict[tuple, bytes] = {}
 
     def packer(row: dict) -> bytes:
-        return pack(*[convert(row.get(key, 0)) for key, convert in converters])
+        values = tuple([row.get(key, 0) for key in keys])
+        try:
+            return remembered[values]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value: convert it, do not remember
+            return pack(*[convert(v) for convert, v in zip(converters, values)])
+        packed = pack(*[convert(v) for convert, v in zip(converters, values)])
+        if len(remembered) >= _REMEMBERED_ROWS:
+            remembered.clear()
+        remembered[values] = packed
+        return packed
 
     return packer
 
 
+_REMEMBERED_ROWS = 1024  # per record: a few samples' worth of rows
+
+
 def _converter(f: L.Field):
     if f.is_string:
-        return lambda value, size=f.size: L.encode_string(str(value), size)
+        encoded: dict[str, bytes] = {}  # device names, mount points, users repeat
+
+        def encode(value, size=f.size) -> bytes:
+            text = str(value)
+            raw = encoded.get(text)
+            if raw is None:
+                if len(encoded) >= _REMEMBERED_ROWS:
+                    encoded.clear()
+                raw = encoded[text] = L.encode_string(text, size)
+            return raw
+
+        return encode
     if f.ctype == "f64":
         return float
     top = _U32_MAX if f.ctype == "u32" else _U64_MAX
