@@ -334,16 +334,17 @@ class Lab:
         wait_http(exp.port, exp.proc, "shm-exporter")
         return exp
 
-    def node_exporter(self) -> Launched | None:
-        """Debian's node_exporter with only the collectors we cover, or None if it is not installed."""
+    def node_exporter(self, collectors: tuple[str, ...] = NODE_COLLECTORS,
+                      label: str = "node_exporter") -> Launched | None:
+        """Debian's node_exporter with only these collectors (default: those we cover), or None if not installed."""
         binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
         if not os.access(binary, os.X_OK):
             return None
         port = free_port()
         node = self.start([binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-                           *(f"--collector.{c}" for c in NODE_COLLECTORS)], "node_exporter")
+                           *(f"--collector.{c}" for c in collectors)], label)
         node.port = port
-        wait_http(port, node.proc, "node_exporter")
+        wait_http(port, node.proc, label)
         return node
 
     # --- forked children

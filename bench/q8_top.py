@@ -46,14 +46,12 @@ from bench.common import (
     calibrate,
     connect,
     cpu_seconds,
-    free_port,
     get,
     median,
     paired_ratio,
     per_call,
     rss_mib,
     us,
-    wait_http,
     wait_running,
     x,
 )
@@ -199,18 +197,6 @@ def publisher(lab: Lab, top: int) -> Launched:
     return pub
 
 
-def node_exporter(lab: Lab, collectors: tuple[str, ...], label: str) -> Launched | None:
-    binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
-    if not os.access(binary, os.X_OK):
-        return None
-    port = free_port()
-    node = lab.start([binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-                      *(f"--collector.{c}" for c in collectors)], label)
-    node.port = port
-    wait_http(port, node.proc, label)
-    return node
-
-
 def spawn_cpu(lab: Lab, argv: list[str], env: dict | None = None) -> tuple[float, float]:
     """(CPU seconds: user + system from the child's rusage, wall seconds) of one run of ``argv``."""
     t0 = time.perf_counter()
@@ -269,7 +255,7 @@ def run(cfg: Config, shared: Shared) -> Table:
 
         pubs = {top: publisher(lab, top) for top in (TOP_N, 0)}
         node_full = shared.node
-        node_proc = node_exporter(lab, ("processes",), "node_exporter-processes")
+        node_proc = lab.node_exporter(("processes",), "node_exporter-processes")
         nodes = {"processes": node_proc, "full": node_full}
         conns = {k: connect(v.port) for k, v in nodes.items() if v}
         for conn in conns.values():

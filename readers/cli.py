@@ -337,22 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(command, args)
 
 
+# First match wins: SegmentStarting is an IncompatibleSegment, every error a ReaderError.
+_EXIT_FOR_ERROR = ((NoSegment, EXIT_NO_SEGMENT), (IncompatibleSegment, EXIT_INCOMPATIBLE),
+                   (SegmentBusy, EXIT_STALE), (ReaderError, EXIT_INCOMPATIBLE))
+
+
 def run_guarded(command: Callable[[Any], int], args: Any) -> int:
     """Run a command, turning every reader error into its one-line message and exit code."""
     try:
         return command(args)
-    except NoSegment as exc:
-        _warn(str(exc))
-        return EXIT_NO_SEGMENT
-    except IncompatibleSegment as exc:
-        _warn(str(exc))
-        return EXIT_INCOMPATIBLE
-    except SegmentBusy as exc:
-        _warn(str(exc))
-        return EXIT_STALE
     except ReaderError as exc:
         _warn(str(exc))
-        return EXIT_INCOMPATIBLE
+        return next(code for kind, code in _EXIT_FOR_ERROR if isinstance(exc, kind))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
