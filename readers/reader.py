@@ -377,6 +377,7 @@ class Reader:
         if self._wake is None:
             import shm_wake  # ctypes: only readers that wait pay for it
 
+            self._futex_wait = shm_wake.wait
             reason = shm_wake.UNAVAILABLE_REASON
             address = 0
             if shm_wake.AVAILABLE:
@@ -394,8 +395,6 @@ class Reader:
         woken within microseconds of the write); polls every
         ``poll_interval()`` where the futex is unavailable.  True if it changed.
         """
-        import shm_wake
-
         address, _ = self._wake_method()
         q, si = self._q, self._seq_index
         deadline = time.monotonic() + timeout
@@ -404,7 +403,7 @@ class Reader:
             if remaining <= 0:
                 return False
             if address:
-                shm_wake.wait(address, seq, remaining)
+                self._futex_wait(address, seq, remaining)
             else:
                 time.sleep(min(self.poll_interval(), remaining))
         return True
