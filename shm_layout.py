@@ -274,9 +274,8 @@ PROCESS_STATES = Record("process_states", [
 
 # Directory order: the index of a section in the directory is fixed.
 SECTIONS: tuple[Record, ...] = (SCALARS, CPU, NET, DISK, FILESYSTEM, HISTORY, TOP_CPU, TOP_RSS, PROCESS_STATES)
-ARRAYS: tuple[Record, ...] = SECTIONS[1:]
 # What a snapshot holds: every array but the history ring, which is read on request.
-SAMPLE_ARRAYS: tuple[Record, ...] = tuple(r for r in ARRAYS if r is not HISTORY)
+SAMPLE_ARRAYS: tuple[Record, ...] = tuple(r for r in SECTIONS[1:] if r is not HISTORY)
 SECTION_INDEX = {r.name: i for i, r in enumerate(SECTIONS)}
 # Smallest capacity per section: the --top tables and the state counts may be
 # switched off (capacity 0); a ring needs two samples to give a rate.

@@ -144,10 +144,10 @@ def test_history_prints_lines_when_piped_and_a_chart_on_a_terminal(name, start_p
     assert "┌".encode() in text and b"mem_used_bytes on" in text and b"seconds before" in text
 
 
-def test_history_of_a_layout_without_samples_is_empty(name, start_publisher):
+def test_a_ring_with_one_sample_holds_just_that_one(name, start_publisher):
     pub = start_publisher(name, "--interval", "3600", "--top", "0")
     with Reader(name) as reader:
-        assert [e["seq"] for e in reader.history()] == [2]  # the first sample only
+        assert reader.publisher_pid == pub.pid
+        assert [e["seq"] for e in reader.history()] == [2]  # the first sample only: no unwritten slot shows
         assert reader.history(limit=0) == []
-    assert pub.pid > 0
     assert L.DEFAULT_HISTORY * L.HISTORY.size < 1 << 20, "the default ring stays small"
