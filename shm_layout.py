@@ -21,7 +21,7 @@ Strings are fixed-size, NUL-padded UTF-8.  The module also knows how a segment
 name maps to a file and how to open one safely, because a reader must check
 what it is looking at before it trusts a single byte.
 
-Run ``python -m shm_layout`` to print the Markdown reference (docs/LAYOUT.md).
+Run ``python -m shm_metrics.shm_layout`` to print the Markdown reference (docs/LAYOUT.md).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv `make bench` runs in: its console scripts are what users run
@@ -312,14 +312,14 @@ class Lab:
     def publisher(self, interval: float, what: str = "pub") -> Launched:
         """A real shm-publisher on a unique name, returned once its first sample is in."""
         name = self.segment_name(what)
-        pub = self.start([*self.script("shm-publisher", "publisher"), "--name", name, "--interval", str(interval)],
-                         f"publisher-{interval}")
+        pub = self.start([*self.script("shm-publisher", "shm_metrics.publisher"), "--name", name,
+                          "--interval", str(interval)], f"publisher-{interval}")
         pub.name = name
         wait_running(name, pub)
         return pub
 
     def shm_exporter(self, name: str) -> Launched:
-        exp = self.start([*self.script("shm-exporter", "readers.exporter"), "--name", name,
+        exp = self.start([*self.script("shm-exporter", "shm_metrics.readers.exporter"), "--name", name,
                           "--web.listen-address", "127.0.0.1:0"], "shm-exporter")
         exp.name = name
         deadline = time.monotonic() + 30
@@ -426,7 +426,7 @@ def _run_child(child: Callable[[], None], cpu: int | None) -> None:
 
 def wait_running(name: str, launched: Launched, timeout: float = 20.0) -> None:
     """Until *this* process publishes under ``name`` (state running, its pid in the header)."""
-    from readers import Reader, ReaderError
+    from shm_metrics.readers import Reader, ReaderError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

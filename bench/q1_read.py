@@ -27,10 +27,10 @@ import os
 import struct
 from functools import partial
 
-import readers.reader as R
-import shm_layout as L
+import shm_metrics.readers.reader as R
 from bench.common import Config, Shared, Table, alternate, calibrate, median, paired_ratio, per_call, us, x
-from readers import Reader
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import Reader
 
 LIMIT = 1.5
 FIELD = "procs_total"

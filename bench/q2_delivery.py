@@ -30,8 +30,7 @@ import os
 import socket
 from functools import partial
 
-import readers.reader as R
-import shm_layout as L
+import shm_metrics.readers.reader as R
 from bench.common import (
     Config,
     Shared,
@@ -47,7 +46,8 @@ from bench.common import (
     x,
 )
 from bench.q1_read import bare_full_decoder, consistent_copy
-from readers import Reader
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import Reader
 
 IPC_FACTOR, PSUTIL_FACTOR, HTTP_FACTOR = 2, 100, 300
 

@@ -31,22 +31,35 @@ from bench.common import BIN, ROOT, Config, Shared, Table, alternate, median, ms
 LIMIT = 1.5
 
 
+def _package_root() -> str:
+    """A directory whose ``shm_metrics`` is the repository: the import package without any finder."""
+    import atexit
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="shm-metrics-bench-")
+    os.symlink(ROOT, os.path.join(top, "shm_metrics"))
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    return top
+
+
 def run(cfg: Config, shared: Shared) -> Table:
     name = shared.publisher.name
+    package_root = _package_root()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     shm_read = str(BIN / "shm-read") if (BIN / "shm-read").exists() else None
     commands = {
         "bare": ([sys.executable, "-c", "pass"], "`python -c pass` (same venv: site and the editable finder)"),
         "shm-read": ([shm_read, "--once", "--name", name, "procs_total"] if shm_read else
-                     [sys.executable, "-m", "readers", "--once", "--name", name, "procs_total"],
-                     "`shm-read --once procs_total`" + ("" if shm_read else " (as python -m readers)")),
+                     [sys.executable, "-m", "shm_metrics.readers", "--once", "--name", name, "procs_total"],
+                     "`shm-read --once procs_total`" + ("" if shm_read else " (as python -m shm_metrics.readers)")),
         "ps": (["sh", "-c", "ps axh | wc -l"], "`ps axh | wc -l`"),
         "nosite": ([sys.executable, "-S", "-c", "pass"], "`python -S -c pass` (no site, no .pth files)"),
         # What the console script runs, without site: as if installed without the editable finder.
-        "nosite-read": ([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                         "from readers.cli import main; "
+        "nosite-read": ([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {package_root!r}); "
+                         "from shm_metrics.readers.cli import main; "
                          f"sys.exit(main(['--once', '--name', {name!r}, 'procs_total']))"],
-                        "the same `readers.cli.main` under `python -S` (repo on sys.path, no editable finder)"),
+                        "the same `shm_metrics.readers.cli.main` under `python -S` (no editable finder)"),
     }
 
     def once(argv: list[str]) -> float:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 
-import shm_layout as L
 from bench.common import (
     NODE_COLLECTORS,
     Config,
@@ -42,10 +41,11 @@ from bench.common import (
     us,
     x,
 )
-from publisher.cli import possible_cpus
-from publisher.sampler import Sampler, time_families
-from publisher.segment import OwnedSegment
-from readers import Reader
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher.cli import possible_cpus
+from shm_metrics.publisher.sampler import Sampler, time_families
+from shm_metrics.publisher.segment import OwnedSegment
+from shm_metrics.readers import Reader
 
 RATES = (1.0, 10.0, 100.0)
 NODE_PACE = 10.0  # node_exporter scrapes per second in the paced batches: the 10 Hz publisher's rhythm

@@ -23,7 +23,7 @@ import time
 from array import array
 
 from bench.common import Config, Shared, Table, Workers, median, percentile, us, wait_running, x
-from readers import Reader
+from shm_metrics.readers import Reader
 
 COUNTS = (0, 4, 16, 64)
 P99_LIMIT, RETRY_LIMIT = 2.0, 1.0

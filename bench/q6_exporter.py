@@ -39,7 +39,7 @@ from bench.common import (
     stat_cpu_seconds,
     x,
 )
-from readers import Reader
+from shm_metrics.readers import Reader
 
 LIMIT, STRETCH = 0.5, 0.2
 CLIENTS = 10

@@ -36,7 +36,6 @@ import os
 import signal
 import time
 
-import shm_layout as L
 from bench.common import (
     Config,
     Lab,
@@ -51,10 +50,11 @@ from bench.common import (
     us,
     x,
 )
-from publisher.cli import possible_cpus
-from publisher.sampler import Sampler
-from publisher.segment import OwnedSegment
-from readers import Reader
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher.cli import possible_cpus
+from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.segment import OwnedSegment
+from shm_metrics.readers import Reader
 
 RATE = 20.0  # samples per second
 COUNTS = (1, 64)

@@ -55,8 +55,8 @@ from bench.common import (
     wait_running,
     x,
 )
-from publisher.processes import ProcessTable, time_scan
-from readers import Reader
+from shm_metrics.publisher.processes import ProcessTable, time_scan
+from shm_metrics.readers import Reader
 
 TOP_N = 10
 PUBLISHER_LIMIT, VIEWER_LIMIT = 0.1, 0.01
@@ -190,7 +190,7 @@ class BusyHost:
 
 def publisher(lab: Lab, top: int) -> Launched:
     name = lab.segment_name(f"q8-top{top}")
-    pub = lab.start([*lab.script("shm-publisher", "publisher"), "--name", name, "--interval", "1",
+    pub = lab.start([*lab.script("shm-publisher", "shm_metrics.publisher"), "--name", name, "--interval", "1",
                      "--top", str(top)], f"publisher-top{top}")
     pub.name = name
     wait_running(name, pub)
@@ -230,7 +230,7 @@ def run(cfg: Config, shared: Shared) -> Table:
     n, limits = host_size(cfg.pick(2000, 200), threaded, threads)
     window, refreshes, rounds = cfg.pick(10.0, 1.5), cfg.pick(5, 2), cfg.pick(3, 1)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as installed: .pyc (see Q3)
-    shm_read = [*lab.script("shm-read", "readers"), "top", "--once", "--json"]
+    shm_read = [*lab.script("shm-read", "shm_metrics.readers"), "top", "--once", "--json"]
     top_bin = shutil.which("top")
     top_argv = [top_bin, "-b", "-n", "1"] if top_bin else None  # procps; without it its rows say so
 

@@ -20,10 +20,10 @@ import sys
 import time
 from array import array
 
-import shm_layout as L
-from publisher.cli import possible_cpus
-from publisher.sampler import Sampler
-from publisher.segment import OwnedSegment
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher.cli import possible_cpus
+from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.segment import OwnedSegment
 
 
 def main() -> int:

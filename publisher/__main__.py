@@ -1,5 +1,5 @@
 import sys
 
-from publisher.cli import main
+from shm_metrics.publisher.cli import main
 
 sys.exit(main())

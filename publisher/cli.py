@@ -19,11 +19,11 @@ import time
 
 import posix_ipc
 
-import shm_layout as L
-from publisher.filters import Filters
-from publisher.sampler import Sampler
-from publisher.segment import NameInUse, OwnedSegment
-from readers.cliargs import OneLineParser, segment_name
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher.filters import Filters
+from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.segment import NameInUse, OwnedSegment
+from shm_metrics.readers.cliargs import OneLineParser, segment_name
 
 log = logging.getLogger("shm-publisher")
 

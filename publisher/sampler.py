@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from publisher.filters import Filters
+from shm_metrics.publisher.filters import Filters
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Sampler:
         }
         self._processes = None
         if top_n:
-            from publisher.processes import ProcessTable
+            from shm_metrics.publisher.processes import ProcessTable
 
             self._processes = ProcessTable(top_n=top_n, procfs=procfs)
             del self.families["procs"]  # the scan counts them from the same listing

@@ -23,9 +23,9 @@ import time
 
 import posix_ipc
 
-import shm_layout as L
-import shm_wake
-from publisher.sampler import Sample
+from shm_metrics import shm_layout as L
+from shm_metrics import shm_wake
+from shm_metrics.publisher.sampler import Sample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading shm-metrics segments: the Python reader API.
 
-    from readers import Reader
+    from shm_metrics.readers import Reader
     with Reader("/sysmetrics") as reader:
         snap = reader.read()              # one consistent snapshot, read in place
         print(snap.procs_total, snap.load1, snap.mem_available_bytes)
@@ -11,7 +11,7 @@
         for snap in reader.follow():      # each new sample (sleeping until the publisher wakes
             ...                           # it), across publisher restarts
 
-``readers.rates`` turns history entries into per-second rates; ``shm_wake``
+``shm_metrics.readers.rates`` turns history entries into per-second rates; ``shm_wake``
 is the futex underneath ``Reader.wait_for_sample``.
 
 Errors: NoSegment (nothing under the name), IncompatibleSegment (corrupt,
@@ -20,6 +20,14 @@ publisher is still creating it), SegmentBusy (the publisher stopped in the
 middle of a write); all derive from ReaderError.
 """
 
-from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
+from shm_metrics.readers.reader import (
+    IncompatibleSegment,
+    NoSegment,
+    Reader,
+    ReaderError,
+    SegmentBusy,
+    SegmentStarting,
+    Snapshot,
+)
 
 __all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentStarting", "SegmentBusy"]

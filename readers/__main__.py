@@ -1,5 +1,5 @@
 import sys
 
-from readers.cli import main
+from shm_metrics.readers.cli import main
 
 sys.exit(main())

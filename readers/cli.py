@@ -12,10 +12,18 @@ import os
 import sys
 import time
 
-import shm_layout as L
-from readers import format as fmt
-from readers.rates import RATE_KEYS, SERIES_FIELDS, recent_rates
-from readers.reader import IncompatibleSegment, NoSegment, Reader, ReaderError, SegmentBusy, SegmentStarting, Snapshot
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import format as fmt
+from shm_metrics.readers.rates import RATE_KEYS, SERIES_FIELDS, recent_rates
+from shm_metrics.readers.reader import (
+    IncompatibleSegment,
+    NoSegment,
+    Reader,
+    ReaderError,
+    SegmentBusy,
+    SegmentStarting,
+    Snapshot,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,7 +81,7 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from readers.cliargs import OneLineParser, segment_name
+    from shm_metrics.readers.cliargs import OneLineParser, segment_name
 
     p = OneLineParser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Print, follow or watch the host metrics a shm-publisher writes to shared memory. "
@@ -179,7 +187,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from readers.rates import series
+    from shm_metrics.readers.rates import series
 
     with _attach(args.name) as reader:
         snap = _first_sample(reader, arrays=False)
@@ -265,7 +273,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    from readers.live import run_live  # rich is imported only here
+    from shm_metrics.readers.live import run_live  # rich is imported only here
 
     return run_live(args.name, args.max_age)
 
@@ -314,7 +322,7 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["top"]:
-        from readers.top import main as top_main
+        from shm_metrics.readers.top import main as top_main
 
         return top_main(argv[1:])  # a subcommand with options of its own
     args = _parse_one_shot(argv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 EXIT_USAGE = 2
 

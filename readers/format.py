@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from readers import format as fmt
-from readers.rates import recent_rates
-from readers.reader import Reader, Snapshot
+from shm_metrics.readers import format as fmt
+from shm_metrics.readers.rates import recent_rates
+from shm_metrics.readers.reader import Reader, Snapshot
 
 
 def _rate(now: dict, before: dict | None, key: str, dt: float) -> float | None:

@@ -8,11 +8,11 @@ the same span, so every rate covers exactly the same time.
 
 from __future__ import annotations
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from readers.reader import Reader, Snapshot
+    from shm_metrics.readers.reader import Reader, Snapshot
 
 # rate name -> the counter it is the derivative of
 RATE_SOURCES = {

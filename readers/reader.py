@@ -20,7 +20,7 @@ import struct
 import time
 from collections import namedtuple
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start; the one-shot CLI does not pay them
@@ -375,7 +375,7 @@ class Reader:
 
     def _wake_method(self) -> tuple[int, str]:
         if self._wake is None:
-            import shm_wake  # ctypes: only readers that wait pay for it
+            from shm_metrics import shm_wake  # ctypes: only readers that wait pay for it
 
             self._futex_wait = shm_wake.wait
             reason = shm_wake.UNAVAILABLE_REASON

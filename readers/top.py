@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from readers import format as fmt
-from readers.reader import IncompatibleSegment, Reader, Snapshot
+from shm_metrics.readers import format as fmt
+from shm_metrics.readers.reader import IncompatibleSegment, Reader, Snapshot
 
 STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T": "stopped",
                "t": "tracing_stop", "X": "dead", "x": "dead", "I": "idle", "P": "parked", "W": "waking",
@@ -29,7 +29,7 @@ exit codes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from readers.cliargs import OneLineParser, segment_name
+    from shm_metrics.readers.cliargs import OneLineParser, segment_name
 
     p = OneLineParser(prog="shm-read top", formatter_class=argparse.RawDescriptionHelpFormatter,
                       description="The top processes by CPU and by memory, and process counts by state, as the "
@@ -92,7 +92,7 @@ def _check_tables(reader: Reader) -> None:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from readers.cli import _attach, _first_sample, _freshness
+    from shm_metrics.readers.cli import _attach, _first_sample, _freshness
 
     with _attach(args.name) as reader:
         _check_tables(reader)
@@ -141,7 +141,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from readers.cli import run_guarded
+    from shm_metrics.readers.cli import run_guarded
 
     args = build_parser().parse_args(argv)
     live = sys.stdout.isatty() and not (args.once or args.json)  # JSON is a one-shot format here

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 BIN = Path(sys.executable).parent
-PUBLISHER = [sys.executable, "-m", "publisher"]
-READER = [sys.executable, "-m", "readers"]
+PUBLISHER = [sys.executable, "-m", "shm_metrics.publisher"]
+READER = [sys.executable, "-m", "shm_metrics.readers"]
 
 
 def shm_files(name: str) -> list[str]:

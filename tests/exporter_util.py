@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-EXPORTER = [sys.executable, "-m", "readers.exporter"]
+EXPORTER = [sys.executable, "-m", "shm_metrics.readers.exporter"]
 
 
 def free_port() -> int:

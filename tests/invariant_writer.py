@@ -16,9 +16,9 @@ import signal
 import sys
 import time
 
-import shm_layout as L
-from publisher.sampler import Sample
-from publisher.segment import OwnedSegment
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher.sampler import Sample
+from shm_metrics.publisher.segment import OwnedSegment
 
 
 def invariant_sample(k: int) -> Sample:

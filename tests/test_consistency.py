@@ -16,8 +16,8 @@ import tracemalloc
 import pytest
 from conftest import wait_for
 
-import shm_layout as L
-from readers import NoSegment, Reader, SegmentStarting
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import NoSegment, Reader, SegmentStarting
 
 WRITER = os.path.join(os.path.dirname(__file__), "invariant_writer.py")
 READS = 1_000_000

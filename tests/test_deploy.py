@@ -14,8 +14,8 @@ import pytest
 import yaml
 from exporter_util import need
 
-from readers.exporter.collector import NODE_FAMILIES, OWN_NAMES
-from readers.exporter.webconfig import parse as parse_web_config
+from shm_metrics.readers.exporter.collector import NODE_FAMILIES, OWN_NAMES
+from shm_metrics.readers.exporter.webconfig import parse as parse_web_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = DEPLOY / "systemd"

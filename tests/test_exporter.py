@@ -12,11 +12,11 @@ from conftest import wait_for
 from exporter_util import EXPORTER, Exposition
 from prometheus_client import generate_latest
 
-from readers.exporter.cli import listen_address
-from readers.exporter.collector import NODE_FAMILIES
-from readers.exporter.exposition import build
-from readers.exporter.server import accepts_gzip
-from readers.exporter.source import SegmentSource
+from shm_metrics.readers.exporter.cli import listen_address
+from shm_metrics.readers.exporter.collector import NODE_FAMILIES
+from shm_metrics.readers.exporter.exposition import build
+from shm_metrics.readers.exporter.server import accepts_gzip
+from shm_metrics.readers.exporter.source import SegmentSource
 
 # Lines whose values move between two renders of the same sample.
 _VOLATILE = ("shm_metrics_sample_age_seconds ", "process_")

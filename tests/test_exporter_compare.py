@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 from exporter_util import Exporter, Process, free_port, need, scrape, wait_scrape
 
-from readers.exporter.collector import NODE_FAMILIES
+from shm_metrics.readers.exporter.collector import NODE_FAMILIES
 
 COLLECTORS = ("cpu", "loadavg", "meminfo", "stat", "filefd", "netdev", "diskstats", "filesystem", "processes")
 MiB = 1 << 20

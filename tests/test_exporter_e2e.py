@@ -14,8 +14,8 @@ import pytest
 from conftest import READER, shm_files, wait_for
 from exporter_util import EXPORTER, Exporter, Exposition, get, keepalive_connection, metrics, need, scrape, wait_scrape
 
-import shm_layout as L
-from readers.exporter.collector import (
+from shm_metrics import shm_layout as L
+from shm_metrics.readers.exporter.collector import (
     CPU_MODES,
     DISK_FAMILIES,
     FILESYSTEM_FAMILIES,

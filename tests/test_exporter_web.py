@@ -17,7 +17,7 @@ import bcrypt
 import pytest
 from exporter_util import EXPORTER, Exporter, Exposition, Process, free_port, get, need
 
-from readers.exporter.webconfig import Authenticator, WebConfigError, parse
+from shm_metrics.readers.exporter.webconfig import Authenticator, WebConfigError, parse
 
 x509 = pytest.importorskip("cryptography.x509", reason="the cryptography package (test extra) makes the certs")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -10,8 +10,8 @@ import time
 
 from conftest import READER, PtyProcess, run_reader, wait_for
 
-import shm_wake
-from readers import Reader
+from shm_metrics import shm_wake
+from shm_metrics.readers import Reader
 
 
 def cpu_seconds_of(pid: int) -> float:

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from conftest import READER, PtyProcess, run_reader, wait_for
 
-import shm_layout as L
-from readers import Reader
-from readers.rates import RATE_KEYS
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import Reader
+from shm_metrics.readers.rates import RATE_KEYS
 
 
 def samples_written(reader: Reader) -> int:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "LAYOUT.md"
 
 
 def test_docs_tables_are_generated_from_the_code():
     text = DOC.read_text()
-    assert L.render_doc(text) == text, "run: python -m shm_layout --update-docs docs/LAYOUT.md"
+    assert L.render_doc(text) == text, "run: python -m shm_metrics.shm_layout --update-docs docs/LAYOUT.md"
 
 
 def test_docs_prose_numbers_match_the_code():

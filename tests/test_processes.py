@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from publisher.processes import PAGE_SIZE_BYTES, ProcessScan, ProcessTable, time_scan
+from shm_metrics.publisher.processes import PAGE_SIZE_BYTES, ProcessScan, ProcessTable, time_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW_KEYS = {"pid", "name", "user", "state", "cpu_percent", "rss_bytes", "threads"}
@@ -450,7 +450,7 @@ def test_close_closes_every_kept_fd():
 
 FD_BUDGET_SCRIPT = """
 import os, resource, sys
-from publisher.processes import ProcessTable
+from shm_metrics.publisher.processes import ProcessTable
 soft, hard = map(int, sys.argv[1:3])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 t = ProcessTable(top_n=5)

@@ -25,7 +25,7 @@ import posix_ipc
 import pytest
 from conftest import PUBLISHER, shm_files, wait_for
 
-import shm_layout as L
+from shm_metrics import shm_layout as L
 
 NOBODY = 65534
 OLD_NS = 1_000_000_000 * 1_000_000_000  # 2001-09-09: any write would move mtime/ctime away from it

@@ -14,8 +14,8 @@ import re
 import psutil
 import pytest
 
-from publisher import filters as F
-from publisher.sampler import USER_HZ, Sampler
+from shm_metrics.publisher import filters as F
+from shm_metrics.publisher.sampler import USER_HZ, Sampler
 
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -405,7 +405,7 @@ def test_a_failing_family_does_not_stop_the_others(name, fake_proc, caplog):
     write(fake_proc / "loadavg", "not a loadavg\n")
     sampler = Sampler(procfs=str(fake_proc))
     try:
-        with caplog.at_level(logging.WARNING, logger="publisher.sampler"):
+        with caplog.at_level(logging.WARNING, logger="shm_metrics.publisher.sampler"):
             samples = [sampler.sample() for _ in range(3)]
         for sample in samples:
             s = sample.scalars

@@ -21,8 +21,8 @@ import psutil
 import pytest
 from conftest import READER, Publisher, run_reader, segment_state, shm_files, wait_for
 
-import shm_layout as L
-from readers import NoSegment, Reader
+from shm_metrics import shm_layout as L
+from shm_metrics.readers import NoSegment, Reader
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL = "0.2"
@@ -530,6 +530,19 @@ def _nobody() -> None:
     os.setuid(NOBODY)
 
 
+def _package_link_dir() -> str:
+    """A directory user nobody can read holding ``shm_metrics`` -> the repository (the package's root)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="shm-metrics-pkg-")
+    os.chmod(top, 0o755)
+    os.symlink(REPO, os.path.join(top, "shm_metrics"))
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    return top
+
+
 def _reader_command_for_nobody() -> tuple[list[str], dict]:
     """An interpreter that user nobody can run and that can import the readers package.
 
@@ -538,11 +551,13 @@ def _reader_command_for_nobody() -> tuple[list[str], dict]:
     the same minor version with the repository on PYTHONPATH does the same job.
     """
     env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-    candidates = [([*READER], env), (["/usr/bin/python3", "-m", "readers"], {**env, "PYTHONPATH": str(REPO)})]
+    candidates = [([*READER], env), (["/usr/bin/python3", "-m", "shm_metrics.readers"],
+                                     {**env, "PYTHONPATH": _package_link_dir()})]
     reasons = []
     for cmd, cmd_env in candidates:
         try:
-            probe = subprocess.run([cmd[0], "-c", "import sys, readers.cli; assert sys.version_info >= (3, 11)"],
+            probe = subprocess.run([cmd[0], "-c", "import sys, shm_metrics.readers.cli; "
+                                    "assert sys.version_info >= (3, 11)"],
                                    preexec_fn=_nobody, env=cmd_env, cwd="/", capture_output=True, text=True,
                                    timeout=20)
         except OSError as exc:

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import READER, PtyProcess, run_reader, wait_for
 
-from readers import Reader
-from readers.exporter.collector import node_families
+from shm_metrics.readers import Reader
+from shm_metrics.readers.exporter.collector import node_families
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 import sys
 
-from readers.exporter.cli import main
+from shm_metrics.readers.exporter.cli import main
 
 sys.exit(main())

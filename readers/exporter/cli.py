@@ -13,9 +13,9 @@ import signal
 import socket
 import sys
 
-import shm_layout as L
-from readers.cliargs import OneLineParser, segment_name
-from readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
+from shm_metrics import shm_layout as L
+from shm_metrics.readers.cliargs import OneLineParser, segment_name
+from shm_metrics.readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
 
 log = logging.getLogger("shm-exporter")
 
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="shm-exporter: %(levelname)s: %(message)s")
 
-    from readers.exporter.exposition import build
-    from readers.exporter.server import App, ExporterServer, resolve
-    from readers.exporter.source import SegmentSource
-    from readers.exporter.webconfig import WebConfigError, WebConfigWatcher
+    from shm_metrics.readers.exporter.exposition import build
+    from shm_metrics.readers.exporter.server import App, ExporterServer, resolve
+    from shm_metrics.readers.exporter.source import SegmentSource
+    from shm_metrics.readers.exporter.webconfig import WebConfigError, WebConfigWatcher
 
     try:
         web = WebConfigWatcher(args.web_config)

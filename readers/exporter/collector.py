@@ -22,8 +22,8 @@ from typing import NamedTuple
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from readers import Snapshot
-from readers.exporter.source import STATES, Reading, SegmentSource
+from shm_metrics.readers import Snapshot
+from shm_metrics.readers.exporter.source import STATES, Reading, SegmentSource
 
 GAUGE, COUNTER = "gauge", "counter"
 

@@ -18,7 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from readers.exporter.collector import ShmCollector, node_families, own_families
+from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
 
 # The text format generate_latest writes, and what node_exporter 1.5.0 serves by default.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

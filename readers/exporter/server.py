@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from urllib.parse import urlsplit
 
-import shm_layout as L
-from readers.exporter.exposition import CONTENT_TYPE, Exposition
-from readers.exporter.webconfig import WebConfigWatcher
+from shm_metrics import shm_layout as L
+from shm_metrics.readers.exporter.exposition import CONTENT_TYPE, Exposition
+from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger("shm-exporter")
 

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import NamedTuple
 
-from readers import IncompatibleSegment, NoSegment, Reader, SegmentBusy, Snapshot
+from shm_metrics.readers import IncompatibleSegment, NoSegment, Reader, SegmentBusy, Snapshot
 
 # Values of Reading.state: the header's states a reader can see, plus two of ours.
 ABSENT = "absent"  # nothing under the name
