@@ -495,6 +495,42 @@ def open_checked(path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_resu
     return fd, st
 
 
+# ---------------------------------------------------------------- liveness
+# The publisher holds an open-file-description write lock (F_OFD_SETLK, whole
+# file) on the segment for its whole life, beside the flock that keeps other
+# publishers out.  The kernel drops both when the process dies, however it
+# dies (SIGKILL included), so the lock, not the header's state, says whether a
+# publisher is alive.  Readers *test* it with F_OFD_GETLK, which never takes it:
+# a reader holding it even briefly would make a starting publisher think the
+# name is in use.  (flock cannot be tested without taking it; OFD locks can.)
+_FLOCK = struct.Struct("@hhqqi4x")  # struct flock on 64-bit Linux: l_type l_whence l_start l_len l_pid
+_F_OFD_GETLK, _F_OFD_SETLK = 36, 37  # <fcntl.h>; Python's fcntl module has them only from 3.12 on some builds
+_F_RDLCK, _F_WRLCK, _F_UNLCK = 0, 1, 2
+
+
+def hold_liveness_lock(fd: int) -> None:
+    """Take the publisher's liveness lock on ``fd`` (open read-write); BlockingIOError if another holds it."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    except OSError as exc:
+        if exc.errno in (11, 13):  # EAGAIN, EACCES: held by another open file description
+            raise BlockingIOError(exc.errno, "liveness lock held by another publisher") from None
+        raise
+
+
+def publisher_alive(fd: int) -> bool:
+    """True when some process holds the liveness lock of the segment open on ``fd``: its publisher lives.
+
+    Tests without taking (F_OFD_GETLK); works on a read-only descriptor.
+    """
+    import fcntl
+
+    result = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    return _FLOCK.unpack(result)[0] != _F_UNLCK
+
+
 def markdown() -> str:
     """docs/LAYOUT.md's tables, rendered from the field tables."""
     out = []
