@@ -144,6 +144,7 @@ def _create_locked(path: str) -> int:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            L.hold_liveness_lock(fd)  # before the first byte: a reader never sees our segment without it
             st = os.fstat(fd)
         except BlockingIOError:
             os.close(fd)
