@@ -43,6 +43,7 @@ NAME_ENV = "SHM_METRICS_NAME"
 SECTION_ALIGN = 64
 PAGE_SIZE = 4096
 MAX_CAPACITY = 65536  # per array; a header claiming more is corrupt
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 3600.0  # seconds: the publisher's range, and what a reader accepts
 DEFAULT_HISTORY = 600  # ring entries: 10 minutes at the default 1 s interval
 DEFAULT_TOP = 10
 STATE_SLOTS = 16  # process_states rows: Linux has ~10 state letters
@@ -403,6 +404,12 @@ def parse_header(data: bytes | memoryview, file_size: int) -> tuple[dict, Layout
             raise LayoutError(f"section {rec.name} is not where its capacities put it")
     if hdr["state"] not in STATE_NAMES:
         raise LayoutError(f"unknown state {hdr['state']}")
+    # Values, not only structure: a reader divides by the interval and prints the times.
+    if not MIN_INTERVAL <= hdr["interval_seconds"] <= MAX_INTERVAL:  # NaN fails this too
+        raise LayoutError(f"interval_seconds {hdr['interval_seconds']!r} is outside "
+                          f"{MIN_INTERVAL}..{MAX_INTERVAL:g}")
+    if not 0.0 <= hdr["publisher_start_time"] < 1e11:  # 1970 .. year 5138; NaN and inf fail too
+        raise LayoutError(f"publisher_start_time {hdr['publisher_start_time']!r} is not a time")
     hdr["hostname"] = decode_string(hdr["hostname"])
     return hdr, layout
 
@@ -454,6 +461,17 @@ def validate_name(name: str) -> str:
         raise ValueError(f"invalid segment name {name!r}: expected an optional leading '/' then "
                          "1-200 characters of [A-Za-z0-9._-]")
     return "/" + name.lstrip("/")
+
+
+def env_segment_name() -> str:
+    """The segment name from SHM_METRICS_NAME (or the default); ValueError naming the variable if invalid."""
+    value = os.environ.get(NAME_ENV)
+    if not value:
+        return DEFAULT_NAME
+    try:
+        return validate_name(value)
+    except ValueError as exc:
+        raise ValueError(f"{NAME_ENV}: {exc}") from None
 
 
 def segment_path(name: str) -> str:

@@ -42,7 +42,10 @@ def main() -> int:
         samples.append(sampler.sample())
         time.sleep(0.02)
     sampler.close()
-    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64), 0o644, interval)
+    # The header states at least the smallest interval readers accept (the publisher's own range);
+    # this writer may write faster, to load the readers.
+    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64), 0o644,
+                           max(interval, L.MIN_INTERVAL))
     starts, durations = array("q"), array("q")
     now_ns, period = time.monotonic_ns, int(interval * 1e9)
     try:

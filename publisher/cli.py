@@ -23,7 +23,7 @@ from shm_metrics import shm_layout as L
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
-from shm_metrics.readers.cliargs import OneLineParser, segment_name
+from shm_metrics.readers.cliargs import OneLineParser, resolve_segment_name, segment_name
 
 log = logging.getLogger("shm-publisher")
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 stopped by signal; 1 name in use or segment not created; 2 bad arguments",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", type=segment_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+    p.add_argument("--name", type=segment_name, default=None,
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV}); "
                         "the semaphore is <name>.lock")
     p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
@@ -203,7 +203,9 @@ def _loop(segment: OwnedSegment, sampler: Sampler, interval: float, stop: StopSi
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolve_segment_name(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="shm-publisher: %(levelname)s: %(message)s")
     try:
         return run(args)

@@ -16,7 +16,8 @@ is the futex underneath ``Reader.wait_for_sample``.
 
 Errors: NoSegment (nothing under the name), IncompatibleSegment (corrupt,
 foreign or another layout version; SegmentStarting, a subclass, while a
-publisher is still creating it), SegmentBusy (the publisher stopped in the
+publisher is still creating it; UntrustedSegment, a subclass, when its owner
+is not root, you or the publisher user), SegmentBusy (the publisher stopped in the
 middle of a write); all derive from ReaderError.
 """
 
@@ -28,6 +29,8 @@ from shm_metrics.readers.reader import (
     SegmentBusy,
     SegmentStarting,
     Snapshot,
+    UntrustedSegment,
 )
 
-__all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentStarting", "SegmentBusy"]
+__all__ = ["Reader", "Snapshot", "ReaderError", "NoSegment", "IncompatibleSegment", "SegmentStarting", "SegmentBusy",
+           "UntrustedSegment"]

@@ -16,6 +16,7 @@ from shm_metrics import shm_layout as L
 from shm_metrics.readers import format as fmt
 from shm_metrics.readers.rates import RATE_KEYS, SERIES_FIELDS, recent_rates
 from shm_metrics.readers.reader import (
+    PUBLISHER_USER_ENV,
     IncompatibleSegment,
     NoSegment,
     Reader,
@@ -23,6 +24,7 @@ from shm_metrics.readers.reader import (
     SegmentBusy,
     SegmentStarting,
     Snapshot,
+    describe_not_fresh,
 )
 
 TYPE_CHECKING = False
@@ -43,9 +45,11 @@ exit codes:
   0    ok
   2    usage error (an unknown field lists the valid ones)
   3    no segment: shm-publisher is not running under that name
-  4    incompatible or corrupt segment (bad magic, version, size, permissions)
-  5    stale or stopped publisher (data still printed, warning on stderr),
-       or the publisher stopped in the middle of a write
+  4    incompatible, corrupt or untrusted segment (bad magic, version, size,
+       values or permissions; owned by a user other than root, you or
+       --publisher-user)
+  5    stale, stopped or dead publisher (data still printed, warning on
+       stderr), or the publisher stopped in the middle of a write
   130  interrupted (Ctrl-C)
 """
 
@@ -91,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only these: one prints its bare value, several print 'field value' lines")
     p.add_argument("--name", type=segment_name, default=None,
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--publisher-user", metavar="USER", default=None,
+                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
+                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true",
                    help="JSON: with --once one object, otherwise one line per new sample")
@@ -143,7 +150,7 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None
         else:
             data = snap.to_dict()
             data["rates"] = rates  # null until the ring holds two samples
-        return json.dumps(data, separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
+        return json.dumps(fmt.json_safe(data), separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
     if len(fields) == 1:
         return fmt.bare(_value(snap, fields[0], rates))
     if fields:
@@ -151,12 +158,12 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None
     return fmt.table(snap, rates)
 
 
-def _attach(name: str | None) -> Reader:
+def _attach(name: str | None, publisher_user: str | None = None) -> Reader:
     """Attach, giving a publisher that is creating the segment a moment to finish."""
     deadline = time.monotonic() + 1.0
     while True:
         try:
-            return Reader(name)
+            return Reader(name, publisher_user=publisher_user)
         except SegmentStarting:
             if time.monotonic() > deadline:
                 raise
@@ -165,17 +172,17 @@ def _attach(name: str | None) -> Reader:
 
 def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
     """The current snapshot; a publisher still starting gets a short grace period."""
-    snap = reader.read(arrays=arrays)
+    snap = reader.read(arrays=arrays, check_alive=True)
     deadline = time.monotonic() + min(2 * reader.interval + 1, 5.0)
-    while snap.seq == 0 and snap.state_code == L.STATE_STARTING and time.monotonic() < deadline:
+    while snap.seq == 0 and snap.state == "starting" and time.monotonic() < deadline:
         time.sleep(0.01)
-        snap = reader.read(arrays=arrays)
+        snap = reader.read(arrays=arrays, check_alive=True)
     return snap
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
-    with _attach(args.name) as reader:
+    with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, arrays)
         rates = None
         if not args.fields or any(f in RATE_KEYS for f in args.fields):
@@ -189,13 +196,13 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from shm_metrics.readers.rates import series
 
-    with _attach(args.name) as reader:
+    with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, arrays=False)
         points = series(reader.history(since=args.since), args.history)
         if args.json:
             import json
 
-            print(json.dumps([{"sample_time": t, "value": v} for t, v in points]))
+            print(json.dumps(fmt.json_safe([{"sample_time": t, "value": v} for t, v in points])))
         elif sys.stdout.isatty() and points:
             print(fmt.chart(points, args.history, snap.hostname), flush=True)
         else:
@@ -207,26 +214,19 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _freshness(snap: Snapshot, max_age: float | None) -> int:
     if snap.is_fresh(max_age):
         return EXIT_OK
-    if snap.seq == 0:
-        _warn(f"publisher pid {snap.publisher_pid} has not written a sample yet ({snap.state})")
-    elif snap.state != "running":
-        _warn(f"publisher pid {snap.publisher_pid} is {snap.state}: values are from "
-              f"{fmt.seconds(snap.age)} ago")
-    else:
-        limit = snap.max_age() if max_age is None else max_age
-        _warn(f"stale: last sample {fmt.seconds(snap.age)} ago (limit {fmt.seconds(limit)}); "
-              f"publisher pid {snap.publisher_pid} may be stopped or hung")
+    _warn(describe_not_fresh(snap, max_age))
     return EXIT_STALE
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with _attach(args.name) as reader:
-        snap = reader.read(arrays=False)
+    with _attach(args.name, args.publisher_user) as reader:
+        snap = reader.read(arrays=False, check_alive=True)
         info = {
             "name": reader.name, "path": reader.path, "size_bytes": reader.size,
             "layout_version": L.LAYOUT_VERSION, "table_hash": f"0x{L.TABLE_HASH:016x}",
             "capacities": {k: v for k, v in reader.capacities.items() if k != "scalars"},
-            "overflow": snap.overflow(), "state": snap.state, "publisher_pid": reader.publisher_pid,
+            "overflow": snap.overflow(), "state": snap.state, "publisher_alive": snap.alive,
+            "publisher_pid": reader.publisher_pid,
             "publisher_start_time": reader.publisher_start_time, "instance_id": f"{reader.instance_id:016x}",
             "hostname": reader.hostname, "seq": snap.seq, "samples": snap.seq // 2,
             "sample_time": snap.sample_time, "age_seconds": snap.age, "interval_seconds": reader.interval,
@@ -237,7 +237,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             import json
 
-            print(json.dumps(info, indent=2 if sys.stdout.isatty() else None))
+            print(json.dumps(fmt.json_safe(info), indent=2 if sys.stdout.isatty() else None))
         else:
             width = max(map(len, info))
             for key, value in info.items():
@@ -256,7 +256,7 @@ def _history_info(reader: Reader) -> dict:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    reader = Reader(args.name, attach=False)
+    reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
     with_rates = not args.fields or any(f in RATE_KEYS for f in args.fields)
     seen = 0
@@ -275,7 +275,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 def cmd_live(args: argparse.Namespace) -> int:
     from shm_metrics.readers.live import run_live  # rich is imported only here
 
-    return run_live(args.name, args.max_age)
+    return run_live(args.name, args.max_age, args.publisher_user)
 
 
 class _OneShot:
@@ -283,7 +283,7 @@ class _OneShot:
 
     info = follow = False
     once = True
-    count = max_age = history = since = None
+    count = max_age = history = since = publisher_user = None
 
     def __init__(self, name: str | None, as_json: bool, fields: list[str]):
         self.name, self.json, self.fields = name, as_json, fields
@@ -309,8 +309,10 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
             return None
         else:
             fields.append(token)
-    if not once:
-        return None
+    if not once or os.environ.get(PUBLISHER_USER_ENV) is not None:
+        return None  # the full parser validates the user name
+    if name is None and os.environ.get(L.NAME_ENV):
+        name = os.environ[L.NAME_ENV]  # validated below: a bad one goes to the full parser's message
     if name is not None:
         try:
             name = L.validate_name(name)
@@ -330,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         _check_fields(parser, args)
+        from shm_metrics.readers.cliargs import resolve_reader_options
+
+        resolve_reader_options(parser, args)
     if args.history is not None:
         command = cmd_history
     elif args.info:

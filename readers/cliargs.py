@@ -7,6 +7,7 @@ validates ``--name`` the same way.
 from __future__ import annotations
 
 import argparse
+import os
 
 from shm_metrics import shm_layout as L
 
@@ -26,3 +27,32 @@ def segment_name(text: str) -> str:
         return L.validate_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def resolve_segment_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--name``, or SHM_METRICS_NAME, or the default; a bad environment value is a usage error that
+    names the variable (the user never typed ``--name``)."""
+    if args.name is None:
+        try:
+            args.name = L.env_segment_name()
+        except ValueError as exc:
+            parser.error(str(exc))
+
+
+def resolve_reader_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--name`` and ``--publisher-user`` with their environment defaults, checked here once.
+
+    A bad value is a usage error naming what the user actually set: the option,
+    or the environment variable when the option was not given.
+    """
+    from shm_metrics.readers.reader import PUBLISHER_USER_ENV, resolve_user
+
+    resolve_segment_name(parser, args)
+    given = args.publisher_user
+    spec, source = (given, "--publisher-user") if given is not None else (os.environ.get(PUBLISHER_USER_ENV),
+                                                                          PUBLISHER_USER_ENV)
+    if spec:
+        try:
+            resolve_user(spec, source)
+        except ValueError as exc:
+            parser.error(str(exc))

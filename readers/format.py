@@ -13,8 +13,19 @@ if TYPE_CHECKING:
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
+# Values come from a segment another process wrote: every helper here renders any number, NaN, inf
+# and 1e300 included, as text (never an exception), so a lying value shows as itself.
+_MAX_TIME = 1e11  # seconds since 1970: beyond the year 5000, not a time any clock gives
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
 def human_bytes(value: float) -> str:
     value = float(value)
+    if not _finite(value) or abs(value) >= 1024 ** len(_UNITS):
+        return f"{value:g} B"
     for unit in _UNITS:
         if abs(value) < 1024 or unit == _UNITS[-1]:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
@@ -23,6 +34,8 @@ def human_bytes(value: float) -> str:
 
 
 def seconds(value: float) -> str:
+    if not _finite(value) or abs(value) >= _MAX_TIME:
+        return f"{value:g} s"
     if value < 1:
         return f"{value * 1000:.0f} ms"
     if value < 120:
@@ -40,7 +53,7 @@ def bare(value: Any) -> str:
     if isinstance(value, (list, dict)):
         import json  # only arrays need it; the one-shot path for scalars stays lean
 
-        return json.dumps(value)
+        return json.dumps(json_safe(value))
     return str(value)
 
 
@@ -48,7 +61,7 @@ def _explain(name: str, value: Any) -> str:
     if name.endswith("_bytes"):
         return human_bytes(value)
     if name in ("boot_time", "sample_time"):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        return local_time(value, "%Y-%m-%d %H:%M:%S")
     if name == "uptime_seconds":
         return seconds(value)
     return ""
@@ -67,12 +80,33 @@ def _rows_table(title: str, rows: list[dict], columns: list[str]) -> list[str]:
     return lines
 
 
+def local_time(unix: float, pattern: str) -> str:
+    """``time.strftime(pattern)`` of a Unix time; "invalid time (<value>)" for what no clock gives."""
+    if not _finite(unix) or not 0 <= unix < _MAX_TIME:
+        return f"invalid time ({unix!r})"
+    return time.strftime(pattern, time.localtime(unix))
+
+
 def iso_time(unix: float) -> str:
     """Local time with milliseconds, e.g. 2026-11-21T16:23:01.250."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(unix)) + f".{int(unix % 1 * 1000):03d}"
+    text = local_time(unix, "%Y-%m-%dT%H:%M:%S")
+    return text if text.startswith("invalid") else text + f".{int(unix % 1 * 1000):03d}"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if _finite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def rate(name: str, value: float) -> str:
+    if not _finite(value):
+        return f"{value:g}"
     if "_bytes_" in name:
         return f"{human_bytes(value)}/s"
     if name == "cpu_percent":

@@ -96,9 +96,9 @@ def render(snap: Snapshot, prev: Snapshot | None, ring: dict | None = None) -> G
                  Panel(net, title="network"), Panel(disks, title="disks"), Panel(fs, title="filesystems"))
 
 
-def run_live(name: str | None, max_age: float | None) -> int:
+def run_live(name: str | None, max_age: float | None, publisher_user: str | None = None) -> int:
     console = Console()
-    reader = Reader(name, attach=False)
+    reader = Reader(name, attach=False, publisher_user=publisher_user)
     status = Text("")
     prev = None
     try:

@@ -19,6 +19,7 @@ import os
 import struct
 import time
 from collections import namedtuple
+from math import isfinite
 
 from shm_metrics import shm_layout as L
 
@@ -45,6 +46,13 @@ _fence = None if L.STRONGLY_ORDERED else L.memory_fence
 
 BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
 _SPIN_TRIES = 200
+# A sample stamped later than now by more than this is from the future: never fresh (a hostile or
+# broken clock would otherwise keep it fresh forever).  NTP steps are far smaller.
+CLOCK_SKEW_SECONDS = 1.0
+PUBLISHER_USER_ENV = "SHM_METRICS_PUBLISHER_USER"
+# Reader-side state of a segment whose header says init, starting or running while no process holds
+# its liveness lock: the publisher died (SIGKILL, a crash, power) without marking it stopped.
+STATE_DEAD = "dead"
 
 
 class ReaderError(Exception):
@@ -63,6 +71,10 @@ class SegmentStarting(IncompatibleSegment):
     """Empty or without magic yet: a publisher is creating it, or died doing so."""
 
 
+class UntrustedSegment(IncompatibleSegment):
+    """The segment's owner is not trusted: not root, not this user, not the named publisher user."""
+
+
 class SegmentBusy(ReaderError):
     """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
 
@@ -77,13 +89,15 @@ class Snapshot:
     Units are in the names: ``*_bytes``, ``*_seconds``, ``*_total`` counters.
     """
 
-    __slots__ = ("_origin", "_values", "_arrays", "state_code")
+    __slots__ = ("_origin", "_values", "_arrays", "state_code", "alive")
 
-    def __init__(self, origin: Origin, values: tuple, arrays: dict[str, list[tuple]], state_code: int):
+    def __init__(self, origin: Origin, values: tuple, arrays: dict[str, list[tuple]], state_code: int,
+                 alive: bool | None = None):
         self._origin = origin
         self._values = values  # the decoded span: dynamic header, directory, scalars
         self._arrays = arrays
         self.state_code = state_code
+        self.alive = alive  # the publisher holds the liveness lock; None: not checked (read(check_alive=False))
 
     # header facts
     seq = property(lambda self: self._values[0])
@@ -91,7 +105,13 @@ class Snapshot:
     sample_monotonic = property(lambda self: self._values[2])
     sample_duration_seconds = property(lambda self: self._values[3])
     overruns_total = property(lambda self: self._values[4])
-    state = property(lambda self: L.STATE_NAMES[self.state_code])
+    @property
+    def state(self) -> str:
+        """The header's state, or "dead" when it claims a live publisher that holds no liveness lock."""
+        if self.alive is False and self.state_code != L.STATE_STOPPED:
+            return STATE_DEAD
+        return L.STATE_NAMES[self.state_code]
+
     interval = property(lambda self: self._origin.interval)
     publisher_pid = property(lambda self: self._origin.publisher_pid)
     hostname = property(lambda self: self._origin.hostname)
@@ -108,9 +128,16 @@ class Snapshot:
         return 2 * self.interval + 1.0
 
     def is_fresh(self, max_age: float | None = None) -> bool:
-        """Running publisher, at least one sample, and not older than ``max_age``."""
+        """Running (and, if checked, live) publisher, at least one sample, not older than ``max_age``
+        and not from the future (beyond CLOCK_SKEW_SECONDS)."""
         limit = self.max_age() if max_age is None else max_age
-        return self.state_code == L.STATE_RUNNING and self.seq > 0 and self.age <= limit
+        delay = time.time() - self.sample_time
+        return (self.state_code == L.STATE_RUNNING and self.alive is not False and self.seq > 0
+                and -CLOCK_SKEW_SECONDS <= delay <= limit)
+
+    def from_future(self) -> bool:
+        """The sample is stamped later than now by more than the clock-skew allowance."""
+        return self.sample_time - time.time() > CLOCK_SKEW_SECONDS
 
     def overflow(self) -> dict[str, int]:
         """Entries per array left out because the capacity was too small."""
@@ -167,6 +194,9 @@ class Snapshot:
 
 
 _SCALAR_INDEX = {n: _SCALARS_START + i for i, n in enumerate(L.SCALARS.names)}
+_DIR_NAMES = {_DIR_START + i * _DIR_WIDTH + _COUNT_POS: rec.name for i, rec in enumerate(L.SECTIONS)}
+_FINITE_HEADER = tuple((name, _DYNAMIC.index(name)) for name in
+                       ("sample_time", "sample_monotonic", "sample_duration_seconds"))
 _ARRAY_RECORDS = {rec.name: rec for rec in L.SAMPLE_ARRAYS}
 
 
@@ -175,12 +205,29 @@ class Reader:
 
     >>> with Reader("/sysmetrics") as r:
     ...     print(r.read().procs_total)
+
+    Trust: a segment is accepted only when its owner is root, the reader's own
+    user or ``publisher_user`` (a name or uid; default: env
+    SHM_METRICS_PUBLISHER_USER), as the JVM trusts hsperfdata files since
+    CVE-2015-0383.  Anyone else may have planted it; UntrustedSegment says so.
+
+    ``pread=True`` reads through ``pread`` into a private buffer instead of a
+    long-lived mapping: a segment truncated under the reader then gives a short
+    read (IncompatibleSegment), never SIGBUS.  The exporter, which must outlive
+    any segment, reads that way; it costs a copy of the segment per read and
+    has no futex wake-up.  Mapped readers re-check the file size in
+    ``check_size()`` (``follow()`` does, before each read).
     """
 
-    def __init__(self, name: str | None = None, *, attach: bool = True):
-        self.name = L.validate_name(name or os.environ.get(L.NAME_ENV) or L.DEFAULT_NAME)
+    def __init__(self, name: str | None = None, *, attach: bool = True, publisher_user: str | int | None = None,
+                 pread: bool = False):
+        self.name = L.validate_name(name or L.env_segment_name())
         self.path = L.segment_path(self.name)
+        self._publisher_user = publisher_user
+        self._trusted_uids: frozenset[int] | None = None  # resolved on first use: most owners are us or root
+        self._pread = pread
         self._mm: mmap.mmap | None = None
+        self._fd: int | None = None
         self.retries = 0  # seqlock retries over this reader's life (for the benchmark)
         if attach:
             self.attach()
@@ -188,10 +235,30 @@ class Reader:
     # --- attaching
     @property
     def attached(self) -> bool:
-        return self._mm is not None
+        return self._fd is not None
+
+    def trusted_uids(self) -> frozenset[int]:
+        """root, this process's effective uid and the publisher user's uid, if one is named."""
+        if self._trusted_uids is None:
+            uids = {0, os.geteuid()}
+            spec = self._publisher_user
+            if spec is None:
+                spec = os.environ.get(PUBLISHER_USER_ENV) or None
+            if spec is not None:
+                uids.add(resolve_user(spec, PUBLISHER_USER_ENV if self._publisher_user is None else None))
+            self._trusted_uids = frozenset(uids)
+        return self._trusted_uids
+
+    def _check_owner(self, st: os.stat_result) -> None:
+        if st.st_uid in (0, os.geteuid()) or st.st_uid in self.trusted_uids():
+            return
+        owner = user_name(st.st_uid)
+        raise UntrustedSegment(f"{self.path} is owned by {owner} (uid {st.st_uid}), which is not trusted: if "
+                               f"{owner} runs shm-publisher, pass --publisher-user {owner} "
+                               f"(env {PUBLISHER_USER_ENV})")
 
     def attach(self) -> None:
-        """Open, validate and map the segment; raises NoSegment or IncompatibleSegment."""
+        """Open, validate and map the segment; raises NoSegment or IncompatibleSegment (or a subclass)."""
         self.close()
         try:
             fd, st = L.open_checked(self.path)
@@ -200,6 +267,7 @@ class Reader:
         except L.LayoutError as exc:
             raise IncompatibleSegment(str(exc)) from None
         try:
+            self._check_owner(st)
             if st.st_mode & 0o022:
                 raise IncompatibleSegment(f"{self.path} is writable by group or others: refusing to trust it")
             # Validate from a plain read first: a short or truncated file must
@@ -211,12 +279,26 @@ class Reader:
                 raise SegmentStarting(f"{self.name}: {exc}") from None
             except L.LayoutError as exc:
                 raise IncompatibleSegment(f"{self.name}: {exc}") from None
-            mm = mmap.mmap(fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
-            os.close(fd)  # the mapping keeps the object alive
+            if self._pread:
+                buffer = bytearray(layout.total_size)
+                self._mv = memoryview(buffer)
+                h = L.SECTION_INDEX["history"]
+                history_start = layout.offsets[h]
+                history_end = history_start + layout.capacities[h] * L.HISTORY.size
+                # What read() copies: everything but the history ring, which history() copies on request.
+                self._copy_ranges = ((0, history_start), (history_end, layout.total_size))
+                self._history_range = (history_start, history_end)
+            else:
+                self._mm = mmap.mmap(fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
+                self._mv = memoryview(self._mm)
+        except BaseException:
+            self._mm = None
+            os.close(fd)
+            raise
+        # The descriptor stays open: the liveness lock is tested through it, the size re-checked
+        # with fstat, and (pread mode) every read goes through it.
+        self._fd = fd
         self._identity = (st.st_dev, st.st_ino)
-        self._mm = mm
-        self._mv = memoryview(mm)
         self._q = self._mv.cast("Q")
         self._i = self._mv.cast("I")
         self.layout = layout
@@ -232,6 +314,7 @@ class Reader:
                              for f in L.SCALARS.fields}
         self._array_slots = [(rec, i, layout.offsets[i], layout.capacities[i])
                              for rec, i in ((r, L.SECTION_INDEX[r.name]) for r in L.SAMPLE_ARRAYS)]
+        self._count_limits = [(_DIR_START + i * _DIR_WIDTH + _COUNT_POS, cap) for _, i, _, cap in self._array_slots]
         self._wake: tuple[int, str] | None = None  # (futex address or 0, reason), decided on first wait
 
     def replaced(self) -> bool:
@@ -242,12 +325,35 @@ class Reader:
             return True
         return (st.st_dev, st.st_ino) != self._identity
 
+    def check_size(self) -> None:
+        """IncompatibleSegment if the file no longer has the size we mapped (someone truncated it).
+
+        A mapped reader that touched a page beyond the new end would die of SIGBUS; readers that keep
+        a mapping for long call this before reading (``follow()`` does).  Only the segment's owner, a
+        trusted user, can truncate it, so the window between this check and the read is theirs alone.
+        """
+        if self._fd is None:
+            raise NoSegment(f"not attached to {self.name}")
+        size = os.fstat(self._fd).st_size
+        if size != self.size:
+            raise IncompatibleSegment(f"{self.name}: the segment changed size under the reader "
+                                      f"({self.size} -> {size} bytes): truncated by its owner?")
+
+    def publisher_alive(self) -> bool:
+        """True when a process holds the segment's liveness lock (its publisher lives); never takes it."""
+        if self._fd is None:
+            raise NoSegment(f"not attached to {self.name}")
+        return L.publisher_alive(self._fd)
+
     def close(self) -> None:
-        if self._mm is not None:
+        if self._fd is not None:
             for view in (self._q, self._i, *(v for v, _ in self._field_slots.values()), self._mv):
                 view.release()
-            self._mm.close()
-            self._mm = None
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> Reader:
         return self
@@ -258,20 +364,31 @@ class Reader:
     # --- reading
     @property
     def state(self) -> str:
+        if self._pread:
+            self._copy(((L.HEADER_STATE_OFFSET, L.HEADER_STATE_OFFSET + 4),))
         return L.STATE_NAMES.get(self._i[self._state_index], "corrupt")
 
     @property
     def seq(self) -> int:
+        if self._pread:
+            return self._file_seq()
         return self._q[self._seq_index]
 
-    def read(self, arrays: bool = True) -> Snapshot:
-        """One consistent snapshot, decoded in place.  Raises SegmentBusy."""
-        mm, q, si = self._mm, self._q, self._seq_index
-        if mm is None:
+    def read(self, arrays: bool = True, *, check_alive: bool = False) -> Snapshot:
+        """One consistent snapshot, decoded in place.  Raises SegmentBusy, IncompatibleSegment.
+
+        ``check_alive``: also test the liveness lock (one system call), so that the snapshot's
+        ``state`` says "dead" and ``is_fresh()`` is False when the publisher died without saying so.
+        """
+        if self._fd is None:
             raise NoSegment(f"not attached to {self.name}")
+        mm, q, si = self._mv, self._q, self._seq_index
+        copy = self._pread
         deadline = None
         tries = 0
         while True:
+            if copy:
+                self._copy(self._copy_ranges)
             s1 = q[si]
             if not s1 & 1:
                 if _fence:
@@ -281,20 +398,47 @@ class Reader:
                 state = self._i[self._state_index]
                 if _fence:
                     _fence()
-                if q[si] == s1 == values[0]:
-                    if decoded is None or state not in L.STATE_NAMES:
-                        raise IncompatibleSegment(f"{self.name}: a count exceeds its capacity, or a bad state")
-                    return Snapshot(self.origin, values, decoded, state)
+                if (self._file_seq() if copy else q[si]) == s1 == values[0]:
+                    self._validate(values, decoded, state)
+                    alive = L.publisher_alive(self._fd) if check_alive else None
+                    return Snapshot(self.origin, values, decoded, state, alive)
             tries += 1
             self.retries += 1
-            if tries > _SPIN_TRIES:
+            if tries > _SPIN_TRIES or copy:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + BUSY_TIMEOUT_SECONDS
                 elif now > deadline:
                     raise SegmentBusy(f"{self.name}: publisher stopped in the middle of a write "
-                                      f"(seq {q[si]} stays odd or keeps moving)")
+                                      f"(seq {self.seq} stays odd or keeps moving)")
                 time.sleep(0.0005)
+
+    def _validate(self, values: tuple, decoded: dict | None, state: int) -> None:
+        """The one rule for a consistent snapshot's dynamic values: every read path goes through it."""
+        for index, capacity in self._count_limits:
+            if values[index] > capacity:
+                raise IncompatibleSegment(f"{self.name}: section {_DIR_NAMES[index]} claims "
+                                          f"{values[index]} records in {capacity} slots")
+        if decoded is None or state not in L.STATE_NAMES:
+            raise IncompatibleSegment(f"{self.name}: a count exceeds its capacity, or a bad state ({state})")
+        for name, index in _FINITE_HEADER:
+            if not isfinite(values[index]):
+                raise IncompatibleSegment(f"{self.name}: header value {name} is {values[index]!r}")
+
+    def _copy(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        """pread mode: copy ``ranges`` of the file into the buffer; a short read means it shrank."""
+        fd, mv = self._fd, self._mv
+        for start, end in ranges:
+            if end > start and os.preadv(fd, [mv[start:end]], start) != end - start:
+                raise IncompatibleSegment(f"{self.name}: the segment shrank under the reader "
+                                          f"(truncated by its owner?)")
+
+    def _file_seq(self) -> int:
+        """``seq`` as the file holds it now (pread mode's second look of the seqlock)."""
+        raw = os.pread(self._fd, 8, L.HEADER_SEQ_OFFSET)
+        if len(raw) != 8:
+            raise IncompatibleSegment(f"{self.name}: the segment shrank under the reader (truncated by its owner?)")
+        return int.from_bytes(raw, "little")
 
     def _decode_arrays(self, values: tuple) -> dict[str, list[tuple]] | None:
         out = {}
@@ -328,8 +472,9 @@ class Reader:
 
         ``since``: only samples taken within that many seconds of the newest;
         ``limit``: at most that many of the newest.  Only the slots needed are
-        decoded.  Raises SegmentBusy like read().
+        decoded.  Raises SegmentBusy and IncompatibleSegment like read().
         """
+        self.read(arrays=False)  # the one validation of the directory and the header values
         h = L.SECTION_INDEX["history"]
         base, capacity, size = self.layout.offsets[h], self.layout.capacities[h], L.HISTORY.size
         wanted = capacity if limit is None else max(0, min(limit, capacity))
@@ -338,11 +483,14 @@ class Reader:
         unpack = L.HISTORY.struct.iter_unpack
         mv, q, si = self._mv, self._q, self._seq_index
         deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        copy = self._pread
         while True:
-            s1 = q[si]
+            s1 = self._file_seq() if copy else q[si]
             if not s1 & 1:
                 if _fence:
                     _fence()
+                if copy:
+                    self._copy((self._history_range,))
                 count = min(s1 // 2, wanted)
                 first = (s1 // 2 - count) % capacity
                 end = first + count
@@ -351,7 +499,7 @@ class Reader:
                     rows += unpack(mv[base:base + (end - capacity) * size])
                 if _fence:
                     _fence()
-                if q[si] == s1:
+                if (self._file_seq() if copy else q[si]) == s1:
                     break
             self.retries += 1
             if time.monotonic() > deadline:
@@ -380,7 +528,9 @@ class Reader:
             self._futex_wait = shm_wake.wait
             reason = shm_wake.UNAVAILABLE_REASON
             address = 0
-            if shm_wake.AVAILABLE:
+            if self._pread:
+                reason = "reading through pread: no mapping to wait on"
+            elif shm_wake.AVAILABLE:
                 address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET
                 reason = shm_wake.probe(address, self._i[L.FUTEX_WORD_OFFSET // 4])
                 if reason:
@@ -396,9 +546,9 @@ class Reader:
         ``poll_interval()`` where the futex is unavailable.  True if it changed.
         """
         address, _ = self._wake_method()
-        q, si = self._q, self._seq_index
+        current = self._file_seq if self._pread else lambda q=self._q, si=self._seq_index: q[si]
         deadline = time.monotonic() + timeout
-        while q[si] == seq:
+        while current() == seq:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -446,18 +596,23 @@ class Reader:
                     time.sleep(0.5)
                     continue
             try:
-                snap = self.read(arrays=arrays)
+                self.check_size()  # a mapping kept for long: never touch pages a truncation took away
+                snap = self.read(arrays=arrays, check_alive=True)
             except SegmentBusy as exc:
                 say(str(exc))
                 snap = None
+            except IncompatibleSegment as exc:
+                say(f"waiting: {exc}")
+                self.close()
+                time.sleep(0.5)
+                continue
             key = (self.instance_id, snap.seq) if snap else None
             if snap and snap.is_fresh(max_age) and key != last:
                 last = key
                 status = None
                 yield snap
-            elif snap and snap.seq > 0 and not snap.is_fresh(max_age):
-                say(f"publisher pid {self.publisher_pid} is {snap.state if snap.state != 'running' else 'stale'}"
-                    f"; waiting for new samples")
+            elif snap and (snap.seq > 0 or snap.state == STATE_DEAD) and not snap.is_fresh(max_age):
+                say(f"{describe_not_fresh(snap, max_age)}; waiting for new samples")
             now = time.monotonic()
             stalled = snap is None or not snap.is_fresh(max_age)
             if stalled or now - last_identity_check > 1.0:
@@ -472,3 +627,47 @@ class Reader:
 
 
 _HISTORY_NAMES = L.HISTORY.names
+
+
+def describe_not_fresh(snap: Snapshot, max_age: float | None = None) -> str:
+    """Why a snapshot is not fresh, in one phrase (the same words in every reader)."""
+    pid = snap.publisher_pid
+    if snap.state == STATE_DEAD:
+        return f"publisher not running: pid {pid} died without stopping (no process holds the segment's lock)"
+    if snap.seq == 0:
+        return f"publisher pid {pid} has not written a sample yet ({snap.state})"
+    if snap.state != "running":
+        return f"publisher pid {pid} is {snap.state}: values are from {_seconds_text(snap.age)} ago"
+    if snap.from_future():
+        return (f"the sample is stamped {_seconds_text(snap.sample_time - time.time())} in the future: "
+                f"not trusted as fresh (publisher pid {pid})")
+    limit = snap.max_age() if max_age is None else max_age
+    return (f"stale: last sample {_seconds_text(snap.age)} ago (limit {_seconds_text(limit)}); "
+            f"publisher pid {pid} may be stopped or hung")
+
+
+def _seconds_text(value: float) -> str:
+    return f"{value:.1f} s" if value < 1e9 else f"{value:.3g} s"
+
+
+# --- names and users from the environment: one place, one message naming the variable
+def resolve_user(spec: str | int, source: str | None = None) -> int:
+    """A user name or numeric uid -> uid; ValueError (naming ``source``, e.g. the variable) if unknown."""
+    import pwd
+
+    if isinstance(spec, int) or spec.isdigit():
+        return int(spec)
+    try:
+        return pwd.getpwnam(spec).pw_uid
+    except KeyError:
+        raise ValueError(f"{source + ': ' if source else ''}no such user {spec!r}") from None
+
+
+def user_name(uid: int) -> str:
+    """The name of ``uid``, or the number when it has none."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

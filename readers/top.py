@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shm_metrics import shm_layout as L
 from shm_metrics.readers import format as fmt
-from shm_metrics.readers.reader import IncompatibleSegment, Reader, Snapshot
+from shm_metrics.readers.cliargs import resolve_reader_options
+from shm_metrics.readers.reader import PUBLISHER_USER_ENV, IncompatibleSegment, Reader, Snapshot
 
 STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T": "stopped",
                "t": "tracing_stop", "X": "dead", "x": "dead", "I": "idle", "P": "parked", "W": "waking",
@@ -35,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                       description="The top processes by CPU and by memory, and process counts by state, as the "
                                   "publisher (--top N) sampled them. Live on a terminal; once otherwise.",
                       epilog=EXIT_HELP)
-    p.add_argument("--name", type=segment_name, default=None, help="segment name (default /sysmetrics)")
+    p.add_argument("--name", type=segment_name, default=None,
+                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--publisher-user", metavar="USER", default=None,
+                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
+                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
     p.add_argument("--once", action="store_true", help="print the tables once and exit")
     p.add_argument("--json", action="store_true",
                    help='with --once: {"by_cpu": [...], "by_rss": [...], "states": {...}}')
@@ -94,13 +100,13 @@ def _check_tables(reader: Reader) -> None:
 def cmd_once(args: argparse.Namespace) -> int:
     from shm_metrics.readers.cli import _attach, _first_sample, _freshness
 
-    with _attach(args.name) as reader:
+    with _attach(args.name, args.publisher_user) as reader:
         _check_tables(reader)
         snap = _first_sample(reader, arrays=True)
         if args.json:
             import json
 
-            print(json.dumps(to_json(snap), indent=2 if sys.stdout.isatty() else None))
+            print(json.dumps(fmt.json_safe(to_json(snap)), indent=2 if sys.stdout.isatty() else None))
         else:
             print(text(snap))
         return _freshness(snap, args.max_age)
@@ -126,7 +132,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    reader = Reader(args.name, attach=False)
+    reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
     try:
         with Live(Text(""), console=Console(), auto_refresh=False) as live:
             def on_status(message: str) -> None:
@@ -143,7 +149,9 @@ def cmd_live(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     from shm_metrics.readers.cli import run_guarded
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolve_reader_options(parser, args)
     live = sys.stdout.isatty() and not (args.once or args.json)  # JSON is a one-shot format here
     command = cmd_live if live else cmd_once
     return run_guarded(command, args)

@@ -39,7 +39,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     layout = L.Layout.for_capacities(4, 4, 4, 4, history=64, top=4, states=4)
-    segment = OwnedSegment(name, layout, 0o644, interval=0.001)
+    # Writes as fast as it can; the header states the smallest interval a reader accepts.
+    segment = OwnedSegment(name, layout, 0o644, interval=L.MIN_INTERVAL)
     samples = [invariant_sample(k) for k in range(64)]  # precomputed: the loop only writes
     try:
         segment.set_state(L.STATE_RUNNING)

@@ -138,19 +138,30 @@ def real_segment_bytes() -> bytes:
 
 @pytest.fixture
 def make_segment_file(name):
-    """make_segment_file(data, mode) writes a file under the test's own name; removed at the end."""
-    path = L.segment_path(name)
+    """make_segment_file(data, mode, live) writes a file under the test's own name; removed at the end.
 
-    def make(data: bytes, mode: int = 0o644) -> str:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    ``live``: the test process holds the file's liveness lock, standing in for a live publisher (the
+    way readers tell a publisher that died without saying so from one that runs).
+    """
+    path = L.segment_path(name)
+    held = []
+
+    def make(data: bytes, mode: int = 0o644, live: bool = True) -> str:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, data)
             os.fchmod(fd, mode)
+            if live:
+                L.hold_liveness_lock(fd)
+                held.append(fd)
         finally:
-            os.close(fd)
+            if not live:
+                os.close(fd)
         return path
 
     yield make
+    for fd in held:
+        os.close(fd)
     if os.path.lexists(path):
         os.unlink(path)
 

@@ -14,8 +14,9 @@ import socket
 import sys
 
 from shm_metrics import shm_layout as L
-from shm_metrics.readers.cliargs import OneLineParser, segment_name
+from shm_metrics.readers.cliargs import OneLineParser, resolve_reader_options, segment_name
 from shm_metrics.readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
+from shm_metrics.readers.reader import PUBLISHER_USER_ENV
 
 log = logging.getLogger("shm-exporter")
 
@@ -44,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 stopped by signal; 1 cannot listen; 2 bad arguments or web config",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", type=segment_name, default=os.environ.get(L.NAME_ENV, L.DEFAULT_NAME),
+    p.add_argument("--name", type=segment_name, default=None,
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--publisher-user", metavar="USER", default=None,
+                   help="trust segments owned by USER (name or uid) besides root and the exporter's own user: "
+                        f"the user shm-publisher runs as (env {PUBLISHER_USER_ENV})")
     p.add_argument("--web.listen-address", "--listen", dest="listen", type=listen_address, default=DEFAULT_LISTEN,
                    metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN}: loopback only; "
                    "':19100' for every interface; port 0 picks a free one, logged at start)")
@@ -68,6 +72,7 @@ def _stop(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_reader_options(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="shm-exporter: %(levelname)s: %(message)s")
 
     from shm_metrics.readers.exporter.exposition import build
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         web = WebConfigWatcher(args.web_config)
     except WebConfigError as exc:
         parser.error(" ".join(f"--web.config.file {args.web_config}: {exc}".split()))  # one line
-    source = SegmentSource(args.name)
+    source = SegmentSource(args.name, args.publisher_user)
     _, exposition = build(source, process_metrics=args.process_metrics)
     host, port = args.listen
     try:

@@ -175,7 +175,8 @@ def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]
 
     state = GaugeMetricFamily("shm_metrics_segment_state", "State of the segment under the name, one series "
                               "per state, 1 for the current one (absent: no segment; incompatible: corrupt "
-                              "or foreign).", labels=["state"])
+                              "or foreign; untrusted: owned by a user other than root, the exporter's or "
+                              "--publisher-user; dead: the publisher died without stopping).", labels=["state"])
     for name in STATES:
         state.add_metric([name], 1 if name == reading.state else 0)
     yield state

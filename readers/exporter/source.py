@@ -1,25 +1,33 @@
 """Where a scrape's values come from: one consistent snapshot, read at scrape time.
 
 The source owns one ``Reader`` and keeps it attached across scrapes.  Each
-``read()`` first checks whether the name still refers to the object it maps (a
+``read()`` first checks whether the name still refers to the object it reads (a
 restarted publisher creates a new one), attaches when needed, and reads one
 seqlock-consistent snapshot.  Whatever state the segment is in, ``read()``
-returns a ``Reading``; it never raises for a missing, stopped, stale, busy or
-corrupt segment.
+returns a ``Reading``; it never raises for a missing, stopped, dead, stale,
+busy, untrusted or corrupt segment.
+
+The reader copies through ``pread`` instead of keeping a mapping: the exporter
+must outlive any segment, and a mapped file that shrinks kills its reader with
+SIGBUS, where ``pread`` gives a short read.  A copy of the sample part of the
+segment per scrape is cheap next to rendering it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import NamedTuple
 
-from shm_metrics.readers import IncompatibleSegment, NoSegment, Reader, SegmentBusy, Snapshot
+from shm_metrics.readers import IncompatibleSegment, NoSegment, Reader, SegmentBusy, Snapshot, UntrustedSegment
+from shm_metrics.readers.reader import STATE_DEAD
 
 # Values of Reading.state: the header's states a reader can see, plus two of ours.
 ABSENT = "absent"  # nothing under the name
 INCOMPATIBLE = "incompatible"  # something under the name we cannot trust (corrupt, foreign, other layout)
-STATES = (ABSENT, INCOMPATIBLE, "starting", "running", "stopped")
+UNTRUSTED = "untrusted"  # a segment owned by a user that is not root, us or --publisher-user
+STATES = (ABSENT, INCOMPATIBLE, UNTRUSTED, "starting", "running", "stopped", STATE_DEAD)
 
 log = logging.getLogger("shm-exporter")
 
@@ -42,8 +50,8 @@ class Reading(NamedTuple):
 class SegmentSource:
     """Reads the segment ``name`` for each scrape; safe to call from many threads."""
 
-    def __init__(self, name: str | None = None):
-        self._reader = Reader(name, attach=False)
+    def __init__(self, name: str | None = None, publisher_user: str | int | None = None):
+        self._reader = Reader(name, attach=False, publisher_user=publisher_user, pread=True)
         self.name = self._reader.name
         self._lock = threading.Lock()  # a Reader is not thread-safe; reads take microseconds
         self._last: tuple | None = None
@@ -63,6 +71,12 @@ class SegmentSource:
         elif snap is not None and reading.state == "running" and snap.seq:
             log.warning("segment %s: publisher pid %d is stale (last sample %.1f s ago, limit %.1f s): "
                         "shm_metrics_up 0", self.name, snap.publisher_pid, snap.age, snap.max_age())
+        elif snap is not None and reading.state == STATE_DEAD:
+            log.warning("segment %s: publisher pid %d is not running (died without stopping: no process holds "
+                        "the segment's lock): shm_metrics_up 0", self.name, snap.publisher_pid)
+        elif snap is not None and snap.from_future():
+            log.warning("segment %s: the latest sample is stamped %.1f s in the future: not fresh, "
+                        "shm_metrics_up 0", self.name, snap.sample_time - time.time())
         elif snap is not None:
             log.warning("segment %s: publisher pid %d is %s: shm_metrics_up 0", self.name, snap.publisher_pid,
                         reading.state)
@@ -79,12 +93,15 @@ class SegmentSource:
                     reader.attach()
                 except NoSegment as exc:
                     return Reading(ABSENT, None, False, str(exc))
+                except UntrustedSegment as exc:
+                    return Reading(UNTRUSTED, None, False, str(exc))
                 except IncompatibleSegment as exc:
                     return Reading(INCOMPATIBLE, None, False, str(exc))
             try:
-                snap = reader.read()
+                snap = reader.read(check_alive=True)
             except SegmentBusy as exc:
-                return Reading(_state(reader.state), None, False, str(exc))
+                state = _state(reader.state) if reader.publisher_alive() else STATE_DEAD
+                return Reading(state, None, False, str(exc))
             except IncompatibleSegment as exc:
                 reader.close()
                 return Reading(INCOMPATIBLE, None, False, str(exc))
