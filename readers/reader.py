@@ -545,8 +545,15 @@ class Reader:
         woken within microseconds of the write); polls every
         ``poll_interval()`` where the futex is unavailable.  True if it changed.
         """
+        if not self._pread:
+            self.check_size()  # the caller's read may be a while ago; the probe below touches the mapping
         address, _ = self._wake_method()
-        current = self._file_seq if self._pread else lambda q=self._q, si=self._seq_index: q[si]
+        if self._pread:
+            current = self._file_seq
+        else:
+            def current(q=self._q, si=self._seq_index, check_size=self.check_size) -> int:
+                check_size()  # asleep for up to ``timeout``: the file may have been truncated meanwhile
+                return q[si]
         deadline = time.monotonic() + timeout
         while current() == seq:
             remaining = deadline - time.monotonic()
@@ -623,7 +630,12 @@ class Reader:
             # Bounded sleep: a publisher that died or was replaced never wakes us,
             # so look at the name and the sample's age at least this often.
             limit = (snap.max_age() if max_age is None else max_age) if snap else 1.0
-            self.wait_for_sample(snap.seq if snap else self.seq, min(1.0, max(limit / 2, 0.01)))
+            try:
+                self.wait_for_sample(snap.seq if snap else self.seq, min(1.0, max(limit / 2, 0.01)))
+            except IncompatibleSegment as exc:
+                say(f"waiting: {exc}")
+                self.close()
+                time.sleep(0.5)
 
 
 _HISTORY_NAMES = L.HISTORY.names

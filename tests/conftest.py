@@ -184,3 +184,78 @@ class PtyProcess:
             return self.proc.wait(timeout)
         finally:
             os.close(self.master)
+
+
+def seq_in_file(path: str) -> int:
+    with open(path, "rb") as f:
+        f.seek(L.HEADER_SEQ_OFFSET)
+        return int.from_bytes(f.read(8), "little")
+
+
+@pytest.fixture(scope="module")
+def real_segment_bytes() -> bytes:
+    """The bytes of a real, consistent segment (taken from a short-lived publisher)."""
+    src = f"/shmtest-src-{os.getpid()}-{time.monotonic_ns()}"
+    pub = Publisher(src, "--interval", "0.1")
+    try:
+        path = L.segment_path(src)
+        wait_for(lambda: seq_in_file(path) >= 4, what="two samples")
+        for _ in range(100):
+            s1 = seq_in_file(path)
+            data = Path(path).read_bytes()
+            if s1 % 2 == 0 and seq_in_file(path) == s1 and int.from_bytes(
+                    data[L.HEADER_SEQ_OFFSET:L.HEADER_SEQ_OFFSET + 8], "little") == s1:
+                break
+        else:
+            raise AssertionError("no consistent copy of the segment")
+    finally:
+        assert pub.stop() == 0
+    assert not shm_files(src), "publisher left files behind"
+    return data
+
+
+@pytest.fixture
+def make_segment_file(name):
+    """make_segment_file(data, mode, live) writes a file under the test's own name; removed at the end.
+
+    ``live``: the test process holds the file's liveness lock, standing in for a live publisher (the
+    way readers tell a publisher that died without saying so from one that runs).
+    """
+    path = L.segment_path(name)
+    held = []
+
+    def make(data: bytes, mode: int = 0o644, live: bool = True) -> str:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+            if live:
+                L.hold_liveness_lock(fd)
+                held.append(fd)
+        finally:
+            if not live:
+                os.close(fd)
+        return path
+
+    yield make
+    for fd in held:
+        os.close(fd)
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+@pytest.fixture
+def exporters():
+    """start(name, *args) -> Exporter; each is stopped by its PID at teardown."""
+    from exporter_util import Exporter
+
+    started: list[Exporter] = []
+
+    def start(name: str, *args: str, **kw) -> Exporter:
+        exp = Exporter(name, *args, **kw)
+        started.append(exp)
+        return exp
+
+    yield start
+    for exp in started:
+        exp.stop()

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from conftest import READER, shm_files, wait_for
-from exporter_util import EXPORTER, Exporter, Exposition, get, keepalive_connection, metrics, need, scrape, wait_scrape
+from exporter_util import EXPORTER, Exposition, get, keepalive_connection, metrics, need, scrape, wait_scrape
 
 from shm_metrics import shm_layout as L
 from shm_metrics.readers.exporter.collector import (
@@ -24,21 +24,6 @@ from shm_metrics.readers.exporter.collector import (
     OWN_NAMES,
     SCALAR_FAMILIES,
 )
-
-
-@pytest.fixture
-def exporters():
-    """start(name, *args) -> Exporter; each is stopped by its PID at teardown."""
-    started: list[Exporter] = []
-
-    def start(name: str, *args: str, **kw) -> Exporter:
-        exp = Exporter(name, *args, **kw)
-        started.append(exp)
-        return exp
-
-    yield start
-    for exp in started:
-        exp.stop()
 
 
 def up(expo: Exposition) -> float:
