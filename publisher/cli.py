@@ -1,6 +1,7 @@
 """``shm-publisher``: sample the host into a shared-memory segment, forever.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the name is taken (a live
+Exit codes: 0 stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT (state
+"stopped", files removed unless --keep-on-exit); 1 the name is taken (a live
 publisher, or something foreign that is left untouched) or the segment could
 not be created; 2 bad arguments.
 """
@@ -28,11 +29,14 @@ from shm_metrics.readers.cliargs import OneLineParser, resolve_segment_name, seg
 log = logging.getLogger("shm-publisher")
 
 EXIT_OK, EXIT_NAME_IN_USE, EXIT_USAGE = 0, 1, 2  # 1 also: the segment could not be created
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Each stops the publisher cleanly (state "stopped", files removed, exit 0).  By default SIGHUP (a closed
+# terminal, a dropped SSH session) and SIGQUIT (Ctrl-\) would kill it on the spot, leaving a segment that
+# says "running" and files in /dev/shm.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
 class StopSignals:
-    """SIGTERM/SIGINT only set a flag, and wake the loop's wait through a pipe.
+    """The stop signals only set a flag, and wake the loop's wait through a pipe.
 
     The handler never interrupts a write (it runs between bytecodes and only
     records the signal), and the wait is a select() on the wakeup pipe, so
@@ -45,6 +49,8 @@ class StopSignals:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for sig in _STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started under nohup: the caller asked it to outlive its terminal
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -122,7 +128,9 @@ def possible_cpus() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
-                epilog="exit codes: 0 stopped by signal; 1 name in use or segment not created; 2 bad arguments",
+                epilog="exit codes: 0 stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT (state stopped, files removed\n"
+                       "unless --keep-on-exit; a SIGHUP ignored on start, as under nohup, stays ignored);\n"
+                       "1 name in use or segment not created; 2 bad arguments",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", type=segment_name, default=None,
                    help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV}); "
@@ -158,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
                                      args.max_disks, args.max_filesystems, history=args.history, top=args.top)
-    stop = StopSignals()  # from here on SIGTERM/SIGINT are a flag the loop checks
+    stop = StopSignals()  # from here on the stop signals are a flag the loop checks
     sampler = Sampler(filters=filters, top_n=args.top)
     try:
         segment = OwnedSegment(args.name, layout, args.mode, args.interval)

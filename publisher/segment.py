@@ -4,6 +4,14 @@ Liveness is an exclusive ``flock`` held on the segment for the publisher's
 whole life (the JVM's hsperfdata answer to pid reuse): a second publisher that
 cannot take the lock knows the first is alive, even if it is stopped with
 SIGSTOP; one that can take it knows the owner is gone, whatever its pid is now.
+Beside it the publisher holds the liveness lock of ``shm_layout`` (an OFD write
+lock) that readers can *test* without taking; the kernel drops both however
+the process dies, so a segment whose header still says "running" reads as dead
+after a SIGKILL.
+
+The semaphore only serialises writes, and the flock holder is the only
+legitimate writer: a semaphore that stays taken past a timeout was left by a
+dead or rogue holder and is replaced, so nobody can stop publishing for good.
 
 Takeover never rewrites an old object in place: the stale name is unlinked and
 a new object created, so readers still mapping the old one keep valid memory
@@ -120,6 +128,10 @@ def _inspect_existing(path: str) -> int | None:
         except BlockingIOError:
             who = f"pid {pid}" if pid else "a publisher that is starting"
             raise NameInUse(f"another shm-publisher ({who}) is running on {path}") from None
+        # Readers judge liveness by this lock alone: a segment that still has it held reads as
+        # alive to them, so it is not stale, whoever holds it.
+        if L.publisher_alive(fd):
+            raise NameInUse(f"another process holds the liveness lock of {path}; left untouched")
         log.warning("taking over stale segment %s (publisher pid %s is gone)", path, pid or "unknown")
         return fd
     except BaseException:
@@ -144,11 +156,22 @@ def _create_locked(path: str) -> int:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            L.hold_liveness_lock(fd)  # before the first byte: a reader never sees our segment without it
+            # Taken before the header goes in, so a reader never sees a header of a live
+            # publisher without it; held (like the flock) until the fd and the mapping's
+            # duplicate of it are closed, or the process dies.
+            L.hold_liveness_lock(fd)
             st = os.fstat(fd)
         except BlockingIOError:
             os.close(fd)
             raise NameInUse(f"another shm-publisher took {path} while this one was creating it") from None
+        except BaseException:  # e.g. no OFD locks (ENOLCK, EINVAL): leave no empty file behind
+            try:
+                st = os.fstat(fd)
+                if _inode(path) == (st.st_dev, st.st_ino):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+            raise
         # Someone may have judged our empty file stale and replaced it before we locked it.
         if _inode(path) != (st.st_dev, st.st_ino):
             os.close(fd)
@@ -169,6 +192,8 @@ class OwnedSegment:
         self._fd: int | None = None
         self._mm: mmap.mmap | None = None
         self.sem: posix_ipc.Semaphore | None = None
+        self._mode = mode
+        self._sem_replace_failed = False
         self._overflow_logged: set[str] = set()
         _check_semaphore_not_foreign(self.sem_path)
         self._fd = _create_locked(self.path)
@@ -196,8 +221,13 @@ class OwnedSegment:
 
     # --- setup
     def _open_semaphore(self, mode: int) -> None:
-        # We hold the segment lock, so no live publisher uses this semaphore: a
-        # leftover one (maybe wedged at 0 by a publisher killed mid-write) is reset.
+        """Put a new semaphore (value 1, exactly ``mode``) under the name, replacing one of ours.
+
+        Only called while we hold the segment's flock, so no live publisher uses the
+        semaphore it replaces: a leftover one (maybe wedged at 0 by a holder killed
+        mid-write) is unlinked, never reused.  Anything foreign is left untouched
+        (NameInUse).  ``self.sem`` is only changed once the new one is complete.
+        """
         _check_semaphore_not_foreign(self.sem_path)
         if _inode(self.sem_path) is not None:
             temp = _sem_open_temp_link(self.sem_path, os.stat(self.sem_path, follow_symlinks=False))
@@ -208,16 +238,54 @@ class OwnedSegment:
                 except FileNotFoundError:
                     pass
         try:
-            self.sem = posix_ipc.Semaphore(self.sem_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+            sem = posix_ipc.Semaphore(self.sem_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
         except posix_ipc.ExistentialError:
-            raise NameInUse(f"{self.sem_path} appeared while starting; left untouched") from None
-        sem_fd = os.open(self.sem_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            raise NameInUse(f"{self.sem_path} appeared meanwhile; left untouched") from None
         try:
-            os.fchmod(sem_fd, mode)
-            st = os.fstat(sem_fd)
-            self._sem_identity = (st.st_dev, st.st_ino)
-        finally:
-            os.close(sem_fd)
+            sem_fd = os.open(self.sem_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(sem_fd, mode)
+                st = os.fstat(sem_fd)
+            finally:
+                os.close(sem_fd)
+        except BaseException:
+            sem.close()  # not unlinked: the name may no longer be ours
+            raise
+        if self.sem is not None:
+            self.sem.close()
+        self.sem, self._sem_identity = sem, (st.st_dev, st.st_ino)
+
+    def _acquire(self) -> bool:
+        """Take the semaphore; replace it if it stays taken.  False: skip this sample.
+
+        We hold the flock, so nobody else may write; the window itself is a few
+        memcpys.  A semaphore still taken after the timeout was therefore left by
+        a dead (SIGKILLed mid-write) or rogue holder, and waiting longer would
+        freeze seq forever: it is replaced and taken again at once.
+        """
+        try:
+            self.sem.acquire(_SEM_TIMEOUT)
+            return True
+        except posix_ipc.BusyError:
+            pass
+        except posix_ipc.SignalError:
+            return False  # a stop signal: the loop sees it next, no traceback
+        try:
+            self._open_semaphore(self._mode)
+        except (NameInUse, OSError, posix_ipc.Error) as exc:
+            if not self._sem_replace_failed:  # once per wedged spell, not once per interval
+                self._sem_replace_failed = True
+                log.error("semaphore %s stayed taken for %g s and cannot be replaced (%s); "
+                          "samples are skipped until it can", self.sem_name, _SEM_TIMEOUT, exc)
+            return False
+        self._sem_replace_failed = False
+        log.warning("semaphore %s stayed taken for %g s (its holder died or is stuck holding it); "
+                    "replaced it with a new one", self.sem_name, _SEM_TIMEOUT)
+        try:
+            self.sem.acquire(_SEM_TIMEOUT)
+            return True
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return False  # taken again already (a rogue): the next sample replaces it again
 
     def _init_views(self) -> None:
         mv = memoryview(self._mm)
@@ -298,8 +366,7 @@ class OwnedSegment:
         counts_index = self._counts_index
         t_wall, t_mono, t_duration, t_overruns = self._header_indexes
         d, q, i, raw = self._d, self._q, self._i, self._bytes
-        if not _acquire(self.sem):
-            log.error("semaphore %s stayed taken for 1 s; sample skipped", self.sem_name)
+        if not self._acquire():
             return
         try:
             seq = q[self._seq_index]
@@ -356,12 +423,10 @@ class OwnedSegment:
             self._fd = None
 
 
-def _acquire(sem: posix_ipc.Semaphore) -> bool:
-    try:
-        sem.acquire(1.0)
-        return True
-    except posix_ipc.BusyError:
-        return False
+# How long a sample waits for the semaphore before replacing it: the legitimate
+# holder (this process) keeps it for a few memcpys, so this only ever expires on
+# a dead or rogue holder.
+_SEM_TIMEOUT = 1.0
 
 
 _HISTORY_STAMP = L.Record("stamp", L.HISTORY.fields[:2]).struct

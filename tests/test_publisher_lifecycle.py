@@ -1,8 +1,10 @@
 """The publisher's life against real processes and real files in /dev/shm.
 
-Start and stop (signals, --keep-on-exit), exact modes whatever the umask,
-exclusivity (flock liveness, SIGSTOP), takeover after SIGKILL (also with a
-wedged semaphore), refusal of anything foreign (left byte-for-byte alone),
+Start and stop (SIGTERM, SIGINT, SIGHUP, SIGQUIT; --keep-on-exit; nohup),
+exact modes whatever the umask, exclusivity (flock liveness, SIGSTOP),
+takeover after SIGKILL (also with a wedged semaphore), the liveness lock
+readers test, a semaphore kept taken by a dead or rogue process while a
+publisher runs, refusal of anything foreign (left byte-for-byte alone),
 argument errors, and the order "first sample, then running".
 
 No mocks and no wall-clock thresholds: waits have timeouts, assertions do not.
@@ -10,6 +12,7 @@ No mocks and no wall-clock thresholds: waits have timeouts, assertions do not.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -19,6 +22,7 @@ import signal
 import stat
 import string
 import subprocess
+import sys
 import time
 
 import posix_ipc
@@ -172,6 +176,17 @@ def proc_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+@contextlib.contextmanager
+def sighup(disposition):
+    """Children started inside inherit this SIGHUP disposition (nohup sets SIG_IGN): the tests
+    set it explicitly rather than depend on how pytest itself was started."""
+    old = signal.signal(signal.SIGHUP, disposition)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
 def proc_umask(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -181,9 +196,14 @@ def proc_umask(pid: int) -> int:
 
 
 # ---------------------------------------------------------------- 1. stop signals
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+STOP_IDS = ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"]
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=STOP_IDS)
 def test_stop_signal_marks_stopped_and_removes_files(name, start_publisher, sig):
-    pub = start_publisher(name, "--interval", "0.05")
+    with sighup(signal.SIG_DFL):
+        pub = start_publisher(name, "--interval", "0.05")
     seg, sem = L.segment_path(name), L.semaphore_path(name)
     assert os.path.isfile(seg) and os.path.isfile(sem)
     fd = os.open(seg, os.O_RDONLY)  # keeps the bytes readable after the unlink
@@ -198,9 +218,10 @@ def test_stop_signal_marks_stopped_and_removes_files(name, start_publisher, sig)
     assert "Traceback" not in err and "stopped" in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=STOP_IDS)
 def test_keep_on_exit_leaves_stopped_segment(name, start_publisher, sig):
-    pub = start_publisher(name, "--interval", "0.05", "--keep-on-exit")
+    with sighup(signal.SIG_DFL):
+        pub = start_publisher(name, "--interval", "0.05", "--keep-on-exit")
     seg, sem = L.segment_path(name), L.semaphore_path(name)
     before = read_header(name)
     try:
@@ -225,6 +246,19 @@ def test_keep_on_exit_leaves_stopped_segment(name, start_publisher, sig):
     finally:
         for path in shm_files(name):
             os.unlink(path)
+
+
+def test_sighup_ignored_on_start_stays_ignored(name, start_publisher):
+    """Under nohup the caller asked the publisher to outlive its terminal: SIGHUP does not stop it."""
+    with sighup(signal.SIG_IGN):
+        pub = start_publisher(name, "--interval", "0.05")
+    before = samples(name)
+    pub.proc.send_signal(signal.SIGHUP)
+    wait_for_more_samples(name, before + 3, "the publisher to keep sampling after SIGHUP")
+    assert pub.proc.poll() is None
+    rc, err = stop_collect(pub)
+    assert rc == 0, err
+    assert shm_files(name) == []
 
 
 def test_sigterm_during_startup_never_leaves_files(name):
@@ -650,6 +684,14 @@ def test_bad_name_from_environment_exits_2(name):
     assert len(res.stderr.splitlines()) == 1, res.stderr
 
 
+def test_help_names_every_stop_signal(name):
+    res = run_publisher(name, "--help")
+    assert res.returncode == 0, res.stderr
+    for sig in STOP_IDS:
+        assert sig in res.stdout, sig
+    assert "nohup" in res.stdout
+
+
 def test_version(name):
     res = subprocess.run([*PUBLISHER, "--version"], capture_output=True, text=True, timeout=20)
     assert res.returncode == 0
@@ -714,3 +756,178 @@ def test_schedule_sanity(name, start_publisher):
     assert slots / 2 - 1 <= taken + skipped <= slots * 2 + 1, (taken, skipped, slots)
     assert last["sample_time"] > first["sample_time"]
     assert last["interval_seconds"] == interval
+
+
+# ---------------------------------------------------------------- 13. the liveness lock readers test
+def test_liveness_lock_follows_the_process_not_the_header(name, start_publisher):
+    first = start_publisher(name, "--interval", "0.05")
+    seg = L.segment_path(name)
+    fd = os.open(seg, os.O_RDONLY)  # a reader's descriptor: testing the lock never takes it
+    try:
+        assert L.publisher_alive(fd)
+        first.proc.kill()
+        assert first.proc.wait(10) == -signal.SIGKILL
+        assert not L.publisher_alive(fd)
+        assert header_at(fd)["state"] == L.STATE_RUNNING  # what the header alone would call alive
+        assert sorted(shm_files(name)) == sorted([seg, L.semaphore_path(name)])
+
+        second = start_takeover(start_publisher, name, "--interval", "0.05")
+        new_fd = os.open(seg, os.O_RDONLY)
+        try:
+            assert os.fstat(new_fd).st_ino != os.fstat(fd).st_ino
+            assert L.publisher_alive(new_fd)
+            assert not L.publisher_alive(fd)  # the old object stays dead
+            rc, err = stop_collect(second)
+            assert rc == 0, err
+            assert "taking over stale segment" in err
+            assert not L.publisher_alive(new_fd)  # a clean stop drops it too
+            assert header_at(new_fd)["state"] == L.STATE_STOPPED
+        finally:
+            os.close(new_fd)
+        assert shm_files(name) == []
+    finally:
+        os.close(fd)
+        for path in shm_files(name):  # what the SIGKILL left, if a step above failed before the takeover
+            os.unlink(path)
+
+
+def test_liveness_lock_is_taken_before_the_header(name):
+    """However early a reader looks, a segment file with content has its publisher's lock held."""
+    seg = L.segment_path(name)
+    for _ in range(5):
+        proc = subprocess.Popen([*PUBLISHER, "--name", name, "--interval", "0.05"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def content_or_exit(proc=proc):
+                try:
+                    return proc.poll() is not None or os.stat(seg).st_size > 0
+                except FileNotFoundError:
+                    return False
+
+            wait_for(content_or_exit, what="the publisher to write its header")
+            fd = os.open(seg, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                alive = L.publisher_alive(fd)
+            finally:
+                os.close(fd)
+            running = proc.poll() is None  # after the test: it held the file's content all along
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert running and size > 0, f"publisher exited {rc}: {err}"
+        assert alive, f"header of live publisher {proc.pid} visible without its liveness lock"
+        assert rc == 0, err
+        assert shm_files(name) == []
+
+
+def test_liveness_lock_held_elsewhere_is_not_taken_over(name):
+    """Readers call a segment whose lock is held alive, so a publisher must not call it stale."""
+    path = L.segment_path(name)
+    write_file(path, header_without_magic(), 0o600)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        L.hold_liveness_lock(fd)  # no flock: only the liveness lock is held
+        fp = fingerprint(path)
+        res = run_publisher(name)
+        assert res.returncode == 1, res.stderr
+        assert "liveness lock" in res.stderr and "Traceback" not in res.stderr
+        assert fingerprint(path) == fp
+        assert not os.path.lexists(L.semaphore_path(name))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------- 14. a semaphore kept taken while publishing
+HOLD_SEMAPHORE = """\
+import posix_ipc, sys, time
+sem = posix_ipc.Semaphore(sys.argv[1])
+sem.acquire()
+print("held", flush=True)
+time.sleep(3600)
+"""
+
+
+def hold_semaphore(name: str) -> subprocess.Popen:
+    """A process of our user that takes NAME.lock and keeps it until it is killed."""
+    helper = subprocess.Popen([sys.executable, "-c", HOLD_SEMAPHORE, L.semaphore_name(name)],
+                              stdout=subprocess.PIPE, text=True)
+    assert helper.stdout.readline() == "held\n"
+    return helper
+
+
+def end_helper(helper: subprocess.Popen) -> None:
+    if helper.poll() is None:
+        helper.kill()
+    helper.wait(10)
+    helper.stdout.close()
+
+
+def inode_or_none(path: str) -> tuple[int, int] | None:
+    try:
+        return inode(path)
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("holder", ["sigkilled", "stuck"])
+def test_semaphore_kept_taken_is_replaced_and_publishing_goes_on(name, start_publisher, holder):
+    old_umask = os.umask(0o077)  # the replacement's mode must be exact too, not umask-trimmed
+    try:
+        pub = start_publisher(name, "--interval", "0.05", "--mode", "0640")
+    finally:
+        os.umask(old_umask)
+    sem_path = L.semaphore_path(name)
+    old_sem = inode(sem_path)
+    helper = hold_semaphore(name)
+    try:
+        if holder == "sigkilled":  # dies holding it: nobody will ever post it again
+            helper.kill()
+            assert helper.wait(10) == -signal.SIGKILL
+        wait_for(lambda: inode_or_none(sem_path) not in (None, old_sem), what="the semaphore to be replaced")
+        wait_for_more_samples(name, samples(name) + 3, "publishing to go on")
+        st = os.lstat(sem_path)
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        live = posix_ipc.Semaphore(L.semaphore_name(name))
+        try:
+            assert live.value in (0, 1)  # 0 only while a sample is being written
+        finally:
+            live.close()
+        assert pub.proc.poll() is None
+        rc, err = stop_collect(pub)
+    finally:
+        end_helper(helper)
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if "stayed taken" in line]
+    assert len(warnings) == 1, err
+    assert "WARNING" in warnings[0] and L.semaphore_name(name) in warnings[0] and "replaced" in warnings[0]
+    assert "Traceback" not in err and "ERROR" not in err
+    assert shm_files(name) == []  # the replacement is removed on exit like the original
+
+
+def wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def test_stop_signal_while_waiting_for_the_semaphore(name, start_publisher):
+    """SIGTERM interrupting the wait for a held semaphore stops cleanly (no traceback, files removed)."""
+    pub = start_publisher(name, "--interval", "0.05")
+    helper = hold_semaphore(name)
+    try:
+        try:  # the helper soon sleeps for good; "0" all along means the kernel hides where
+            wait_for(lambda: wchan(helper.pid) not in ("", "0"), timeout=5, what="the helper to sleep")
+        except AssertionError:
+            pytest.skip("this kernel does not show where a process sleeps (/proc/PID/wchan)")
+        # In the semaphore's futex wait, not in the select between samples: the signal interrupts it.
+        wait_for(lambda: wchan(pub.pid).startswith("futex"), what="the publisher to wait for the semaphore")
+        rc, err = stop_collect(pub)
+    finally:
+        end_helper(helper)
+    assert rc == 0, err
+    assert "Traceback" not in err and "stopped" in err
+    assert shm_files(name) == []
