@@ -47,3 +47,38 @@ def test_c_reader_exit_codes(c_reader, name):
     finally:
         os.unlink(path)
     assert corrupt.returncode == 4 and "magic" in corrupt.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant a file owned by another user")
+def test_c_reader_trusts_only_root_itself_or_the_publisher_user(c_reader, name, make_segment_file,
+                                                                 real_segment_bytes):
+    from test_hardening import fresh
+
+    path = make_segment_file(fresh(real_segment_bytes, procs_total=31337))
+    os.chown(path, 65534, 65534)
+    planted = subprocess.run([c_reader, name], capture_output=True, text=True, timeout=10)
+    assert planted.returncode == 4 and "untrusted" in planted.stderr and not planted.stdout
+    env = dict(os.environ, SHM_METRICS_PUBLISHER_USER="nobody")
+    named = subprocess.run([c_reader, name], capture_output=True, text=True, timeout=10, env=env)
+    assert (named.returncode, named.stdout) == (0, "31337\n"), named.stderr
+
+
+def test_c_reader_sees_a_dead_publisher_and_lying_values(c_reader, name, make_segment_file, real_segment_bytes):
+    from test_hardening import altered, capacity, fresh
+
+    data = fresh(real_segment_bytes)
+    make_segment_file(data, live=False)  # nobody holds the liveness lock: the publisher died
+    dead = subprocess.run([c_reader, name], capture_output=True, text=True, timeout=10)
+    assert dead.returncode == 5 and "not running" in dead.stderr
+    os.unlink(f"/dev/shm/{name[1:]}")
+    for lie in ({"header": {"interval_seconds": 0.0}}, {"header": {"sample_time": float("nan")}},
+                {"counts": {"net": capacity(data, "net") + 1}}):
+        path = f"/dev/shm/{name[1:]}"
+        with open(path, "wb") as f:
+            f.write(altered(data, **lie))
+        os.chmod(path, 0o644)
+        try:
+            lying = subprocess.run([c_reader, name], capture_output=True, text=True, timeout=10)
+        finally:
+            os.unlink(path)
+        assert lying.returncode == 4, (lie, lying.stderr)

@@ -4,14 +4,19 @@
  *   gcc -O2 -Wall -o shm_read examples/c/shm_read.c
  *   ./shm_read [NAME]          (default /sysmetrics, or $SHM_METRICS_NAME)
  *
- * Opens the segment safely, validates the header and the section directory
- * against offsets it computes itself, reads a consistent snapshot with the
- * seqlock, and prints the process count.  Exit codes follow shm-read: 0 ok,
- * 2 usage, 3 no segment, 4 incompatible or corrupt, 5 stale/stopped or busy.
+ * Opens the segment safely, trusts it only if root, you or
+ * $SHM_METRICS_PUBLISHER_USER owns it, validates the header and the section
+ * directory against offsets it computes itself, reads a consistent snapshot
+ * with the seqlock, checks its counts and times, tests the publisher's
+ * liveness lock without taking it, and prints the process count.  Exit codes
+ * follow shm-read: 0 ok, 2 usage, 3 no segment, 4 incompatible, corrupt or
+ * untrusted, 5 stale, stopped, dead or busy.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <pwd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +30,8 @@
 enum {
     H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_TOTAL_SIZE = 16, H_TABLE_HASH = 24,
     H_STATE = 44, H_INTERVAL = 56, H_SECTION_COUNT = 64, H_SECTION_SIZE = 68, H_SECTIONS_OFFSET = 72,
-    H_SEQ = 208, H_SAMPLE_TIME = 216, HEADER_BYTES = 248,
+    H_START_TIME = 48, H_SEQ = 208, H_SAMPLE_TIME = 216, H_SAMPLE_MONOTONIC = 224, H_SAMPLE_DURATION = 232,
+    HEADER_BYTES = 248,
 };
 /* Section directory entry (table `section`). */
 enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 9 };
@@ -44,6 +50,22 @@ static int fail(int code, const char *name, const char *why)
 {
     fprintf(stderr, "shm_read: %s: %s\n", name, why);
     return code;
+}
+
+/* Root, ourselves, or the user named by SHM_METRICS_PUBLISHER_USER (a name or a uid). */
+static int trusted_owner(uid_t owner)
+{
+    if (owner == 0 || owner == geteuid())
+        return 1;
+    const char *who = getenv("SHM_METRICS_PUBLISHER_USER");
+    if (!who || !*who)
+        return 0;
+    struct passwd *pw = getpwnam(who);
+    if (pw)
+        return pw->pw_uid == owner;
+    char *end;
+    unsigned long uid = strtoul(who, &end, 10);
+    return *end == 0 && uid == owner;
 }
 
 static int valid_name(const char *name)
@@ -72,6 +94,8 @@ int main(int argc, char **argv)
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || (st.st_mode & 022))
         return fail(4, name, "not a regular, singly linked file writable only by its owner");
+    if (!trusted_owner(st.st_uid))
+        return fail(4, name, "owned by an untrusted user (set SHM_METRICS_PUBLISHER_USER to the publisher's user)");
 
     /* Validate from a plain read before mapping anything (a short file must never be mapped). */
     unsigned char head[512];
@@ -85,6 +109,9 @@ int main(int argc, char **argv)
         u32(head + H_SECTION_SIZE) != SECTION_BYTES || u64(head + H_SECTIONS_OFFSET) != HEADER_BYTES ||
         u32(head + H_STATE) > STATE_MAX)
         return fail(4, name, "header does not match the layout");
+    double interval = f64(head + H_INTERVAL), start_time = f64(head + H_START_TIME);
+    if (!(interval >= 0.01 && interval <= 3600) || !(start_time >= 0 && start_time < 1e11))
+        return fail(4, name, "interval or start time out of range");
 
     /* Recompute every section's offset from the capacities; trust none from the file. */
     uint64_t pos = round_up(HEADER_BYTES + SECTIONS * SECTION_BYTES, 64), scalars = 0;
@@ -105,14 +132,14 @@ int main(int argc, char **argv)
         return fail(4, name, "capacities do not add up to the segment size");
 
     const unsigned char *m = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
     if (m == MAP_FAILED)
         return fail(4, name, strerror(errno));
 
     /* The seqlock: even and unchanged around the copy.  Bounded: a publisher stopped mid-write. */
     const uint64_t *seq = (const uint64_t *)(m + H_SEQ);
     uint64_t procs = 0, s1 = 0;
-    double sample_time = 0;
+    double sample_time = 0, times_sum = 0;
+    int counts_ok = 0;
     struct timespec nap = {0, 500000};
     int ok = 0;
     for (int tries = 0; tries < 1000 && !ok; tries++) {
@@ -120,6 +147,12 @@ int main(int argc, char **argv)
         if (!(s1 & 1)) {
             procs = u64(m + scalars + 8 * SCALAR_PROCS_TOTAL);
             sample_time = f64(m + H_SAMPLE_TIME);
+            times_sum = sample_time + f64(m + H_SAMPLE_MONOTONIC) + f64(m + H_SAMPLE_DURATION);
+            counts_ok = 1;  /* every count within its capacity, in the same snapshot */
+            for (int i = 0; i < SECTIONS; i++) {
+                const unsigned char *e = m + HEADER_BYTES + i * SECTION_BYTES;
+                counts_ok &= u32(e + S_COUNT) <= u32(e + S_CAPACITY);
+            }
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             ok = __atomic_load_n(seq, __ATOMIC_RELAXED) == s1;
         }
@@ -128,14 +161,25 @@ int main(int argc, char **argv)
     }
     if (!ok)
         return fail(5, name, "publisher stopped in the middle of a write");
-    if (s1 == 0)
+    if (!counts_ok || !isfinite(times_sum))
+        return fail(4, name, "a count exceeds its capacity, or a sample time is not finite");
+
+    /* Liveness: test the publisher's OFD lock without taking it. */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return fail(4, name, strerror(errno));
+    int alive = fl.l_type != F_UNLCK;
+    close(fd);
+    if (s1 == 0 && alive)
         return fail(5, name, "no sample written yet");
 
     printf("%llu\n", (unsigned long long)procs);
+    if (!alive && u32(m + H_STATE) != 3)
+        return fail(5, name, "publisher not running: it died without stopping (no process holds the lock)");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     double age = now.tv_sec + now.tv_nsec / 1e9 - sample_time;
-    if (u32(m + H_STATE) != STATE_RUNNING || age > 2 * f64(m + H_INTERVAL) + 1)
-        return fail(5, name, "stale or stopped publisher: value printed is old");
+    if (u32(m + H_STATE) != STATE_RUNNING || age > 2 * interval + 1 || age < -1)
+        return fail(5, name, "stale, stopped or future-dated sample: value printed is not fresh");
     return 0;
 }
