@@ -18,13 +18,15 @@ import resource
 import select
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
 import pytest
 from conftest import wait_for
-from exporter_util import Exporter, get
+from exporter_util import EXPORTER, Exporter, get
 
+from shm_metrics.readers.exporter.cli import build_parser, duration
 from shm_metrics.readers.exporter.server import (
     FD_RESERVE,
     MAX_DISCARDED_BODY,
@@ -377,3 +379,16 @@ def test_request_length():
         assert request_length(refused) == len(refused)  # whole at its empty line: the handler refuses it
     assert request_length(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES) == -1
 
+
+
+def test_limit_options_parse_and_bad_values_exit_2():
+    args = build_parser().parse_args(["--web.max-requests", "0", "--web.max-connections", "100",
+                                      "--web.read-header-timeout", "500ms"])
+    assert (args.max_requests, args.max_connections, args.read_header_timeout) == (0, 100, 0.5)
+    defaults = build_parser().parse_args([])
+    assert (defaults.max_requests, defaults.max_connections, defaults.read_header_timeout) == (40, 512, 5.0)
+    assert duration("2.5") == 2.5 and duration("1m") == 60.0 and duration("5s") == 5.0
+    for bad in (["--web.max-requests", "-1"], ["--web.max-connections", "0"], ["--web.read-header-timeout", "0s"],
+                ["--web.read-header-timeout", "soon"]):
+        out = subprocess.run([*EXPORTER, *bad], capture_output=True, text=True, timeout=20)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
