@@ -222,6 +222,13 @@ def test_slowloris_closed_after_the_header_timeout_keepalive_kept(name, exporter
         response = keepalive.getresponse()
         assert response.status == 200 and response.read()
 
+        # A request in pieces, its empty line split between them, in time: answered.
+        with socket.create_connection(("127.0.0.1", exp.port), timeout=10) as pieces:
+            for piece in (b"GET / HTTP/1.1\r\nHo", b"st: x\r\n\r", b"\n"):
+                pieces.sendall(piece)
+                time.sleep(0.05)
+            assert pieces.recv(100).startswith(b"HTTP/1.1 200 ")
+
         # A head that never ends within MAX_HEAD_BYTES: 431, then closed.
         with socket.create_connection(("127.0.0.1", exp.port), timeout=10) as huge:
             with contextlib.suppress(OSError):
@@ -378,6 +385,9 @@ def test_request_length():
                     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"):
         assert request_length(refused) == len(refused)  # whole at its empty line: the handler refuses it
     assert request_length(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES) == -1
+    # The search resumes where it stopped, with an empty line split across two reads.
+    assert request_length(head, scanned=len(head) - 3) == len(head)
+    assert request_length(head, scanned=len(head) - 1) == len(head)
 
 
 

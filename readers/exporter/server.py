@@ -89,29 +89,29 @@ class App:
 class Connection:
     """One client connection and the bytes read from it that no request has consumed yet."""
 
-    __slots__ = ("sock", "address", "buffer", "tls", "handshaking", "events", "closed")
+    __slots__ = ("sock", "address", "buffer", "scanned", "tls", "handshaking", "events", "closed")
 
     def __init__(self, sock: socket.socket, address: tuple, tls: bool):
         self.sock = sock
         self.address = address
         self.buffer = bytearray()
+        self.scanned = 0  # bytes of the buffer known to hold no end of a request head (a drip costs O(1) each)
         self.tls = tls
         self.handshaking = tls
         self.events = 0  # what the loop's selector watches for (0: not registered, a worker owns it)
         self.closed = False  # an eviction may close it while its event is still in the loop's batch
 
 
-def request_length(data: bytes | bytearray) -> int:
+def request_length(data: bytes | bytearray, scanned: int = 0) -> int:
     """The length of the whole request at the start of ``data`` (head and body), 0 while more must come.
 
     A head with a body the handler will refuse (too large, chunked, a bad Content-Length) counts as
     whole at its empty line: the handler answers it and closes the connection.  -1: a head beyond
-    MAX_HEAD_BYTES with no end in sight.
+    MAX_HEAD_BYTES with no end in sight.  ``scanned``: a prefix already searched in vain, not searched again.
     """
-    ends = [i + 3 for i in (data.find(b"\n\r\n"),) if i >= 0] + [i + 2 for i in (data.find(b"\n\n"),) if i >= 0]
-    if not ends:
+    head = head_length(data, scanned)
+    if not head:
         return -1 if len(data) > MAX_HEAD_BYTES else 0
-    head = min(ends)
     if head > MAX_HEAD_BYTES:
         return -1
     match = _CONTENT_LENGTH.search(data, 0, head)
@@ -120,6 +120,14 @@ def request_length(data: bytes | bytearray) -> int:
         return head
     total = head + int(body)
     return total if len(data) >= total else 0
+
+
+def head_length(data: bytes | bytearray, scanned: int = 0) -> int:
+    """The length of the request head (through its empty line) at the start of ``data``; 0 if not there yet."""
+    start = max(0, scanned - 2)
+    ends = [i + 3 for i in (data.find(b"\n\r\n", start),) if i >= 0]
+    ends += [i + 2 for i in (data.find(b"\n\n", start),) if i >= 0]
+    return min(ends) if ends else 0
 
 
 class _BufferReader:
@@ -615,7 +623,9 @@ class ExporterServer:
         if conn in self._idle:  # the next request began: it has the header timeout to arrive whole
             del self._idle[conn]
             self._pending[conn] = time.monotonic() + self.read_header_timeout
-        length = request_length(conn.buffer)
+        length = request_length(conn.buffer, conn.scanned)
+        if length == 0 and not head_length(conn.buffer, conn.scanned):
+            conn.scanned = len(conn.buffer)
         if length > 0:
             self._dispatch(conn)
         elif length < 0:
@@ -656,6 +666,7 @@ class ExporterServer:
         self._wake()
 
     def _answer_requests(self, conn: Connection) -> bool:
+        conn.scanned = 0  # the buffer is consumed from its start: what is left has not been searched
         while request_length(conn.buffer) > 0:
             handler = Handler(conn, self)
             try:
