@@ -41,6 +41,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
@@ -58,6 +59,7 @@ MAX_HEAD_BYTES = 1 << 16  # request line and headers together; more is answered 
 FD_RESERVE = 64  # descriptors kept for the exporter itself (listener, selector, segment, /proc reads, TLS files)
 SPARE_WORKERS = 8  # workers beyond --web.max-requests: 401s, 404s, 503s and the index page never wait for scrapes
 WORKERS_WITHOUT_SCRAPE_LIMIT = 64  # the pool's size when --web.max-requests is 0
+MAX_WORKERS = 256  # threads, whatever --web.max-requests says: beyond, requests wait their turn instead of a 503
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so timers and finished requests get their turn in a flood
 ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Errors that concern one connection the kernel had queued (the client gave up first): accept the next.
@@ -327,16 +329,16 @@ class _ScrapeSlots:
 class _WorkerPool:
     """Daemon threads, started when work waits and none is free, up to ``size``; they never exit early."""
 
-    def __init__(self, size: int, work):
+    def __init__(self, size: int, work: Callable[[Connection], None]):
         self.size = size
         self._work = work
-        self._jobs: collections.deque = collections.deque()
+        self._jobs: collections.deque[Connection] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._threads = 0
         self._idle = 0
         self._stopping = False
 
-    def submit(self, job: object) -> None:
+    def submit(self, job: Connection) -> None:
         with self._ready:
             self._jobs.append(job)
             if len(self._jobs) > self._idle and self._threads < self.size:
@@ -408,7 +410,7 @@ class ExporterServer:
         # Scrapes have their own limit; the spare workers answer everything else meanwhile.  A slow reader
         # holds a worker only while its response does not fit in the socket buffers: a big scrape, at most.
         workers = max_requests + SPARE_WORKERS if max_requests > 0 else WORKERS_WITHOUT_SCRAPE_LIMIT
-        self._workers = _WorkerPool(workers, self._answer)
+        self._workers = _WorkerPool(min(workers, MAX_WORKERS), self._answer)
 
     @property
     def port(self) -> int:
