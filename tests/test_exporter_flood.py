@@ -21,11 +21,13 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
 from exporter_util import EXPORTER, Exporter, get
 
+from shm_metrics.readers.exporter import DEFAULT_MAX_CONNECTIONS
 from shm_metrics.readers.exporter.cli import build_parser, duration
 from shm_metrics.readers.exporter.server import (
     FD_RESERVE,
@@ -402,3 +404,10 @@ def test_limit_options_parse_and_bad_values_exit_2():
                 ["--web.read-header-timeout", "soon"]):
         out = subprocess.run([*EXPORTER, *bad], capture_output=True, text=True, timeout=20)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
+
+
+def test_systemd_unit_allows_the_default_connection_cap():
+    unit = (Path(__file__).resolve().parent.parent / "deploy" / "systemd" / "shm-exporter.service").read_text()
+    limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1, "the unit sets LimitNOFILE once"
+    assert connection_cap(DEFAULT_MAX_CONNECTIONS, int(limits[0])) == DEFAULT_MAX_CONNECTIONS
