@@ -36,6 +36,7 @@ import html
 import logging
 import re
 import resource
+import select
 import selectors
 import socket
 import ssl
@@ -91,7 +92,7 @@ class App:
 class Connection:
     """One client connection and the bytes read from it that no request has consumed yet."""
 
-    __slots__ = ("sock", "address", "buffer", "scanned", "tls", "handshaking", "events", "closed")
+    __slots__ = ("sock", "address", "buffer", "scanned", "tls", "handshaking", "events", "busy", "closed")
 
     def __init__(self, sock: socket.socket, address: tuple, tls: bool):
         self.sock = sock
@@ -100,7 +101,11 @@ class Connection:
         self.scanned = 0  # bytes of the buffer known to hold no end of a request head (a drip costs O(1) each)
         self.tls = tls
         self.handshaking = tls
-        self.events = 0  # what the loop's selector watches for (0: not registered, a worker owns it)
+        self.events = 0  # what the loop's selector watches for (0: not registered)
+        # A worker owns it.  It stays registered (a keep-alive client sends nothing while it waits for the
+        # response, so that costs nothing and saves two epoll_ctl calls per request); if it does stir, the
+        # loop stops watching it until the worker hands it back.
+        self.busy = False
         self.closed = False  # an eviction may close it while its event is still in the loop's batch
 
 
@@ -430,6 +435,8 @@ class ExporterServer:
                         self._accept_ready()
                     elif key.data.closed:
                         continue
+                    elif key.data.busy:
+                        self._unwatch(key.data)
                     elif key.data.handshaking:
                         self._continue_handshake(key.data)
                     else:
@@ -638,7 +645,7 @@ class ExporterServer:
             self._close(conn)
 
     def _dispatch(self, conn: Connection) -> None:
-        self._unwatch(conn)
+        conn.busy = True
         self._pending.pop(conn, None)
         self._workers.submit(conn)
 
@@ -648,7 +655,7 @@ class ExporterServer:
             if not keep:
                 self._close(conn)
                 continue
-            conn.sock.setblocking(False)
+            conn.busy = False
             self._idle[conn] = time.monotonic() + IDLE_TIMEOUT_SECONDS
             self._watch(conn, selectors.EVENT_READ)
             if conn.buffer or (conn.tls and conn.sock.pending()):
@@ -683,14 +690,20 @@ class ExporterServer:
 
 
 def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
-    """Send all of ``data`` by ``deadline`` (TimeoutError otherwise), blocking in between."""
+    """Send all of ``data`` on a non-blocking socket by ``deadline`` (TimeoutError otherwise), waiting for room."""
     view = memoryview(data)
     while view:
+        try:
+            view = view[sock.send(view):]
+            continue
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            pass
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the client did not read its response in time")
-        sock.settimeout(remaining)
-        view = view[sock.send(view):]
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        poller.poll(remaining * 1000)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
