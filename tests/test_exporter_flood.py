@@ -411,3 +411,85 @@ def test_systemd_unit_allows_the_default_connection_cap():
     limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(limits) == 1, "the unit sets LimitNOFILE once"
     assert connection_cap(DEFAULT_MAX_CONNECTIONS, int(limits[0])) == DEFAULT_MAX_CONNECTIONS
+
+
+class BigExposition:
+    """A large exposition (32 MiB): more than the socket buffers hold, so sending it waits for the reader."""
+
+    body = b"".join(b"shm_metrics_test_%d %d\n" % (i, i) for i in range(1_500_000))
+
+    def render(self) -> bytes:
+        return self.body
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_large_response_to_a_slow_reader_arrives_whole(tls, tmp_path):
+    from test_exporter_web import client_context, self_signed
+
+    web = WebConfigWatcher(None)
+    if tls:
+        self_signed(tmp_path, "server")
+        (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+        web = WebConfigWatcher(str(tmp_path / "web.yml"))
+    app = App(BigExposition(), "/metrics", web, "/flood-test")
+    server = ExporterServer(("127.0.0.1", 0), socket.AF_INET, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = (http.client.HTTPSConnection("localhost", server.port, context=client_context(tmp_path / "server.crt"),
+                                        timeout=30) if tls else http.client.HTTPConnection("127.0.0.1", server.port,
+                                                                                           timeout=30))
+    try:
+        for _ in range(2):  # and the connection is still good afterwards (keep-alive)
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            received = bytearray()
+            while chunk := response.read(1 << 20):
+                received += chunk
+                time.sleep(0.01)  # slower than the server writes: its sends wait for room
+            assert response.status == 200 and received == BigExposition.body
+    finally:
+        conn.close()
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def stalled_scrape(port: int) -> socket.socket:
+    """A scrape whose client never reads: with a small receive window, the 32 MiB answer cannot be sent."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+def test_a_scrape_slot_is_held_while_its_answer_is_sent():
+    with running_server(BigExposition(), max_requests=1) as server:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        stalled = stalled_scrape(server.port)
+        try:
+            wait_for(lambda: get(url)[0] == 503, what="the stalled scrape to hold the only slot")
+            assert get(url)[0] == 503  # and it keeps it while the answer waits for the reader
+        finally:
+            stalled.close()  # the send fails: the slot is given back
+        wait_for(lambda: get(url)[0] == 200, what="a scrape after the stalled one went away")
+
+
+def test_a_reader_that_stops_is_dropped_after_the_write_timeout(monkeypatch):
+    import shm_metrics.readers.exporter.server as server_module
+
+    monkeypatch.setattr(server_module, "WRITE_TIMEOUT_SECONDS", 0.5)
+    with running_server(BigExposition(), max_requests=1) as server:
+        stalled = stalled_scrape(server.port)
+        try:
+            # The slot comes back when the stalled answer is given up, without the client doing anything.
+            wait_for(lambda: get(f"http://127.0.0.1:{server.port}/metrics", timeout=30)[0] == 200, timeout=20,
+                     poll=0.2, what="a scrape after the stalled one timed out")
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := stalled.recv(1 << 16):
+                    received += len(chunk)
+            assert received < len(BigExposition.body), "the stalled answer was cut off"
+        finally:
+            stalled.close()
