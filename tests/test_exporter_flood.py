@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from exporter_util import EXPORTER, Exporter, get
+from exporter_util import EXPORTER, Exporter, Process, get, need
 
 from shm_metrics.readers.exporter import DEFAULT_MAX_CONNECTIONS
 from shm_metrics.readers.exporter.cli import build_parser, duration
@@ -493,3 +493,15 @@ def test_a_reader_that_stops_is_dropped_after_the_write_timeout(monkeypatch):
             assert received < len(BigExposition.body), "the stalled answer was cut off"
         finally:
             stalled.close()
+
+
+def test_connection_cap_lowered_to_what_the_file_limit_allows(name):
+    prlimit = need("prlimit", "util-linux")
+    exp = Process([prlimit, "--nofile=300:300", "--", *EXPORTER, "--name", name, "--listen", "127.0.0.1:0"])
+    try:
+        exp.wait_for_line("listening on")
+        assert "open files limit (RLIMIT_NOFILE): soft 300, already the hard limit 300" in exp.output()
+        assert f"--web.max-connections 512 lowered to {300 - FD_RESERVE}: the open files limit is 300" in exp.output()
+        assert f"at most {300 - FD_RESERVE} connections, 40 scrapes at once" in exp.output()
+    finally:
+        assert exp.stop() == 0

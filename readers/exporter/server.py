@@ -62,7 +62,6 @@ SPARE_WORKERS = 8  # workers beyond --web.max-requests: 401s, 404s, 503s and the
 WORKERS_WITHOUT_SCRAPE_LIMIT = 64  # the pool's size when --web.max-requests is 0
 MAX_WORKERS = 256  # threads, whatever --web.max-requests says: beyond, requests wait their turn instead of a 503
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so timers and finished requests get their turn in a flood
-ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Errors that concern one connection the kernel had queued (the client gave up first): accept the next.
 ACCEPT_CLIENT_ERRORS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM})
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -332,7 +331,7 @@ class _ScrapeSlots:
 
 
 class _WorkerPool:
-    """Daemon threads, started when work waits and none is free, up to ``size``; they never exit early."""
+    """Daemon threads, started when work waits and none is free, up to ``size``; they live as long as the server."""
 
     def __init__(self, size: int, work: Callable[[Connection], None]):
         self.size = size
