@@ -539,6 +539,7 @@ class Reader:
                 reason = "reading through pread: no mapping to wait on"
             elif shm_wake.AVAILABLE:
                 address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET
+                self.check_size()  # the import above takes milliseconds: check right before touching the page
                 reason = shm_wake.probe(address, self._i[L.FUTEX_WORD_OFFSET // 4])
                 if reason:
                     address = 0
@@ -552,8 +553,6 @@ class Reader:
         woken within microseconds of the write); polls every
         ``poll_interval()`` where the futex is unavailable.  True if it changed.
         """
-        if not self._pread:
-            self.check_size()  # the caller's read may be a while ago; the probe below touches the mapping
         address, _ = self._wake_method()
         if self._pread:
             current = self._file_seq

@@ -6,9 +6,13 @@ One job per module:
 - ``collector``: the ``prometheus_client`` Collector (metric names, types, labels and HELP texts);
 - ``exposition``: the text exposition, with the ``node_*`` block cached per published sample;
 - ``webconfig``: node_exporter's ``--web.config.file`` (TLS and bcrypt basic auth);
-- ``server``: the threaded HTTP/1.1 server (keep-alive, TLS, auth, ``/`` and the metrics path);
+- ``server``: the HTTP/1.1 server (one event loop for idle connections, a bounded worker pool; keep-alive,
+  TLS, auth, ``/`` and the metrics path; connection and scrape limits);
 - ``cli``: the command line.
 """
 
 DEFAULT_LISTEN = "127.0.0.1:19100"
 DEFAULT_TELEMETRY_PATH = "/metrics"
+DEFAULT_MAX_CONNECTIONS = 512  # far more than any set of Prometheus servers needs; a flood beyond it evicts idle ones
+DEFAULT_MAX_REQUESTS = 40  # node_exporter's --web.max-requests default
+DEFAULT_READ_HEADER_TIMEOUT = 5.0  # seconds for the TLS handshake and a whole request head (slowloris guard)

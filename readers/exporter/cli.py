@@ -9,13 +9,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 
 from shm_metrics import shm_layout as L
 from shm_metrics.readers.cliargs import OneLineParser, resolve_reader_options, segment_name
-from shm_metrics.readers.exporter import DEFAULT_LISTEN, DEFAULT_TELEMETRY_PATH
+from shm_metrics.readers.exporter import (
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_READ_HEADER_TIMEOUT,
+    DEFAULT_TELEMETRY_PATH,
+)
 from shm_metrics.readers.reader import PUBLISHER_USER_ENV
 
 log = logging.getLogger("shm-exporter")
@@ -41,6 +48,31 @@ def _telemetry_path(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
+    return int(text)
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+
+
+def duration(text: str) -> float:
+    """A positive duration in Go's style for the flags node_exporter users know: ``5s``, ``500ms``, ``1m``, or
+    plain seconds (``2.5``) -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|)", text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive duration, e.g. 5s, 500ms or 2.5")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 stopped by signal; 1 cannot listen; 2 bad arguments or web config",
@@ -58,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"path of the metrics (default {DEFAULT_TELEMETRY_PATH})")
     p.add_argument("--web.config.file", dest="web_config", default=None, metavar="FILE",
                    help="exporter-toolkit web config (TLS, basic auth with bcrypt hashes), as node_exporter's")
+    p.add_argument("--web.max-requests", dest="max_requests", type=_count, default=DEFAULT_MAX_REQUESTS,
+                   metavar="N", help=f"maximum number of scrapes answered at once, as node_exporter's; one more gets "
+                   f"503 (default {DEFAULT_MAX_REQUESTS}; 0: no limit)")
+    p.add_argument("--web.max-connections", dest="max_connections", type=_positive_count,
+                   default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help=f"maximum number of open connections (default {DEFAULT_MAX_CONNECTIONS}, and never more than "
+                   "the open files limit allows); at the cap a new connection closes an idle one, oldest first")
+    p.add_argument("--web.read-header-timeout", dest="read_header_timeout", type=duration,
+                   default=DEFAULT_READ_HEADER_TIMEOUT, metavar="DURATION",
+                   help=f"time a connection has for its TLS handshake and each request's headers; slower ones are "
+                   f"closed (default {DEFAULT_READ_HEADER_TIMEOUT:g}s)")
     p.add_argument("--web.disable-exporter-metrics", dest="process_metrics", action="store_false",
                    help="leave out the exporter's own process_* metrics")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -76,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="shm-exporter: %(levelname)s: %(message)s")
 
     from shm_metrics.readers.exporter.exposition import build
-    from shm_metrics.readers.exporter.server import App, ExporterServer, resolve
+    from shm_metrics.readers.exporter.server import App, ExporterServer, connection_cap, raise_nofile_limit, resolve
     from shm_metrics.readers.exporter.source import SegmentSource
     from shm_metrics.readers.exporter.webconfig import WebConfigError, WebConfigWatcher
 
@@ -89,19 +132,29 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.listen
     try:
         address, family = resolve(host, port)
-        server = ExporterServer(address, family, App(exposition, args.telemetry_path, web, args.name))
+        server = ExporterServer(address, family, App(exposition, args.telemetry_path, web, args.name),
+                                max_connections=args.max_connections, max_requests=args.max_requests,
+                                read_header_timeout=args.read_header_timeout)
     except OSError as exc:
         print(f"shm-exporter: error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_LISTEN
+    # After the bind, so that "cannot listen" stays the only line on stderr when that fails.
+    soft_nofile, _ = raise_nofile_limit()
+    server.max_connections = connection_cap(args.max_connections, soft_nofile)
+    if server.max_connections < args.max_connections:
+        log.warning("--web.max-connections %d lowered to %d: the open files limit is %d (raise LimitNOFILE)",
+                    args.max_connections, server.max_connections, soft_nofile)
     shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
     scheme = "https" if web.tls_enabled else "http"
     log.info("listening on %s://%s:%d%s for segment %s (TLS %s, basic auth %s, pid %d)", scheme, shown,
              server.port, args.telemetry_path, args.name, "on" if web.tls_enabled else "off",
              "on" if web.auth.enabled else "off", os.getpid())
+    log.info("at most %d connections, %s scrapes at once; request headers within %g s", server.max_connections,
+             args.max_requests or "unlimited", args.read_header_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever()
     except (SystemExit, KeyboardInterrupt):
         pass
     finally:

@@ -1,34 +1,72 @@
-"""The HTTP side: a threaded HTTP/1.1 server with keep-alive, TLS and basic auth.
+"""The HTTP side: HTTP/1.1 with keep-alive, TLS and basic auth, built to survive connection floods.
 
 ``GET <telemetry path>`` answers the exposition (gzip-compressed when the
 client accepts it, as Prometheus does); ``GET /`` a small page linking to
 it; anything else 404.  Connections stay open between requests (HTTP/1.1
 keep-alive), so Prometheus reuses one connection per target instead of paying
-a TCP (and TLS) handshake per scrape.  TLS handshakes run in the connection's
-own thread, never in the accept loop, so a slow or hostile client cannot
-stall the others.
+a TCP (and TLS) handshake per scrape.
+
+One thread, the loop, owns every connection that is not being answered: it
+accepts, runs TLS handshakes non-blocking, and reads until a whole request
+(head and any small body) is buffered.  Only then does a worker from a bounded
+pool take the connection, answer from the buffer, write the response and hand
+the connection back.  So a thousand idle, slow or stalled connections cost file
+descriptors and a little memory, never a thread each nor CPU, and a client that
+sends nothing cannot hold up a worker.  Against floods, as node_exporter where
+it has an equivalent:
+
+- the soft RLIMIT_NOFILE is raised to the hard limit at start (``raise_nofile_limit``);
+- ``--web.max-connections`` caps open connections: at the cap a new connection
+  evicts an idle keep-alive connection (oldest first), else one that has not
+  sent a whole request yet (oldest first);
+- a connection must finish its TLS handshake and request head within
+  ``--web.read-header-timeout`` (slowloris), an idle keep-alive one is closed
+  after IDLE_TIMEOUT_SECONDS;
+- accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting 5 ms, doubling
+  to 1 s, as Go's net/http, instead of spinning;
+- ``--web.max-requests`` caps concurrent scrapes; one more gets 503, as promhttp's.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import gzip
 import html
 import logging
+import re
+import resource
+import select
+import selectors
 import socket
 import ssl
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from shm_metrics import shm_layout as L
+from shm_metrics.readers.exporter import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_READ_HEADER_TIMEOUT
 from shm_metrics.readers.exporter.exposition import CONTENT_TYPE, Exposition
 from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger("shm-exporter")
 
 IDLE_TIMEOUT_SECONDS = 300  # an idle keep-alive connection is closed after this (Prometheus scrapes more often)
-HANDSHAKE_TIMEOUT_SECONDS = 10
+WRITE_TIMEOUT_SECONDS = 30  # a client that stops reading its response is dropped, freeing the worker
 MAX_DISCARDED_BODY = 1 << 16
+MAX_HEAD_BYTES = 1 << 16  # request line and headers together; more is answered 431 and the connection closed
+FD_RESERVE = 64  # descriptors kept for the exporter itself (listener, selector, segment, /proc reads, TLS files)
+SPARE_WORKERS = 8  # workers beyond --web.max-requests: 401s, 404s, 503s and the index page never wait for scrapes
+WORKERS_WITHOUT_SCRAPE_LIMIT = 64  # the pool's size when --web.max-requests is 0
+MAX_WORKERS = 256  # threads, whatever --web.max-requests says: beyond, requests wait their turn instead of a 503
+ACCEPT_BATCH = 64  # connections accepted per wake-up, so timers and finished requests get their turn in a flood
+# Errors that concern one connection the kernel had queued (the client gave up first): accept the next.
+ACCEPT_CLIENT_ERRORS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM})
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_HEAD_TOO_LARGE_REPLY = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                         b"Content-Length: 0\r\n\r\n")
 
 
 class App:
@@ -50,15 +88,116 @@ class App:
         ).encode()
 
 
+class Connection:
+    """One client connection and the bytes read from it that no request has consumed yet."""
+
+    __slots__ = ("sock", "address", "buffer", "scanned", "tls", "handshaking", "events", "busy", "closed")
+
+    def __init__(self, sock: socket.socket, address: tuple, tls: bool):
+        self.sock = sock
+        self.address = address
+        self.buffer = bytearray()
+        self.scanned = 0  # bytes of the buffer known to hold no end of a request head (a drip costs O(1) each)
+        self.tls = tls
+        self.handshaking = tls
+        self.events = 0  # what the loop's selector watches for (0: not registered)
+        # A worker owns it.  It stays registered (a keep-alive client sends nothing while it waits for the
+        # response, so that costs nothing and saves two epoll_ctl calls per request); if it does stir, the
+        # loop stops watching it until the worker hands it back.
+        self.busy = False
+        self.closed = False  # an eviction may close it while its event is still in the loop's batch
+
+
+def request_length(data: bytes | bytearray, scanned: int = 0) -> int:
+    """The length of the whole request at the start of ``data`` (head and body), 0 while more must come.
+
+    A head with a body the handler will refuse (too large, chunked, a bad Content-Length) counts as
+    whole at its empty line: the handler answers it and closes the connection.  -1: a head beyond
+    MAX_HEAD_BYTES with no end in sight.  ``scanned``: a prefix already searched in vain, not searched again.
+    """
+    head = head_length(data, scanned)
+    if not head:
+        return -1 if len(data) > MAX_HEAD_BYTES else 0
+    if head > MAX_HEAD_BYTES:
+        return -1
+    match = _CONTENT_LENGTH.search(data, 0, head)
+    body = match[1].strip() if match else b"0"
+    if not body.isdigit() or int(body) > MAX_DISCARDED_BODY:
+        return head
+    total = head + int(body)
+    return total if len(data) >= total else 0
+
+
+def head_length(data: bytes | bytearray, scanned: int = 0) -> int:
+    """The length of the request head (through its empty line) at the start of ``data``; 0 if not there yet."""
+    start = max(0, scanned - 2)
+    ends = [i + 3 for i in (data.find(b"\n\r\n", start),) if i >= 0]
+    ends += [i + 2 for i in (data.find(b"\n\n", start),) if i >= 0]
+    return min(ends) if ends else 0
+
+
+class _BufferReader:
+    """The handler's rfile: the request is already in the connection's buffer (the loop waited for it)."""
+
+    def __init__(self, buffer: bytearray):
+        self.buffer = buffer
+
+    def readline(self, limit: int = -1) -> bytes:
+        end = self.buffer.find(b"\n")
+        size = len(self.buffer) if end < 0 else end + 1
+        if limit >= 0:
+            size = min(size, limit)
+        line = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = len(self.buffer)
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+
+class _ResponseBuffer:
+    """The handler's wfile: the whole response, sent in one write after the handler returns.
+
+    Headers and body leave together: with keep-alive, a small header segment followed by the body
+    would otherwise meet the client's delayed ACK (Nagle), a 40 ms stall per scrape.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One request, answered from the connection's buffer into a response buffer (no socket I/O here)."""
+
     protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
     server_version = f"shm-exporter/{L.__version__}"
-    timeout = IDLE_TIMEOUT_SECONDS
-    # Headers and body leave in one write (flushed after each request): with keep-alive, a small
-    # header segment followed by the body would otherwise meet the client's delayed ACK (Nagle),
-    # a 40 ms stall per scrape.  TCP_NODELAY (set per connection) covers bodies beyond the buffer.
-    wbufsize = 1 << 18
     server: ExporterServer
+
+    def __init__(self, conn: Connection, server: ExporterServer):  # not socketserver's: no I/O in the constructor
+        self.connection = self.request = conn.sock
+        self.client_address = conn.address
+        self.server = server
+        self.rfile = _BufferReader(conn.buffer)
+        self.wfile = _ResponseBuffer()
+        self.close_connection = True  # until parse_request sees a request that keeps it open
+        self.holds_scrape_slot = False
+
+    def response(self) -> bytes:
+        return b"".join(self.wfile.chunks)
+
+    def handle_expect_100(self) -> bool:
+        return True  # the body is already here: the loop waited for it, so "100 Continue" would come too late
 
     def version_string(self) -> str:
         return self.server_version
@@ -84,6 +223,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = urlsplit(self.path).path
         if path == app.telemetry_path:
+            # Held until the response is written, as promhttp's limit: a scrape in flight is one being sent too.
+            self.holds_scrape_slot = self.server.scrape_slots.acquire(blocking=False)
+            if not self.holds_scrape_slot:
+                limit = self.server.max_requests
+                self._reply(503, f"Limit of concurrent requests reached ({limit}), try again later.\n".encode(),
+                            headers=headers, send_body=send_body)
+                return
             try:
                 body = app.exposition.render()
             except Exception:  # a bug, not a segment state: those are all handled as shm_metrics_up 0
@@ -102,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, b"404 page not found\n", headers=headers, send_body=send_body)
 
     def _discard_body(self) -> bool:
-        """Read a request body nobody needs, so the connection stays usable; False if that is not possible."""
+        """Drop a request body nobody needs, so the connection stays usable; False if that is not possible."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             self._reply(411, b"Length Required\n", send_body=True)
@@ -139,55 +285,455 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class ExporterServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer bound to one resolved address; TLS per connection in its own thread."""
+class AcceptBackoff:
+    """What Go's net/http does when accept fails: pause 5 ms, doubling up to 1 s, until one succeeds.
 
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 64
+    Without it, a listener whose accept fails (no descriptor left: EMFILE) stays readable and the
+    loop spins at 100% CPU.  Logged once per episode, with the count of failures when it ends.
+    """
 
-    def __init__(self, address: tuple, family: socket.AddressFamily, app: App):
-        self.address_family = family
+    FIRST_DELAY = 0.005
+    MAX_DELAY = 1.0
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.failures = 0
+
+    def failed(self, exc: OSError, open_connections: int) -> float:
+        """Record a failed accept; the pause before the next attempt, in seconds."""
+        self.delay = min(self.delay * 2, self.MAX_DELAY) if self.delay else self.FIRST_DELAY
+        self.failures += 1
+        if self.failures == 1:
+            log.warning("accepting a connection failed: %s (%d connections open); pausing accept from %g s up to "
+                        "%g s until it succeeds", exc.strerror or exc, open_connections, self.FIRST_DELAY,
+                        self.MAX_DELAY)
+        return self.delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("accepting connections again after %d failed attempts", self.failures)
+        self.delay = 0.0
+        self.failures = 0
+
+
+class _ScrapeSlots:
+    """--web.max-requests: a counter of scrapes in flight; 0 means no limit."""
+
+    def __init__(self, limit: int):
+        self._semaphore = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        return True if self._semaphore is None else self._semaphore.acquire(blocking=blocking)
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+
+
+class _WorkerPool:
+    """Daemon threads, started when work waits and none is free, up to ``size``; they live as long as the server."""
+
+    def __init__(self, size: int, work: Callable[[Connection], None]):
+        self.size = size
+        self._work = work
+        self._jobs: collections.deque[Connection] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._threads = 0
+        self._idle = 0
+        self._stopping = False
+
+    def submit(self, job: Connection) -> None:
+        with self._ready:
+            self._jobs.append(job)
+            if len(self._jobs) > self._idle and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._run, name=f"shm-exporter-worker-{self._threads}", daemon=True).start()
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                self._idle += 1
+                while not self._jobs and not self._stopping:
+                    self._ready.wait()
+                self._idle -= 1
+                if self._stopping:
+                    return
+                job = self._jobs.popleft()
+            self._work(job)
+
+    def stop(self) -> None:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+
+
+class ExporterServer:
+    """The listener, the loop that owns idle connections, and the worker pool that answers requests.
+
+    ``serve_forever()`` runs the loop in the calling thread until ``shutdown()`` (from another
+    thread) or an exception (SystemExit from a signal handler); ``server_close()`` then closes
+    every connection and the listener.
+    """
+
+    def __init__(self, address: tuple, family: socket.AddressFamily, app: App, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, max_requests: int = DEFAULT_MAX_REQUESTS,
+                 read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT):
         self.app = app
-        super().__init__(address, Handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # ":PORT": IPv4 and IPv6
-        TCPServer.server_bind(self)  # not HTTPServer's: it resolves our own name (a DNS query at start)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+        self.max_connections = max_connections
+        self.max_requests = max_requests
+        self.read_header_timeout = read_header_timeout
+        self.scrape_slots = _ScrapeSlots(max_requests)
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address[0] in ("::", ""):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # ":PORT": IPv4 and IPv6
+            self.socket.bind(address)
+            self.socket.listen(socket.SOMAXCONN)  # as Go: a burst waits in the kernel while the loop catches up
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._listening = False
+        self._resume_accept_at = 0.0
+        self.backoff = AcceptBackoff()
+        # Connections the loop watches, oldest first, each with its deadline: those that have not sent a
+        # whole request yet (in the TLS handshake, or the head still coming) and idle keep-alive ones.
+        self._pending: collections.OrderedDict[Connection, float] = collections.OrderedDict()
+        self._idle: collections.OrderedDict[Connection, float] = collections.OrderedDict()
+        self.open_connections = 0
+        self._evicted = 0  # in the current episode at the cap, for its log line
+        self._returned: collections.deque[tuple[Connection, bool]] = collections.deque()
+        self._stop = False
+        # Scrapes have their own limit; the spare workers answer everything else meanwhile.  A slow reader
+        # holds a worker only while its response does not fit in the socket buffers: a big scrape, at most.
+        workers = max_requests + SPARE_WORKERS if max_requests > 0 else WORKERS_WITHOUT_SCRAPE_LIMIT
+        self._workers = _WorkerPool(min(workers, MAX_WORKERS), self._answer)
 
     @property
     def port(self) -> int:
         return self.socket.getsockname()[1]
 
-    def finish_request(self, request: socket.socket, client_address: tuple) -> None:
+    # ------------------------------------------------------------------ the loop
+
+    def serve_forever(self) -> None:
         try:
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while not self._stop:
+                now = time.monotonic()
+                self._update_listener(now)
+                for key, _ in self._selector.select(self._next_timeout(now)):
+                    if key.data is None:
+                        self._drain_wake()
+                    elif key.data is self:
+                        self._accept_ready()
+                    elif key.data.closed:
+                        continue
+                    elif key.data.busy:
+                        self._unwatch(key.data)
+                    elif key.data.handshaking:
+                        self._continue_handshake(key.data)
+                    else:
+                        self._readable(key.data)
+                self._take_back_returned()
+                self._expire(time.monotonic())
+        finally:
+            self._stop = False
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() (from another thread)."""
+        self._stop = True
+        self._wake()
+
+    def server_close(self) -> None:
+        self._workers.stop()
+        for conn in [*self._pending, *self._idle]:
+            self._close(conn)
+        self._selector.close()
+        for sock in (self.socket, self._wake_reader, self._wake_writer):
+            sock.close()
+
+    def _next_timeout(self, now: float) -> float | None:
+        deadlines = [next(iter(d.values())) for d in (self._pending, self._idle) if d]
+        if not self._listening and self._resume_accept_at > now:
+            deadlines.append(self._resume_accept_at)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _update_listener(self, now: float) -> None:
+        """Watch the listener unless accept is backing off, or at the cap with nothing to evict."""
+        evictable = self.open_connections < self.max_connections or self._idle or self._pending
+        want = now >= self._resume_accept_at and bool(evictable)
+        if want and not self._listening:
+            self._selector.register(self.socket, selectors.EVENT_READ, self)
+        elif not want and self._listening:
+            self._selector.unregister(self.socket)
+        self._listening = want
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:  # full (the loop is awake already) or closed (shutting down)
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_reader.recv(4096):
+                pass
         except OSError:
             pass
-        if not self.app.web.tls_enabled:
-            self.RequestHandlerClass(request, client_address, self)
-            return
-        context = self.app.web.ssl_context()
-        if context is None:  # the web config became invalid: fail closed
-            return
-        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        try:
-            tls = context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-            return
-        try:
-            self.RequestHandlerClass(tls, client_address, self)
-        finally:
+
+    # ------------------------------------------------------------------ accept, evict, expire
+
+    def _accept_ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self.open_connections >= self.max_connections and not self._evict_one():
+                return  # every connection is being answered: the listener pauses until one is done
             try:
-                tls.close()
+                sock, address = self.socket.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in ACCEPT_CLIENT_ERRORS:
+                    continue
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything unexpected: never retry at once (no spinning).
+                self._resume_accept_at = time.monotonic() + self.backoff.failed(exc, self.open_connections)
+                self._update_listener(time.monotonic())
+                return
+            self.backoff.succeeded()
+            self._adopt(sock, address)
+
+    def _adopt(self, sock: socket.socket, address: tuple) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if self.app.web.tls_enabled:
+            context = self.app.web.ssl_context()
+            if context is None:  # the web config became invalid: fail closed
+                sock.close()
+                return
+            try:
+                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS with %s failed: %s", address[0], exc)
+                sock.close()
+                return
+        conn = Connection(sock, address, tls=self.app.web.tls_enabled)
+        self.open_connections += 1
+        self._pending[conn] = time.monotonic() + self.read_header_timeout
+        if conn.handshaking:
+            self._continue_handshake(conn)
+        else:
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _evict_one(self) -> bool:
+        """At the cap: close the oldest idle keep-alive connection, else the oldest without a whole request."""
+        victims = self._idle or self._pending
+        if not victims:
+            return False
+        if not self._evicted:
+            log.warning("%d connections open, the cap (--web.max-connections %d): closing idle keep-alive "
+                        "connections, then those without a whole request, oldest first",
+                        self.open_connections, self.max_connections)
+        self._evicted += 1
+        self._close(next(iter(victims)))
+        return True
+
+    def _expire(self, now: float) -> None:
+        for watched in (self._pending, self._idle):
+            while watched:
+                conn, deadline = next(iter(watched.items()))
+                if deadline > now:
+                    break
+                log.debug("closing the connection from %s: %s", conn.address[0],
+                          "idle" if watched is self._idle else "no whole request within the header timeout")
+                self._close(conn)
+
+    def _close(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._unwatch(conn)
+        self._pending.pop(conn, None)
+        self._idle.pop(conn, None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        self.open_connections -= 1
+        if self._evicted and self.open_connections < self.max_connections * 0.9:
+            log.info("below the connection cap again, after closing %d connections to make room", self._evicted)
+            self._evicted = 0
+
+    def _watch(self, conn: Connection, events: int) -> None:
+        if conn.events == events:
+            return
+        if conn.events:
+            self._selector.modify(conn.sock, events, conn)
+        else:
+            self._selector.register(conn.sock, events, conn)
+        conn.events = events
+
+    def _unwatch(self, conn: Connection) -> None:
+        if conn.events:
+            self._selector.unregister(conn.sock)
+            conn.events = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def _continue_handshake(self, conn: Connection) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake with %s failed: %s", conn.address[0], exc)
+            self._close(conn)
+            return
+        conn.handshaking = False
+        self._watch(conn, selectors.EVENT_READ)
+        self._readable(conn)  # the request may have come with the handshake's last flight
+
+    def _readable(self, conn: Connection) -> None:
+        try:
+            while True:
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    self._close(conn)  # the client closed
+                    return
+                conn.buffer += chunk
+                # One read per wake-up (the selector reports the rest), except that decrypted bytes
+                # OpenSSL holds would not wake it again.
+                if not (conn.tls and conn.sock.pending()):
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass
+        except ssl.SSLWantWriteError:  # TLS wants to write before it can read (a key update): wait for room
+            self._watch(conn, selectors.EVENT_WRITE)
+        except OSError:
+            self._close(conn)
+            return
+        else:
+            if conn.events == selectors.EVENT_WRITE:  # the key update is done: back to waiting for requests
+                self._watch(conn, selectors.EVENT_READ)
+        if not conn.buffer:
+            return
+        if conn in self._idle:  # the next request began: it has the header timeout to arrive whole
+            del self._idle[conn]
+            self._pending[conn] = time.monotonic() + self.read_header_timeout
+        length = request_length(conn.buffer, conn.scanned)
+        if length == 0 and not head_length(conn.buffer, conn.scanned):
+            conn.scanned = len(conn.buffer)
+        if length > 0:
+            self._dispatch(conn)
+        elif length < 0:
+            try:
+                conn.sock.send(_HEAD_TOO_LARGE_REPLY)  # best effort: a socket with room takes it whole
             except OSError:
                 pass
+            self._close(conn)
 
-    def handle_error(self, request: object, client_address: tuple) -> None:
-        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+    def _dispatch(self, conn: Connection) -> None:
+        conn.busy = True
+        self._pending.pop(conn, None)
+        self._workers.submit(conn)
+
+    def _take_back_returned(self) -> None:
+        while self._returned:
+            conn, keep = self._returned.popleft()
+            if not keep:
+                self._close(conn)
+                continue
+            conn.busy = False
+            self._idle[conn] = time.monotonic() + IDLE_TIMEOUT_SECONDS
+            self._watch(conn, selectors.EVENT_READ)
+            if conn.buffer or (conn.tls and conn.sock.pending()):
+                self._readable(conn)  # a pipelined request, partly here
+
+    # ------------------------------------------------------------------ the workers
+
+    def _answer(self, conn: Connection) -> None:
+        """In a worker: answer each whole request in the buffer, then hand the connection back to the loop."""
+        keep = False
+        try:
+            keep = self._answer_requests(conn)
+        except Exception as exc:  # a timeout, a reset, a bug: this connection goes, the server stays
+            log.debug("connection from %s ended with an error: %s", conn.address[0], exc,
+                      exc_info=not isinstance(exc, OSError))
+        self._returned.append((conn, keep))
+        self._wake()
+
+    def _answer_requests(self, conn: Connection) -> bool:
+        conn.scanned = 0  # the buffer is consumed from its start: what is left has not been searched
+        while request_length(conn.buffer) > 0:
+            handler = Handler(conn, self)
+            try:
+                handler.handle_one_request()
+                send_all(conn.sock, handler.response(), time.monotonic() + WRITE_TIMEOUT_SECONDS)
+            finally:
+                if handler.holds_scrape_slot:
+                    self.scrape_slots.release()
+            if handler.close_connection:
+                return False
+        return True
+
+
+def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Send all of ``data`` on a non-blocking socket by ``deadline`` (TimeoutError otherwise), waiting for room."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+            continue
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the client did not read its response in time")
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        poller.poll(remaining * 1000)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as node_exporter (Go) does at start; (soft, hard) after.
+
+    The usual soft limit, 1024, is what a connection flood exhausts first; the hard limit is what the
+    administrator (or systemd's LimitNOFILE) allows.  Both values are logged.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit (RLIMIT_NOFILE): soft %s, already the hard limit %s", _limit(soft), _limit(hard))
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open files limit (RLIMIT_NOFILE): soft %s, hard %s; raising the soft limit failed: %s",
+                    _limit(soft), _limit(hard), exc)
+        return soft, hard
+    log.info("open files limit (RLIMIT_NOFILE): soft %s raised to the hard limit %s", _limit(soft), _limit(hard))
+    return hard, hard
+
+
+def connection_cap(requested: int, soft_nofile: int) -> int:
+    """--web.max-connections as the file descriptors allow: FD_RESERVE stays for the exporter itself."""
+    if soft_nofile == resource.RLIM_INFINITY:
+        return requested
+    return max(1, min(requested, soft_nofile - FD_RESERVE))
+
+
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
