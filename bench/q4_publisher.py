@@ -55,8 +55,9 @@ CPU_LIMIT, ON_TIME_LIMIT, RSS_LIMIT = 0.1, 99.0, 25.0
 def in_process(cfg: Config, shared: Shared) -> tuple[dict[str, float], float, float]:
     sampler = Sampler()
     name = shared.lab.segment_name("q4-inproc")
-    layout = L.Layout.for_capacities(possible_cpus(), 64, 64, 64)  # shm-publisher's default capacities
-    segment = OwnedSegment(name, layout, 0o644, 1.0)
+    layout = L.Layout.for_capacities(possible_cpus(), 64, 64, 64,  # shm-publisher's default capacities
+                                     **sampler.family_capacities())
+    segment = OwnedSegment(name, layout, 0o644, 1.0, sampler.catalog)
     try:
         runs = [time_families(sampler, cfg.pick(400, 20)) for _ in range(cfg.pick(5, 1))]
         families = {k: median(r[k] for r in runs) for k in runs[0]}

@@ -41,8 +41,10 @@ def main() -> int:
     for _ in range(4):
         samples.append(sampler.sample())
         time.sleep(0.02)
+    capacities, catalog = sampler.family_capacities(samples[0]), sampler.catalog
     sampler.close()
-    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64), 0o644, interval)
+    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64, **capacities), 0o644,
+                           interval, catalog)
     starts, durations = array("q"), array("q")
     now_ns, period = time.monotonic_ns, int(interval * 1e9)
     try:
