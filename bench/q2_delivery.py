@@ -215,7 +215,7 @@ def run(cfg: Config, shared: Shared) -> Table:
         assert decode(payload) == bare_full_decoder(data, reader.layout)(), "the packed snapshot must decode alike"
 
         variants = {"shm": reader.read}
-        labels = {"shm": "shm read: `Reader.read()` (scalars and arrays)"}
+        labels = {"shm": "shm read: `Reader.read()` (scalars, arrays and node_exporter families)"}
         for cls in (SocketServer, PipeServer, QueueServer):
             for where, cpu in placements:
                 server = cls(lab, payload, cpu)
@@ -254,7 +254,8 @@ def run(cfg: Config, shared: Shared) -> Table:
                   ["way", "µs median", "x the shm read"])
     for key in variants:
         table.add(labels[key], us(med[key]), "1 (peer)" if key == "shm" else x(ratio[key]))
-    counts = ", ".join(f"{len(v)} {k}" for k, v in decode(payload)[1].items())
+    sizes = {rec.name: rec.size for rec in (*L.SAMPLE_ARRAYS, *L.FAMILY_SECTIONS)}
+    counts = ", ".join(f"{len(v) // sizes[k]} {k}" for k, v in decode(payload)[1].items())
     table.notes.append(f"Snapshot: {len(payload)} bytes ({counts}). Client pinned to CPU {here}; "
                        f"{len(t['shm'])} alternating rounds of ~{batch_seconds * 1000:.0f} ms batches; "
                        f"ratio = median of per-round ratios. Round-trip "

@@ -54,7 +54,7 @@ class Meminfo(Collector):
                 if family is not None:
                     add(family, (), value)
         total = mem["MemTotal"]
-        available = mem.get("MemAvailable", mem["MemFree"])
+        available = mem.get("MemAvailable", mem.get("MemFree", 0))
         scalars = {field: mem.get(key, 0) for key, field in _SCALARS.items()}
         scalars.update(mem_available_bytes=available, mem_used_bytes=max(0, total - available),
                        swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
