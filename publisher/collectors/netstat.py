@@ -8,26 +8,13 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, untyped
+from shm_metrics.publisher.collectors import Collector, Context, Sample, untyped
 
 FIELDS = re.compile(  # --collector.netstat.fields' default
     r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|"
     r"TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts)|"
     r"Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|"
     r"Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$")
-
-
-def _pairs(text: str) -> list[tuple[str, str, str]]:
-    """(protocol, name, value) of a netstat/snmp file: a header line then a value line per protocol."""
-    out = []
-    lines = text.splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        names, values = names.split(" "), values.split(" ")
-        protocol = names[0][:-1]
-        if len(names) != len(values):
-            raise ValueError(f"field count mismatch for {protocol}")
-        out += [(protocol, n, v) for n, v in zip(names[1:], values[1:])]
-    return out
 
 
 def _pairs6(text: str) -> list[tuple[str, str, str]]:
@@ -47,25 +34,48 @@ class Netstat(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._sources: list[tuple[ProcFile, object]] = [
-            (self.open(f"{ctx.procfs}/net/netstat"), _pairs), (self.open(f"{ctx.procfs}/net/snmp"), _pairs),
-            (self.open(f"{ctx.procfs}/net/snmp6"), _pairs6)]
-        self._by_key: dict[tuple[str, str], FamilyInfo] = {}
-        for protocol, name, _ in self._read():
-            if FIELDS.match(f"{protocol}_{name}"):
-                self._by_key[(protocol, name)] = untyped(f"node_netstat_{protocol}_{name}",
-                                                         f"Statistic {protocol}{name}.")
-        self.families = tuple(self._by_key.values())
-
-    def _read(self) -> list[tuple[str, str, str]]:
-        out = []
-        for pf, parse in self._sources:
-            out += parse(pf.read())
-        return out
+        self._netstat = (self.open(f"{ctx.procfs}/net/netstat"), self.open(f"{ctx.procfs}/net/snmp"))
+        self._snmp6 = self.open(f"{ctx.procfs}/net/snmp6")
+        families: list[FamilyInfo] = []
+        # Where each wanted value is: (file, line of values, column) -> family; the kernel's column
+        # order is fixed, so only the wanted columns of the wanted lines are parsed each sample.
+        self._columns: list[list[tuple[int, int, FamilyInfo]]] = []
+        for pf in self._netstat:
+            lines = pf.read().splitlines()
+            wanted = []
+            for n in range(0, len(lines) - 1, 2):
+                names = lines[n].split(" ")
+                protocol = names[0][:-1]
+                for col, field in enumerate(names[1:], 1):
+                    if FIELDS.match(f"{protocol}_{field}"):
+                        fam = untyped(f"node_netstat_{protocol}_{field}", f"Statistic {protocol}{field}.")
+                        wanted.append((n + 1, col, fam))
+                        families.append(fam)
+            self._columns.append(wanted)
+        self._six: dict[str, FamilyInfo] = {}
+        for protocol, field, _ in _pairs6(self._snmp6.read()):
+            if FIELDS.match(f"{protocol}_{field}"):
+                self._six[protocol + field] = fam = untyped(f"node_netstat_{protocol}_{field}",
+                                                            f"Statistic {protocol}{field}.")
+                families.append(fam)
+        self.families = tuple(families)
 
     def collect(self, out: Sample) -> None:
-        by_key = self._by_key
-        for protocol, name, value in self._read():
-            family = by_key.get((protocol, name))
-            if family is not None:
-                out.add(family, (), float(value))
+        add = out.add
+        for pf, wanted in zip(self._netstat, self._columns):
+            lines = pf.read().splitlines()
+            split: dict[int, list[str]] = {}
+            for line_no, col, fam in wanted:
+                values = split.get(line_no)
+                if values is None:
+                    values = split[line_no] = lines[line_no].split(" ")
+                add(fam, (), float(values[col]))
+        six = self._six
+        for line in self._snmp6.read().splitlines():
+            key, _, value = line.partition(" ")
+            fam = six.get(key.rstrip())
+            if fam is None:
+                key, _, value = line.partition("\t")
+                fam = six.get(key.rstrip())
+            if fam is not None:
+                add(fam, (), float(value))
