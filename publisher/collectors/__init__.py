@@ -99,6 +99,8 @@ class Collector:
     name: str = ""
     reports: tuple[str, ...] = ()
     families: tuple[FamilyInfo, ...] = ()
+    # Families decided by the host when the collector starts: (name pattern, type, labels, meaning) for the docs.
+    described: tuple[tuple[str, str, str, str], ...] = ()
     refresh_seconds: float = 0.0
 
     def __init__(self, ctx: Context):
@@ -204,3 +206,34 @@ def declared_families(top_n: int = 10) -> tuple[FamilyInfo, ...]:
         return sampler.catalog
     finally:
         sampler.close()
+
+
+def markdown() -> str:
+    """docs/LAYOUT.md's list of the families each collector declares (the catalog of a segment is this
+    host's instance of it)."""
+    out = ["| collector | family | type | labels | HELP, or where the values come from |", "|---|---|---|---|---|"]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    for cls in registry():
+        who = ", ".join(cls.reports) or f"({cls.name}: layout only)"
+        note = f" (re-read every {cls.refresh_seconds:g} s)" if cls.refresh_seconds else ""
+        for fam in cls.families:
+            out.append(f"| {who} | `{fam.name}` | {fam.type} | {', '.join(fam.labels)} | {cell(fam.help)}{note} |")
+        for pattern, kind, labels, meaning in cls.described:
+            out.append(f"| {who} | `{pattern}` | {kind} | {labels} | {cell(meaning)}{note} |")
+    for fam in (SCRAPE_SUCCESS, SCRAPE_DURATION):
+        out.append(f"| every collector | `{fam.name}` | {fam.type} | {', '.join(fam.labels)} | {cell(fam.help)} |")
+    return "\n".join(out) + "\n"
+
+
+_BEGIN, _END = "<!-- BEGIN GENERATED FAMILIES -->", "<!-- END GENERATED FAMILIES -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/LAYOUT.md) with its generated list of families replaced by markdown()."""
+    head, _, rest = text.partition(_BEGIN)
+    _, _, tail = rest.partition(_END)
+    return f"{head}{_BEGIN}\n{markdown()}{_END}{tail}"
+

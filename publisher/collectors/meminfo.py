@@ -29,6 +29,9 @@ def _family(raw_key: str, has_unit: bool) -> FamilyInfo:
 class Meminfo(Collector):
     name = "memory"
     reports = ("meminfo",)
+    described = (("node_memory_<Field>_bytes", "gauge", "", "every /proc/meminfo line with a unit (kB x 1024); "
+                  "Active(anon) becomes Active_anon; HELP \"Memory information field <Field>_bytes.\""),
+                 ("node_memory_<Field>", "gauge", "", "every /proc/meminfo line without a unit (HugePages_*)"))
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

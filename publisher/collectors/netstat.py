@@ -31,6 +31,8 @@ def _pairs6(text: str) -> list[tuple[str, str, str]]:
 class Netstat(Collector):
     name = "netstat"
     reports = ("netstat",)
+    described = (("node_netstat_<Protocol>_<Field>", "untyped", "", "/proc/net/netstat, snmp and snmp6 fields "
+                  "matching node_exporter's default --collector.netstat.fields"),)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

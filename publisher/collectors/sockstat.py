@@ -39,6 +39,8 @@ def _values(text: str, v4: bool) -> list[tuple[str, str, int]]:
 class Sockstat(Collector):
     name = "sockstat"
     reports = ("sockstat",)
+    described = (("node_sockstat_<PROTOCOL>_<field>", "gauge", "", "every protocol and field of "
+                  "/proc/net/sockstat and sockstat6; <PROTOCOL>_mem_bytes = mem x page size"),)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

@@ -13,6 +13,8 @@ FIELDS = re.compile(r"^(oom_kill|pgpg|pswp|pg.*fault).*")  # --collector.vmstat.
 class Vmstat(Collector):
     name = "vmstat"
     reports = ("vmstat",)
+    described = (("node_vmstat_<field>", "untyped", "", "/proc/vmstat fields matching "
+                  "^(oom_kill|pgpg|pswp|pg.*fault).*"),)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
