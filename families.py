@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 from shm_metrics import shm_layout as L
@@ -93,6 +94,7 @@ class SeriesEncoder:
         self._by_id = {id(fam): i for fam, i in index.items()}
         self._keep = list(index)  # the ids stay valid while the objects live
         self._encoded: dict[tuple[str, ...], bytes] = {}  # label values repeat from sample to sample
+        self._last: tuple | None = None  # the previous sample's keys and encoding
 
     def encode(self, series: list[tuple[FamilyInfo, tuple[str, ...], float]], max_rows: int = 1 << 30,
                max_bytes: int = 1 << 30) -> tuple[bytes, bytes, int, int]:
@@ -101,14 +103,34 @@ class SeriesEncoder:
         Rows beyond ``max_rows``, whose label values would end beyond
         ``max_bytes`` of blob, or of a family not in the catalog are left out and counted.
         """
+        if not series:
+            return b"", b"", 0, 0
+        families, labels, values = zip(*series)
+        last = self._last
+        if last is not None and last[0] == families and last[1] == labels and last[2] == (max_rows, max_bytes):
+            # The same series as the previous sample (the usual case): only the values change, so the
+            # rows' other columns and the label blob are reused and the values dropped into place.
+            pick, template, blob, n, dropped = last[3:]
+            rows = bytearray(template)
+            if n:
+                memoryview(rows).cast("d")[2::3] = array("d", pick(values))
+            return bytes(rows), blob, n, dropped
+        rows, blob, order, dropped = self._encode(series, max_rows, max_bytes)
+        n = len(order)
+        pick = itemgetter(*order) if n > 1 else (lambda v, j=order[0] if order else 0: (v[j],))
+        self._last = (families, labels, (max_rows, max_bytes), pick, rows, blob, n, dropped)
+        return rows, blob, n, dropped
+
+    def _encode(self, series: list, max_rows: int, max_bytes: int) -> tuple[bytes, bytes, list[int], int]:
+        """The full encoding; also returns, for each row written, the position of its series in ``series``."""
         by_id, index = self._by_id, self.index
         known = []
-        for f, labels, value in series:
+        for j, (f, labels, value) in enumerate(series):
             i = by_id.get(id(f))
             if i is None:
                 i = index.get(f)
             if i is not None:
-                known.append((i, labels, value))
+                known.append((i, labels, value, j))
         dropped = len(series) - len(known)
         known.sort(key=_by_family)
         blob = bytearray()
@@ -117,7 +139,8 @@ class SeriesEncoder:
         if len(encoded) > 8192:
             encoded.clear()
         metrics, offsets, lengths, values = array("I"), array("I"), array("I"), array("d")
-        for i, labels, value in known:
+        order = []
+        for i, labels, value, j in known:
             spot = where.get(labels)
             if spot is None:
                 raw = encoded.get(labels)
@@ -135,15 +158,15 @@ class SeriesEncoder:
             offsets.append(spot[0])
             lengths.append(spot[1])
             values.append(value)
+            order.append(j)
         blob.extend(bytes(-len(blob) % _CHUNK))
         # Column by column into the row layout (metric, labels_offset, labels_length, pad | value):
         # four strided copies instead of a struct.pack per row.
-        n = len(metrics)
-        rows = bytearray(n * _SERIES.size)
+        rows = bytearray(len(metrics) * _SERIES.size)
         words = memoryview(rows).cast("I")
         words[0::6], words[1::6], words[2::6] = metrics, offsets, lengths
         memoryview(rows).cast("d")[2::3] = values
-        return bytes(rows), bytes(blob), n, dropped
+        return bytes(rows), bytes(blob), order, dropped
 
 
 def _by_family(row: tuple) -> int:

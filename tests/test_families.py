@@ -76,3 +76,17 @@ def test_hostile_catalog_and_series_never_raise_anything_but_layout_error():
     view = F.FamilyView(catalog, series, b"eth0\0\0\0\0")
     families = list(view)
     assert sum(len(f.series) for f in families) == 4 and all(f.name in catalog.index for f in families)
+
+
+def test_repeated_series_reuse_the_previous_encoding_and_match_a_fresh_one():
+    index = {f: i for i, f in enumerate(CATALOG)}
+    reused = F.SeriesEncoder(index)
+
+    def sample(values, devices=("eth0", "lo")):
+        return [(NET, (d,), v) for d, v in zip(devices, values)] + [(LOAD, (), values[0] / 10)]
+
+    three = ("eth0", "lo", "eth1")
+    for series in (sample([1, 2]), sample([3, 4]), sample([5, 6, 7], three), sample([8, 9, 10], three),
+                   [(LOAD, (), 1.5)], sample([11, 12])):
+        assert reused.encode(series, max_rows=3) == F.SeriesEncoder(index).encode(series, max_rows=3)
+    assert reused.encode([]) == (b"", b"", 0, 0)
