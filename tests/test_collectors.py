@@ -240,3 +240,15 @@ def test_host_collectors_declare_what_they_emit(cls):
     finally:
         c.close()
     assert out.series and {fam for fam, _, _ in out.series} <= set(c.families)
+
+
+def test_vmstat_finds_its_fields_when_the_kernel_moves_them(tmp_path):
+    write(tmp_path / "proc/vmstat", "nr_free_pages 5\npgpgin 10\npgmajfault 3\n")
+    c = vmstat.Vmstat(Context(procfs=str(tmp_path / "proc")))
+    try:
+        write(tmp_path / "proc/vmstat", "pgmajfault 4\nnew_field 1\nnr_free_pages 5\npgpgin 11\n")
+        out = Sample()
+        c.collect(out)
+    finally:
+        c.close()
+    assert {fam.name: value for fam, _, value in out.series} == {"node_vmstat_pgpgin": 11, "node_vmstat_pgmajfault": 4}
