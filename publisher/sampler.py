@@ -71,11 +71,15 @@ class Sampler:
             *(fam for c in self.collectors for fam in c.families), SCRAPE_SUCCESS, SCRAPE_DURATION)
         check_unique(self.catalog)
         self._failed: set[str] = set()
+        self._pending: Sample | None = None
         self._cached: dict[str, tuple[float, list]] = {}  # collector -> (monotonic time, its series)
         # Family name -> function filling a Sample (the benchmark times each entry separately).
         self.families = {c.name: c.collect for c in self.collectors}
 
     def sample(self) -> Sample:
+        if self._pending is not None:  # the one family_capacities() took: the first sample published
+            out, self._pending = self._pending, None
+            return out
         out = Sample()
         series = out.series
         clock = time.perf_counter
@@ -110,8 +114,13 @@ class Sampler:
 
     def family_capacities(self, sample: Sample | None = None) -> dict[str, int]:
         """Capacities of the four family sections for this host: the catalog exactly, and room for
-        twice the series (and label bytes) of one sample (interfaces, disks and mounts come and go)."""
-        sample = sample or self.sample()
+        twice the series (and label bytes) of one sample (interfaces, disks and mounts come and go).
+
+        Without ``sample`` it takes one, and the next ``sample()`` returns that one: the rates and CPU
+        shares of the first published sample then still span the time since boot, as before.
+        """
+        if sample is None:
+            sample = self._pending = self.sample()
         _, strings = F.encode_catalog(self.catalog)
         index = {fam: i for i, fam in enumerate(self.catalog)}
         _, labels, rows, _ = F.SeriesEncoder(index).encode(sample.series)

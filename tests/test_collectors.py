@@ -252,3 +252,19 @@ def test_vmstat_finds_its_fields_when_the_kernel_moves_them(tmp_path):
     finally:
         c.close()
     assert {fam.name: value for fam, _, value in out.series} == {"node_vmstat_pgpgin": 11, "node_vmstat_pgmajfault": 4}
+
+
+def test_sizing_sample_is_the_first_one_published(tmp_path):
+    # The publisher sizes the family sections from one sample; that same sample is then published first,
+    # so its CPU share is still the average since boot (not a few milliseconds' worth).
+    write(tmp_path / "proc/stat", "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 100 0 50 800 50 0 0 0 0 0\n")
+    sampler = Sampler(procfs=str(tmp_path / "proc"), sysfs=str(tmp_path / "sys"), rootfs=str(tmp_path))
+    try:
+        capacities = sampler.family_capacities()
+        write(tmp_path / "proc/stat", "cpu  100 0 50 900 50 0 0 0 0 0\ncpu0 100 0 50 900 50 0 0 0 0 0\n")
+        first, second = sampler.sample(), sampler.sample()
+    finally:
+        sampler.close()
+    assert capacities["metrics"] == len(sampler.catalog) and capacities["series"] >= 256
+    assert first.scalars["cpu_percent"] == pytest.approx(15.0)  # since boot: 150 busy of 1000
+    assert second.scalars["cpu_percent"] == 0.0  # then the deltas: 100 idle ticks, nothing busy
