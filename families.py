@@ -200,6 +200,8 @@ class Catalog:
         self.infos = infos
         self.index = {info.name: i for i, info in enumerate(infos)}
         self._labels: dict[bytes, tuple[str, ...]] = {}  # raw label values -> decoded, across samples
+        self._spots_blob: bytes | None = None
+        self._spots: dict[int, tuple[str, ...]] = {}
 
     def labels(self, raw: bytes) -> tuple[str, ...]:
         values = self._labels.get(raw)
@@ -207,6 +209,23 @@ class Catalog:
             if len(self._labels) > 8192:
                 self._labels.clear()
             values = self._labels[raw] = tuple(raw.decode("utf-8", "replace").split("\0"))
+        return values
+
+    def spots(self, blob: bytes) -> dict[int, tuple[str, ...]]:
+        """Decoded label values by position (offset << 32 | length) in ``blob``.  The publisher writes
+        the same blob sample after sample while the series stay the same, so the positions found in
+        one snapshot serve the next ones as long as the blob's bytes are equal."""
+        if blob != self._spots_blob:
+            self._spots_blob, self._spots = blob, {}
+        return self._spots
+
+    def decode_spot(self, blob: bytes, off: int, length: int) -> tuple[str, ...]:
+        """The label values at one position (``()`` when it lies outside the blob: a corrupt row)."""
+        if off + length > len(blob):
+            return ()
+        values = self.labels(blob[off:off + length])
+        if self._spots_blob == blob:
+            self._spots[off << 32 | length] = values
         return values
 
 
@@ -259,14 +278,20 @@ class FamilyView:
 
     def _family(self, index: int, lo: int, hi: int) -> Family:
         info = self._catalog.infos[index]
-        size, raw, blob = _SERIES.size, self._series, self._labels
-        decode = self._catalog.labels
+        size, raw = _SERIES.size, self._series
+        rows = _SERIES.iter_unpack(raw[lo * size:hi * size])
         nlabels = len(info.labels)
-        series = []
-        for _, off, length, value in _SERIES.iter_unpack(raw[lo * size:hi * size]):
-            values = decode(blob[off:off + length]) if nlabels else ()
-            if len(values) == nlabels and off + length <= len(blob):
-                series.append((values, value))  # else: corrupt row, left out
+        if not nlabels:
+            series = [((), value) for _, _, _, value in rows]
+        else:
+            spots = self._catalog.spots(self._labels)
+            series = []
+            for _, off, length, value in rows:
+                values = spots.get(off << 32 | length)
+                if values is None:
+                    values = self._catalog.decode_spot(self._labels, off, length)
+                if len(values) == nlabels:
+                    series.append((values, value))  # else: corrupt row, left out
         return Family(info.name, info.type, info.help, info.labels, series)
 
     def __iter__(self) -> Iterator[Family]:

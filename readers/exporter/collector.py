@@ -52,22 +52,44 @@ def _escape(value: str) -> str:
 
 def render_families(families: Iterable[Family]) -> bytes:
     """The text exposition of ``families``: what ``generate_latest`` writes for ``node_families``
-    (labels sorted by name, Go's float format), without building a Metric per family."""
+    (labels sorted by name, Go's float format), without building a Metric per family.
+
+    A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
+    sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.
+    """
     out = []
     append = out.append
+    heads, prefixes = _HEADS, _PREFIXES
+    if len(prefixes) > 50_000:  # devices and mounts come and go: do not grow without bound
+        prefixes.clear()
+        heads.clear()
     for fam in families:
         name = fam.name
-        help_ = fam.help.replace("\\", r"\\").replace("\n", r"\n")
-        append(f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n")
-        order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
-        label_names = [fam.labels[i] for i in order]
+        head = heads.get(fam[:4])
+        if head is None:
+            help_ = fam.help.replace("\\", r"\\").replace("\n", r"\n")
+            order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
+            head = heads[fam[:4]] = (f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n",
+                                     [(fam.labels[i], i) for i in order])
+        append(head[0])
+        labels = head[1]
         for values, value in fam.series:
-            if label_names:
-                pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in zip(label_names, order))
-                append(f"{name}{{{pairs}}} {floatToGoString(value)}\n")
-            else:
-                append(f"{name} {floatToGoString(value)}\n")
+            key = (name, values)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if labels:
+                    pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels)
+                    prefix = prefixes[key] = f"{name}{{{pairs}}} "
+                else:
+                    prefix = prefixes[key] = f"{name} "
+            append(prefix)
+            append(floatToGoString(value))
+            append("\n")
     return "".join(out).encode()
+
+
+_HEADS: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
+_PREFIXES: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def render_node_text(snap: Snapshot) -> bytes:
