@@ -200,8 +200,7 @@ class Catalog:
         self.infos = infos
         self.index = {info.name: i for i, info in enumerate(infos)}
         self._labels: dict[bytes, tuple[str, ...]] = {}  # raw label values -> decoded, across samples
-        self._spots_blob: bytes | None = None
-        self._spots: dict[int, tuple[str, ...]] = {}
+        self._spot_state: tuple[bytes | None, dict[int, tuple[str, ...]]] = (None, {})
 
     def labels(self, raw: bytes) -> tuple[str, ...]:
         values = self._labels.get(raw)
@@ -214,19 +213,12 @@ class Catalog:
     def spots(self, blob: bytes) -> dict[int, tuple[str, ...]]:
         """Decoded label values by position (offset << 32 | length) in ``blob``.  The publisher writes
         the same blob sample after sample while the series stay the same, so the positions found in
-        one snapshot serve the next ones as long as the blob's bytes are equal."""
-        if blob != self._spots_blob:
-            self._spots_blob, self._spots = blob, {}
-        return self._spots
-
-    def decode_spot(self, blob: bytes, off: int, length: int) -> tuple[str, ...]:
-        """The label values at one position (``()`` when it lies outside the blob: a corrupt row)."""
-        if off + length > len(blob):
-            return ()
-        values = self.labels(blob[off:off + length])
-        if self._spots_blob == blob:
-            self._spots[off << 32 | length] = values
-        return values
+        one snapshot serve the next ones as long as the blob's bytes are equal.  The blob and its dict
+        are swapped as one tuple: a reader thread never gets a dict that belongs to another blob."""
+        state = self._spot_state
+        if state[0] != blob:
+            state = self._spot_state = (blob, {})
+        return state[1]
 
 
 EMPTY_CATALOG = Catalog(())
@@ -284,12 +276,15 @@ class FamilyView:
         if not nlabels:
             series = [((), value) for _, _, _, value in rows]
         else:
-            spots = self._catalog.spots(self._labels)
+            blob = self._labels
+            spots = self._catalog.spots(blob)
+            decode = self._catalog.labels
             series = []
             for _, off, length, value in rows:
-                values = spots.get(off << 32 | length)
+                key = off << 32 | length
+                values = spots.get(key)
                 if values is None:
-                    values = self._catalog.decode_spot(self._labels, off, length)
+                    values = spots[key] = decode(blob[off:off + length]) if off + length <= len(blob) else ()
                 if len(values) == nlabels:
                     series.append((values, value))  # else: corrupt row, left out
         return Family(info.name, info.type, info.help, info.labels, series)
