@@ -90,3 +90,15 @@ def test_repeated_series_reuse_the_previous_encoding_and_match_a_fresh_one():
                    [(LOAD, (), 1.5)], sample([11, 12])):
         assert reused.encode(series, max_rows=3) == F.SeriesEncoder(index).encode(series, max_rows=3)
     assert reused.encode([]) == (b"", b"", 0, 0)
+
+
+def test_label_positions_cached_for_one_blob_are_not_used_for_another():
+    rows, strings = F.encode_catalog(CATALOG)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    index = {f: i for i, f in enumerate(CATALOG)}
+    views = []
+    for device in ("eth0", "eth1", "eth0"):  # same positions, different bytes, then the first again
+        data, blob, _, _ = F.SeriesEncoder(index).encode([(NET, (device,), 1.0)])
+        views.append(F.FamilyView(catalog, data, blob))
+        assert views[-1][NET.name].series == [((device,), 1.0)]
+    assert views[0][NET.name].series == [(("eth0",), 1.0)]  # an older snapshot still decodes its own blob
