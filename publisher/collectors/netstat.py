@@ -54,11 +54,14 @@ class Netstat(Collector):
                         wanted.append((n + 1, col, fam))
                         families.append(fam)
             self._columns.append(wanted)
-        self._six: dict[str, FamilyInfo] = {}
-        for protocol, field, _ in _pairs6(self._snmp6.read()):
-            if FIELDS.match(f"{protocol}_{field}"):
-                self._six[protocol + field] = fam = untyped(f"node_netstat_{protocol}_{field}",
-                                                            f"Statistic {protocol}{field}.")
+        # snmp6: one "Ip6InReceives   \t123" line per value, in a fixed order: (line number, key, family).
+        self._six: list[tuple[int, str, FamilyInfo]] = []
+        for n, line in enumerate(self._snmp6.read().splitlines()):
+            pairs = _pairs6(line)
+            if pairs and FIELDS.match(f"{pairs[0][0]}_{pairs[0][1]}"):
+                protocol, field, _ = pairs[0]
+                fam = untyped(f"node_netstat_{protocol}_{field}", f"Statistic {protocol}{field}.")
+                self._six.append((n, protocol + field, fam))
                 families.append(fam)
         self.families = tuple(families)
 
@@ -72,12 +75,13 @@ class Netstat(Collector):
                 if values is None:
                     values = split[line_no] = lines[line_no].split(" ")
                 add(fam, (), float(values[col]))
-        six = self._six
-        for line in self._snmp6.read().splitlines():
-            key, _, value = line.partition(" ")
-            fam = six.get(key.rstrip())
-            if fam is None:
-                key, _, value = line.partition("\t")
-                fam = six.get(key.rstrip())
-            if fam is not None:
-                add(fam, (), float(value))
+        lines = self._snmp6.read().splitlines()
+        try:
+            found = [(fam, parts) for n, key, fam in self._six if (parts := lines[n].split()) and parts[0] == key]
+        except IndexError:
+            found = []
+        if len(found) != len(self._six):  # lines moved (never seen): look each key up
+            by_key = {key: fam for _, key, fam in self._six}
+            found = [(by_key[parts[0]], parts) for parts in map(str.split, lines) if parts and parts[0] in by_key]
+        for fam, parts in found:
+            add(fam, (), float(parts[1]))
