@@ -108,7 +108,8 @@ def test_prometheus_scrapes_the_exporter(name, start_publisher, prometheus_dir):
 
         rules = _wait("the alert rules to be evaluated", rules_evaluated)
         assert {r["name"] for r in rules} >= {"ShmExporterDown", "ShmPublisherDown", "ShmSamplesStale", "HostHighLoad",
-                                              "HostFilesystemReadOnly", "HostDiskIOSaturated"}
+                                              "HostFilesystemReadOnly", "HostDiskIOSaturated",
+                                              "HostMemoryMajorPageFaults"}
         assert not [r for r in rules if r.get("state") == "firing"]  # a healthy host: nothing fires
     finally:
         if prom is not None:
