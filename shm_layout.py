@@ -35,7 +35,7 @@ from collections.abc import Iterable
 __version__ = "0.1.0"
 
 MAGIC = b"SHMMETR\x00"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 SHM_DIR = "/dev/shm"
 DEFAULT_NAME = "/sysmetrics"
 NAME_ENV = "SHM_METRICS_NAME"
@@ -273,14 +273,49 @@ PROCESS_STATES = Record("process_states", [
        "/proc/PID/task/TID/stat"),
 ])
 
+# ---------------------------------------------------------------- metric families (self-describing)
+# node_exporter's families, described by the segment itself (as PCP's MMV files
+# do): a catalog written once when the segment is created (`metrics` rows whose
+# names, HELP texts and label names are in the `strings` blob) and, per sample,
+# one `series` row per value, its label values in the `labels` blob.  Readers
+# render any family from these four tables without knowing it in advance; the
+# declarations live in the publisher's collectors (publisher/collectors/).
+METRIC_TYPES = ("gauge", "counter", "untyped")
+METRICS = Record("metrics", [
+    _f("name_offset", "u32", "bytes", "metric name: offset in the strings blob"),
+    _f("name_length", "u32", "bytes", "metric name: length (UTF-8, no NUL)"),
+    _f("help_offset", "u32", "bytes", "HELP text: offset in the strings blob"),
+    _f("help_length", "u32", "bytes", "HELP text: length"),
+    _f("labels_offset", "u32", "bytes", "label names, joined by NUL: offset in the strings blob"),
+    _f("labels_length", "u32", "bytes", "label names: length (0: no labels)"),
+    _f("type", "u32", "", "0 gauge, 1 counter, 2 untyped"),
+    _f("label_count", "u32", "", "number of label names"),
+])
+STRINGS = Record("strings", [_f("bytes", "char[8]", "", "8 bytes of the catalog's string blob (static)")])
+SERIES = Record("series", [
+    _f("metric", "u32", "", "seqlock. index of the family in `metrics`; rows are sorted by it"),
+    _f("labels_offset", "u32", "bytes", "seqlock. label values, joined by NUL: offset in the labels blob"),
+    _f("labels_length", "u32", "bytes", "seqlock. label values: length"),
+    _f("value", "f64", "", "seqlock. the value, in node_exporter's unit"),
+])
+LABELS = Record("labels", [_f("bytes", "char[8]", "", "seqlock. 8 bytes of this sample's label-value blob")])
+
 # Directory order: the index of a section in the directory is fixed.
-SECTIONS: tuple[Record, ...] = (SCALARS, CPU, NET, DISK, FILESYSTEM, HISTORY, TOP_CPU, TOP_RSS, PROCESS_STATES)
-# What a snapshot holds: every array but the history ring, which is read on request.
-SAMPLE_ARRAYS: tuple[Record, ...] = tuple(r for r in SECTIONS[1:] if r is not HISTORY)
+SECTIONS: tuple[Record, ...] = (SCALARS, CPU, NET, DISK, FILESYSTEM, HISTORY, TOP_CPU, TOP_RSS, PROCESS_STATES,
+                                METRICS, STRINGS, SERIES, LABELS)
+# The catalog: written before the magic, never changed afterwards.
+STATIC_SECTIONS: tuple[Record, ...] = (METRICS, STRINGS)
+# The per-sample family data, copied raw inside a read and decoded on demand.
+FAMILY_SECTIONS: tuple[Record, ...] = (SERIES, LABELS)
+# What a snapshot holds as typed arrays: every array but the history ring (read
+# on request) and the family sections.
+SAMPLE_ARRAYS: tuple[Record, ...] = (CPU, NET, DISK, FILESYSTEM, TOP_CPU, TOP_RSS, PROCESS_STATES)
 SECTION_INDEX = {r.name: i for i, r in enumerate(SECTIONS)}
 # Smallest capacity per section: the --top tables and the state counts may be
-# switched off (capacity 0); a ring needs two samples to give a rate.
-MIN_CAPACITY = {r.name: 1 for r in SECTIONS} | {"history": 2, "top_cpu": 0, "top_rss": 0, "process_states": 0}
+# switched off (capacity 0); a ring needs two samples to give a rate; a
+# segment may carry no families.
+MIN_CAPACITY = {r.name: 1 for r in SECTIONS} | {"history": 2, "top_cpu": 0, "top_rss": 0, "process_states": 0,
+                                                "metrics": 0, "strings": 0, "series": 0, "labels": 0}
 
 
 def table_text() -> str:
@@ -323,12 +358,15 @@ class Layout(namedtuple("Layout", "capacities offsets sections_offset header_siz
 
     @classmethod
     def for_capacities(cls, cpus: int, net: int, disks: int, filesystems: int, history: int = DEFAULT_HISTORY,
-                       top: int = DEFAULT_TOP, states: int | None = None) -> Layout:
+                       top: int = DEFAULT_TOP, states: int | None = None, metrics: int = 0, strings: int = 0,
+                       series: int = 0, labels: int = 0) -> Layout:
         """``top`` is the length of each --top table; ``states`` defaults to
-        STATE_SLOTS, or 0 when ``top`` is 0 (no process scan, nothing to count)."""
+        STATE_SLOTS, or 0 when ``top`` is 0 (no process scan, nothing to count).
+        ``metrics`` rows and ``strings`` 8-byte chunks hold the family catalog,
+        ``series`` rows and ``labels`` chunks a sample's family values."""
         if states is None:
             states = STATE_SLOTS if top else 0
-        caps = (1, cpus, net, disks, filesystems, history, top, top, states)
+        caps = (1, cpus, net, disks, filesystems, history, top, top, states, metrics, strings, series, labels)
         for rec, cap in zip(SECTIONS, caps):
             low = MIN_CAPACITY[rec.name]
             if not low <= cap <= MAX_CAPACITY:
@@ -393,7 +431,8 @@ def parse_header(data: bytes | memoryview, file_size: int) -> tuple[dict, Layout
             raise LayoutError(f"section {rec.name}: record size {entry['record_size']}, expected {rec.size}")
         caps.append(entry["capacity"])
     try:
-        layout = Layout.for_capacities(*caps[1:7], states=caps[8])
+        layout = Layout.for_capacities(*caps[1:7], states=caps[8], metrics=caps[9], strings=caps[10],
+                                       series=caps[11], labels=caps[12])
     except ValueError as exc:
         raise LayoutError(str(exc)) from None
     if caps[0] != 1 or caps[6] != caps[7] or layout.total_size != file_size or layout.header_size != hdr["header_size"]:

@@ -38,7 +38,8 @@ from shm_metrics import shm_layout as L
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv `make bench` runs in: its console scripts are what users run
-NODE_COLLECTORS = ("cpu", "loadavg", "meminfo", "stat", "filefd", "netdev", "diskstats", "filesystem", "processes")
+# What shm-publisher covers since issue 11: node_exporter's default collectors, plus processes (--top).
+NODE_COLLECTORS = ("defaults", "processes")
 NAME_PREFIX = "shmbench-"
 
 
@@ -336,13 +337,15 @@ class Lab:
 
     def node_exporter(self, collectors: tuple[str, ...] = NODE_COLLECTORS,
                       label: str = "node_exporter") -> Launched | None:
-        """Debian's node_exporter with only these collectors (default: those we cover), or None if not installed."""
+        """Debian's node_exporter with these collectors ("defaults": its default set; default: those we
+        cover), or None if not installed."""
         binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
         if not os.access(binary, os.X_OK):
             return None
         port = free_port()
-        node = self.start([binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-                           *(f"--collector.{c}" for c in collectors)], label)
+        flags = [] if "defaults" in collectors else ["--collector.disable-defaults"]
+        node = self.start([binary, f"--web.listen-address=127.0.0.1:{port}", *flags,
+                           *(f"--collector.{c}" for c in collectors if c != "defaults")], label)
         node.port = port
         wait_http(port, node.proc, label)
         return node

@@ -57,6 +57,7 @@ from shm_metrics.publisher.segment import OwnedSegment
 from shm_metrics.readers import Reader
 
 RATE = 20.0  # samples per second
+_FAMILIES: list = []  # [catalog, family capacities] of the samples, set by run() before the writers fork
 COUNTS = (1, 64)
 VARIANTS = ("futex", "pipe", "poll")
 LATENCY_LIMIT, CPU_LIMIT = 1.5, 0.2
@@ -89,8 +90,9 @@ class Writer:
             for fd in (ready_r, self._go_w, self._result_r, self._release_w, *others):
                 os.close(fd)
             signal.alarm(60)  # a watchdog: a stuck batch ends, and the parent says so
-            layout = L.Layout.for_capacities(possible_cpus(), 64, 64, 64)
-            segment = OwnedSegment(name, layout, 0o644, 1 / RATE)
+            catalog, capacities = _FAMILIES
+            layout = L.Layout.for_capacities(possible_cpus(), 64, 64, 64, **capacities)
+            segment = OwnedSegment(name, layout, 0o644, 1 / RATE, catalog)
             try:
                 segment.publish(samples[0], time.time(), time.monotonic(), 0.0, 0)
                 segment.set_state(L.STATE_RUNNING)
@@ -263,6 +265,7 @@ def run(cfg: Config, shared: Shared) -> Table:
         for _ in range(4):
             samples.append(sampler.sample())
             time.sleep(0.02)
+        _FAMILIES[:] = [sampler.catalog, sampler.family_capacities(samples[0])]  # the writer's segment carries them
     finally:
         sampler.close()
     keys = [(v, n) for n in COUNTS for v in VARIANTS] + [("alone", 0)]

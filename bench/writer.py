@@ -41,11 +41,12 @@ def main() -> int:
     for _ in range(4):
         samples.append(sampler.sample())
         time.sleep(0.02)
+    capacities, catalog = sampler.family_capacities(samples[0]), sampler.catalog
     sampler.close()
     # The header states at least the smallest interval readers accept (the publisher's own range);
     # this writer may write faster, to load the readers.
-    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64), 0o644,
-                           max(interval, L.MIN_INTERVAL))
+    segment = OwnedSegment(name, L.Layout.for_capacities(possible_cpus(), 64, 64, 64, **capacities), 0o644,
+                           max(interval, L.MIN_INTERVAL), catalog)
     starts, durations = array("q"), array("q")
     now_ns, period = time.monotonic_ns, int(interval * 1e9)
     try:

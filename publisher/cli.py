@@ -164,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
-    layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
-                                     args.max_disks, args.max_filesystems, history=args.history, top=args.top)
     stop = StopSignals()  # from here on the stop signals are a flag the loop checks
     sampler = Sampler(filters=filters, top_n=args.top)
+    # The family sections are sized from this host's catalog and one trial sample.
+    layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
+                                     args.max_disks, args.max_filesystems, history=args.history, top=args.top,
+                                     **sampler.family_capacities())
     try:
-        segment = OwnedSegment(args.name, layout, args.mode, args.interval)
+        segment = OwnedSegment(args.name, layout, args.mode, args.interval, sampler.catalog)
     except NameInUse as exc:
         log.error("%s", exc)
         sampler.close()

@@ -31,9 +31,10 @@ import time
 
 import posix_ipc
 
+from shm_metrics import families as F
 from shm_metrics import shm_layout as L
 from shm_metrics import shm_wake
-from shm_metrics.publisher.sampler import Sample
+from shm_metrics.publisher.collectors import Sample
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,10 @@ def _create_locked(path: str) -> int:
 class OwnedSegment:
     """The publisher's side of a segment: exclusive, writable, locked."""
 
-    def __init__(self, name: str, layout: L.Layout, mode: int, interval: float):
+    def __init__(self, name: str, layout: L.Layout, mode: int, interval: float,
+                 catalog: tuple[F.FamilyInfo, ...] = ()):
+        """``catalog``: the families the samples will carry (``Sampler.catalog``); the layout's
+        ``metrics`` and ``strings`` capacities must be exactly its size."""
         self.name = L.validate_name(name)
         self.path = L.segment_path(name)
         self.layout = layout
@@ -195,6 +199,12 @@ class OwnedSegment:
         self._mode = mode
         self._sem_replace_failed = False
         self._overflow_logged: set[str] = set()
+        self._catalog_rows, self._catalog_strings = F.encode_catalog(catalog)
+        self._series = F.SeriesEncoder({fam: i for i, fam in enumerate(catalog)})
+        caps = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
+        if (caps["metrics"] * L.METRICS.size, caps["strings"] * L.STRINGS.size) != (
+                len(self._catalog_rows), len(self._catalog_strings)):
+            raise ValueError("the layout's metrics/strings capacities do not fit the catalog")
         _check_semaphore_not_foreign(self.sem_path)
         self._fd = _create_locked(self.path)
         try:
@@ -213,6 +223,7 @@ class OwnedSegment:
             self._mm = mmap.mmap(self._fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._open_semaphore(mode)
             self._init_views()
+            self._write_catalog()
             L.memory_fence()
             self._bytes[0:8] = L.MAGIC  # publish-last: readers trust nothing before this
         except BaseException:
@@ -301,6 +312,12 @@ class OwnedSegment:
         self._packers = {rec.name: _row_packer(rec) for rec in L.SECTIONS}
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
+    def _write_catalog(self) -> None:
+        """The family catalog goes in once, before the magic: readers may decode it outside the seqlock."""
+        for rec, data in ((L.METRICS, self._catalog_rows), (L.STRINGS, self._catalog_strings)):
+            offset = self.layout.offsets[L.SECTION_INDEX[rec.name]]
+            self._bytes[offset:offset + len(data)] = data
+
     def _header_image(self, interval: float) -> bytes:
         """Header and section directory, magic left zero."""
         layout = self.layout
@@ -319,8 +336,9 @@ class OwnedSegment:
         image = bytearray(layout.header_size)
         L.HEADER.struct.pack_into(image, 0, *(values[n] for n in L.HEADER.names))
         for i, rec in enumerate(L.SECTIONS):
+            static = layout.capacities[i] if rec in L.STATIC_SECTIONS else 0  # the catalog is whole from the start
             L.SECTION.struct.pack_into(image, layout.section_entry_offset(i),
-                                       layout.offsets[i], rec.size, layout.capacities[i], 0, 0)
+                                       layout.offsets[i], rec.size, layout.capacities[i], static, 0)
         return bytes(image)
 
     # --- sampling
@@ -337,6 +355,14 @@ class OwnedSegment:
         for i, rec in enumerate(L.SECTIONS):
             if rec is L.HISTORY:
                 continue  # below: it needs the packed scalars
+            if rec in L.STATIC_SECTIONS:
+                counts.append((layout.capacities[i], 0))
+                continue
+            if rec is L.SERIES:
+                self._prepare_series(sample, stores, counts)
+                continue
+            if rec is L.LABELS:
+                continue  # with the series
             rows = [sample.scalars] if rec is L.SCALARS else getattr(sample, rec.name)
             cap = layout.capacities[i]
             kept, overflow = rows[:cap], max(0, len(rows) - cap)
@@ -359,6 +385,22 @@ class OwnedSegment:
         stores.append((slot, _HISTORY_STAMP.pack(seq_after, wall_time) + scalars))
         counts.insert(h, (min(seq_after // 2, capacity), 0))
         return stores, counts
+
+    def _prepare_series(self, sample: Sample, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]]) -> None:
+        """The family series and their label blob (sections series and labels), within capacity."""
+        layout = self.layout
+        s, lb = L.SECTION_INDEX["series"], L.SECTION_INDEX["labels"]
+        rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
+                                                        layout.capacities[lb] * L.LABELS.size)
+        if dropped and "series" not in self._overflow_logged:
+            self._overflow_logged.add("series")
+            log.warning("%d family series beyond the segment's capacity left out (counted in the header)", dropped)
+        if rows:
+            stores.append((layout.offsets[s], rows))
+        if blob:
+            stores.append((layout.offsets[lb], blob))
+        counts.append((kept, min(dropped, _U32_MAX)))
+        counts.append((len(blob) // L.LABELS.size, 0))
 
     def publish(self, sample: Sample, wall_time: float, monotonic: float, duration: float,
                 overruns: int) -> None:

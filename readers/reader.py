@@ -21,6 +21,7 @@ import time
 from collections import namedtuple
 from math import isfinite
 
+from shm_metrics import families as _families
 from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
@@ -79,19 +80,23 @@ class SegmentBusy(ReaderError):
     """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
 
 
-Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname")
-Origin.__doc__ = "The static header facts of one segment instance, fixed at attach time."
+Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname catalog",
+                    defaults=(_families.EMPTY_CATALOG,))
+Origin.__doc__ = "The static header facts of one segment instance (and its family catalog), fixed at attach time."
 
 
 class Snapshot:
-    """One consistent sample.  Scalars by attribute or key; arrays as lists of dicts.
+    """One consistent sample.  Scalars by attribute or key; arrays as lists of dicts; node_exporter's
+    families through ``families`` (a FamilyView).
 
     Units are in the names: ``*_bytes``, ``*_seconds``, ``*_total`` counters.
+    Arrays and families are copied raw inside the seqlock and decoded only when
+    asked for.
     """
 
     __slots__ = ("_origin", "_values", "_arrays", "state_code", "alive")
 
-    def __init__(self, origin: Origin, values: tuple, arrays: dict[str, list[tuple]], state_code: int,
+    def __init__(self, origin: Origin, values: tuple, arrays: dict[str, bytes], state_code: int,
                  alive: bool | None = None):
         self._origin = origin
         self._values = values  # the decoded span: dynamic header, directory, scalars
@@ -142,7 +147,7 @@ class Snapshot:
     def overflow(self) -> dict[str, int]:
         """Entries per array left out because the capacity was too small."""
         return {rec.name: self._values[_DIR_START + L.SECTION_INDEX[rec.name] * _DIR_WIDTH + _COUNT_POS + 1]
-                for rec in L.SAMPLE_ARRAYS}
+                for rec in (*L.SAMPLE_ARRAYS, L.SERIES)}
 
     def __getitem__(self, name: str) -> Any:
         index = _SCALAR_INDEX.get(name)
@@ -163,11 +168,20 @@ class Snapshot:
     def scalars(self) -> dict[str, int | float]:
         return dict(zip(L.SCALARS.names, self._values[_SCALARS_START:]))
 
+    @property
+    def families(self) -> _families.FamilyView:
+        """node_exporter's families of this sample (``snap.families["node_load1"].series``)."""
+        arrays = self._arrays
+        if L.SERIES.name not in arrays:
+            raise KeyError("families: read with arrays=False")
+        return _families.FamilyView(self._origin.catalog, arrays[L.SERIES.name], arrays[L.LABELS.name])
+
     def array(self, name: str) -> list[dict[str, Any]]:
         rec = _ARRAY_RECORDS[name]
-        rows = self._arrays.get(name)
-        if rows is None:
+        raw = self._arrays.get(name)
+        if raw is None:
             raise KeyError(f"{name}: read with arrays=False")
+        rows = rec.struct.iter_unpack(raw)
         strings = [i for i, f in enumerate(rec.fields) if f.is_string]
         out = []
         for row in rows:
@@ -190,6 +204,8 @@ class Snapshot:
         for name in _ARRAY_RECORDS:
             if name in self._arrays:
                 out[name] = self.array(name)
+        if L.SERIES.name in self._arrays:
+            out["families"] = self.families.to_dict()
         return out
 
 
@@ -303,9 +319,19 @@ class Reader:
         self._q = self._mv.cast("Q")
         self._i = self._mv.cast("I")
         self.layout = layout
+        try:
+            if self._pread:  # the catalog is static: one copy of it (and the rest) before it is read
+                self._copy(self._copy_ranges)
+            catalog = _families.read_catalog(self._mv, layout)
+        except (L.LayoutError, IncompatibleSegment) as exc:
+            self._field_slots = {}  # not built yet: close() releases what exists
+            self.close()
+            if isinstance(exc, IncompatibleSegment):
+                raise
+            raise IncompatibleSegment(f"{self.name}: {exc}") from None
         self.origin = Origin(hdr["instance_id"], hdr["publisher_pid"], hdr["publisher_start_time"],
-                             hdr["interval_seconds"], hdr["hostname"])
-        self.instance_id, self.publisher_pid, self.publisher_start_time, self.interval, self.hostname = self.origin
+                             hdr["interval_seconds"], hdr["hostname"], catalog)
+        self.instance_id, self.publisher_pid, self.publisher_start_time, self.interval, self.hostname = self.origin[:5]
         self.size = layout.total_size
         self.capacities = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
         self._seq_index = L.HEADER_SEQ_OFFSET // 8
@@ -314,7 +340,8 @@ class Reader:
         self._field_slots = {f.name: (views[f.code], layout.offset_of("scalars", f.name) // f.size)
                              for f in L.SCALARS.fields}
         self._array_slots = [(rec, i, layout.offsets[i], layout.capacities[i])
-                             for rec, i in ((r, L.SECTION_INDEX[r.name]) for r in L.SAMPLE_ARRAYS)]
+                             for rec, i in ((r, L.SECTION_INDEX[r.name])
+                                            for r in (*L.SAMPLE_ARRAYS, *L.FAMILY_SECTIONS))]
         self._count_limits = [(_DIR_START + i * _DIR_WIDTH + _COUNT_POS, cap) for _, i, _, cap in self._array_slots]
         self._valid_counts: tuple = ()  # the directory's counts as last validated: unchanged counts need no loop
         self._wake: tuple[int, str] | None = None  # (futex address or 0, reason), decided on first wait
@@ -447,14 +474,16 @@ class Reader:
             raise IncompatibleSegment(f"{self.name}: the segment shrank under the reader (truncated by its owner?)")
         return int.from_bytes(raw, "little")
 
-    def _decode_arrays(self, values: tuple) -> dict[str, list[tuple]] | None:
+    def _decode_arrays(self, values: tuple) -> dict[str, bytes] | None:
+        # A copy of each array's valid rows, decoded later only if asked for: a
+        # memcpy inside the seqlock is far cheaper than unpacking every row.
         out = {}
         mv = self._mv
         for rec, i, offset, capacity in self._array_slots:
             count = values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS]
             if count > capacity:
                 return None  # torn (retried) or corrupt (reported)
-            out[rec.name] = list(rec.struct.iter_unpack(mv[offset:offset + count * rec.size]))
+            out[rec.name] = mv[offset:offset + count * rec.size].tobytes()
         return out
 
     def read_field(self, name: str) -> int | float:

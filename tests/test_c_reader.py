@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,3 +83,19 @@ def test_c_reader_sees_a_dead_publisher_and_lying_values(c_reader, name, make_se
         finally:
             os.unlink(path)
         assert lying.returncode == 4, (lie, lying.stderr)
+
+
+def test_c_reader_finds_a_family_through_the_catalog(c_reader, name, start_publisher):
+    # The C reader knows no family: it looks the name up in the segment's catalog, as docs/LAYOUT.md says.
+    start_publisher(name, "--interval", "5")
+    families = json.loads(run_reader("--name", name, "--once", "--json").stdout)["families"]
+    for family in ("node_load1", "node_cpu_seconds_total", "node_uname_info", "node_filesystem_size_bytes"):
+        out = subprocess.run([c_reader, name, family], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        fam = families[family]
+        expected = {(family + ("{" + ",".join(f'{k}="{v}"' for k, v in s["labels"].items()) + "}"
+                               if s["labels"] else ""), s["value"]) for s in fam["series"]}
+        got = {(line.rpartition(" ")[0], float(line.rpartition(" ")[2])) for line in out.stdout.splitlines()}
+        assert got == expected and got, family
+    missing = subprocess.run([c_reader, name, "node_no_such_family"], capture_output=True, text=True, timeout=10)
+    assert missing.returncode == 4 and "catalog" in missing.stderr

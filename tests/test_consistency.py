@@ -63,6 +63,14 @@ def torn(snapshot) -> bool:
                 return True
             if any(row[s] != f"k{int(k)}" for s in strings):
                 return True
+    families = snapshot.families.all()
+    if [f.name for f in families] != ["test_invariant", "test_invariant_total"]:
+        return True
+    for fam in families:
+        if len(fam.series) != 1 + int(k) % 4:
+            return True
+        if any(value != k or set(labels) != {f"k{int(k)}"} for labels, value in fam.series):
+            return True
     return False
 
 

@@ -14,13 +14,14 @@ import pytest
 import yaml
 from exporter_util import need
 
-from shm_metrics.readers.exporter.collector import NODE_FAMILIES, OWN_NAMES
+from shm_metrics.publisher.collectors import declared_families
+from shm_metrics.readers.exporter.collector import OWN_NAMES
 from shm_metrics.readers.exporter.webconfig import parse as parse_web_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = DEPLOY / "systemd"
 PROM = DEPLOY / "prometheus"
-EXPORTED = {f.name for f in NODE_FAMILIES} | set(OWN_NAMES)
+EXPORTED = {f.name for f in declared_families()} | set(OWN_NAMES)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ pointing at this test's exporter.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import urllib.parse
@@ -87,13 +88,28 @@ def test_prometheus_scrapes_the_exporter(name, start_publisher, prometheus_dir):
         assert float(query('shm_metrics_up{job="shm-metrics"}')[0]["value"][1]) == 1
         # Per-CPU counters arrive as node_exporter's, usable by the usual rate() queries.
         _wait("a CPU rate", lambda: query('sum(rate(node_cpu_seconds_total{job="shm-metrics"}[5s]))'))
+        # The Node Exporter Full dashboard's template variables: label_values(node_uname_info, job), then
+        # the instances and node names of that job. Without node_uname_info the dashboard lists no host.
+        jobs = _wait("node_uname_info's jobs", lambda: _api(base, "label/job/values", **{"match[]": "node_uname_info"}))
+        assert "shm-metrics" in jobs
+        nodenames = _api(base, "label/nodename/values", **{"match[]": 'node_uname_info{job="shm-metrics"}'})
+        assert nodenames == [os.uname().nodename]
+        # Families the node-mixin's alerts need (issue 11) answer as they do from node_exporter.
+        for expr in ('node_filesystem_readonly{job="shm-metrics", mountpoint="/"}',
+                     'node_filesystem_files_free{job="shm-metrics", mountpoint="/"}',
+                     'rate(node_disk_io_time_weighted_seconds_total{job="shm-metrics"}[5s])',
+                     'node_network_up{job="shm-metrics"}', 'rate(node_vmstat_pgmajfault{job="shm-metrics"}[5s])',
+                     'node_scrape_collector_success{job="shm-metrics", collector="meminfo"} == 1'):
+            assert _wait(expr, lambda expr=expr: query(expr)), expr
         # deploy/'s alert rules are loaded and evaluate without error.
         def rules_evaluated():
             rules = [r for g in _api(base, "rules")["groups"] for r in g["rules"]]
             return rules if rules and all(r.get("health") == "ok" for r in rules) else None
 
         rules = _wait("the alert rules to be evaluated", rules_evaluated)
-        assert {r["name"] for r in rules} >= {"ShmExporterDown", "ShmPublisherDown", "ShmSamplesStale", "HostHighLoad"}
+        assert {r["name"] for r in rules} >= {"ShmExporterDown", "ShmPublisherDown", "ShmSamplesStale", "HostHighLoad",
+                                              "HostFilesystemReadOnly", "HostDiskIOSaturated",
+                                              "HostMemoryMajorPageFaults"}
         assert not [r for r in rules if r.get("state") == "firing"]  # a healthy host: nothing fires
     finally:
         if prom is not None:

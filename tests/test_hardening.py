@@ -47,6 +47,21 @@ def altered(data: bytes, header: dict | None = None, scalars: dict | None = None
     return bytes(buf)
 
 
+def with_family_value(data: bytes, family: str, value: float) -> bytes:
+    """``data`` with the (single) series of ``family`` set to ``value``: what shm-exporter serves."""
+    from shm_metrics import families as F
+
+    buf = bytearray(data)
+    _, layout = L.parse_header(data, len(data))
+    index = F.read_catalog(memoryview(data), layout).index[family]
+    series = L.SECTION_INDEX["series"]
+    count = struct.unpack_from("<I", data, layout.section_entry_offset(series) + L.SECTION.offsets["count"])[0]
+    rows = [layout.offsets[series] + k * L.SERIES.size for k in range(count)]
+    row = next(r for r in rows if struct.unpack_from("<I", data, r)[0] == index)
+    struct.pack_into("<d", buf, row + L.SERIES.offsets["value"], value)
+    return bytes(buf)
+
+
 def fresh(data: bytes, **scalars: float) -> bytes:
     """A copy that stays fresh for the test's length: stamped now, with a one-hour interval."""
     return altered(data, header={"sample_time": time.time(), "interval_seconds": 3600.0}, scalars=scalars)
@@ -76,7 +91,8 @@ def exporter_state(expo: Exposition) -> str:
 # ----------------------------------------------------------------- 1. squatting
 @as_root
 def test_a_segment_planted_by_another_user_is_refused(name, make_segment_file, real_segment_bytes, exporters):
-    path = make_segment_file(fresh(real_segment_bytes, procs_total=31337))
+    planted = with_family_value(fresh(real_segment_bytes, procs_total=31337), "node_processes_pids", 31337)
+    path = make_segment_file(planted)
     os.chown(path, NOBODY, NOBODY)  # as if user nobody had created it before the publisher started
 
     for args in (["--once", "procs_total"], ["--once", "--json"], ["--info"], ["--history", "load1"],

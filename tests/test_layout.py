@@ -18,6 +18,15 @@ def test_docs_tables_are_generated_from_the_code():
     assert L.render_doc(text) == text, "run: python -m shm_metrics.shm_layout --update-docs docs/LAYOUT.md"
 
 
+def test_docs_list_of_families_is_generated_from_the_collectors():
+    from shm_metrics.publisher import collectors
+
+    text = DOC.read_text()
+    assert collectors.render_doc(text) == text, \
+        "run: python -m shm_metrics.publisher.collectors --update-docs docs/LAYOUT.md"
+    assert "| uname | `node_uname_info` | gauge | sysname, release, version, machine, nodename, domainname |" in text
+
+
 def test_docs_prose_numbers_match_the_code():
     text = DOC.read_text()
     layout = L.Layout.for_capacities(1, 1, 1, 1)

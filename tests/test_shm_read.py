@@ -119,8 +119,15 @@ def test_once_json_has_every_key_with_json_types(name, start_publisher):
 
     header = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
     arrays = {"cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"}
-    expected = set(header) | set(L.SCALARS.names) | arrays | {"rates"}
+    expected = set(header) | set(L.SCALARS.names) | arrays | {"rates", "families"}
     assert set(data) == expected
+    # node_exporter's families: type, HELP, label names, and each series' labels and value
+    families = data["families"]
+    assert families["node_load1"]["series"] == [{"labels": {}, "value": data["load1"]}]
+    for fam in families.values():
+        assert fam["type"] in ("gauge", "counter", "untyped") and isinstance(fam["help"], str) and fam["series"]
+        for series in fam["series"]:
+            assert list(series["labels"]) == fam["labels"] and isinstance(series["value"], float)
 
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -459,7 +466,9 @@ def test_info_text_and_json(name, start_publisher):
     assert data["layout_version"] == L.LAYOUT_VERSION
     assert data["size_bytes"] == os.path.getsize(L.segment_path(name))
     assert data["capacities"]["net"] == 7 and set(data["capacities"]) == {
-        "cpus", "net", "disks", "filesystems", "history", "top_cpu", "top_rss", "process_states"}
+        "cpus", "net", "disks", "filesystems", "history", "top_cpu", "top_rss", "process_states",
+        "metrics", "strings", "series", "labels"}
+    assert data["capacities"]["metrics"] > 100 and data["capacities"]["series"] > 256
     assert data["capacities"]["history"] == L.DEFAULT_HISTORY and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
     assert data["seq"] > 0 and data["seq"] % 2 == 0 and data["samples"] == data["seq"] // 2
     assert data["history"]["samples"] == min(data["samples"], L.DEFAULT_HISTORY)
@@ -564,7 +573,15 @@ def test_api_read_snapshot(name, start_publisher):
         assert {nic["device"] for nic in snap.net} == set(psutil_nics()) - {"lo"}
         assert "/" in {fs["mountpoint"] for fs in snap.filesystems}
         assert snap.overflow() == {"cpus": 0, "net": 0, "disks": 0, "filesystems": 0,
-                                   "top_cpu": 0, "top_rss": 0, "process_states": 0}
+                                   "top_cpu": 0, "top_rss": 0, "process_states": 0, "series": 0}
+        # node_exporter's families, decoded one at a time from the same snapshot
+        families = snap.families
+        assert "node_memory_MemTotal_bytes" in families.names()
+        assert families["node_memory_MemTotal_bytes"].series == [((), float(snap.mem_total_bytes))]
+        assert families["node_procs_running"].series == [((), float(snap.procs_running))]
+        cpu = families["node_cpu_seconds_total"]
+        assert cpu.type == "counter" and cpu.labels == ("cpu", "mode") and len(cpu.series) == 8 * snap.cpu_count
+        assert families.get("node_no_such_family") is None
         assert set(snap.to_dict()) >= set(L.SCALARS.names) | {"cpus", "net", "disks", "filesystems", "seq"}
         with pytest.raises(AttributeError):
             snap.no_such_field  # noqa: B018

@@ -2,15 +2,18 @@
  * shm_read.c: a minimal shm-metrics reader written from docs/LAYOUT.md only.
  *
  *   gcc -O2 -Wall -o shm_read examples/c/shm_read.c
- *   ./shm_read [NAME]          (default /sysmetrics, or $SHM_METRICS_NAME)
+ *   ./shm_read [NAME [FAMILY]]  (default /sysmetrics, or $SHM_METRICS_NAME)
  *
  * Opens the segment safely, trusts it only if root, you or
  * $SHM_METRICS_PUBLISHER_USER owns it, validates the header and the section
  * directory against offsets it computes itself, reads a consistent snapshot
  * with the seqlock, checks its counts and times, tests the publisher's
- * liveness lock without taking it, and prints the process count.  Exit codes
- * follow shm-read: 0 ok, 2 usage, 3 no segment, 4 incompatible, corrupt or
- * untrusted, 5 stale, stopped, dead or busy.
+ * liveness lock without taking it, and prints the process count; with FAMILY
+ * (a node_exporter metric name such as node_load1), prints that family's
+ * series instead, one `name{label="value",...} value` line each, found
+ * through the segment's own catalog (docs/LAYOUT.md, "Metric families").
+ * Exit codes follow shm-read: 0 ok, 2 usage, 3 no segment, 4 incompatible,
+ * corrupt or untrusted, 5 stale, stopped, dead or busy.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,11 +37,15 @@ enum {
     HEADER_BYTES = 248,
 };
 /* Section directory entry (table `section`). */
-enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 9 };
-/* scalars cpus net disks filesystems history top_cpu top_rss process_states */
-static const uint32_t RECORD_SIZE[SECTIONS] = {296, 80, 96, 72, 440, 312, 80, 80, 24};
-static const uint32_t MIN_CAPACITY[SECTIONS] = {1, 1, 1, 1, 1, 2, 0, 0, 0};
-static const uint64_t TABLE_HASH = 0x0f7332c837628328ULL;
+enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 13 };
+/* scalars cpus net disks filesystems history top_cpu top_rss process_states metrics strings series labels */
+static const uint32_t RECORD_SIZE[SECTIONS] = {296, 80, 96, 72, 440, 312, 80, 80, 24, 32, 8, 24, 8};
+static const uint32_t MIN_CAPACITY[SECTIONS] = {1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 0};
+enum { SEC_METRICS = 9, SEC_STRINGS = 10, SEC_SERIES = 11, SEC_LABELS = 12 };
+/* Tables `metrics` and `series`. */
+enum { M_NAME_OFF = 0, M_NAME_LEN = 4, M_LABELS_OFF = 16, M_LABELS_LEN = 20, M_LABEL_COUNT = 28,
+       R_METRIC = 0, R_LABELS_OFF = 4, R_LABELS_LEN = 8, R_VALUE = 16 };
+static const uint64_t TABLE_HASH = 0x79eb2fc46d30ef87ULL;
 enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_MAX = 3 };
 
 static uint32_t u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }   /* x86-64 and ARM64 */
@@ -77,13 +84,85 @@ static int valid_name(const char *name)
     return strspn(base, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
 }
 
+/* The family named `family`: found in the catalog (static: written before the magic), its series
+ * copied with the seqlock, then printed.  Every offset from the file is checked against its blob. */
+static int print_family(const unsigned char *m, const char *name, const char *family,
+                        const uint64_t *off, const uint32_t *capacity)
+{
+    const unsigned char *strings = m + off[SEC_STRINGS];
+    uint64_t strings_len = (uint64_t)capacity[SEC_STRINGS] * 8;
+    size_t want = strlen(family);
+    int64_t index = -1;
+    uint32_t label_count = 0, lnames_off = 0, lnames_len = 0;
+    for (uint32_t i = 0; i < capacity[SEC_METRICS] && index < 0; i++) {
+        const unsigned char *row = m + off[SEC_METRICS] + (uint64_t)i * 32;
+        uint32_t no = u32(row + M_NAME_OFF), nl = u32(row + M_NAME_LEN);
+        if ((uint64_t)no + nl <= strings_len && nl == want && !memcmp(strings + no, family, want)) {
+            index = i;
+            label_count = u32(row + M_LABEL_COUNT);
+            lnames_off = u32(row + M_LABELS_OFF);
+            lnames_len = u32(row + M_LABELS_LEN);
+        }
+    }
+    if (index < 0 || (uint64_t)lnames_off + lnames_len > strings_len)
+        return fail(4, name, "no such family in the segment's catalog");
+
+    size_t series_bytes = (size_t)capacity[SEC_SERIES] * 24, labels_bytes = (size_t)capacity[SEC_LABELS] * 8;
+    unsigned char *series = malloc(series_bytes + 1), *labels = malloc(labels_bytes + 1);
+    if (!series || !labels)
+        return fail(4, name, "out of memory");
+    const uint64_t *seq = (const uint64_t *)(m + H_SEQ);
+    uint32_t count = 0, used = 0;
+    struct timespec nap = {0, 500000};
+    int ok = 0;
+    for (int tries = 0; tries < 1000 && !ok; tries++) {
+        uint64_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+        if (!(s1 & 1)) {
+            count = u32(m + HEADER_BYTES + SEC_SERIES * SECTION_BYTES + S_COUNT);
+            used = u32(m + HEADER_BYTES + SEC_LABELS * SECTION_BYTES + S_COUNT);
+            if (count <= capacity[SEC_SERIES] && used <= capacity[SEC_LABELS]) {
+                memcpy(series, m + off[SEC_SERIES], (size_t)count * 24);
+                memcpy(labels, m + off[SEC_LABELS], (size_t)used * 8);
+            }
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            ok = __atomic_load_n(seq, __ATOMIC_RELAXED) == s1;
+            if (ok && (count > capacity[SEC_SERIES] || used > capacity[SEC_LABELS]))
+                return fail(4, name, "a count exceeds its capacity");
+        }
+        if (!ok && tries >= 200)
+            nanosleep(&nap, NULL);
+    }
+    if (!ok)
+        return fail(5, name, "publisher stopped in the middle of a write");
+    for (uint32_t r = 0; r < count; r++) {
+        const unsigned char *row = series + (size_t)r * 24;
+        uint32_t lo = u32(row + R_LABELS_OFF), ll = u32(row + R_LABELS_LEN);
+        if (u32(row + R_METRIC) != index || (uint64_t)lo + ll > (uint64_t)used * 8)
+            continue;
+        /* Label names and values are both NUL-separated: walk them side by side. */
+        printf("%s", family);
+        const char *ln = (const char *)strings + lnames_off, *lend = ln + lnames_len;
+        const char *lv = (const char *)labels + lo, *vend = lv + ll;
+        for (uint32_t k = 0; k < label_count; k++) {
+            const char *nz = memchr(ln, 0, lend - ln), *vz = memchr(lv, 0, vend - lv);
+            int nlen = (int)((nz ? nz : lend) - ln), vlen = (int)((vz ? vz : vend) - lv);
+            printf("%s%.*s=\"%.*s\"", k ? "," : "{", nlen, ln, vlen, lv);
+            ln += nlen + 1;
+            lv += vlen + 1;
+        }
+        printf("%s %.17g\n", label_count ? "}" : "", f64(row + R_VALUE));
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *name = argc > 1 ? argv[1] : getenv("SHM_METRICS_NAME");
     if (!name)
         name = "/sysmetrics";
-    if (argc > 2 || !valid_name(name))
-        return fail(2, name, "usage: shm_read [NAME]; NAME is an optional '/' then 1-200 of [A-Za-z0-9._-]");
+    const char *family = argc > 2 ? argv[2] : NULL;
+    if (argc > 3 || !valid_name(name))
+        return fail(2, name, "usage: shm_read [NAME [FAMILY]]; NAME is an optional '/' then 1-200 of [A-Za-z0-9._-]");
 
     char path[256];
     snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
@@ -98,12 +177,12 @@ int main(int argc, char **argv)
         return fail(4, name, "owned by an untrusted user (set SHM_METRICS_PUBLISHER_USER to the publisher's user)");
 
     /* Validate from a plain read before mapping anything (a short file must never be mapped). */
-    unsigned char head[512];
+    unsigned char head[576];
     if (st.st_size < (off_t)sizeof head || pread(fd, head, sizeof head, 0) != (ssize_t)sizeof head)
         return fail(4, name, "too small to hold a header");
     if (memcmp(head + H_MAGIC, "SHMMETR\0", 8))
         return fail(4, name, u64(head) == 0 ? "not initialised yet" : "bad magic: not a shm-metrics segment");
-    if (u32(head + H_VERSION) != 2 || u64(head + H_TABLE_HASH) != TABLE_HASH)
+    if (u32(head + H_VERSION) != 3 || u64(head + H_TABLE_HASH) != TABLE_HASH)
         return fail(4, name, "another layout version or field table");
     if (u64(head + H_TOTAL_SIZE) != (uint64_t)st.st_size || u32(head + H_SECTION_COUNT) != SECTIONS ||
         u32(head + H_SECTION_SIZE) != SECTION_BYTES || u64(head + H_SECTIONS_OFFSET) != HEADER_BYTES ||
@@ -115,6 +194,8 @@ int main(int argc, char **argv)
 
     /* Recompute every section's offset from the capacities; trust none from the file. */
     uint64_t pos = round_up(HEADER_BYTES + SECTIONS * SECTION_BYTES, 64), scalars = 0;
+    uint64_t off[SECTIONS];
+    uint32_t capacity[SECTIONS];
     if (u32(head + H_HEADER_SIZE) != pos)
         return fail(4, name, "header size does not match the layout");
     for (int i = 0; i < SECTIONS; i++) {
@@ -126,6 +207,8 @@ int main(int argc, char **argv)
             return fail(4, name, "section directory does not match the layout");
         if (i == 0)
             scalars = pos;
+        off[i] = pos;
+        capacity[i] = cap;
         pos = round_up(pos + (uint64_t)RECORD_SIZE[i] * cap, 64);
     }
     if (round_up(pos, 4096) != (uint64_t)st.st_size)
@@ -134,6 +217,9 @@ int main(int argc, char **argv)
     const unsigned char *m = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
         return fail(4, name, strerror(errno));
+
+    if (family)
+        return print_family(m, name, family, off, capacity);
 
     /* The seqlock: even and unchanged around the copy.  Bounded: a publisher stopped mid-write. */
     const uint64_t *seq = (const uint64_t *)(m + H_SEQ);

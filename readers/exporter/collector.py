@@ -1,10 +1,12 @@
-"""The Prometheus Collector: node_exporter's metric names from one snapshot.
+"""The Prometheus Collector: node_exporter's families, rendered generically from the segment.
 
-Names, types, label names and HELP texts are those of node_exporter 1.5.0
-(collectors cpu, loadavg, meminfo, stat, filefd, netdev, diskstats,
-filesystem, processes), so dashboards and alert rules written for
-node_exporter work unchanged; ``tests/test_exporter_compare.py`` checks them
-against a real node_exporter.  The ``shm_metrics_*`` families describe the
+The segment describes its families itself (``docs/LAYOUT.md``, "Metric
+families"): name, type, HELP and label names are in its catalog, declared by
+the publisher's collectors (``publisher/collectors/``) with node_exporter
+1.5.0's exact names, so dashboards and alert rules written for node_exporter
+work unchanged; ``tests/test_exporter_compare.py`` checks them against a real
+node_exporter.  Nothing here knows a family: a new one in the publisher shows
+up here without a change.  The ``shm_metrics_*`` families describe the
 segment itself.
 
 Everything a scrape shows comes from one ``Reading`` (one seqlock-consistent
@@ -17,153 +19,88 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from shm_metrics.families import COUNTER, UNTYPED, Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.source import STATES, Reading, SegmentSource
 
-GAUGE, COUNTER = "gauge", "counter"
+
+def node_families(snap: Snapshot) -> Iterator[Metric]:
+    """The node_* families of one snapshot as prometheus_client Metrics (the caller has checked it is fresh).
+
+    prometheus_client names a counter family without its ``_total`` (and adds it
+    back when rendering); every node_exporter counter ends in ``_total``.
+    """
+    for fam in snap.families:
+        if fam.type == COUNTER and fam.name.endswith("_total"):
+            metric = Metric(fam.name[:-6], fam.help, "counter")
+        else:
+            metric = Metric(fam.name, fam.help, "unknown" if fam.type == UNTYPED else fam.type)
+        labels = fam.labels
+        for values, value in fam.series:
+            metric.add_sample(fam.name, dict(zip(labels, values)), value)
+        yield metric
 
 
-class Family(NamedTuple):
-    """One metric family and the layout field it comes from."""
-
-    name: str
-    kind: str  # GAUGE or COUNTER
-    help: str
-    field: str
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
-def _meminfo(key: str, field: str) -> Family:
-    # node_exporter's meminfo collector: node_memory_<Key>_bytes, HELP "Memory information field <Key>_bytes."
-    return Family(f"node_memory_{key}_bytes", GAUGE, f"Memory information field {key}_bytes.", field)
+def render_families(families: Iterable[Family]) -> bytes:
+    """The text exposition of ``families``: what ``generate_latest`` writes for ``node_families``
+    (labels sorted by name, Go's float format), without building a Metric per family.
+
+    A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
+    sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.
+    """
+    out = []
+    append = out.append
+    heads, prefixes = _HEADS, _PREFIXES
+    if len(prefixes) > 50_000:  # devices and mounts come and go: do not grow without bound
+        prefixes.clear()
+        heads.clear()
+    for fam in families:
+        name = fam.name
+        head = heads.get(fam[:4])
+        if head is None:
+            help_ = fam.help.replace("\\", r"\\").replace("\n", r"\n")
+            order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
+            head = heads[fam[:4]] = (f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n",
+                                     [(fam.labels[i], i) for i in order])
+        append(head[0])
+        labels = head[1]
+        for values, value in fam.series:
+            key = (name, values)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if labels:
+                    pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels)
+                    prefix = prefixes[key] = f"{name}{{{pairs}}} "
+                else:
+                    prefix = prefixes[key] = f"{name} "
+            append(prefix)
+            append(floatToGoString(value))
+            append("\n")
+    return "".join(out).encode()
 
 
-# Scalars: one unlabelled sample each.
-SCALAR_FAMILIES: tuple[Family, ...] = (
-    Family("node_processes_pids", GAUGE, "Number of PIDs", "procs_total"),
-    Family("node_processes_threads", GAUGE, "Allocated threads in system", "threads_total"),
-    Family("node_procs_running", GAUGE, "Number of processes in runnable state.", "procs_running"),
-    Family("node_procs_blocked", GAUGE, "Number of processes blocked waiting for I/O to complete.", "procs_blocked"),
-    Family("node_forks_total", COUNTER, "Total number of forks.", "forks_total"),
-    Family("node_context_switches_total", COUNTER, "Total number of context switches.", "ctx_switches_total"),
-    Family("node_intr_total", COUNTER, "Total number of interrupts serviced.", "interrupts_total"),
-    Family("node_boot_time_seconds", GAUGE, "Node boot time, in unixtime.", "boot_time"),
-    Family("node_load1", GAUGE, "1m load average.", "load1"),
-    Family("node_load5", GAUGE, "5m load average.", "load5"),
-    Family("node_load15", GAUGE, "15m load average.", "load15"),
-    _meminfo("MemTotal", "mem_total_bytes"),
-    _meminfo("MemAvailable", "mem_available_bytes"),
-    _meminfo("MemFree", "mem_free_bytes"),
-    _meminfo("Buffers", "mem_buffers_bytes"),
-    _meminfo("Cached", "mem_cached_bytes"),
-    _meminfo("SwapTotal", "swap_total_bytes"),
-    _meminfo("SwapFree", "swap_free_bytes"),
-    Family("node_filefd_allocated", GAUGE, "File descriptor statistics: allocated.", "filefd_allocated"),
-    Family("node_filefd_maximum", GAUGE, "File descriptor statistics: maximum.", "filefd_maximum"),
-)
-
-CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-CPU_FAMILY = Family("node_cpu_seconds_total", COUNTER, "Seconds the CPUs spent in each mode.", "")
+_HEADS: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
+_PREFIXES: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
-def _netdev(direction: str, stat: str, field: str) -> Family:
-    return Family(f"node_network_{direction}_{stat}_total", COUNTER,
-                  f"Network device statistic {direction}_{stat}.", field)
-
-
-# Per network device, label ``device`` (node_exporter's legacy /proc/net/dev names).
-NET_FAMILIES: tuple[Family, ...] = tuple(
-    _netdev(direction, stat, f"{prefix}_{field}")
-    for direction, prefix in (("receive", "rx"), ("transmit", "tx"))
-    for stat, field in (("bytes", "bytes"), ("packets", "packets"), ("errs", "errors"), ("drop", "dropped"))
-)
-
-# Per block device, label ``device``.
-DISK_FAMILIES: tuple[Family, ...] = (
-    Family("node_disk_reads_completed_total", COUNTER, "The total number of reads completed successfully.", "reads"),
-    Family("node_disk_writes_completed_total", COUNTER, "The total number of writes completed successfully.",
-           "writes"),
-    Family("node_disk_read_bytes_total", COUNTER, "The total number of bytes read successfully.", "read_bytes"),
-    Family("node_disk_written_bytes_total", COUNTER, "The total number of bytes written successfully.",
-           "written_bytes"),
-    Family("node_disk_io_time_seconds_total", COUNTER, "Total seconds spent doing I/Os.", "io_time_seconds"),
-)
-
-# Per mounted filesystem, labels ``device``, ``fstype``, ``mountpoint``.
-FILESYSTEM_LABELS = ("device", "fstype", "mountpoint")
-FILESYSTEM_FAMILIES: tuple[Family, ...] = (
-    Family("node_filesystem_size_bytes", GAUGE, "Filesystem size in bytes.", "size_bytes"),
-    Family("node_filesystem_free_bytes", GAUGE, "Filesystem free space in bytes.", "free_bytes"),
-    Family("node_filesystem_avail_bytes", GAUGE, "Filesystem space available to non-root users in bytes.",
-           "avail_bytes"),
-)
-
-# From the publisher's per-process scan (--top); absent when it runs with --top 0.
-PROCESS_STATE_FAMILIES: tuple[tuple[Family, str], ...] = (
-    (Family("node_processes_state", GAUGE, "Number of processes in each state.", "processes"), "state"),
-    (Family("node_processes_threads_state", GAUGE, "Number of threads in each state.", "threads"), "thread_state"),
-)
-
-# Every node_* family this exporter can show (the comparison test and the dashboard use it).
-NODE_FAMILIES: tuple[Family, ...] = (*SCALAR_FAMILIES, CPU_FAMILY, *NET_FAMILIES, *DISK_FAMILIES,
-                                     *FILESYSTEM_FAMILIES, *(fam for fam, _ in PROCESS_STATE_FAMILIES))
+def render_node_text(snap: Snapshot) -> bytes:
+    """The node_* block of one fresh snapshot."""
+    return render_families(snap.families)
 
 
 # The exporter's own families (shown whatever the segment's state; some only once a sample exists).
 OWN_NAMES = ("shm_metrics_up", "shm_metrics_segment_state", "shm_metrics_publisher_info",
              "shm_metrics_interval_seconds", "shm_metrics_seq", "shm_metrics_sample_timestamp_seconds",
              "shm_metrics_sample_age_seconds", "shm_metrics_overflow_entries")
-
-
-def _family(fam: Family, labels: Iterable[str] = ()) -> Metric:
-    cls = CounterMetricFamily if fam.kind == COUNTER else GaugeMetricFamily
-    return cls(fam.name, fam.help, labels=list(labels))
-
-
-def node_families(snap: Snapshot) -> Iterator[Metric]:
-    """The node_* families of one snapshot (the caller has checked it is fresh)."""
-    for fam in SCALAR_FAMILIES:
-        metric = _family(fam)
-        metric.add_metric([], snap[fam.field])
-        yield metric
-
-    cpu = _family(CPU_FAMILY, ("cpu", "mode"))
-    for row in snap.cpus:
-        label = str(row["cpu"])
-        for mode in CPU_MODES:
-            cpu.add_metric([label, mode], row[mode])
-    yield cpu
-
-    yield from _per_device(NET_FAMILIES, snap.net)
-    yield from _per_device(DISK_FAMILIES, snap.disks)
-
-    rows = snap.filesystems
-    for fam in FILESYSTEM_FAMILIES:
-        metric = _family(fam, FILESYSTEM_LABELS)
-        for row in rows:
-            metric.add_metric([row["device"], row["fstype"], row["mountpoint"]], row[fam.field])
-        yield metric
-
-    states = snap.process_states
-    if states:
-        for fam, label in PROCESS_STATE_FAMILIES:
-            metric = _family(fam, (label,))
-            for row in states:
-                if row[fam.field]:  # node_exporter shows only the states it saw
-                    metric.add_metric([row["state"]], row[fam.field])
-            yield metric
-
-
-def _per_device(families: Iterable[Family], rows: list[dict]) -> Iterator[Metric]:
-    for fam in families:
-        metric = _family(fam, ("device",))
-        for row in rows:
-            metric.add_metric([row["device"]], row[fam.field])
-        yield metric
 
 
 def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]:

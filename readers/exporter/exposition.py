@@ -18,7 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
+from shm_metrics.readers.exporter.collector import ShmCollector, own_families, render_node_text
 
 # The text format generate_latest writes, and what node_exporter 1.5.0 serves by default.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,7 +54,7 @@ class Exposition:
             with self._lock:
                 text = self._node_text if key == self._key else None
             if text is None:
-                text = generate_latest(_Families(node_families(snap)))
+                text = render_node_text(snap)
                 with self._lock:
                     self._key, self._node_text = key, text
                     self.renders += 1

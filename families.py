@@ -1,0 +1,327 @@
+"""The self-describing family sections: encoding (publisher) and lazy decoding (readers).
+
+Four sections of the segment (``shm_layout.METRICS``, ``STRINGS``, ``SERIES``,
+``LABELS``) carry node_exporter's metric families without any reader knowing
+them in advance:
+
+* the catalog, written once when the segment is created: one ``metrics`` row
+  per family (name, HELP text and label names as offsets into the ``strings``
+  blob, the type, the number of labels);
+* per sample: one ``series`` row per value (family index, label values as an
+  offset into the ``labels`` blob, the value), sorted by family, and the
+  ``labels`` blob itself.  Label values are joined by NUL; identical label
+  sets (``device="eth0"`` for the 17 netdev families) are stored once.
+
+A reader decodes the catalog once per attach (it never changes) and, per
+snapshot, copies the two per-sample sections raw inside the seqlock; a family
+is decoded only when asked for (``FamilyView``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
+from typing import NamedTuple
+
+from shm_metrics import shm_layout as L
+
+GAUGE, COUNTER, UNTYPED = L.METRIC_TYPES
+_TYPE_CODE = {t: i for i, t in enumerate(L.METRIC_TYPES)}
+_SERIES = L.SERIES.struct
+# SeriesEncoder writes the rows column by column: metric, labels_offset, labels_length as u32 words 0-2,
+# the value as f64 word 2 of each 24-byte row.
+assert [L.SERIES.offsets[n] for n in L.SERIES.names] == [0, 4, 8, 16] and L.SERIES.size == 24
+_METRIC = L.METRICS.struct
+_CHUNK = L.STRINGS.size  # the blobs are counted in 8-byte chunks
+
+
+class FamilyInfo(NamedTuple):
+    """What the catalog says about one family."""
+
+    name: str
+    type: str  # gauge, counter or untyped
+    help: str
+    labels: tuple[str, ...]
+
+
+class Family(NamedTuple):
+    """One family of one sample: its catalog entry and its series ``(label values, value)``."""
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...]
+    series: list[tuple[tuple[str, ...], float]]
+
+
+def chunks(nbytes: int) -> int:
+    """8-byte chunks needed for ``nbytes`` of blob."""
+    return -(-nbytes // _CHUNK)
+
+
+# ---------------------------------------------------------------- publisher side
+def encode_catalog(infos: Sequence[FamilyInfo]) -> tuple[bytes, bytes]:
+    """(metrics rows, strings blob padded to 8) for the catalog of ``infos``, in that order."""
+    blob = bytearray()
+    offsets: dict[bytes, int] = {}
+
+    def put(text: str) -> tuple[int, int]:
+        raw = text.encode()
+        if raw not in offsets:
+            offsets[raw] = len(blob)
+            blob.extend(raw)
+        return offsets[raw], len(raw)
+
+    rows = []
+    for info in infos:
+        if "\0" in info.help or any("\0" in n or not n for n in (info.name, *info.labels)):
+            raise ValueError(f"family {info.name!r}: NUL or empty name")
+        name, help_, labels = put(info.name), put(info.help), put("\0".join(info.labels))
+        rows.append(_METRIC.pack(*name, *help_, *labels, _TYPE_CODE[info.type], len(info.labels)))
+    blob.extend(bytes(-len(blob) % _CHUNK))
+    return b"".join(rows), bytes(blob)
+
+
+class SeriesEncoder:
+    """Packs one sample's series into ``series`` rows and the ``labels`` blob, for one catalog."""
+
+    def __init__(self, index: dict[FamilyInfo, int]):
+        self.index = index  # family -> its row in the catalog
+        # The same FamilyInfo objects come back every sample: looking them up by identity skips
+        # hashing their strings (an equal but distinct one is still found through ``index``).
+        self._by_id = {id(fam): i for fam, i in index.items()}
+        self._keep = list(index)  # the ids stay valid while the objects live
+        self._encoded: dict[tuple[str, ...], bytes] = {}  # label values repeat from sample to sample
+        self._last: tuple | None = None  # the previous sample's keys and encoding
+
+    def encode(self, series: list[tuple[FamilyInfo, tuple[str, ...], float]], max_rows: int = 1 << 30,
+               max_bytes: int = 1 << 30) -> tuple[bytes, bytes, int, int]:
+        """(series rows, labels blob padded to 8, rows kept, rows left out); rows sorted by family.
+
+        Rows beyond ``max_rows``, whose label values would end beyond
+        ``max_bytes`` of blob, or of a family not in the catalog are left out and counted.
+        """
+        if not series:
+            return b"", b"", 0, 0
+        families, labels, values = zip(*series)
+        last = self._last
+        if last is not None and last[0] == families and last[1] == labels and last[2] == (max_rows, max_bytes):
+            # The same series as the previous sample (the usual case): only the values change, so the
+            # rows' other columns and the label blob are reused and the values dropped into place.
+            pick, template, blob, n, dropped = last[3:]
+            rows = bytearray(template)
+            if n:
+                memoryview(rows).cast("d")[2::3] = array("d", pick(values))
+            return bytes(rows), blob, n, dropped
+        rows, blob, order, dropped = self._encode(series, max_rows, max_bytes)
+        n = len(order)
+        pick = itemgetter(*order) if n > 1 else (lambda v, j=order[0] if order else 0: (v[j],))
+        self._last = (families, labels, (max_rows, max_bytes), pick, rows, blob, n, dropped)
+        return rows, blob, n, dropped
+
+    def _encode(self, series: list, max_rows: int, max_bytes: int) -> tuple[bytes, bytes, list[int], int]:
+        """The full encoding; also returns, for each row written, the position of its series in ``series``."""
+        by_id, index = self._by_id, self.index
+        known = []
+        for j, (f, labels, value) in enumerate(series):
+            i = by_id.get(id(f))
+            if i is None:
+                i = index.get(f)
+            if i is not None:
+                known.append((i, labels, value, j))
+        dropped = len(series) - len(known)
+        known.sort(key=_by_family)
+        blob = bytearray()
+        where: dict[tuple[str, ...], tuple[int, int]] = {}
+        encoded = self._encoded
+        if len(encoded) > 8192:
+            encoded.clear()
+        metrics, offsets, lengths, values = array("I"), array("I"), array("I"), array("d")
+        order = []
+        for i, labels, value, j in known:
+            spot = where.get(labels)
+            if spot is None:
+                raw = encoded.get(labels)
+                if raw is None:
+                    raw = encoded[labels] = "\0".join(v.replace("\0", "") for v in labels).encode("utf-8", "replace")
+                if len(blob) + len(raw) > max_bytes:
+                    dropped += 1
+                    continue
+                spot = where[labels] = (len(blob), len(raw))
+                blob.extend(raw)
+            if len(metrics) >= max_rows:
+                dropped += 1
+                continue
+            metrics.append(i)
+            offsets.append(spot[0])
+            lengths.append(spot[1])
+            values.append(value)
+            order.append(j)
+        blob.extend(bytes(-len(blob) % _CHUNK))
+        # Column by column into the row layout (metric, labels_offset, labels_length, pad | value):
+        # four strided copies instead of a struct.pack per row.
+        rows = bytearray(len(metrics) * _SERIES.size)
+        words = memoryview(rows).cast("I")
+        words[0::6], words[1::6], words[2::6] = metrics, offsets, lengths
+        memoryview(rows).cast("d")[2::3] = values
+        return bytes(rows), bytes(blob), order, dropped
+
+
+def _by_family(row: tuple) -> int:
+    return row[0]
+
+
+# ---------------------------------------------------------------- reader side
+def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview) -> tuple[FamilyInfo, ...]:
+    """The catalog from its two sections; raises LayoutError on anything out of bounds."""
+    strings = bytes(strings_raw)
+    out = []
+    for row in _METRIC.iter_unpack(metrics_raw):
+        name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count = row
+        if type_code >= len(L.METRIC_TYPES) or max(name_off + name_len, help_off + help_len,
+                                                     labels_off + labels_len) > len(strings):
+            raise L.LayoutError("family catalog points outside its strings")
+        labels = strings[labels_off:labels_off + labels_len].decode("utf-8", "replace").split("\0")
+        labels = tuple(labels) if label_count else ()
+        if len(labels) != label_count:
+            raise L.LayoutError("family catalog: label count does not match its label names")
+        out.append(FamilyInfo(strings[name_off:name_off + name_len].decode("utf-8", "replace"),
+                              L.METRIC_TYPES[type_code],
+                              strings[help_off:help_off + help_len].decode("utf-8", "replace"), labels))
+    return tuple(out)
+
+
+class Catalog:
+    """A decoded catalog and the index of each family name (one per attached reader)."""
+
+    def __init__(self, infos: tuple[FamilyInfo, ...]):
+        self.infos = infos
+        self.index = {info.name: i for i, info in enumerate(infos)}
+        self._labels: dict[bytes, tuple[str, ...]] = {}  # raw label values -> decoded, across samples
+        self._spot_state: tuple[bytes | None, dict[int, tuple[str, ...]]] = (None, {})
+
+    def labels(self, raw: bytes) -> tuple[str, ...]:
+        values = self._labels.get(raw)
+        if values is None:
+            if len(self._labels) > 8192:
+                self._labels.clear()
+            values = self._labels[raw] = tuple(raw.decode("utf-8", "replace").split("\0"))
+        return values
+
+    def spots(self, blob: bytes) -> dict[int, tuple[str, ...]]:
+        """Decoded label values by position (offset << 32 | length) in ``blob``.  The publisher writes
+        the same blob sample after sample while the series stay the same, so the positions found in
+        one snapshot serve the next ones as long as the blob's bytes are equal.  The blob and its dict
+        are swapped as one tuple: a reader thread never gets a dict that belongs to another blob."""
+        state = self._spot_state
+        if state[0] != blob:
+            state = self._spot_state = (blob, {})
+        return state[1]
+
+
+EMPTY_CATALOG = Catalog(())
+
+
+class FamilyView:
+    """The families of one snapshot, decoded on demand from the raw sections copied in the seqlock.
+
+    ``view["node_load1"]`` decodes one family (a binary search over the
+    series rows), ``list(view)`` or ``view.all()`` every family that has at
+    least one series; ``view.names()`` lists the catalog.
+    """
+
+    __slots__ = ("_catalog", "_series", "_labels", "_count", "_metric_column")
+
+    def __init__(self, catalog: Catalog, series_raw: bytes, labels_raw: bytes):
+        self._catalog = catalog
+        self._series = series_raw
+        self._labels = labels_raw
+        self._count = len(series_raw) // _SERIES.size
+        self._metric_column: memoryview | None = None
+
+    def names(self) -> list[str]:
+        return [info.name for info in self._catalog.infos]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._catalog.index
+
+    def _column(self) -> memoryview:
+        """The rows' ``metric`` column, in place (a strided view: no copy, so finding one family is a
+        binary search of O(log n) reads, not a pass over every row)."""
+        if self._metric_column is None:
+            self._metric_column = memoryview(self._series).cast("I")[0::_SERIES.size // 4]
+        return self._metric_column
+
+    def __getitem__(self, name: str) -> Family:
+        index = self._catalog.index[name]
+        column = self._column()
+        lo = bisect.bisect_left(column, index)
+        hi = bisect.bisect_right(column, index, lo)
+        return self._family(index, lo, hi)
+
+    def get(self, name: str) -> Family | None:
+        """The family, or None when the catalog lacks it; a family this sample has no series for has none."""
+        return self[name] if name in self._catalog.index else None
+
+    def _family(self, index: int, lo: int, hi: int) -> Family:
+        info = self._catalog.infos[index]
+        size, raw = _SERIES.size, self._series
+        rows = _SERIES.iter_unpack(raw[lo * size:hi * size])
+        nlabels = len(info.labels)
+        if not nlabels:
+            series = [((), value) for _, _, _, value in rows]
+        else:
+            blob = self._labels
+            spots = self._catalog.spots(blob)
+            decode = self._catalog.labels
+            series = []
+            for _, off, length, value in rows:
+                key = off << 32 | length
+                values = spots.get(key)
+                if values is None:
+                    values = spots[key] = decode(blob[off:off + length]) if off + length <= len(blob) else ()
+                if len(values) == nlabels:
+                    series.append((values, value))  # else: corrupt row, left out
+        return Family(info.name, info.type, info.help, info.labels, series)
+
+    def __iter__(self) -> Iterator[Family]:
+        """Every family with series in this sample, in catalog order."""
+        column = self._column()
+        infos = self._catalog.infos
+        lo, n = 0, len(column)
+        while lo < n:
+            index = column[lo]
+            hi = max(bisect.bisect_right(column, index, lo), lo + 1)  # unsorted (corrupt) rows still advance
+            if index < len(infos):
+                yield self._family(index, lo, hi)
+            lo = hi
+
+    def all(self) -> list[Family]:
+        return list(self)
+
+    def to_dict(self) -> dict[str, dict]:
+        """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}."""
+        return {f.name: {"type": f.type, "help": f.help, "labels": list(f.labels),
+                         "series": [{"labels": dict(zip(f.labels, values)), "value": value}
+                                    for values, value in f.series]}
+                for f in self}
+
+
+def read_catalog(mv: memoryview, layout: L.Layout) -> Catalog:
+    """The catalog of a validated segment (``mv``: its bytes, a mapping or a copy; written before the magic)."""
+    sections = []
+    for rec in L.STATIC_SECTIONS:
+        i = L.SECTION_INDEX[rec.name]
+        offset = layout.offsets[i]
+        sections.append(mv[offset:offset + layout.capacities[i] * rec.size])
+    try:
+        return Catalog(decode_catalog(*sections)) if len(sections[0]) else EMPTY_CATALOG
+    finally:
+        for view in sections:
+            if isinstance(view, memoryview):
+                view.release()

@@ -1,0 +1,239 @@
+"""node_exporter's collectors, one per file, behind a small registry.
+
+Each module declares the families it exposes (node_exporter 1.5.0's exact
+name, type, HELP text and label names, see ``gauge``/``counter``/``untyped``)
+and parses its files, kept open and re-read with ``pread`` (``ProcFile``).  A
+collector fills a ``Sample``: the typed scalars and arrays the layout's own
+sections hold (for shm-read, the history ring, --top) and, through
+``Sample.add``, one series per node_exporter value.  The declarations become
+the segment's family catalog, so the exporter renders every family from the
+segment without knowing it: adding a metric is one declaration and one line of
+parsing in one file.
+
+``REGISTRY`` lists the collector classes in sampling order.  A collector whose
+files do not exist on this host (no /proc/pressure, no conntrack module) is
+left out at start, and ``node_scrape_collector_success`` says 0 for it, as
+node_exporter does.  ``refresh_seconds`` > 0 marks what changes rarely
+(uname, os-release, disk and interface properties): the sampler re-runs such
+a collector only that often and re-publishes its last series in between.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
+from shm_metrics.publisher.filters import Filters
+
+_READ_SIZE = 1 << 16
+
+
+def gauge(name: str, help_: str, *labels: str) -> FamilyInfo:
+    return FamilyInfo(name, GAUGE, help_, labels)
+
+
+def counter(name: str, help_: str, *labels: str) -> FamilyInfo:
+    return FamilyInfo(name, COUNTER, help_, labels)
+
+
+def untyped(name: str, help_: str, *labels: str) -> FamilyInfo:
+    return FamilyInfo(name, UNTYPED, help_, labels)
+
+
+class ProcFile:
+    """A /proc or /sys file kept open and re-read from offset 0 on every sample."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> str:
+        return self.read_bytes().decode("utf-8", "replace")
+
+    def read_bytes(self) -> bytes:
+        chunk = os.pread(self.fd, _READ_SIZE, 0)
+        if len(chunk) < _READ_SIZE:
+            return chunk
+        chunks = [chunk]
+        offset = len(chunk)
+        while True:
+            chunk = os.pread(self.fd, _READ_SIZE, offset)
+            chunks.append(chunk)
+            if len(chunk) < _READ_SIZE:
+                return b"".join(chunks)
+            offset += len(chunk)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_once(path: str) -> str | None:
+    """A whole small file (sysfs attributes read rarely), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+class Context:
+    """What a collector may need to open its files."""
+
+    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", filters: Filters | None = None,
+                 top_n: int = 0, rootfs: str = "/"):
+        self.procfs, self.sysfs, self.rootfs = procfs, sysfs, rootfs
+        self.filters = filters or Filters()
+        self.top_n = top_n
+
+
+class Collector:
+    """One collector: its family declarations and the parsing that fills a Sample.
+
+    ``name`` names it in logs and in the benchmark; ``reports`` are the
+    node_exporter collectors it stands for (the ``collector`` label of
+    ``node_scrape_collector_*``; empty for the layout-only ones).  ``families``
+    may be set per instance when the host decides them (meminfo's fields).
+    """
+
+    name: str = ""
+    reports: tuple[str, ...] = ()
+    families: tuple[FamilyInfo, ...] = ()
+    # Families decided by the host when the collector starts: (name pattern, type, labels, meaning) for the docs.
+    described: tuple[tuple[str, str, str, str], ...] = ()
+    refresh_seconds: float = 0.0
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._kept_open: list[ProcFile] = []
+
+    def open(self, path: str) -> ProcFile:
+        """Open a kept-open file; OSError here means the collector is unavailable on this host."""
+        pf = ProcFile(path)
+        self._kept_open.append(pf)
+        return pf
+
+    def collect(self, out: Sample) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for pf in self._kept_open:
+            pf.close()
+        self._kept_open.clear()
+
+
+class Sample:
+    """One sample: scalars by layout name, arrays as lists of dicts, and the family series.
+
+    ``series`` holds ``(FamilyInfo, label values, value)``; the publisher maps
+    each FamilyInfo to its index in the segment's catalog when it packs them.
+    """
+
+    __slots__ = ("scalars", "cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states",
+                 "series")
+
+    def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
+        self.scalars: dict[str, float | int] = {} if scalars is None else scalars
+        self.series: list[tuple[FamilyInfo, tuple[str, ...], float]] = [] if series is None else series
+        for name in ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"):
+            setattr(self, name, arrays.pop(name, []))
+        if arrays:
+            raise TypeError(f"unknown arrays {sorted(arrays)}")
+
+    def add(self, family: FamilyInfo, labels: tuple[str, ...], value: float) -> None:
+        self.series.append((family, labels, value))
+
+    def values(self, family: FamilyInfo) -> dict[tuple[str, ...], float]:
+        """The series of one family (tests, debugging)."""
+        return {labels: value for fam, labels, value in self.series if fam is family or fam == family}
+
+
+def registry() -> list[type[Collector]]:
+    """Every collector class, in sampling order (imported here: each module imports this one)."""
+    from shm_metrics.publisher.collectors import (
+        arp,
+        conntrack,
+        diskstats,
+        entropy,
+        filefd,
+        filesystem,
+        loadavg,
+        meminfo,
+        netclass,
+        netdev,
+        netstat,
+        os_release,
+        pressure,
+        processes,
+        selinux,
+        sockstat,
+        softnet,
+        stat,
+        time_,
+        timex,
+        udp_queues,
+        uname,
+        uptime,
+        vmstat,
+    )
+
+    return [processes.Processes, processes.Procs, stat.Stat, loadavg.Loadavg, meminfo.Meminfo, uptime.Uptime,
+            filefd.Filefd, netdev.Netdev, diskstats.Diskstats, filesystem.Filesystem, vmstat.Vmstat,
+            netstat.Netstat, sockstat.Sockstat, pressure.Pressure, softnet.Softnet, conntrack.Conntrack,
+            entropy.Entropy, arp.Arp, udp_queues.UdpQueues, timex.Timex, time_.Time, uname.Uname,
+            os_release.OsRelease, netclass.Netclass, selinux.Selinux]
+
+
+SCRAPE_SUCCESS = gauge("node_scrape_collector_success", "node_exporter: Whether a collector succeeded.", "collector")
+SCRAPE_DURATION = gauge("node_scrape_collector_duration_seconds", "node_exporter: Duration of a collector scrape.",
+                        "collector")
+
+
+def check_unique(families: Iterable[FamilyInfo]) -> None:
+    seen: set[str] = set()
+    for fam in families:
+        if fam.name in seen:
+            raise ValueError(f"family {fam.name} declared twice")
+        seen.add(fam.name)
+
+
+def declared_families(top_n: int = 10) -> tuple[FamilyInfo, ...]:
+    """Every family a publisher with ``--top top_n`` declares on this host (its segment's catalog)."""
+    from shm_metrics.publisher.sampler import Sampler
+
+    sampler = Sampler(top_n=top_n)
+    try:
+        return sampler.catalog
+    finally:
+        sampler.close()
+
+
+def markdown() -> str:
+    """docs/LAYOUT.md's list of the families each collector declares (the catalog of a segment is this
+    host's instance of it)."""
+    out = ["| collector | family | type | labels | HELP, or where the values come from |", "|---|---|---|---|---|"]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    for cls in registry():
+        who = ", ".join(cls.reports) or f"({cls.name}: layout only)"
+        note = f" (re-read every {cls.refresh_seconds:g} s)" if cls.refresh_seconds else ""
+        for fam in cls.families:
+            out.append(f"| {who} | `{fam.name}` | {fam.type} | {', '.join(fam.labels)} | {cell(fam.help)}{note} |")
+        for pattern, kind, labels, meaning in cls.described:
+            out.append(f"| {who} | `{pattern}` | {kind} | {labels} | {cell(meaning)}{note} |")
+    for fam in (SCRAPE_SUCCESS, SCRAPE_DURATION):
+        out.append(f"| every collector | `{fam.name}` | {fam.type} | {', '.join(fam.labels)} | {cell(fam.help)} |")
+    return "\n".join(out) + "\n"
+
+
+_BEGIN, _END = "<!-- BEGIN GENERATED FAMILIES -->", "<!-- END GENERATED FAMILIES -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/LAYOUT.md) with its generated list of families replaced by markdown()."""
+    head, _, rest = text.partition(_BEGIN)
+    _, _, tail = rest.partition(_END)
+    return f"{head}{_BEGIN}\n{markdown()}{_END}{tail}"
+

@@ -1,0 +1,96 @@
+"""/proc/diskstats: node_exporter's ``diskstats`` collector, every field the kernel gives.
+
+Sectors are 512 bytes and times milliseconds whatever the device (the
+kernel's units), converted to bytes and seconds as node_exporter does; a
+kernel with fewer fields (no discard or flush columns) has fewer families.
+``node_disk_info`` carries udev's properties (/run/udev/data/b<major>:<minor>),
+re-read every ``INFO_REFRESH_SECONDS``.  Also fills the layout's ``disks``
+array and its byte totals.
+"""
+
+from __future__ import annotations
+
+import time
+
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_once
+
+INFO_REFRESH_SECONDS = 60.0
+_MS = 1 / 1000.0
+_SECTOR = 512
+
+INFO = gauge("node_disk_info", "Info of /sys/block/<block_device>.", "device", "major", "minor", "path", "wwn",
+             "model", "serial", "revision")
+# In /proc/diskstats order (after major, minor, name), with the factor node_exporter applies.
+_FIELDS = (
+    (counter("node_disk_reads_completed_total", "The total number of reads completed successfully.", "device"), 1),
+    (counter("node_disk_reads_merged_total", "The total number of reads merged.", "device"), 1),
+    (counter("node_disk_read_bytes_total", "The total number of bytes read successfully.", "device"), _SECTOR),
+    (counter("node_disk_read_time_seconds_total", "The total number of seconds spent by all reads.", "device"), _MS),
+    (counter("node_disk_writes_completed_total", "The total number of writes completed successfully.", "device"), 1),
+    (counter("node_disk_writes_merged_total", "The number of writes merged.", "device"), 1),
+    (counter("node_disk_written_bytes_total", "The total number of bytes written successfully.", "device"), _SECTOR),
+    (counter("node_disk_write_time_seconds_total", "This is the total number of seconds spent by all writes.",
+             "device"), _MS),
+    (gauge("node_disk_io_now", "The number of I/Os currently in progress.", "device"), 1),
+    (counter("node_disk_io_time_seconds_total", "Total seconds spent doing I/Os.", "device"), _MS),
+    (counter("node_disk_io_time_weighted_seconds_total", "The weighted # of seconds spent doing I/Os.", "device"),
+     _MS),
+    (counter("node_disk_discards_completed_total", "The total number of discards completed successfully.",
+             "device"), 1),
+    (counter("node_disk_discards_merged_total", "The total number of discards merged.", "device"), 1),
+    (counter("node_disk_discarded_sectors_total", "The total number of sectors discarded successfully.",
+             "device"), 1),
+    (counter("node_disk_discard_time_seconds_total", "This is the total number of seconds spent by all discards.",
+             "device"), _MS),
+    (counter("node_disk_flush_requests_total", "The total number of flush requests completed successfully",
+             "device"), 1),
+    (counter("node_disk_flush_requests_time_seconds_total",
+             "This is the total number of seconds spent by all flush requests.", "device"), _MS),
+)
+_UDEV_PROPERTIES = ("ID_PATH", "ID_WWN", "ID_MODEL", "ID_SERIAL_SHORT", "ID_REVISION")
+
+
+class Diskstats(Collector):
+    name = "disks"
+    reports = ("diskstats",)
+    families = (INFO, *(fam for fam, _ in _FIELDS))
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._file = self.open(f"{ctx.procfs}/diskstats")
+        self._info: dict[tuple[str, str, str], tuple[float, tuple[str, ...]]] = {}
+        self.udev_data = "/run/udev/data"
+
+    def _info_labels(self, device: str, major: str, minor: str, now: float) -> tuple[str, ...]:
+        key = (device, major, minor)
+        cached = self._info.get(key)
+        if cached is None or now - cached[0] > INFO_REFRESH_SECONDS:
+            props = {}
+            text = read_once(f"{self.udev_data}/b{major}:{minor}") or ""
+            for line in text.splitlines():
+                if line.startswith("E:"):
+                    k, _, v = line[2:].partition("=")
+                    props[k] = v
+            cached = self._info[key] = (now, (device, major, minor, *(props.get(p, "") for p in _UDEV_PROPERTIES)))
+        return cached[1]
+
+    def collect(self, out: Sample) -> None:
+        rows = []
+        add = out.add
+        excluded = self.ctx.filters.disk_excluded
+        now = time.monotonic()
+        for line in self._file.read().splitlines():
+            v = line.split()
+            if len(v) < 14 or excluded(v[2]):
+                continue
+            device = v[2]
+            rows.append({"device": device, "reads": int(v[3]), "writes": int(v[7]),
+                         "read_bytes": int(v[5]) * _SECTOR, "written_bytes": int(v[9]) * _SECTOR,
+                         "io_time_seconds": int(v[12]) / 1000.0})
+            add(INFO, self._info_labels(device, v[0], v[1], now), 1)
+            labels = (device,)
+            for (family, factor), raw in zip(_FIELDS, v[3:]):
+                add(family, labels, int(raw) * factor)
+        out.disks = rows
+        out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
+        out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)

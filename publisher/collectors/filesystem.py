@@ -1,0 +1,127 @@
+"""statfs of every mounted filesystem: node_exporter's ``filesystem`` collector.
+
+The mount list comes from /proc/1/mountinfo (our own namespace's when pid
+1's is not readable), re-parsed only when the kernel signals a mount or
+unmount (POLLPRI), so ``readonly`` (the mount's ``ro`` option) is refreshed
+exactly when it can change.  A mount whose statfs fails shows only
+``node_filesystem_device_error 1``, as in node_exporter.  Also fills the
+layout's ``filesystems`` array.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge
+from shm_metrics.publisher.filters import Filters
+
+_LABELS = ("device", "fstype", "mountpoint")
+SIZE = gauge("node_filesystem_size_bytes", "Filesystem size in bytes.", *_LABELS)
+FREE = gauge("node_filesystem_free_bytes", "Filesystem free space in bytes.", *_LABELS)
+AVAIL = gauge("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", *_LABELS)
+FILES = gauge("node_filesystem_files", "Filesystem total file nodes.", *_LABELS)
+FILES_FREE = gauge("node_filesystem_files_free", "Filesystem total free file nodes.", *_LABELS)
+READONLY = gauge("node_filesystem_readonly", "Filesystem read-only status.", *_LABELS)
+DEVICE_ERROR = gauge("node_filesystem_device_error",
+                     "Whether an error occurred while getting statistics for the given device.", *_LABELS)
+
+
+class Filesystem(Collector):
+    name = "filesystems"
+    reports = ("filesystem",)
+    families = (SIZE, FREE, AVAIL, FILES, FILES_FREE, READONLY, DEVICE_ERROR)
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._mounts = MountTable(ctx.procfs, ctx.filters)
+
+    def collect(self, out: Sample) -> None:
+        rows = []
+        add = out.add
+        for mount in self._mounts.current():
+            labels = mount["labels"]
+            try:
+                st = os.statvfs(mount["mountpoint"])
+            except OSError:
+                add(DEVICE_ERROR, labels, 1)
+                continue
+            row = {"mountpoint": mount["mountpoint"], "device": mount["device"], "fstype": mount["fstype"],
+                   "size_bytes": st.f_blocks * st.f_bsize, "free_bytes": st.f_bfree * st.f_bsize,
+                   "avail_bytes": st.f_bavail * st.f_bsize}
+            rows.append(row)
+            add(DEVICE_ERROR, labels, 0)
+            add(SIZE, labels, row["size_bytes"])
+            add(FREE, labels, row["free_bytes"])
+            add(AVAIL, labels, row["avail_bytes"])
+            add(FILES, labels, st.f_files)
+            add(FILES_FREE, labels, st.f_ffree)
+            add(READONLY, labels, mount["ro"])
+        out.filesystems = rows
+
+    def close(self) -> None:
+        self._mounts.close()
+
+
+def _unescape_mount(field_: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo.
+
+    Only those octal escapes are decoded: the rest is already text (a codec
+    round trip through latin-1 would mangle non-ASCII names such as "Müller").
+    """
+    if "\\" not in field_:
+        return field_
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field_)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+class MountTable:
+    """The filtered mount list, re-parsed only when the kernel says it changed.
+
+    mountinfo signals POLLPRI/POLLERR on mount and unmount, so the publisher
+    pays for parsing only then (node_exporter re-reads it on every scrape).
+    """
+
+    def __init__(self, procfs: str, filters: Filters):
+        self.filters = filters
+        path = f"{procfs}/1/mountinfo"
+        try:
+            self._file = ProcFile(path)
+            self._file.read()
+        except OSError:  # no access to pid 1: use our own namespace's view
+            self._file = ProcFile(f"{procfs}/self/mountinfo")
+        self._poll = select.poll()
+        self._poll.register(self._file.fd, select.POLLPRI | select.POLLERR)
+        self._mounts: list[dict] | None = None
+
+    def current(self) -> list[dict]:
+        if self._mounts is None or self._poll.poll(0):
+            self._mounts = self._parse(self._file.read())
+        return self._mounts
+
+    def _parse(self, text: str) -> list[dict]:
+        seen = set()
+        mounts = []
+        for line in text.splitlines():
+            left, sep, right = line.partition(" - ")
+            if not sep:
+                continue
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 6 or len(rfields) < 2:
+                continue
+            mountpoint, device, fstype = _unescape_mount(fields[4]), _unescape_mount(rfields[1]), rfields[0]
+            key = (mountpoint, device, fstype)
+            if key in seen or self.filters.fs_excluded(mountpoint, fstype):
+                continue
+            seen.add(key)
+            # /proc/mounts (node_exporter's source) shows "ro" when the mount or its superblock is read-only.
+            options = fields[5].split(",") + (rfields[2].split(",") if len(rfields) > 2 else [])
+            mounts.append({"mountpoint": mountpoint, "device": device, "fstype": fstype,
+                           "labels": (device, fstype, mountpoint), "ro": 1 if "ro" in options else 0})
+        return mounts
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,31 @@
+"""/proc/loadavg: node_exporter's ``loadavg`` collector, and the count of scheduling entities."""
+
+from __future__ import annotations
+
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+
+LOAD1 = gauge("node_load1", "1m load average.")
+LOAD5 = gauge("node_load5", "5m load average.")
+LOAD15 = gauge("node_load15", "15m load average.")
+# node_exporter's processes collector counts threads from every /proc/PID/stat; the
+# kernel's own count (after the slash) means the same and costs one read.
+THREADS = gauge("node_processes_threads", "Allocated threads in system")
+
+
+class Loadavg(Collector):
+    name = "loadavg"
+    reports = ("loadavg",)
+    families = (LOAD1, LOAD5, LOAD15, THREADS)
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._file = self.open(f"{ctx.procfs}/loadavg")
+
+    def collect(self, out: Sample) -> None:
+        l1, l5, l15, entities, _ = self._file.read().split()
+        threads = int(entities.partition("/")[2])
+        out.scalars.update(load1=float(l1), load5=float(l5), load15=float(l15), threads_total=threads)
+        out.add(LOAD1, (), float(l1))
+        out.add(LOAD5, (), float(l5))
+        out.add(LOAD15, (), float(l15))
+        out.add(THREADS, (), threads)

@@ -1,0 +1,64 @@
+"""/proc/meminfo: node_exporter's ``meminfo`` collector, every field this kernel has.
+
+node_memory_<Key>[_bytes]: ``Active(anon)`` becomes ``Active_anon``; a value
+with a unit (kB) is multiplied by 1024 and its name gets ``_bytes``.  The
+fields are the kernel's, so the families are declared from the file itself
+when the collector starts (a field the kernel lacks is never exported).
+"""
+
+from __future__ import annotations
+
+import re
+
+from shm_metrics.families import FamilyInfo
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge
+
+_PARENS = re.compile(r"\((.*)\)")
+# The layout's scalars and the meminfo keys they come from.
+_SCALARS = {"MemTotal": "mem_total_bytes", "MemFree": "mem_free_bytes", "MemAvailable": "mem_available_bytes",
+            "Buffers": "mem_buffers_bytes", "Cached": "mem_cached_bytes", "SwapTotal": "swap_total_bytes",
+            "SwapFree": "swap_free_bytes"}
+
+
+def _family(raw_key: str, has_unit: bool) -> FamilyInfo:
+    key = _PARENS.sub(r"_\1", raw_key) + ("_bytes" if has_unit else "")
+    kind = counter if key.endswith("_total") else gauge
+    return kind(f"node_memory_{key}", f"Memory information field {key}.")
+
+
+class Meminfo(Collector):
+    name = "memory"
+    reports = ("meminfo",)
+    described = (("node_memory_<Field>_bytes", "gauge", "", "every /proc/meminfo line with a unit (kB x 1024); "
+                  "Active(anon) becomes Active_anon; HELP \"Memory information field <Field>_bytes.\""),
+                 ("node_memory_<Field>", "gauge", "", "every /proc/meminfo line without a unit (HugePages_*)"))
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._file = self.open(f"{ctx.procfs}/meminfo")
+        self._by_key: dict[str, FamilyInfo] = {}
+        for line in self._file.read().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                self._by_key[key] = _family(key, len(parts) > 1)
+        self.families = tuple(self._by_key.values())
+
+    def collect(self, out: Sample) -> None:
+        mem = {}
+        by_key = self._by_key
+        add = out.add
+        for line in self._file.read().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                mem[key] = value = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+                family = by_key.get(key)
+                if family is not None:
+                    add(family, (), value)
+        total = mem["MemTotal"]
+        available = mem.get("MemAvailable", mem.get("MemFree", 0))
+        scalars = {field: mem.get(key, 0) for key, field in _SCALARS.items()}
+        scalars.update(mem_available_bytes=available, mem_used_bytes=max(0, total - available),
+                       swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
+        out.scalars.update(scalars)

@@ -1,0 +1,137 @@
+"""/sys/class/net/<iface>: node_exporter's ``netclass`` collector (every interface, loopback included).
+
+What changes with the link's state (operstate, carrier and its change
+counters, dormant) is read from kept-open files every sample; the properties
+that change only on reconfiguration (address, MTU, speed, duplex, queue
+length, flags, ids...) are re-read every ``PROPERTIES_REFRESH_SECONDS``
+(and at once for a new interface).  An attribute the driver cannot report
+(``speed`` of a down link: EINVAL) is absent, as in node_exporter.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once
+
+PROPERTIES_REFRESH_SECONDS = 30.0
+
+UP = gauge("node_network_up", "Value is 1 if operstate is 'up', 0 otherwise.", "device")
+INFO = gauge("node_network_info", "Non-numeric data from /sys/class/net/<iface>, value is always 1.",
+             "device", "address", "broadcast", "duplex", "operstate", "ifalias")
+
+
+def _property(name: str, kind=gauge):
+    return kind(f"node_network_{name}", f"Network device property: {name}", "device")
+
+
+# (family, sysfs attribute, read every sample?)
+_NUMERIC = (
+    (_property("address_assign_type"), "addr_assign_type", False),
+    (_property("carrier"), "carrier", True),
+    (_property("carrier_changes_total", counter), "carrier_changes", True),
+    (_property("carrier_up_changes_total", counter), "carrier_up_count", True),
+    (_property("carrier_down_changes_total", counter), "carrier_down_count", True),
+    (_property("device_id"), "dev_id", False),
+    (_property("dormant"), "dormant", True),
+    (_property("flags"), "flags", False),
+    (_property("iface_id"), "ifindex", False),
+    (_property("iface_link"), "iflink", False),
+    (_property("iface_link_mode"), "link_mode", False),
+    (_property("mtu_bytes"), "mtu", False),
+    (_property("name_assign_type"), "name_assign_type", False),
+    (_property("net_dev_group"), "netdev_group", False),
+    (_property("speed_bytes"), "speed", False),
+    (_property("transmit_queue_length"), "tx_queue_len", False),
+    (_property("protocol_type"), "type", False),
+)
+_STRINGS = ("address", "broadcast", "duplex", "ifalias")
+
+
+def _number(text: str | bytes | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip(), 0)
+    except ValueError:
+        return None
+
+
+class _Interface:
+    """One interface's kept-open dynamic attributes and its cached properties."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.files: dict[str, ProcFile | None] = {}
+        for attr in ("operstate", *(a for _, a, dynamic in _NUMERIC if dynamic)):
+            try:
+                self.files[attr] = ProcFile(f"{path}/{attr}")
+            except OSError:
+                self.files[attr] = None
+        self.refreshed = -1e18
+        self.strings: dict[str, str] = {}
+        self.numbers: dict[str, int | None] = {}
+
+    def read(self, attr: str) -> str | None:
+        pf = self.files.get(attr)
+        if pf is None:
+            return None
+        try:
+            return pf.read().strip()
+        except OSError:  # EINVAL: the driver has no value now
+            return None
+
+    def refresh(self, now: float) -> None:
+        if now - self.refreshed < PROPERTIES_REFRESH_SECONDS:
+            return
+        self.refreshed = now
+        self.strings = {a: (read_once(f"{self.path}/{a}") or "").strip() for a in _STRINGS}
+        self.numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
+
+    def close(self) -> None:
+        for pf in self.files.values():
+            if pf is not None:
+                pf.close()
+
+
+class Netclass(Collector):
+    name = "netclass"
+    reports = ("netclass",)
+    families = (UP, INFO, *(fam for fam, _, _ in _NUMERIC))
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._root = f"{ctx.sysfs}/class/net"
+        os.listdir(self._root)  # unavailable without sysfs
+        self._interfaces: dict[str, _Interface] = {}
+
+    def collect(self, out: Sample) -> None:
+        now = time.monotonic()
+        names = sorted(os.listdir(self._root))
+        for gone in [n for n in self._interfaces if n not in names]:
+            self._interfaces.pop(gone).close()
+        add = out.add
+        for name in names:
+            iface = self._interfaces.get(name)
+            if iface is None:
+                iface = self._interfaces[name] = _Interface(f"{self._root}/{name}")
+            iface.refresh(now)
+            operstate = iface.read("operstate") or ""
+            labels = (name,)
+            add(UP, labels, 1 if operstate == "up" else 0)
+            s = iface.strings
+            add(INFO, (name, s["address"], s["broadcast"], s["duplex"], operstate, s["ifalias"]), 1)
+            for family, attr, dynamic in _NUMERIC:
+                value = _number(iface.read(attr)) if dynamic else iface.numbers.get(attr)
+                if value is None:
+                    continue
+                if attr == "speed":
+                    value = value * 1000 * 1000 // 8  # Mbit/s to bytes/s; -1 (unknown) stays negative, as there
+                add(family, labels, value)
+
+    def close(self) -> None:
+        super().close()
+        for iface in self._interfaces.values():
+            iface.close()
+        self._interfaces.clear()

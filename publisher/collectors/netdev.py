@@ -1,0 +1,83 @@
+"""/proc/net/dev: node_exporter's ``netdev`` collector (its legacy names, as it shows them by default).
+
+node_exporter 1.5.0 reads the counters over netlink and folds the detailed
+error counters into /proc/net/dev's columns (``legacy()``), so /proc/net/dev
+gives the same numbers; ``receive_nohandler``, which only netlink has, comes
+from the interface's sysfs statistics file.  Also fills the layout's ``net``
+array and its byte totals.
+"""
+
+from __future__ import annotations
+
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter
+
+# /proc/net/dev columns, in order, as node_exporter names them.
+_COLUMNS = ("receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
+            "receive_compressed", "receive_multicast", "transmit_bytes", "transmit_packets", "transmit_errs",
+            "transmit_drop", "transmit_fifo", "transmit_colls", "transmit_carrier", "transmit_compressed")
+
+
+def _family(key: str):
+    return counter(f"node_network_{key}_total", f"Network device statistic {key}.", "device")
+
+
+COLUMN_FAMILIES = tuple(_family(key) for key in _COLUMNS)
+NOHANDLER = _family("receive_nohandler")
+
+
+class Netdev(Collector):
+    name = "net"
+    reports = ("netdev",)
+    families = (*COLUMN_FAMILIES, NOHANDLER)
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._file = self.open(f"{ctx.procfs}/net/dev")
+        self._nohandler: dict[str, ProcFile | None] = {}
+
+    def _nohandler_file(self, device: str) -> ProcFile | None:
+        if device not in self._nohandler:
+            try:
+                self._nohandler[device] = ProcFile(f"{self.ctx.sysfs}/class/net/{device}/statistics/rx_nohandler")
+            except OSError:
+                self._nohandler[device] = None
+        return self._nohandler[device]
+
+    def collect(self, out: Sample) -> None:
+        rows = []
+        add = out.add
+        excluded = self.ctx.filters.net_excluded
+        seen = set()
+        for line in self._file.read().splitlines()[2:]:
+            name, _, rest = line.partition(":")
+            name = name.strip()
+            if not name or excluded(name):
+                continue
+            v = [int(x) for x in rest.split()]
+            rows.append({"device": name, "rx_bytes": v[0], "tx_bytes": v[8], "rx_packets": v[1],
+                         "tx_packets": v[9], "rx_errors": v[2], "tx_errors": v[10],
+                         "rx_dropped": v[3], "tx_dropped": v[11]})
+            labels = (name,)
+            for family, value in zip(COLUMN_FAMILIES, v):
+                add(family, labels, value)
+            seen.add(name)
+            pf = self._nohandler_file(name)
+            if pf is not None:
+                try:
+                    add(NOHANDLER, labels, int(pf.read_bytes()))
+                except (OSError, ValueError):  # the interface went away between the two reads
+                    pass
+        for gone in [d for d in self._nohandler if d not in seen]:
+            pf = self._nohandler.pop(gone)
+            if pf is not None:
+                pf.close()
+        out.net = rows
+        out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
+        out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
+
+    def close(self) -> None:
+        super().close()
+        for pf in self._nohandler.values():
+            if pf is not None:
+                pf.close()
+        self._nohandler.clear()

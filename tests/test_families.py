@@ -1,0 +1,104 @@
+"""The self-describing family sections: what the publisher encodes, a reader decodes, hostile bytes included."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from shm_metrics import families as F
+from shm_metrics import shm_layout as L
+
+LOAD = F.FamilyInfo("node_load1", F.GAUGE, "1m load average.", ())
+NET = F.FamilyInfo("node_network_receive_bytes_total", F.COUNTER, "Network device statistic receive_bytes.",
+                   ("device",))
+INFO = F.FamilyInfo("node_network_info", F.GAUGE, 'Non-numeric "data", \\ and\nnewline.',
+                    ("device", "address", "ifalias"))
+VM = F.FamilyInfo("node_vmstat_pgfault", F.UNTYPED, "/proc/vmstat information field pgfault.", ())
+CATALOG = (LOAD, NET, INFO, VM)
+
+
+def roundtrip(series, catalog=CATALOG, **limits):
+    rows, strings = F.encode_catalog(catalog)
+    decoded = F.Catalog(F.decode_catalog(rows, strings))
+    data, blob, kept, dropped = F.SeriesEncoder({f: i for i, f in enumerate(catalog)}).encode(series, **limits)
+    assert len(data) == kept * L.SERIES.size and len(blob) % 8 == 0
+    return F.FamilyView(decoded, data, blob), dropped
+
+
+def test_catalog_and_series_round_trip_sorted_by_family_with_shared_label_bytes():
+    series = [(NET, ("eth0",), 10), (INFO, ("eth0", "02:fc", ""), 1), (LOAD, (), 0.5), (NET, ("lo",), 2**53 + 1),
+              (INFO, ("wlan\u00e9", "", "my \"uplink\""), 1), (VM, (), 7)]
+    view, dropped = roundtrip(series)
+    assert dropped == 0 and len(view) == 6
+    assert [f.name for f in view] == [LOAD.name, NET.name, INFO.name, VM.name]  # catalog order
+    assert view[LOAD.name] == F.Family(*LOAD, [((), 0.5)])
+    assert view[NET.name].series == [(("eth0",), 10.0), (("lo",), float(2**53 + 1))]
+    assert view[INFO.name].series == [(("eth0", "02:fc", ""), 1.0), (("wlan\u00e9", "", 'my "uplink"'), 1.0)]
+    assert view[VM.name].type == "untyped" and view[INFO.name].help == INFO.help
+    assert view.get("node_nothing") is None and view.to_dict()[NET.name]["series"][1] == {
+        "labels": {"device": "lo"}, "value": float(2**53 + 1)}
+
+
+def test_one_label_with_an_empty_value_is_not_confused_with_no_labels():
+    view, _ = roundtrip([(NET, ("",), 1.0), (LOAD, (), 2.0)])
+    assert view[NET.name].series == [(("",), 1.0)] and view[LOAD.name].series == [((), 2.0)]
+
+
+def test_capacity_limits_and_unknown_families_are_counted_not_written():
+    stranger = F.FamilyInfo("node_stranger", F.GAUGE, "not in the catalog", ())
+    series = [(NET, (f"eth{i}",), i) for i in range(10)] + [(stranger, (), 1)]
+    view, dropped = roundtrip(series, max_rows=4)
+    assert len(view) == 4 and dropped == 7
+    view, dropped = roundtrip(series, max_bytes=16)  # "eth0".."eth3" fit in 16 bytes
+    assert [v for (v,), _ in view[NET.name].series] == ["eth0", "eth1", "eth2", "eth3"] and dropped == 7
+
+
+def test_nul_cannot_split_a_label_value():
+    view, _ = roundtrip([(NET, ("et\0h0",), 1.0)])
+    assert view[NET.name].series == [(("eth0",), 1.0)]
+
+
+def test_hostile_catalog_and_series_never_raise_anything_but_layout_error():
+    rows, strings = F.encode_catalog(CATALOG)
+    bad = bytearray(rows)
+    struct.pack_into("<I", bad, 0, len(strings) + 100)  # name offset beyond the blob
+    with pytest.raises(L.LayoutError):
+        F.decode_catalog(bytes(bad), strings)
+    bad = bytearray(rows)
+    struct.pack_into("<I", bad, 24, 7)  # type 7
+    with pytest.raises(L.LayoutError):
+        F.decode_catalog(bytes(bad), strings)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    # Unsorted rows, a family index beyond the catalog, label bytes beyond the blob: decoding ends, skips them.
+    pack = L.SERIES.struct.pack
+    series = pack(1, 0, 4, 1.0) + pack(0, 0, 0, 2.0) + pack(1, 0, 4, 3.0) + pack(99, 0, 0, 4.0) + pack(1, 4, 900, 5.0)
+    view = F.FamilyView(catalog, series, b"eth0\0\0\0\0")
+    families = list(view)
+    assert sum(len(f.series) for f in families) == 4 and all(f.name in catalog.index for f in families)
+
+
+def test_repeated_series_reuse_the_previous_encoding_and_match_a_fresh_one():
+    index = {f: i for i, f in enumerate(CATALOG)}
+    reused = F.SeriesEncoder(index)
+
+    def sample(values, devices=("eth0", "lo")):
+        return [(NET, (d,), v) for d, v in zip(devices, values)] + [(LOAD, (), values[0] / 10)]
+
+    three = ("eth0", "lo", "eth1")
+    for series in (sample([1, 2]), sample([3, 4]), sample([5, 6, 7], three), sample([8, 9, 10], three),
+                   [(LOAD, (), 1.5)], sample([11, 12])):
+        assert reused.encode(series, max_rows=3) == F.SeriesEncoder(index).encode(series, max_rows=3)
+    assert reused.encode([]) == (b"", b"", 0, 0)
+
+
+def test_label_positions_cached_for_one_blob_are_not_used_for_another():
+    rows, strings = F.encode_catalog(CATALOG)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    index = {f: i for i, f in enumerate(CATALOG)}
+    views = []
+    for device in ("eth0", "eth1", "eth0"):  # same positions, different bytes, then the first again
+        data, blob, _, _ = F.SeriesEncoder(index).encode([(NET, (device,), 1.0)])
+        views.append(F.FamilyView(catalog, data, blob))
+        assert views[-1][NET.name].series == [((device,), 1.0)]
+    assert views[0][NET.name].series == [(("eth0",), 1.0)]  # an older snapshot still decodes its own blob
