@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from shm_metrics import shm_layout as L
@@ -31,6 +32,19 @@ def human_bytes(value: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def df_use_percent(size: float, free: float, avail: float) -> int:
+    """A filesystem's use as ``df`` prints it: used / (used + avail), rounded up, where used = size - free.
+
+    ``avail`` leaves out the blocks reserved for root, so a disk whose users can
+    write nothing more reads 100 %, as in df (size - free over size would say ~95 %).
+    """
+    used = max(size - free, 0)
+    total = used + max(avail, 0)
+    if not (total > 0 and _finite(total)):
+        return 0
+    return min(int(math.ceil(100 * used / total)), 100)
 
 
 def seconds(value: float) -> str:
