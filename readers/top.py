@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shm_metrics import shm_layout as L
 from shm_metrics.readers import format as fmt
 from shm_metrics.readers.cliargs import resolve_reader_options
-from shm_metrics.readers.reader import PUBLISHER_USER_ENV, IncompatibleSegment, Reader, Snapshot
+from shm_metrics.readers.reader import IncompatibleSegment, Reader, Snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,22 +34,19 @@ exit codes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shm_metrics.readers.cliargs import OneLineParser, segment_name
+    from shm_metrics.readers.cli import add_common_options
+    from shm_metrics.readers.cliargs import ENVIRONMENT_HELP, OneLineParser, paragraph
 
     p = OneLineParser(prog="shm-read top", formatter_class=argparse.RawDescriptionHelpFormatter,
-                      description="The top processes by CPU and by memory, and process counts by state, as the "
-                                  "publisher (--top N) sampled them. Live on a terminal; once otherwise.",
-                      epilog=EXIT_HELP)
-    p.add_argument("--name", type=segment_name, default=None,
-                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
-    p.add_argument("--publisher-user", metavar="USER", default=None,
-                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
-                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
+                      description=paragraph(
+                          "The top processes by CPU and by memory, and process counts by state, as the publisher "
+                          "(--top N) sampled them. Live on a terminal (P sorts by CPU, M by memory, q quits); once "
+                          "otherwise. Options may also come before 'top'."),
+                      epilog=EXIT_HELP + ENVIRONMENT_HELP)
+    add_common_options(p)
     p.add_argument("--once", action="store_true", help="print the tables once and exit")
     p.add_argument("--json", action="store_true",
                    help='with --once: {"by_cpu": [...], "by_rss": [...], "states": {...}}')
-    p.add_argument("--max-age", type=float, metavar="SECONDS",
-                   help="a sample older than this is stale (default 2 x interval + 1 s)")
     return p
 
 

@@ -216,14 +216,58 @@ def test_once_several_fields_print_field_value_lines(name, start_publisher):
 
 
 # ----------------------------------------------------------------- usage errors
-def test_unknown_field_exits_2_and_lists_valid_fields(name, start_publisher):
+def test_a_mistyped_field_is_one_short_line_with_the_closest_names(name, start_publisher):
     start_publisher(name, "--interval", INTERVAL)
-    out = run_reader("--name", name, "--once", "no_such_field")
+    out = run_reader("--name", name, "--once", "procs_totl")
     assert_clean_failure(out, 2)
-    assert out.stdout == ""
-    assert "no_such_field" in out.stderr
-    for field in ("procs_total", "mem_total_bytes", "load1", "seq", "cpus", "filesystems"):
-        assert field in out.stderr
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and len(out.stderr) < 150, out.stderr
+    assert "'procs_totl'" in out.stderr and "did you mean procs_total" in out.stderr
+    nothing_close = run_reader("--name", name, "--once", "zzzz")
+    assert_clean_failure(nothing_close, 2)
+    assert "--list-fields" in nothing_close.stderr and nothing_close.stderr.count("\n") == 1
+    history = run_reader("--name", name, "--history", "load_1")
+    assert_clean_failure(history, 2)
+    assert "did you mean load1" in history.stderr and history.stderr.count("\n") == 1
+
+
+def test_every_key_of_json_can_be_asked_for_by_name(name, start_publisher):
+    start_publisher(name, "--interval", INTERVAL)
+    listed = run_reader("--list-fields")
+    assert listed.returncode == 0
+    fields = listed.stdout.split()
+    wait_for(lambda: json.loads(run_reader("--name", name, "--once", "--json").stdout)["rates"], what="rates")
+    keys = list(json.loads(run_reader("--name", name, "--once", "--json").stdout))
+    assert set(keys) <= set(fields), set(keys) - set(fields)
+    out = run_reader("--name", name, "--once", "--json", *keys)
+    assert out.returncode == 0, out.stderr
+    assert list(json.loads(out.stdout)) == keys
+    rates = run_reader("--name", name, "--once", "rates")
+    assert rates.returncode == 0 and set(json.loads(rates.stdout)) >= {"over_seconds", "forks_per_second"}
+
+
+@pytest.mark.parametrize("args", [
+    ["--name", "{name}", "top", "--once", "--json"],
+    ["top", "--name", "{name}", "--once", "--json"],
+    ["--once", "top", "--name", "{name}", "--json"],
+    ["--max-age", "30", "--json", "top", "--once", "--name={name}"],
+])
+def test_options_mean_the_same_before_and_after_the_subcommand(name, start_publisher, args):
+    start_publisher(name, "--interval", INTERVAL)
+    out = run_reader(*(a.format(name=name) for a in args))
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)) >= {"by_cpu", "by_rss", "states"}
+
+
+@pytest.mark.parametrize("command", [[], ["top"]])
+def test_every_command_takes_version_help_and_checks_max_age_alike(command):
+    version = run_reader(*command, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"shm-read \S+ \(layout \d+\)\n", version.stdout)
+    usage = run_reader(*command, "--help")
+    assert usage.returncode == 0 and "SHM_METRICS_NAME" in usage.stdout and "--max-age" in usage.stdout
+    for bad in ("-1", "0", "nan", "soon"):
+        out = run_reader(*command, "--max-age", bad, "--once")
+        assert_clean_failure(out, 2)
+        assert out.stderr.count("\n") == 1 and "--max-age" in out.stderr, out.stderr
 
 
 def test_bad_name_exits_2_with_one_line(name):
