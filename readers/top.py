@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T": "stopped",
                "t": "tracing_stop", "X": "dead", "x": "dead", "I": "idle", "P": "parked", "W": "waking",
                "K": "wakekill"}
-COLUMNS = ("pid", "user", "state", "cpu_percent", "rss_bytes", "threads", "name")
+COLUMNS = fmt.PROCESS_COLUMNS
 EXIT_HELP = """\
 exit codes:
   0    ok
@@ -62,13 +62,16 @@ def state_counts(snap: Snapshot) -> dict[str, dict]:
 
 
 def to_json(snap: Snapshot) -> dict:
-    return {"by_cpu": snap.top_cpu, "by_rss": snap.top_rss, "states": state_counts(snap),
+    def ordered(rows: list[dict]) -> list[dict]:
+        return [{c: row[c] for c in COLUMNS} for row in rows]  # the columns in the order every view shows
+
+    return {"by_cpu": ordered(snap.top_cpu), "by_rss": ordered(snap.top_rss), "states": state_counts(snap),
             "seq": snap.seq, "sample_time": snap.sample_time, "hostname": snap.hostname,
             "procs_total": snap.procs_total, "threads_total": snap.threads_total}
 
 
 def _cells(row: dict) -> list[str]:
-    return [str(row["pid"]), row["user"], row["state"], f"{row['cpu_percent']:.1f}",
+    return [str(row["pid"]), row["user"], row["state"], fmt.cell(row["cpu_percent"]),
             fmt.human_bytes(row["rss_bytes"]), str(row["threads"]), row["name"]]
 
 

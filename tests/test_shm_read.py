@@ -641,3 +641,33 @@ def test_api_follow_yields_increasing_seq(name, start_publisher):
     assert all(a < b for a, b in zip(seqs, seqs[1:])), seqs
     assert all(s.is_fresh() and s.publisher_pid == pub.pid for s in snaps)
     assert len({s.seq for s in snaps}) == 4
+
+
+# ----------------------------------------------------------------- numbers that agree
+def test_once_table_agrees_with_df_and_with_top_and_aligns_its_columns(name, start_publisher):
+    start_publisher(name, "--interval", INTERVAL)
+    out = run_reader("--name", name, "--once")
+    assert out.returncode == 0, out.stderr
+    sections = {block.split(":", 1)[0]: block.splitlines() for block in out.stdout.split("\n\n")}
+
+    fs = sections["filesystems"]
+    assert "used / (used + avail), as df" in fs[0]
+    head = fs[1].split()
+    rows = {line.split()[0]: line.split() for line in fs[2:]}
+    df = subprocess.run(["df", "--output=pcent", "/"], capture_output=True, text=True).stdout.split()[-1]
+    assert rows["/"][head.index("use_percent") - len(head)] + "%" == df
+
+    # The process columns in the order shm-read top shows them, headings aligned as their values.
+    top = run_reader("top", "--name", name, "--once").stdout.splitlines()
+    top_head = next(line for line in top if line.strip().startswith("pid"))
+    for table in ("top_cpu", "top_rss"):
+        assert sections[table][1].split() == top_head.split()
+        heading, first = sections[table][1], sections[table][2]
+        assert heading.index("pid") + 3 == first.index(first.split()[0]) + len(first.split()[0])  # right-aligned
+
+    # Scalars and rates: one column of values, every float with two decimals.
+    values = [line for line in out.stdout.splitlines() if re.match(r"^[a-z_0-9]+ +-?[\d.]+( |$)", line)]
+    ends = {len(re.match(r"^[a-z_0-9]+ +-?[\d.]+", line).group(0)) for line in values}
+    assert len(ends) == 1, ends
+    floats = [line.split()[1] for line in values if "." in line.split()[1]]
+    assert floats and all(re.fullmatch(r"-?\d+\.\d\d", f) for f in floats), floats
