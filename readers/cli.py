@@ -247,7 +247,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             width = max(map(len, info))
             for key, value in info.items():
-                if isinstance(value, dict):
+                if key == "history":
+                    value = (f"{value['capacity']} samples, {fmt.seconds(value['holds_seconds'])} at this "
+                             f"interval; now {value['samples']} covering {fmt.seconds(value['covers_seconds'])}")
+                elif isinstance(value, dict):
                     value = ", ".join(f"{k}={v}" for k, v in value.items())
                 elif isinstance(value, float):
                     value = f"{value:.6f}"
@@ -256,9 +259,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _history_info(reader: Reader) -> dict:
+    """The ring's capacity as a span of time (what it holds once full) and what it covers now."""
     entries = reader.history()
     span = entries[-1]["sample_time"] - entries[0]["sample_time"] if entries else 0.0
-    return {"capacity": reader.capacities["history"], "samples": len(entries), "covers_seconds": round(span, 3)}
+    capacity = reader.capacities["history"]
+    return {"capacity": capacity, "holds_seconds": round(capacity * reader.interval, 3),
+            "samples": len(entries), "covers_seconds": round(span, 3)}
 
 
 def cmd_follow(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ EXIT_USAGE = 2
 ENVIRONMENT_HELP = f"""
 environment:
   {L.NAME_ENV}             the segment name when --name is not given
-  SHM_METRICS_PUBLISHER_USER   the user trusted besides root and you, when --publisher-user is not given
+  SHM_METRICS_PUBLISHER_USER   the user trusted besides root and you when
+                               --publisher-user is not given
 """
 
 
@@ -32,6 +33,12 @@ def paragraph(text: str) -> str:
     import textwrap
 
     return textwrap.fill(text, 79)
+
+
+def description_from(doc: str) -> str:
+    """A module docstring's first paragraph as a --help description: reStructuredText's ``literal``
+    markup taken out, wrapped for 80 columns."""
+    return paragraph(" ".join(doc.split("\n\n")[0].replace("``", "").split()))
 
 
 def segment_name(text: str) -> str:

@@ -504,9 +504,11 @@ def test_info_text_and_json(name, start_publisher):
     assert data["size_bytes"] == os.path.getsize(L.segment_path(name))
     assert data["capacities"]["net"] == 7 and set(data["capacities"]) == {
         "cpus", "net", "disks", "filesystems", "history", "top_cpu", "top_rss", "process_states"}
-    assert data["capacities"]["history"] == L.DEFAULT_HISTORY and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
+    ten_minutes = round(600 / float(INTERVAL))  # the default ring holds ten minutes at any interval
+    assert data["capacities"]["history"] == ten_minutes and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
+    assert data["history"]["holds_seconds"] == 600
     assert data["seq"] > 0 and data["seq"] % 2 == 0 and data["samples"] == data["seq"] // 2
-    assert data["history"]["samples"] == min(data["samples"], L.DEFAULT_HISTORY)
+    assert data["history"]["samples"] == min(data["samples"], ten_minutes)
     assert data["wake"] == "futex"
     assert data["interval_seconds"] == float(INTERVAL) and data["age_seconds"] >= 0
 
