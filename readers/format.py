@@ -120,9 +120,10 @@ def _rows_table(title: str, rows: list[dict], columns: list[str]) -> list[str]:
         return "  " + "  ".join(v.rjust(w) if num else v.ljust(w)
                                 for v, w, num in zip(values, widths, numeric)).rstrip()
 
-    lines = [f"{title}:" + (" (use_percent = used / (used + avail), as df)" if title == "filesystems" else ""),
-             line(columns)]
+    lines = [f"{title}:", line(columns)]
     lines += [line(row) for row in cells]
+    if title == "filesystems":
+        lines.append("  (use_percent = used / (used + avail), rounded up, as df computes it)")
     return lines
 
 

@@ -10,7 +10,8 @@ terminal is restored as it was.
 Samples come from a thread that follows the segment (it sleeps in the kernel
 until the publisher wakes it); the main thread sleeps in ``select`` on the
 keyboard and a pipe the follower and SIGWINCH write to, so a key or a resize
-is answered at once, not at the next sample.
+is answered at once, not at the next sample.  SIGTERM and SIGHUP end the view
+like ``q`` does, but with exit code 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def run_view(follow: Callable[[Callable[[str], None]], Iterator[Any]],
     events: queue.SimpleQueue = queue.SimpleQueue()
     console = Console(file=sys.stdout, force_terminal=True, highlight=False)
     previous_winch = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_write, b"r"))
+
+    def end(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through full_screen's restore, unlike the default action
+
+    previous_term = signal.signal(signal.SIGTERM, end)
+    previous_hup = signal.signal(signal.SIGHUP, end)
     latest, status = None, "waiting for the first sample"
     try:
         with full_screen(keyboard):
@@ -149,3 +156,5 @@ def run_view(follow: Callable[[Callable[[str], None]], Iterator[Any]],
         # The pipe stays open: the follower thread (asleep in the kernel, ended with the process) may
         # still write to it, and a closed descriptor's number could by then belong to another file.
         signal.signal(signal.SIGWINCH, previous_winch)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGHUP, previous_hup)

@@ -198,12 +198,13 @@ def test_top_switches_sort_on_m_and_p_and_quits_on_q(name, start_publisher, term
     assert term.pty.proc.wait(10) == 0
 
 
-def test_ctrl_c_restores_the_terminal_too(name, start_publisher, terminals):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_ctrl_c_and_sigterm_restore_the_terminal_too(name, start_publisher, terminals, sig, code):
     start_publisher(name, "--interval", "0.2")
     term = terminals([*READER, "--name", name], 80, 24)
     before = term.local_flags()
     term.wait_screen(lambda s: "FILESYSTEM" in s, "a frame")
     assert term.local_flags() != before
-    term.pty.proc.send_signal(signal.SIGINT)
-    assert term.pty.proc.wait(10) == 130
+    term.pty.proc.send_signal(sig)
+    assert term.pty.proc.wait(10) == code
     assert term.local_flags() == before
