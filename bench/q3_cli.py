@@ -61,10 +61,25 @@ def _setuptools_recent_enough() -> bool:
         return False
 
 
+# What a build must not see: the checkout's own build products, caches and environments.
+NOT_SOURCE = ("build", "dist", "*.egg-info", ".venv", "venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache",
+              "results")
+
+
+def source_copy(target: Path) -> Path:
+    """The repository's files, copied to ``target`` for building: pip builds in the source tree, and a
+    build there would leave build/ behind in the checkout, whose stale files a later wheel could pick up."""
+    import shutil
+
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(*NOT_SOURCE), symlinks=True)
+    return target
+
+
 def installed_venv(directory: Path) -> Path:
     """A fresh venv in ``directory`` with the wheel of this repository installed as pip installs it."""
     wheels = directory / "wheel"
-    build = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--quiet", "--wheel-dir", str(wheels),
+    source = source_copy(directory / "source")
+    build = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--quiet", "--wheel-dir", str(wheels),
              *(["--no-build-isolation"] if _setuptools_recent_enough() else [])]  # else pip fetches setuptools
     subprocess.run(build, check=True, capture_output=True, cwd=directory)
     venv = directory / "venv"

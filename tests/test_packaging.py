@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,11 +15,16 @@ from pathlib import Path
 from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+# Built from a copy (pip builds in the source tree: a build in the checkout would leave build/ in it).
+NOT_SOURCE = ("build", "dist", "*.egg-info", ".venv", "venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache",
+              "results")
 
 
 def test_the_wheel_builds_cleanly_installs_one_package_and_its_commands_work(tmp_path, name, start_publisher):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # else setuptools says so
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-v", "--wheel-dir",
+    had_build_dir = (ROOT / "build").exists()
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(*NOT_SOURCE))  # as bench
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-v", "--wheel-dir",
                             str(tmp_path / "wheel")], capture_output=True, text=True, env=env, cwd=tmp_path,
                            timeout=300)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr
@@ -30,6 +36,7 @@ def test_the_wheel_builds_cleanly_installs_one_package_and_its_commands_work(tmp
         names = archive.namelist()
     assert {n.split("/")[0] for n in names} == {"shm_metrics", wheel.name.split("-py3")[0] + ".dist-info"}
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    assert (ROOT / "build").exists() == had_build_dir, "the build must not write into the checkout"
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
