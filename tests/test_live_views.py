@@ -208,3 +208,13 @@ def test_ctrl_c_and_sigterm_restore_the_terminal_too(name, start_publisher, term
     term.pty.proc.send_signal(sig)
     assert term.pty.proc.wait(10) == code
     assert term.local_flags() == before
+
+
+@pytest.mark.parametrize("width,height", [(20, 5), (40, 10), (60, 15), (119, 30), (120, 30), (300, 100)])
+@pytest.mark.parametrize("host", HOSTS)
+def test_any_terminal_size_gets_a_screen_that_fits(width, height, host):
+    lines = frame(width, height, **HOSTS[host])
+    assert lines[0].endswith("q quit") or width < 30
+    assert len(lines) == height or "FILESYSTEM" in "\n".join(lines)  # fills the screen, or shows everything
+    top_lines = top.render(snapshot(), "M", width, height)
+    assert len(top_lines) <= height and all(line.cell_len <= width for line in top_lines)
