@@ -1,7 +1,8 @@
 """The live views (``shm-read``, ``shm-read top``) at 80x24 and 200x50.
 
-The render functions are fed synthetic snapshots of small and big hosts (2 and
-128 CPUs, many interfaces, disks, filesystems); the whole programs run on a
+The render functions are fed snapshots of made-up small and big hosts (2 and
+128 CPUs, many interfaces, disks, filesystems) published into a real segment
+and read back (tests/synthetic.py); the whole programs run on a
 real pty against a real publisher, and a terminal emulator (pyte) reads the
 screen back: what a user would see, after resizes and keys.
 """
@@ -20,7 +21,7 @@ import time
 import pyte
 import pytest
 from conftest import READER, PtyProcess
-from synthetic import snapshot
+from synthetic import snapshots
 
 from shm_metrics.readers import live, top
 
@@ -29,9 +30,8 @@ HOSTS = {"small": dict(cpus=2, nets=1, disks=1, filesystems=2),
          "big": dict(cpus=128, nets=40, disks=30, filesystems=25)}
 
 
-def frame(width: int, height: int, **host) -> list[str]:
-    before = snapshot(**host, sample_monotonic=1000.0, scale=1.0)
-    now = snapshot(**host, sample_monotonic=1001.0, scale=1.01)
+def frame(name: str, width: int, height: int, **host) -> list[str]:
+    before, now = snapshots(name, **host)
     lines = live.render(now, before, None, width, height)
     assert len(lines) <= height
     assert all(line.cell_len <= width for line in lines), [line.plain for line in lines if line.cell_len > width]
@@ -40,38 +40,38 @@ def frame(width: int, height: int, **host) -> list[str]:
 
 @pytest.mark.parametrize("width,height", SIZES)
 @pytest.mark.parametrize("host", HOSTS)
-def test_every_panel_fits_the_screen(width, height, host):
-    screen = "\n".join(frame(width, height, **HOSTS[host]))
+def test_every_panel_fits_the_screen(name, width, height, host):
+    screen = "\n".join(frame(name, width, height, **HOSTS[host]))
     for heading in ("q quit", "cpu[", "mem[", "swp[", "load 1.25", "NETWORK", "DISK", "FILESYSTEM"):
         assert heading in screen, (heading, screen)
     # df's figure: used 22 GiB, avail 78 GiB -> 22 %, and the heading says how it is computed
     assert re.search(r"^/ .* 22%$", screen, re.M) and "used/(used+avail)" in screen
 
 
-def test_two_cpus_are_two_wide_meters_on_one_row():
-    lines = frame(80, 24, **HOSTS["small"])
+def test_two_cpus_are_two_wide_meters_on_one_row(name):
+    lines = frame(name, 80, 24, **HOSTS["small"])
     row = next(line for line in lines if line.startswith("0["))
     assert re.fullmatch(r"0\[ *0\.0%\] 1\[\|+ *37\.0%\]", row), row
     assert len(row) == 80
 
 
-def test_128_cpus_on_a_big_terminal_are_meters_with_every_cpu():
-    text = "\n".join(frame(200, 50, **HOSTS["big"]))
+def test_128_cpus_on_a_big_terminal_are_meters_with_every_cpu(name):
+    text = "\n".join(frame(name, 200, 50, **HOSTS["big"]))
     labels = {int(m) for m in re.findall(r"(\d+)\[", text)}
     assert labels == set(range(128))
     assert "100.0%]" in text and "30[" in text  # CPU 30 of the synthetic host is 100 % busy
 
 
-def test_128_cpus_on_80x24_are_level_cells_naming_the_busiest():
-    lines = frame(80, 24, **HOSTS["big"])
+def test_128_cpus_on_80x24_are_level_cells_naming_the_busiest(name):
+    lines = frame(name, 80, 24, **HOSTS["big"])
     cells = [line for line in lines if re.fullmatch(r" *\d+ [▁▂▃▄▅▆▇█]+", line)]
     assert sum(len(line.split()[1]) for line in cells) == 128  # one cell per CPU
     legend = next(line for line in lines if "busiest:" in line)
     assert "cpu30 100%" in legend
 
 
-def test_panels_too_long_for_the_screen_show_their_busiest_rows_and_a_summary():
-    lines = frame(80, 24, **HOSTS["big"])
+def test_panels_too_long_for_the_screen_show_their_busiest_rows_and_a_summary(name):
+    lines = frame(name, 80, 24, **HOSTS["big"])
     text = "\n".join(lines)
     assert re.search(r"^\+\d+ more interfaces: rx .*/s, tx .*/s$", text, re.M)
     assert re.search(r"^\+\d+ more disks: read", text, re.M)
@@ -82,8 +82,8 @@ def test_panels_too_long_for_the_screen_show_their_busiest_rows_and_a_summary():
 
 @pytest.mark.parametrize("width,height", SIZES)
 @pytest.mark.parametrize("sort", ["P", "M"])
-def test_top_shows_the_chosen_table_whole_and_fits(width, height, sort):
-    lines = top.render(snapshot(), sort, width, height)
+def test_top_shows_the_chosen_table_whole_and_fits(name, width, height, sort):
+    lines = top.render(snapshots(name)[1], sort, width, height)
     assert len(lines) <= height and all(line.cell_len <= width for line in lines)
     text = [line.plain for line in lines]
     headings = [i for i, line in enumerate(text) if line.lstrip().startswith("PID USER")]
@@ -212,9 +212,9 @@ def test_ctrl_c_and_sigterm_restore_the_terminal_too(name, start_publisher, term
 
 @pytest.mark.parametrize("width,height", [(20, 5), (40, 10), (60, 15), (119, 30), (120, 30), (300, 100)])
 @pytest.mark.parametrize("host", HOSTS)
-def test_any_terminal_size_gets_a_screen_that_fits(width, height, host):
-    lines = frame(width, height, **HOSTS[host])
+def test_any_terminal_size_gets_a_screen_that_fits(name, width, height, host):
+    lines = frame(name, width, height, **HOSTS[host])
     assert lines[0].endswith("q quit") or width < 30
     assert len(lines) == height or "FILESYSTEM" in "\n".join(lines)  # fills the screen, or shows everything
-    top_lines = top.render(snapshot(), "M", width, height)
+    top_lines = top.render(snapshots(name)[1], "M", width, height)
     assert len(top_lines) <= height and all(line.cell_len <= width for line in top_lines)
