@@ -218,3 +218,18 @@ def test_any_terminal_size_gets_a_screen_that_fits(name, width, height, host):
     assert len(lines) == height or "FILESYSTEM" in "\n".join(lines)  # fills the screen, or shows everything
     top_lines = top.render(snapshots(name)[1], "M", width, height)
     assert len(top_lines) <= height and all(line.cell_len <= width for line in top_lines)
+
+
+def test_the_view_says_when_the_publisher_goes_and_comes_back(name, start_publisher, terminals):
+    term = terminals([*READER, "--name", name], 80, 24)
+    term.wait_screen(lambda s: s.startswith(f"shm-read: waiting for shm-publisher to create {name}"),
+                     "the wait for a publisher")
+    first = start_publisher(name, "--interval", "0.2")
+    term.wait_screen(lambda s: "FILESYSTEM" in s and not s.startswith("shm-read:"), "a frame")
+    assert first.stop() == 0
+    gone = term.wait_screen(lambda s: s.startswith("shm-read:"), "the publisher's absence on the first line")
+    assert "FILESYSTEM" in gone  # the last frame stays under the message
+    start_publisher(name, "--interval", "0.2")
+    term.wait_screen(lambda s: not s.startswith("shm-read:") and "FILESYSTEM" in s, "frames again")
+    term.press(b"q")
+    assert term.pty.proc.wait(10) == 0
