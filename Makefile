@@ -16,12 +16,13 @@ $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# A publisher in the background, the live view in front; Ctrl-C stops both and
-# the publisher removes its segment and semaphore on the way out.
+# A publisher in the background, the live view in front; q or Ctrl-C stops both and
+# the publisher removes its segment and semaphore on the way out.  Ctrl-C is how the
+# user ends it, not a failure: the recipe exits 0 then, so make prints no "Error 130".
 run: $(VENV)/.installed
 	@$(BIN)/shm-publisher --name '$(NAME)' --interval '$(INTERVAL)' & pub=$$!; \
 	trap 'kill -TERM $$pub 2>/dev/null; wait $$pub' EXIT; \
-	trap 'exit 130' INT TERM; \
+	trap 'exit 0' INT TERM; \
 	for _ in $$(seq 50); do [ -e /dev/shm/$(patsubst /%,%,$(NAME)) ] && break; \
 	  kill -0 $$pub 2>/dev/null || exit 1; sleep 0.1; done; \
 	$(BIN)/shm-read --name '$(NAME)'

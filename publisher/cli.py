@@ -24,7 +24,7 @@ from shm_metrics import shm_layout as L
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
-from shm_metrics.readers.cliargs import OneLineParser, resolve_segment_name, segment_name
+from shm_metrics.readers.cliargs import OneLineParser, description_from, resolve_segment_name, segment_name
 
 log = logging.getLogger("shm-publisher")
 
@@ -107,6 +107,17 @@ def _bounded(low: int, high: int):
 
 _capacity = _bounded(1, L.MAX_CAPACITY)
 
+# The history ring holds a span of time, not a number of samples: ten minutes at any interval, up to a
+# cap that keeps the segment small (each entry is one sample's scalars, L.HISTORY.size bytes) and the
+# ring quick to scan for readers; below 0.1 s intervals the cap is what limits it (60 s at 0.01 s).
+HISTORY_SECONDS = 600
+HISTORY_CAP = 6000
+
+
+def default_history(interval: float) -> int:
+    """Entries for HISTORY_SECONDS of samples at ``interval``, 2..HISTORY_CAP (a rate needs two)."""
+    return min(max(math.ceil(HISTORY_SECONDS / interval - 1e-9), 2), HISTORY_CAP)
+
 
 def _regex(text: str) -> str:
     try:
@@ -127,7 +138,7 @@ def possible_cpus() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="shm-publisher", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="shm-publisher", description=description_from(__doc__),
                 epilog="exit codes: 0 stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT (state stopped, files removed\n"
                        "unless --keep-on-exit; a SIGHUP ignored on start, as under nohup, stays ignored);\n"
                        "1 name in use or segment not created; 2 bad arguments",
@@ -141,24 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="permissions of segment and semaphore, applied exactly (default 0644)")
     p.add_argument("--keep-on-exit", action="store_true",
                    help="leave the (stopped) segment and semaphore in place on exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="default: %(default)s")
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     cap = p.add_argument_group("capacities (fixed when the segment is created)")
-    cap.add_argument("--max-cpus", type=_capacity, default=None, help="default: possible CPUs")
-    cap.add_argument("--max-interfaces", type=_capacity, default=64)
-    cap.add_argument("--max-disks", type=_capacity, default=64)
-    cap.add_argument("--max-filesystems", type=_capacity, default=64)
-    cap.add_argument("--history", type=_bounded(2, L.MAX_CAPACITY), default=L.DEFAULT_HISTORY, metavar="SAMPLES",
-                     help=f"samples kept in the segment's history ring (default {L.DEFAULT_HISTORY}: "
-                          "10 minutes at the default interval)")
+    cap.add_argument("--max-cpus", type=_capacity, default=None, metavar="N",
+                     help=f"default: possible CPUs ({possible_cpus()} here)")
+    cap.add_argument("--max-interfaces", type=_capacity, default=64, metavar="N", help="default: %(default)s")
+    cap.add_argument("--max-disks", type=_capacity, default=64, metavar="N", help="default: %(default)s")
+    cap.add_argument("--max-filesystems", type=_capacity, default=64, metavar="N", help="default: %(default)s")
+    cap.add_argument("--history", type=_bounded(2, L.MAX_CAPACITY), default=None, metavar="SAMPLES",
+                     help=f"samples kept in the segment's history ring (default: {HISTORY_SECONDS // 60} minutes "
+                          f"at --interval, {default_history(1.0)} at 1 s, {default_history(0.5)} at 0.5 s, at "
+                          f"most {HISTORY_CAP} = {HISTORY_CAP * L.HISTORY.size / 2**20:.1f} MiB, i.e. "
+                          f"{HISTORY_CAP * 0.01:.0f} s at 0.01 s)")
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
     flt = p.add_argument_group("filters (regular expressions; defaults are node_exporter's)")
-    flt.add_argument("--disk-exclude", type=_regex, default=Filters.disk_exclude)
-    flt.add_argument("--mount-points-exclude", type=_regex, default=Filters.mount_point_exclude)
-    flt.add_argument("--fs-types-exclude", type=_regex, default=Filters.fs_type_exclude)
-    flt.add_argument("--net-exclude", type=_regex, default=Filters.net_exclude)
+    for option, default, what in (("--disk-exclude", Filters.disk_exclude, "block devices"),
+                                  ("--mount-points-exclude", Filters.mount_point_exclude, "mount points"),
+                                  ("--fs-types-exclude", Filters.fs_type_exclude, "filesystem types"),
+                                  ("--net-exclude", Filters.net_exclude, "network interfaces")):
+        flt.add_argument(option, type=_regex, default=default, metavar="REGEX",
+                         help=f"{what} left out (default: %(default)s)")
     return p
 
 
@@ -216,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_segment_name(parser, args)
+    if args.history is None:
+        args.history = default_history(args.interval)
     logging.basicConfig(level=args.log_level.upper(), format="shm-publisher: %(levelname)s: %(message)s")
     try:
         return run(args)

@@ -54,75 +54,80 @@ exit codes:
 """
 
 HEADER_KEYS = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
-ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS)
-FIELDS = HEADER_KEYS + L.SCALARS.names + RATE_KEYS + ARRAY_KEYS
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
+FAMILIES_KEY = "families"  # node_exporter's families, as --json prints them
+ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS) + (FAMILIES_KEY,)  # keys that need the arrays read
+RATES_KEY = "rates"  # every rate in one object, as --json prints it
+# Every key of --json, by name: header, scalars, single rates, the rates object, arrays.
+FIELDS = HEADER_KEYS + L.SCALARS.names + RATE_KEYS + (RATES_KEY,) + ARRAY_KEYS
+SUBCOMMANDS = ("top",)
+# Options of shm-read that take a value: what follows them is never the subcommand.
+_VALUE_OPTIONS = ("--name", "--publisher-user", "--count", "--history", "--since", "--max-age")
 
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from shm_metrics.readers.cliargs import OneLineParser, segment_name
+    from shm_metrics.readers.cliargs import ENVIRONMENT_HELP, OneLineParser, paragraph, positive_int, positive_seconds
 
     p = OneLineParser(prog="shm-read", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Print, follow or watch the host metrics a shm-publisher writes to shared memory. "
-                            "On a terminal with no options: a live view. Piped: like --once.",
-                epilog=EXIT_CODES_HELP)
+                      usage="%(prog)s [options] [FIELD ...]\n       %(prog)s top [options]",
+                      description=paragraph(
+                          "Print, follow or watch the host metrics a shm-publisher writes to shared memory. On a "
+                          "terminal with no options: a live view (q quits). Piped: like --once. `shm-read top` "
+                          "shows the top processes (see shm-read top --help); options may come before or after it."),
+                      epilog=EXIT_CODES_HELP + ENVIRONMENT_HELP)
     p.add_argument("fields", nargs="*", metavar="FIELD",
-                   help="print only these: one prints its bare value, several print 'field value' lines")
-    p.add_argument("--name", type=segment_name, default=None,
-                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
-    p.add_argument("--publisher-user", metavar="USER", default=None,
-                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
-                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
+                   help="print only these: one prints its bare value, several print 'field value' lines. "
+                        "Any key of --json (a scalar, a rate, 'rates', an array, a header key); "
+                        "--list-fields lists them")
+    add_common_options(p)
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true",
                    help="JSON: with --once one object, otherwise one line per new sample")
     p.add_argument("-f", "--follow", action="store_true", help="print each new sample as text")
-    p.add_argument("--count", type=_positive_int, metavar="N", help="stop following after N samples")
+    p.add_argument("--count", type=positive_int, metavar="N", help="stop following after N samples")
     p.add_argument("--info", action="store_true", help="print segment metadata")
     p.add_argument("--history", metavar="FIELD",
                    help="print FIELD's values from the segment's history ring, oldest first (a chart on a "
                         "terminal, one 'time value' line per sample otherwise, an array with --json); "
                         "FIELD is a scalar or a rate (" + ", ".join(RATE_KEYS[:2]) + ", ...)")
-    p.add_argument("--since", type=_seconds, metavar="SECONDS",
+    p.add_argument("--since", type=positive_seconds, metavar="SECONDS",
                    help="with --history: only the last SECONDS before the newest sample")
-    p.add_argument("--max-age", type=_seconds, metavar="SECONDS",
-                   help="a sample older than this is stale (default 2 x interval + 1 s)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
+    p.add_argument("--list-fields", action="store_true", help="print every FIELD name, one per line, and exit")
     return p
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The options every shm-read command takes, with the same meaning and the same checks."""
+    from shm_metrics.readers.cliargs import positive_seconds, segment_name
+
+    p.add_argument("--name", type=segment_name, default=None,
+                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
+    p.add_argument("--publisher-user", metavar="USER", default=None,
+                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
+                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
+    p.add_argument("--max-age", type=positive_seconds, metavar="SECONDS",
+                   help="a sample older than this is stale (default 2 x interval + 1 s)")
+    p.add_argument("--version", action="version",
+                   version=f"shm-read {L.__version__} (layout {L.LAYOUT_VERSION})")
+
+
+def unknown_field(field: str, valid: tuple[str, ...], listing: str) -> str:
+    """One short line: the closest valid names (difflib), or where the list is."""
+    import difflib  # only a typo pays for it
+
+    close = difflib.get_close_matches(field, valid, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"{listing} lists the {len(valid)} valid ones"
+    return f"unknown field {field!r}; {hint}"
 
 
 def _check_fields(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     unknown = [f for f in args.fields if f not in FIELDS]
     if unknown:
-        parser.error(f"unknown field {unknown[0]!r}; valid fields: {', '.join(FIELDS)}")
+        parser.error(unknown_field(unknown[0], FIELDS, "shm-read --list-fields"))
     if args.history is not None:
         if args.history not in SERIES_FIELDS:
-            parser.error(f"--history: unknown field {args.history!r}; valid: {', '.join(SERIES_FIELDS)}")
+            parser.error("--history: " + unknown_field(args.history, SERIES_FIELDS, "shm-read --list-fields"))
         if args.fields or args.follow or args.count or args.info or args.once:
             parser.error("--history takes one FIELD and no other mode")
     elif args.since is not None:
@@ -138,6 +143,10 @@ def _value(snap: Snapshot, field: str, rates: dict | None):
         return snap.header()[field]
     if field in RATE_KEYS:
         return None if rates is None else rates[field]
+    if field == RATES_KEY:
+        return rates
+    if field == FAMILIES_KEY:
+        return snap.families.to_dict()
     return snap[field]
 
 
@@ -185,7 +194,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, arrays)
         rates = None
-        if not args.fields or any(f in RATE_KEYS for f in args.fields):
+        if not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields):
             rates = recent_rates(reader, snap)
             if rates is None and args.fields:
                 _warn("rates need two samples in the history ring; printed as null")
@@ -241,7 +250,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             width = max(map(len, info))
             for key, value in info.items():
-                if isinstance(value, dict):
+                if key == "history":
+                    value = (f"{value['capacity']} samples, {fmt.seconds(value['holds_seconds'])} at this "
+                             f"interval; now {value['samples']} covering {fmt.seconds(value['covers_seconds'])}")
+                elif isinstance(value, dict):
                     value = ", ".join(f"{k}={v}" for k, v in value.items())
                 elif isinstance(value, float):
                     value = f"{value:.6f}"
@@ -250,15 +262,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _history_info(reader: Reader) -> dict:
+    """The ring's capacity as a span of time (what it holds once full) and what it covers now."""
     entries = reader.history()
     span = entries[-1]["sample_time"] - entries[0]["sample_time"] if entries else 0.0
-    return {"capacity": reader.capacities["history"], "samples": len(entries), "covers_seconds": round(span, 3)}
+    capacity = reader.capacities["history"]
+    return {"capacity": capacity, "holds_seconds": round(capacity * reader.interval, 3),
+            "samples": len(entries), "covers_seconds": round(span, 3)}
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
     reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
-    with_rates = not args.fields or any(f in RATE_KEYS for f in args.fields)
+    with_rates = not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields)
     seen = 0
     try:
         for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=arrays):
@@ -321,16 +336,36 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
     return _OneShot(name, as_json, fields)
 
 
+def subcommand(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(subcommand, the other arguments) when the first positional argument names one, wherever it is
+    among the options: ``shm-read --name X top --once`` is ``shm-read top --name X --once``."""
+    skip = False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token == "--":
+            return None
+        elif token in _VALUE_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return (token, argv[:i] + argv[i + 1:]) if token in SUBCOMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["top"]:
-        from shm_metrics.readers.top import main as top_main
-
-        return top_main(argv[1:])  # a subcommand with options of its own
     args = _parse_one_shot(argv)
     if args is None:
+        sub = subcommand(argv)
+        if sub is not None:
+            from shm_metrics.readers.top import main as top_main
+
+            return top_main(sub[1])
         parser = build_parser()
         args = parser.parse_args(argv)
+        if args.list_fields:
+            print("\n".join(FIELDS))
+            return EXIT_OK
         _check_fields(parser, args)
         from shm_metrics.readers.cliargs import resolve_reader_options
 

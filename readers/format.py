@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from shm_metrics import shm_layout as L
@@ -33,6 +34,19 @@ def human_bytes(value: float) -> str:
     raise AssertionError("unreachable")
 
 
+def df_use_percent(size: float, free: float, avail: float) -> int:
+    """A filesystem's use as ``df`` prints it: used / (used + avail), rounded up, where used = size - free.
+
+    ``avail`` leaves out the blocks reserved for root, so a disk whose users can
+    write nothing more reads 100 %, as in df (size - free over size would say ~95 %).
+    """
+    used = max(size - free, 0)
+    total = used + max(avail, 0)
+    if not (total > 0 and _finite(total)):
+        return 0
+    return min(int(math.ceil(100 * used / total)), 100)
+
+
 def seconds(value: float) -> str:
     if not _finite(value) or abs(value) >= _MAX_TIME:
         return f"{value:g} s"
@@ -57,6 +71,11 @@ def bare(value: Any) -> str:
     return str(value)
 
 
+# The process tables' columns, in the order every view shows them (shm-read top, its live view, --once).
+PROCESS_COLUMNS = ("pid", "user", "state", "cpu_percent", "rss_bytes", "threads", "name")
+CPU_PERCENT_MEANING = "busy over the last interval, all CPUs, 0-100"
+
+
 def _explain(name: str, value: Any) -> str:
     if name.endswith("_bytes"):
         return human_bytes(value)
@@ -64,19 +83,47 @@ def _explain(name: str, value: Any) -> str:
         return local_time(value, "%Y-%m-%d %H:%M:%S")
     if name == "uptime_seconds":
         return seconds(value)
+    if name == "cpu_percent":
+        return CPU_PERCENT_MEANING
     return ""
+
+
+def cell(value: Any) -> str:
+    """A number as the readable tables show it: integers whole, every float with two decimals."""
+    if isinstance(value, float):
+        return f"{value:.2f}" if _finite(value) else f"{value:g}"
+    return str(value)
+
+
+def _columns(name: str, rows: list[dict], columns: list[str]) -> tuple[list[str], list[dict]]:
+    """The columns of an array as the tables show it: process tables in PROCESS_COLUMNS order, and
+    filesystems with df's used and use% beside statfs's figures."""
+    if name in ("top_cpu", "top_rss"):
+        return list(PROCESS_COLUMNS), rows
+    if name == "filesystems":
+        rows = [dict(r, used_bytes=max(r["size_bytes"] - r["free_bytes"], 0),
+                     use_percent=df_use_percent(r["size_bytes"], r["free_bytes"], r["avail_bytes"])) for r in rows]
+        return columns[:4] + ["used_bytes", "avail_bytes", "free_bytes", "use_percent"], rows
+    return columns, rows
 
 
 def _rows_table(title: str, rows: list[dict], columns: list[str]) -> list[str]:
     if not rows:
         return [f"{title}: none"]
-    cells = [[bare(r[c]) if not c.endswith("_bytes") else human_bytes(r[c]) for c in columns] for r in rows]
+    columns, rows = _columns(title, rows, columns)
+    cells = [[cell(r[c]) if not c.endswith("_bytes") else human_bytes(r[c]) for c in columns] for r in rows]
+    # Text left-aligned, numbers right-aligned, each heading aligned as its column.
+    numeric = [all(isinstance(r[c], (int, float)) for r in rows) for c in columns]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [f"{title}:", "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                         for i, (c, w) in enumerate(zip(columns, widths)))]
-    for row in cells:
-        lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                                      for i, (v, w) in enumerate(zip(row, widths))))
+
+    def line(values: list[str]) -> str:
+        return "  " + "  ".join(v.rjust(w) if num else v.ljust(w)
+                                for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    lines = [f"{title}:", line(columns)]
+    lines += [line(row) for row in cells]
+    if title == "filesystems":
+        lines.append("  (use_percent = used / (used + avail), rounded up, as df computes it)")
     return lines
 
 
@@ -135,21 +182,25 @@ def chart(points: list[tuple[float, float]], field: str, hostname: str) -> str:
 
 
 def table(snap, rates: dict | None = None) -> str:
-    """The readable --once output: header line, scalars, rates, then each array."""
+    """The readable --once output: header line, scalars, rates, then each array; one column of names and
+    one of values (two decimals for every float) for scalars and rates alike."""
     lines = [f"{snap.hostname}: seq {snap.seq}, sampled {seconds(snap.age)} ago, every {seconds(snap.interval)}, "
              f"publisher pid {snap.publisher_pid} ({snap.state}), layout {snap.layout_version}"]
     scalars = snap.scalars()
-    width = max(map(len, scalars))
+    shown_rates = {k: v for k, v in (rates or {}).items() if k != "over_seconds"}
+    width = max(map(len, [*scalars, *shown_rates]))
+    values = [cell(v) for v in [*scalars.values(), *shown_rates.values()]]
+    value_width = max(map(len, values))
     for name, value in scalars.items():
-        text = bare(value)
         extra = _explain(name, value)
-        lines.append(f"{name:<{width}}  {text:>20}" + (f"  ({extra})" if extra else ""))
+        lines.append(f"{name:<{width}}  {cell(value):>{value_width}}" + (f"  ({extra})" if extra else ""))
     if rates:
         lines.append("")
         lines.append(f"rates over the last {seconds(rates['over_seconds'])} (from the history ring):")
-        for name, value in rates.items():
-            if name != "over_seconds":
-                lines.append(f"  {name:<{width - 2}}  {rate(name, value):>20}")
+        for name, value in shown_rates.items():
+            extra = (f"busy over these {seconds(rates['over_seconds'])}, all CPUs, 0-100" if name == "cpu_percent"
+                     else rate(name, value))
+            lines.append(f"{name:<{width}}  {cell(value):>{value_width}}  ({extra})")
     for rec in L.SAMPLE_ARRAYS:
         try:
             rows = snap.array(rec.name)

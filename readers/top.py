@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shm_metrics import shm_layout as L
 from shm_metrics.readers import format as fmt
 from shm_metrics.readers.cliargs import resolve_reader_options
-from shm_metrics.readers.reader import PUBLISHER_USER_ENV, IncompatibleSegment, Reader, Snapshot
+from shm_metrics.readers.reader import IncompatibleSegment, Reader, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rich.text import Text  # rich is imported only by the live view
 
 STATE_NAMES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T": "stopped",
                "t": "tracing_stop", "X": "dead", "x": "dead", "I": "idle", "P": "parked", "W": "waking",
                "K": "wakekill"}
-COLUMNS = ("pid", "user", "state", "cpu_percent", "rss_bytes", "threads", "name")
+COLUMNS = fmt.PROCESS_COLUMNS
 EXIT_HELP = """\
 exit codes:
   0    ok
@@ -31,22 +34,19 @@ exit codes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shm_metrics.readers.cliargs import OneLineParser, segment_name
+    from shm_metrics.readers.cli import add_common_options
+    from shm_metrics.readers.cliargs import ENVIRONMENT_HELP, OneLineParser, paragraph
 
     p = OneLineParser(prog="shm-read top", formatter_class=argparse.RawDescriptionHelpFormatter,
-                      description="The top processes by CPU and by memory, and process counts by state, as the "
-                                  "publisher (--top N) sampled them. Live on a terminal; once otherwise.",
-                      epilog=EXIT_HELP)
-    p.add_argument("--name", type=segment_name, default=None,
-                   help=f"segment name (default {L.DEFAULT_NAME}, env {L.NAME_ENV})")
-    p.add_argument("--publisher-user", metavar="USER", default=None,
-                   help="trust segments owned by USER (name or uid) besides root and yourself: the user "
-                        f"shm-publisher runs as (env {PUBLISHER_USER_ENV})")
+                      description=paragraph(
+                          "The top processes by CPU and by memory, and process counts by state, as the publisher "
+                          "(--top N) sampled them. Live on a terminal (P sorts by CPU, M by memory, q quits); once "
+                          "otherwise. Options may also come before 'top'."),
+                      epilog=EXIT_HELP + ENVIRONMENT_HELP)
+    add_common_options(p)
     p.add_argument("--once", action="store_true", help="print the tables once and exit")
     p.add_argument("--json", action="store_true",
                    help='with --once: {"by_cpu": [...], "by_rss": [...], "states": {...}}')
-    p.add_argument("--max-age", type=float, metavar="SECONDS",
-                   help="a sample older than this is stale (default 2 x interval + 1 s)")
     return p
 
 
@@ -62,13 +62,16 @@ def state_counts(snap: Snapshot) -> dict[str, dict]:
 
 
 def to_json(snap: Snapshot) -> dict:
-    return {"by_cpu": snap.top_cpu, "by_rss": snap.top_rss, "states": state_counts(snap),
+    def ordered(rows: list[dict]) -> list[dict]:
+        return [{c: row[c] for c in COLUMNS} for row in rows]  # the columns in the order every view shows
+
+    return {"by_cpu": ordered(snap.top_cpu), "by_rss": ordered(snap.top_rss), "states": state_counts(snap),
             "seq": snap.seq, "sample_time": snap.sample_time, "hostname": snap.hostname,
             "procs_total": snap.procs_total, "threads_total": snap.threads_total}
 
 
 def _cells(row: dict) -> list[str]:
-    return [str(row["pid"]), row["user"], row["state"], f"{row['cpu_percent']:.1f}",
+    return [str(row["pid"]), row["user"], row["state"], fmt.cell(row["cpu_percent"]),
             fmt.human_bytes(row["rss_bytes"]), str(row["threads"]), row["name"]]
 
 
@@ -112,38 +115,86 @@ def cmd_once(args: argparse.Namespace) -> int:
         return _freshness(snap, args.max_age)
 
 
-def render(snap: Snapshot):
-    from rich.console import Group
-    from rich.table import Table
+SORTS = {"P": ("top_cpu", "CPU%"), "M": ("top_rss", "RSS")}  # top's keys: P by CPU, M by memory
+HEADINGS = ("PID", "USER", "S", "CPU%", "RSS", "THR", "COMMAND")  # COLUMNS, as top names them
+_WIDTHS = (7, 8, 1, 6, 9, 4)  # COMMAND takes the rest; USER grows on a wide terminal
+
+
+def render(snap: Snapshot, sort: str = "P", width: int = 80, height: int = 24,
+           status: str | None = None) -> list[Text]:
+    """The screen: a summary, then the table ``sort`` picks (P: by CPU, M: by resident memory) in full,
+    then the other table in the rows left.  At most ``height`` lines of ``width`` cells."""
     from rich.text import Text
 
-    tables = []
-    for title, rows in (("by CPU", snap.top_cpu), ("by resident memory", snap.top_rss)):
-        table = Table(*("PID", "USER", "S", "CPU %", "RSS", "THR", "COMMAND"), title=f"top {len(rows)} {title}",
-                      title_justify="left", box=None, padding=(0, 1))
-        for row in rows:
-            table.add_row(*_cells(row))
-        tables.append(table)
-    return Group(Text(summary(snap), style="bold"), Text(""), tables[0], Text(""), tables[1])
+    from shm_metrics.readers.live import HEADING, chunk, flow
+
+    head = Text(f"shm-read: {status}" if status else f"{snap.hostname}  top processes, sampled by the publisher",
+                style="bold yellow" if status else "bold")
+    keys = "  P cpu  M mem  q quit"
+    head.truncate(max(width - len(keys), 1))
+    head.append(keys.rjust(width - head.cell_len), style="dim")
+    states = ", ".join(f"{v['processes']} {k}" for k, v in sorted(state_counts(snap).items(),
+                                                                  key=lambda kv: -kv[1]["processes"]))
+    chunks = [chunk("load", f"{snap.load1:.2f} {snap.load5:.2f} {snap.load15:.2f}"),
+              chunk("cpu", f"{snap.cpu_percent:.1f}%"),
+              chunk("mem", f"{fmt.human_bytes(snap.mem_used_bytes)}/{fmt.human_bytes(snap.mem_total_bytes)}"),
+              chunk("procs", f"{snap.procs_total}" + (f" ({states})" if states else "")),
+              chunk("threads", str(snap.threads_total))]
+    lines = [head] + flow(chunks, width, 2 if height >= 12 else 1)
+
+    widths = list(_WIDTHS)
+    widths[1] = min(8 + max(width - 80, 0) // 4, 32)  # USER: room for long names on a wide terminal
+    command = max(width - sum(w + 1 for w in widths), 7)
+    first, second = (SORTS[sort][0], SORTS["M" if sort == "P" else "P"][0])
+    room = height - len(lines)
+    for table in (first, second):
+        rows = snap[table]
+        if room < 1:
+            break
+        share = min(len(rows) + 1, room) if table == first else room
+        title = dict((v[0], v[1]) for v in SORTS.values())[table]
+        cells = [h.rjust(w) if i not in (1, 2) else h.ljust(w)
+                 for i, (h, w) in enumerate(zip(HEADINGS, widths))]
+        cells[HEADINGS.index(title)] = ("▼" + title).rjust(widths[HEADINGS.index(title)])  # the sort column
+        heading = " ".join(cells) + " " + "COMMAND"
+        lines.append(Text(heading.ljust(width)[:width], style=HEADING))
+        for row in rows[:share - 1]:
+            values = _cells(row)
+            out = " ".join(v.rjust(w) if i not in (1, 2) else (v if len(v) <= w else v[:w - 1] + "+").ljust(w)
+                           for i, (v, w) in enumerate(zip(values[:-1], widths)))
+            line = Text(out + " ")
+            line.append(values[-1][:command], style="bold" if row["state"] == "R" else "")
+            lines.append(line)
+        room = height - len(lines)
+    for line in lines:
+        line.truncate(width)
+    return lines[:height]
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
+    from shm_metrics.readers.live import waiting_screen
+    from shm_metrics.readers.screen import run_view
 
-    reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
-    try:
-        with Live(Text(""), console=Console(), auto_refresh=False) as live:
-            def on_status(message: str) -> None:
-                live.update(Text(f"shm-read: {message}", style="yellow"), refresh=True)
+    sort = ["P"]
 
+    def follow(on_status):
+        # The reader lives in the follower's thread: only that thread ever touches its mapping.
+        reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
+        try:
             for snap in reader.follow(on_status=on_status, max_age=args.max_age):
                 _check_tables(reader)
-                live.update(render(snap), refresh=True)
-    finally:
-        reader.close()
-    return 0
+                yield snap
+        finally:
+            reader.close()
+
+    def draw(snap: Snapshot | None, status: str | None, width: int, height: int):
+        return waiting_screen(status, width) if snap is None else render(snap, sort[0], width, height, status)
+
+    def on_key(key: str) -> None:
+        if key.upper() in SORTS:
+            sort[0] = key.upper()
+
+    return run_view(follow, draw, on_key)
 
 
 def main(argv: list[str]) -> int:

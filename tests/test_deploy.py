@@ -152,3 +152,22 @@ def test_dashboard_queries_are_valid_promql(scratch):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_readme_merges_the_prometheus_job_and_never_overwrites_the_config():
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert not re.search(r"cp [^\n]*prometheus\.yml [^\n]*/etc/prometheus", readme)
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    snippet = next(block for block in blocks if "job_name: shm-metrics" in block)
+    merged = yaml.safe_load(snippet)
+    shipped = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    assert merged["rule_files"] == shipped["rule_files"]
+    assert merged["scrape_configs"] == shipped["scrape_configs"]  # the README and the file say the same
+    assert merged["alerting"] == shipped["alerting"] and shipped["alerting"]["alertmanagers"]
+
+
+def test_remove_ipc_only_where_it_cannot_delete_the_segment():
+    assert _unit("shm-exporter.service")["User"] == ["shm-exporter"]
+    assert _unit("shm-publisher.service")["User"] == ["shm-metrics"]  # the segment's owner keeps RemoveIPC=no
+    exporter_unit = (UNITS / "shm-exporter.service").read_text()
+    assert "RemoveIPC=yes" in exporter_unit and "owns none" in exporter_unit  # and says why it is safe

@@ -119,7 +119,7 @@ def test_live_view_redraws_on_new_samples(name, start_publisher):
     start_publisher(name, "--interval", "0.1")
     view = PtyProcess([*READER, "--name", name])
     try:
-        view.read_until(b"filesystems", count=3)  # a frame per sample: three frames
+        view.read_until(b"FILESYSTEM", count=3)  # a frame per sample: three frames
     finally:
         code = view.stop(signal.SIGINT)
     assert code in (0, 130), view.output[-2000:]

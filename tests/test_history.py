@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
 from conftest import READER, PtyProcess, run_reader, wait_for
 
 from shm_metrics import shm_layout as L
+from shm_metrics.publisher.cli import HISTORY_CAP
 from shm_metrics.readers import Reader
 from shm_metrics.readers.rates import RATE_KEYS
 
@@ -151,3 +153,16 @@ def test_a_ring_with_one_sample_holds_just_that_one(name, start_publisher):
         assert [e["seq"] for e in reader.history()] == [2]  # the first sample only: no unwritten slot shows
         assert reader.history(limit=0) == []
     assert L.DEFAULT_HISTORY * L.HISTORY.size < 1 << 20, "the default ring stays small"
+
+
+@pytest.mark.parametrize("interval, samples", [("1", 600), ("0.5", 1200), ("0.3", 2000), ("3600", 2),
+                                               ("0.01", HISTORY_CAP)])
+def test_the_default_ring_holds_ten_minutes_at_any_interval_up_to_its_cap(name, start_publisher, interval,
+                                                                          samples):
+    start_publisher(name, "--interval", interval, "--top", "0")
+    info = json.loads(run_reader("--name", name, "--info", "--json").stdout)
+    assert info["capacities"]["history"] == samples
+    assert info["history"]["holds_seconds"] == pytest.approx(samples * float(interval))
+    text = run_reader("--name", name, "--info").stdout
+    assert re.search(rf"^history +{samples} samples, .* at this interval; now \d+ covering ", text, re.M), text
+    assert HISTORY_CAP * L.HISTORY.size <= 2 << 20, "the biggest default ring stays small"

@@ -223,14 +223,58 @@ def test_once_several_fields_print_field_value_lines(name, start_publisher):
 
 
 # ----------------------------------------------------------------- usage errors
-def test_unknown_field_exits_2_and_lists_valid_fields(name, start_publisher):
+def test_a_mistyped_field_is_one_short_line_with_the_closest_names(name, start_publisher):
     start_publisher(name, "--interval", INTERVAL)
-    out = run_reader("--name", name, "--once", "no_such_field")
+    out = run_reader("--name", name, "--once", "procs_totl")
     assert_clean_failure(out, 2)
-    assert out.stdout == ""
-    assert "no_such_field" in out.stderr
-    for field in ("procs_total", "mem_total_bytes", "load1", "seq", "cpus", "filesystems"):
-        assert field in out.stderr
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and len(out.stderr) < 150, out.stderr
+    assert "'procs_totl'" in out.stderr and "did you mean procs_total" in out.stderr
+    nothing_close = run_reader("--name", name, "--once", "zzzz")
+    assert_clean_failure(nothing_close, 2)
+    assert "--list-fields" in nothing_close.stderr and nothing_close.stderr.count("\n") == 1
+    history = run_reader("--name", name, "--history", "load_1")
+    assert_clean_failure(history, 2)
+    assert "did you mean load1" in history.stderr and history.stderr.count("\n") == 1
+
+
+def test_every_key_of_json_can_be_asked_for_by_name(name, start_publisher):
+    start_publisher(name, "--interval", INTERVAL)
+    listed = run_reader("--list-fields")
+    assert listed.returncode == 0
+    fields = listed.stdout.split()
+    wait_for(lambda: json.loads(run_reader("--name", name, "--once", "--json").stdout)["rates"], what="rates")
+    keys = list(json.loads(run_reader("--name", name, "--once", "--json").stdout))
+    assert set(keys) <= set(fields), set(keys) - set(fields)
+    out = run_reader("--name", name, "--once", "--json", *keys)
+    assert out.returncode == 0, out.stderr
+    assert list(json.loads(out.stdout)) == keys
+    rates = run_reader("--name", name, "--once", "rates")
+    assert rates.returncode == 0 and set(json.loads(rates.stdout)) >= {"over_seconds", "forks_per_second"}
+
+
+@pytest.mark.parametrize("args", [
+    ["--name", "{name}", "top", "--once", "--json"],
+    ["top", "--name", "{name}", "--once", "--json"],
+    ["--once", "top", "--name", "{name}", "--json"],
+    ["--max-age", "30", "--json", "top", "--once", "--name={name}"],
+])
+def test_options_mean_the_same_before_and_after_the_subcommand(name, start_publisher, args):
+    start_publisher(name, "--interval", INTERVAL)
+    out = run_reader(*(a.format(name=name) for a in args))
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)) >= {"by_cpu", "by_rss", "states"}
+
+
+@pytest.mark.parametrize("command", [[], ["top"]])
+def test_every_command_takes_version_help_and_checks_max_age_alike(command):
+    version = run_reader(*command, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"shm-read \S+ \(layout \d+\)\n", version.stdout)
+    usage = run_reader(*command, "--help")
+    assert usage.returncode == 0 and "SHM_METRICS_NAME" in usage.stdout and "--max-age" in usage.stdout
+    for bad in ("-1", "0", "nan", "soon"):
+        out = run_reader(*command, "--max-age", bad, "--once")
+        assert_clean_failure(out, 2)
+        assert out.stderr.count("\n") == 1 and "--max-age" in out.stderr, out.stderr
 
 
 def test_bad_name_exits_2_with_one_line(name):
@@ -469,9 +513,11 @@ def test_info_text_and_json(name, start_publisher):
         "cpus", "net", "disks", "filesystems", "history", "top_cpu", "top_rss", "process_states",
         "metrics", "strings", "series", "labels"}
     assert data["capacities"]["metrics"] > 100 and data["capacities"]["series"] > 256
-    assert data["capacities"]["history"] == L.DEFAULT_HISTORY and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
+    ten_minutes = round(600 / float(INTERVAL))  # the default ring holds ten minutes at any interval
+    assert data["capacities"]["history"] == ten_minutes and data["capacities"]["top_cpu"] == L.DEFAULT_TOP
+    assert data["history"]["holds_seconds"] == 600
     assert data["seq"] > 0 and data["seq"] % 2 == 0 and data["samples"] == data["seq"] // 2
-    assert data["history"]["samples"] == min(data["samples"], L.DEFAULT_HISTORY)
+    assert data["history"]["samples"] == min(data["samples"], ten_minutes)
     assert data["wake"] == "futex"
     assert data["interval_seconds"] == float(INTERVAL) and data["age_seconds"] >= 0
 
@@ -614,3 +660,33 @@ def test_api_follow_yields_increasing_seq(name, start_publisher):
     assert all(a < b for a, b in zip(seqs, seqs[1:])), seqs
     assert all(s.is_fresh() and s.publisher_pid == pub.pid for s in snaps)
     assert len({s.seq for s in snaps}) == 4
+
+
+# ----------------------------------------------------------------- numbers that agree
+def test_once_table_agrees_with_df_and_with_top_and_aligns_its_columns(name, start_publisher):
+    start_publisher(name, "--interval", INTERVAL)
+    out = run_reader("--name", name, "--once")
+    assert out.returncode == 0, out.stderr
+    sections = {block.split(":", 1)[0]: block.splitlines() for block in out.stdout.split("\n\n")}
+
+    fs = sections["filesystems"]
+    assert "used / (used + avail), rounded up, as df" in fs[-1]
+    head = fs[1].split()
+    rows = {line.split()[0]: line.split() for line in fs[2:-1]}
+    df = subprocess.run(["df", "--output=pcent", "/"], capture_output=True, text=True).stdout.split()[-1]
+    assert rows["/"][head.index("use_percent") - len(head)] + "%" == df
+
+    # The process columns in the order shm-read top shows them, headings aligned as their values.
+    top = run_reader("top", "--name", name, "--once").stdout.splitlines()
+    top_head = next(line for line in top if line.strip().startswith("pid"))
+    for table in ("top_cpu", "top_rss"):
+        assert sections[table][1].split() == top_head.split()
+        heading, first = sections[table][1], sections[table][2]
+        assert heading.index("pid") + 3 == first.index(first.split()[0]) + len(first.split()[0])  # right-aligned
+
+    # Scalars and rates: one column of values, every float with two decimals.
+    values = [line for line in out.stdout.splitlines() if re.match(r"^[a-z_0-9]+ +-?[\d.]+( |$)", line)]
+    ends = {len(re.match(r"^[a-z_0-9]+ +-?[\d.]+", line).group(0)) for line in values}
+    assert len(ends) == 1, ends
+    floats = [line.split()[1] for line in values if "." in line.split()[1]]
+    assert floats and all(re.fullmatch(r"-?\d+\.\d\d", f) for f in floats), floats

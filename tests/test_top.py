@@ -116,7 +116,7 @@ def test_top_text_and_live_view(name, start_publisher, hogs):
 
     view = PtyProcess([*READER, "top", "--name", name])
     try:
-        view.read_until(b"by resident memory", count=2)  # redrawn on the next sample
+        view.read_until(b"COMMAND", count=4)  # two tables a frame, redrawn on the next sample
     finally:
         code = view.stop(signal.SIGINT)
     assert code in (0, 130)

@@ -15,7 +15,7 @@ import socket
 import sys
 
 from shm_metrics import shm_layout as L
-from shm_metrics.readers.cliargs import OneLineParser, resolve_reader_options, segment_name
+from shm_metrics.readers.cliargs import OneLineParser, description_from, resolve_reader_options, segment_name
 from shm_metrics.readers.exporter import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS,
@@ -74,7 +74,7 @@ def duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="shm-exporter", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="shm-exporter", description=description_from(__doc__),
                 epilog="exit codes: 0 stopped by signal; 1 cannot listen; 2 bad arguments or web config",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", type=segment_name, default=None,
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"closed (default {DEFAULT_READ_HEADER_TIMEOUT:g}s)")
     p.add_argument("--web.disable-exporter-metrics", dest="process_metrics", action="store_false",
                    help="leave out the exporter's own process_* metrics")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="default: %(default)s")
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     return p
 
