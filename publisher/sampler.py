@@ -29,7 +29,7 @@ from shm_metrics.publisher.collectors import (
     ProcFile,
     Sample,
     check_unique,
-    registry,
+    selected,
 )
 from shm_metrics.publisher.collectors.stat import CPU_MODES, USER_HZ
 from shm_metrics.publisher.collectors.stat import busy_percent as _busy_percent
@@ -47,15 +47,18 @@ class Sampler:
     """Holds the collectors (their open files and previous counters) and the family catalog."""
 
     def __init__(self, procfs: str = "/proc", filters: Filters | None = None, top_n: int = 0,
-                 sysfs: str = "/sys", rootfs: str = "/"):
+                 sysfs: str = "/sys", rootfs: str = "/", collectors: list[type[Collector]] | None = None,
+                 udev_data: str = "/run/udev/data", options: dict[str, object] | None = None):
         """``top_n`` > 0 adds the per-process scan (``--top``): the top tables and
-        the counts by state, and ``procs_total`` from the same listing."""
+        the counts by state, and ``procs_total`` from the same listing.  ``collectors``: the classes
+        to run (default: ``selected()``, node_exporter's default set and the layout's own)."""
         self.procfs = procfs
         self.filters = filters or Filters()
-        ctx = Context(procfs=procfs, sysfs=sysfs, filters=self.filters, top_n=top_n, rootfs=rootfs)
+        ctx = Context(procfs=procfs, sysfs=sysfs, filters=self.filters, top_n=top_n, rootfs=rootfs,
+                      udev_data=udev_data, options=options)
         self.collectors: list[Collector] = []
         self.unavailable: dict[str, str] = {}  # node_exporter collector name -> why it is left out
-        for cls in registry():
+        for cls in selected() if collectors is None else collectors:
             try:
                 self.collectors.append(cls(ctx))
             except (OSError, LookupError, ValueError) as exc:

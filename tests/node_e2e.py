@@ -149,3 +149,50 @@ def diff_lines(expected: str, actual: str, limit: int = 12) -> Iterable[str]:
     import difflib
 
     return list(difflib.unified_diff(expected.splitlines(), actual.splitlines(), lineterm="", n=0))[:limit]
+
+
+def expected_families(*collectors: str) -> dict[str, str]:
+    """The blocks of ``e2e-output.txt`` that belong to ``collectors`` (names as ``collector_of`` gives them)."""
+    return {name: block for name, block in families(EXPECTED.read_text()).items() if collector_of(name) in collectors}
+
+
+def exposition_of(root: Path, collectors: list | None = None, name: str | None = None, **sampler_args) -> str:
+    # sampler_args: e.g. options={"sysctl.include": [...]} (Context.options), filters=Filters(...)
+    """What shm-exporter serves for one sample of ``collectors`` (classes; default: the default set) taken
+    from the fixture tree under ``root`` (as ``unpack`` leaves it): the real path, in this process.
+
+    The sample goes through the publisher's Sampler and OwnedSegment into a real segment under a unique
+    name, and comes back through the exporter's SegmentSource and renderer; the segment is removed after.
+    The text is filtered with the script's skip_re.
+    """
+    import os
+    import time
+    import uuid
+
+    from shm_metrics import shm_layout as L
+    from shm_metrics.publisher.sampler import Sampler
+    from shm_metrics.publisher.segment import OwnedSegment
+    from shm_metrics.readers.exporter.exposition import build
+    from shm_metrics.readers.exporter.source import SegmentSource
+
+    fixtures = Path(root) / FIXTURES
+    sampler = Sampler(procfs=str(fixtures / "proc"), sysfs=str(fixtures / "sys"), rootfs=str(fixtures),
+                      udev_data=str(fixtures / "udev" / "data"), collectors=collectors, **sampler_args)
+    name = name or f"/shmtest-e2e-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    segment = source = None
+    try:
+        layout = L.Layout.for_capacities(64, 64, 64, 64, history=2, top=0, **sampler.family_capacities())
+        segment = OwnedSegment(name, layout, 0o600, 1.0, sampler.catalog)
+        start = time.monotonic()
+        sample = sampler.sample()
+        segment.set_state(L.STATE_RUNNING)
+        segment.publish(sample, time.time(), time.monotonic(), time.monotonic() - start, 0)
+        source = SegmentSource(name)
+        _, exposition = build(source, process_metrics=False)
+        return filtered(exposition.render().decode())
+    finally:
+        if source is not None:
+            source.close()
+        if segment is not None:
+            segment.close(unlink=True)
+        sampler.close()

@@ -81,10 +81,18 @@ class Context:
     """What a collector may need to open its files."""
 
     def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", filters: Filters | None = None,
-                 top_n: int = 0, rootfs: str = "/"):
-        self.procfs, self.sysfs, self.rootfs = procfs, sysfs, rootfs
+                 top_n: int = 0, rootfs: str = "/", udev_data: str = "/run/udev/data",
+                 options: dict[str, object] | None = None):
+        self.procfs, self.sysfs, self.rootfs, self.udev_data = procfs, sysfs, rootfs, udev_data
         self.filters = filters or Filters()
         self.top_n = top_n
+        # Per-collector options by node_exporter's flag name without "--collector.", e.g.
+        # options["sysctl.include"] = ["kernel.threads-max"], options["bcache.priorityStats"] = True.
+        # A collector reads its own with a default: option("bcache.priorityStats", False).
+        self.options: dict[str, object] = dict(options or {})
+
+    def option(self, name: str, default: object = None) -> object:
+        return self.options.get(name, default)
 
 
 class Collector:
@@ -98,6 +106,8 @@ class Collector:
 
     name: str = ""
     reports: tuple[str, ...] = ()
+    # Switched on without --collector.<name>: node_exporter 1.5.0's default for the collector it reports.
+    default_enabled: bool = True
     families: tuple[FamilyInfo, ...] = ()
     # Families decided by the host when the collector starts: (name pattern, type, labels, meaning) for the docs.
     described: tuple[tuple[str, str, str, str], ...] = ()
@@ -148,8 +158,22 @@ class Sample:
         return {labels: value for fam, labels, value in self.series if fam is family or fam == family}
 
 
+_REGISTERED: list[type[Collector]] = []
+
+
+def register(cls: type[Collector]) -> type[Collector]:
+    """Class decorator: add a collector to the registry (its module only has to live in this package)."""
+    _REGISTERED.append(cls)
+    return cls
+
+
 def registry() -> list[type[Collector]]:
-    """Every collector class, in sampling order (imported here: each module imports this one)."""
+    """Every collector class, in sampling order: the ones the layout's own sections need first, in the
+    order below, then every ``@register``ed one of this package, by name.  Adding a collector is one
+    file here: the package's modules are imported (discovered) on first use."""
+    import importlib
+    import pkgutil
+
     from shm_metrics.publisher.collectors import (
         arp,
         conntrack,
@@ -177,11 +201,32 @@ def registry() -> list[type[Collector]]:
         vmstat,
     )
 
-    return [processes.Processes, processes.Procs, stat.Stat, loadavg.Loadavg, meminfo.Meminfo, uptime.Uptime,
-            filefd.Filefd, netdev.Netdev, diskstats.Diskstats, filesystem.Filesystem, vmstat.Vmstat,
-            netstat.Netstat, sockstat.Sockstat, pressure.Pressure, softnet.Softnet, conntrack.Conntrack,
-            entropy.Entropy, arp.Arp, udp_queues.UdpQueues, timex.Timex, time_.Time, uname.Uname,
-            os_release.OsRelease, netclass.Netclass, selinux.Selinux]
+    first = [processes.Processes, processes.Procs, stat.Stat, loadavg.Loadavg, meminfo.Meminfo, uptime.Uptime,
+             filefd.Filefd, netdev.Netdev, diskstats.Diskstats, filesystem.Filesystem, vmstat.Vmstat,
+             netstat.Netstat, sockstat.Sockstat, pressure.Pressure, softnet.Softnet, conntrack.Conntrack,
+             entropy.Entropy, arp.Arp, udp_queues.UdpQueues, timex.Timex, time_.Time, uname.Uname,
+             os_release.OsRelease, netclass.Netclass, selinux.Selinux]
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    rest = sorted((c for c in _REGISTERED if c not in first), key=lambda c: c.name)
+    return first + rest
+
+
+def collector_names() -> dict[str, bool]:
+    """node_exporter's collector names this publisher has, each with whether it is on by default."""
+    out: dict[str, bool] = {}
+    for cls in registry():
+        for name in cls.reports:
+            out[name] = out.get(name, False) or cls.default_enabled
+    return out
+
+
+def selected(enabled: set[str] | None = None) -> list[type[Collector]]:
+    """The collector classes to run: the layout-only ones always, and those reporting a collector in
+    ``enabled`` (default: the ones on by default)."""
+    if enabled is None:
+        enabled = {name for name, on in collector_names().items() if on}
+    return [cls for cls in registry() if not cls.reports or any(name in enabled for name in cls.reports)]
 
 
 SCRAPE_SUCCESS = gauge("node_scrape_collector_success", "node_exporter: Whether a collector succeeded.", "collector")
