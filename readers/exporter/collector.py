@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from shm_metrics.families import COUNTER, UNTYPED, Family
 from shm_metrics.readers import Snapshot
@@ -50,9 +49,57 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
+def go_float(value: float) -> str:
+    """``value`` as node_exporter writes it (Go's expfmt: ``strconv.FormatFloat(v, 'g', -1, 64)``).
+
+    prometheus_client writes 3 as ``3.0`` and 1234567 as ``1234567.0``; Go writes ``3`` and
+    ``1.234567e+06``: the shortest digits that round-trip (Python's repr finds the same ones), in
+    exponent form when the decimal exponent is below -4 or at least 6 (Go's rule for the shortest form).
+    """
+    if value != value:
+        return "NaN"
+    if value in (_INF, -_INF):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"  # expfmt writes 0 for -0 too
+    cached = _GO_FLOATS.get(value)
+    if cached is not None:
+        return cached
+    text = repr(float(value))
+    sign = "-" if text[0] == "-" else ""
+    mantissa, _, exponent = text.lstrip("-").partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    # Where the decimal point sits relative to the first significant digit.
+    point = len(whole) + int(exponent or 0) - (len(whole + fraction) - len(digits))
+    digits = digits.rstrip("0")
+    exp10 = point - 1
+    if exp10 < -4 or exp10 >= 6:
+        rest = "." + digits[1:] if len(digits) > 1 else ""
+        out = f"{sign}{digits[0]}{rest}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    elif point <= 0:
+        out = f"{sign}0.{'0' * -point}{digits}"
+    elif point >= len(digits):
+        out = f"{sign}{digits}{'0' * (point - len(digits))}"
+    else:
+        out = f"{sign}{digits[:point]}.{digits[point:]}"
+    if len(_GO_FLOATS) > 100_000:  # counters move: do not grow without bound
+        _GO_FLOATS.clear()
+    _GO_FLOATS[value] = out
+    return out
+
+
+_INF = float("inf")
+_GO_FLOATS: dict[float, str] = {}
+
+
 def render_families(families: Iterable[Family]) -> bytes:
-    """The text exposition of ``families``: what ``generate_latest`` writes for ``node_families``
-    (labels sorted by name, Go's float format), without building a Metric per family.
+    """The text exposition of ``families`` as node_exporter writes it: families sorted by name, series
+    sorted by their label values (in label-name order, as the Go client's registry sorts them), labels
+    sorted by name, Go's float format (``go_float``); without building a Metric per family.
+
+    ``generate_latest`` over ``node_families`` gives the same series in prometheus_client's float format
+    (``3.0`` where node_exporter writes ``3``) and in the order the publisher added them.
 
     A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
     sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.
@@ -63,7 +110,7 @@ def render_families(families: Iterable[Family]) -> bytes:
     if len(prefixes) > 50_000:  # devices and mounts come and go: do not grow without bound
         prefixes.clear()
         heads.clear()
-    for fam in families:
+    for fam in sorted(families, key=_by_name):
         name = fam.name
         head = heads.get(fam[:4])
         if head is None:
@@ -73,7 +120,12 @@ def render_families(families: Iterable[Family]) -> bytes:
                                      [(fam.labels[i], i) for i in order])
         append(head[0])
         labels = head[1]
-        for values, value in fam.series:
+        series = fam.series
+        if len(series) > 1:
+            if labels:
+                order = [i for _, i in labels]
+                series = sorted(series, key=lambda row: [row[0][i] for i in order])
+        for values, value in series:
             key = (name, values)
             prefix = prefixes.get(key)
             if prefix is None:
@@ -83,9 +135,13 @@ def render_families(families: Iterable[Family]) -> bytes:
                 else:
                     prefix = prefixes[key] = f"{name} "
             append(prefix)
-            append(floatToGoString(value))
+            append(go_float(value))
             append("\n")
     return "".join(out).encode()
+
+
+def _by_name(fam: Family) -> str:
+    return fam.name
 
 
 _HEADS: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
