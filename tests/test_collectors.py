@@ -152,7 +152,8 @@ def test_small_proc_collectors(tmp_path):
                       ("memory", "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")):
         write(proc / f"pressure/{res}", f"some avg10=0.00 avg60=0.01 avg300=0.04 total=3257405\n{full}")
     got = collect(pressure.Pressure, tmp_path)
-    assert got["node_pressure_cpu_waiting_seconds_total"] == {(): 3.257405}
+    # node_exporter divides by 1000 twice, and prints the result's rounding: 3.2574050000000003
+    assert got["node_pressure_cpu_waiting_seconds_total"] == {(): 3257405 / 1000.0 / 1000.0}
     assert got["node_pressure_io_stalled_seconds_total"] == {(): 2.5}
     assert "node_pressure_cpu_stalled_seconds_total" not in got
 

@@ -91,6 +91,9 @@ class Context:
         # options["sysctl.include"] = ["kernel.threads-max"], options["bcache.priorityStats"] = True.
         # A collector reads its own with a default: option("bcache.priorityStats", False).
         self.options: dict[str, object] = dict(options or {})
+        # node_exporter's collectors this sampler runs (the Sampler sets it): a collector whose families
+        # another one owns when that one runs (loadavg's node_processes_threads, processes) leaves them out.
+        self.enabled: frozenset[str] = frozenset()
 
     def option(self, name: str, default: object = None) -> object:
         return self.options.get(name, default)
