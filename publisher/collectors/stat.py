@@ -121,6 +121,13 @@ class Stat(Collector):
     name = "stat"
     reports = ("cpu", "stat")
     families = (CPU_SECONDS, CPU_GUEST, INTR, CTXT, FORKS, BTIME, RUNNING, BLOCKED)
+    described = (
+        *((fam.name, fam.type, ", ".join(fam.labels), f"with {option}: {fam.help}") for fam, option in (
+            (SOFTIRQS, "stat.softirq"), (CPU_INFO, "cpu.info"), (CPU_FLAG_INFO, "cpu.info.flags-include"),
+            (CPU_BUG_INFO, "cpu.info.bugs-include"))),
+        *((fam.name, fam.type, ", ".join(fam.labels), f"when sysfs has it: {fam.help}")
+          for fam in (CORE_THROTTLES, PACKAGE_THROTTLES, ISOLATED)),
+    )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
