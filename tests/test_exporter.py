@@ -118,3 +118,18 @@ def test_version_and_help():
     assert out.returncode == 0
     for flag in ("--web.listen-address", "--listen", "--web.telemetry-path", "--web.config.file", "--name"):
         assert flag in out.stdout
+
+
+@pytest.mark.parametrize("value, go", [
+    (3.0, "3"), (0.0, "0"), (-0.0, "0"), (65536, "65536"), (999999, "999999"), (1e6, "1e+06"),
+    (1234567, "1.234567e+06"), (1418183276, "1.418183276e+09"), (0.0001, "0.0001"), (1e-05, "1e-05"),
+    (0.000123, "0.000123"), (1.5e-7, "1.5e-07"), (123.456, "123.456"), (-2.5, "-2.5"), (-125000, "-125000"),
+    (14036781 / 1000.0 / 1000.0, "14.036781000000001"), (1e21, "1e+21"), (1.5e300, "1.5e+300"),
+    (5e-324, "5e-324"), (2.0 ** 63, "9.223372036854776e+18"), (float("inf"), "+Inf"), (float("-inf"), "-Inf"),
+    (float("nan"), "NaN"),
+])
+def test_values_are_written_as_node_exporter_writes_them(value, go):
+    # Go's strconv.FormatFloat(v, 'g', -1, 64), as expfmt writes sample values (the strings are Go's output).
+    from shm_metrics.readers.exporter.collector import go_float
+
+    assert go_float(value) == go
