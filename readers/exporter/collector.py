@@ -99,8 +99,8 @@ def render_families(families: Iterable[Family]) -> bytes:
     sorted by their label values (in label-name order, as the Go client's registry sorts them), labels
     sorted by name, Go's float format (``go_float``); without building a Metric per family.
 
-    ``generate_latest`` over ``node_families`` gives the same series in prometheus_client's float format
-    (``3.0`` where node_exporter writes ``3``) and in the order the publisher added them.
+    ``generate_latest`` over ``node_families`` gives the same lines but for prometheus_client's float
+    format (``3.0`` where node_exporter writes ``3``).
 
     A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
     sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.

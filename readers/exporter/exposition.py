@@ -6,7 +6,8 @@ reused by every scrape of that sample.  Everything else is computed on every
 scrape: the snapshot is read, the staleness rule applied (a cached block is
 served only while its sample is fresh), and the own and process metrics
 rendered.  The result equals ``generate_latest`` over the exporter's registry
-(the tests check this).
+but for the node_* values, written as node_exporter writes them (``3``, not
+prometheus_client's ``3.0``; the tests check this).
 """
 
 from __future__ import annotations
