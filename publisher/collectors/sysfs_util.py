@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from shm_metrics.publisher.collectors import ProcFile
+
 # Go's SysReadFile reads attributes with one read(2) of this many bytes.
 SYSFS_READ_SIZE = 128
 
@@ -47,3 +49,34 @@ def sys_read(path: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+class OpenFiles:
+    """Files opened on first use and kept open while they are still read (a set that changes rarely:
+    bonds' slaves, power supplies' attributes); ``sweep`` closes the ones the last sample did not read."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, ProcFile] = {}
+        self._used: set[str] = set()
+
+    def read(self, path: str) -> str:
+        """The whole file (OSError when it cannot be opened or read)."""
+        pf = self._files.get(path)
+        if pf is None:
+            pf = self._files[path] = ProcFile(path)
+        self._used.add(path)
+        try:
+            return pf.read()
+        except OSError:
+            self._files.pop(path).close()
+            raise
+
+    def sweep(self) -> None:
+        for path in [p for p in self._files if p not in self._used]:
+            self._files.pop(path).close()
+        self._used.clear()
+
+    def close(self) -> None:
+        for pf in self._files.values():
+            pf.close()
+        self._files.clear()
