@@ -19,7 +19,7 @@ import re
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
-from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_float
+from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_float, go_text, sys_read_raw
 
 _INVALID_CHARS = re.compile(r"[^a-z0-9:_]")
 _FILENAME = re.compile(r"^([^0-9]+)([0-9]*)?(_(.+))?$")
@@ -175,9 +175,9 @@ class Hwmon(Collector):
                 sensor_type = split_filename(sensor)[0]
                 labels = (chip, sensor)
                 if "label" in props:
-                    text = read_once(props["label"])
-                    if text is not None:
-                        self._constant_once(declare(SENSOR_LABEL), (chip, sensor, text.strip("\n")))
+                    raw = sys_read_raw(props["label"])
+                    if raw is not None:
+                        self._constant_once(declare(SENSOR_LABEL), (chip, sensor, go_text(raw).strip("\n")))
                 for element, file in sorted(props.items()):
                     if element == "label":
                         continue

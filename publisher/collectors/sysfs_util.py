@@ -10,6 +10,7 @@ client does.)
 from __future__ import annotations
 
 import os
+import re
 
 from shm_metrics.publisher.collectors import ProcFile
 
@@ -37,18 +38,36 @@ def go_int(text: str) -> int | None:
         return None
 
 
-def sys_read(path: str) -> str | None:
-    """A sysfs attribute as procfs's util.SysReadFile gives it (one read, blanks trimmed), or None on error."""
+_INVALID_RUN = re.compile("[\udc80-\udcff]+")
+
+
+def go_text(raw: bytes) -> str:
+    """Bytes as text the way Go's strings.ToValidUTF8(s, "\ufffd") shows them: each run of invalid bytes
+    becomes one replacement character (Python's "replace" makes one per byte)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _INVALID_RUN.sub("\ufffd", raw.decode("utf-8", "surrogateescape"))
+
+
+def sys_read_raw(path: str) -> bytes | None:
+    """One read(2) of at most SYSFS_READ_SIZE bytes (broken drivers return EAGAIN rather than block), or None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return os.read(fd, SYSFS_READ_SIZE).decode("utf-8", "replace").strip()
+        return os.read(fd, SYSFS_READ_SIZE)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def sys_read(path: str) -> str | None:
+    """A sysfs attribute as procfs's util.SysReadFile gives it (one read, blanks trimmed), or None on error."""
+    raw = sys_read_raw(path)
+    return None if raw is None else go_text(raw).strip()
 
 
 class OpenFiles:
@@ -60,13 +79,16 @@ class OpenFiles:
         self._used: set[str] = set()
 
     def read(self, path: str) -> str:
-        """The whole file (OSError when it cannot be opened or read)."""
+        """The whole file as text (``go_text``; OSError when it cannot be opened or read)."""
+        return go_text(self.read_bytes(path))
+
+    def read_bytes(self, path: str) -> bytes:
         pf = self._files.get(path)
         if pf is None:
             pf = self._files[path] = ProcFile(path)
         self._used.add(path)
         try:
-            return pf.read()
+            return pf.read_bytes()
         except OSError:
             self._files.pop(path).close()
             raise
