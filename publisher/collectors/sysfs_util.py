@@ -102,3 +102,20 @@ class OpenFiles:
         for pf in self._files.values():
             pf.close()
         self._files.clear()
+
+
+def go_uint0(text: str) -> int | None:
+    """strconv.ParseUint(text, 0, 64): decimal, 0x hex, 0o or leading-0 octal, 0b binary; None on error
+    (digit separators, which Go accepts after a prefix, are refused: sysfs does not write them)."""
+    if not text or text != text.strip() or text[0] in "+-" or "_" in text:
+        return None
+    digits, base = text.lower(), 10
+    if digits[:2] in ("0x", "0o", "0b"):
+        digits, base = digits[2:], {"x": 16, "o": 8, "b": 2}[digits[1]]
+    elif len(digits) > 1 and digits[0] == "0":
+        base = 8
+    try:
+        value = int(digits, base)
+    except ValueError:
+        return None
+    return value if value < 1 << 64 else None
