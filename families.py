@@ -313,7 +313,8 @@ class FamilyView:
     def to_dict(self) -> dict[str, dict]:
         """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}."""
         return {f.name: {"type": f.type, "help": f.help, "labels": list(f.labels),
-                         "series": [{"labels": dict(zip(f.labels, values)), "value": value}
+                         "series": [{"labels": {n: v for n, v in zip(f.labels, values) if v != ABSENT_LABEL},
+                                     "value": value}
                                     for values, value in f.series]}
                 for f in self}
 
