@@ -192,3 +192,37 @@ def test_mdstat_pending_resync_counts_no_synced_blocks():
             "unused devices: <none>\n")
     (md,) = parse_mdstat(text)
     assert (md.name, md.state, md.blocks, md.synced, md.total, md.active) == ("md9", "resyncing", 1000, 0, 2, 2)
+
+
+def test_absent_labels_are_left_out_by_the_python_api_too(fixture_root):
+    """node_power_supply_info's AC adapter has only a type: the segment holds ABSENT_LABEL for the other
+    labels, and Snapshot.families.to_dict() (shm-read --json) shows only the labels the series has."""
+    import time
+    import uuid
+
+    from shm_metrics import shm_layout as L
+    from shm_metrics.families import ABSENT_LABEL
+    from shm_metrics.publisher.segment import OwnedSegment
+    from shm_metrics.readers import Reader
+
+    fixtures = fixture_root / FIXTURES
+    sampler = Sampler(sysfs=str(fixtures / "sys"), collectors=[PowerSupplyClass])
+    name = f"/shmtest-e2e-hw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    segment = None
+    try:
+        layout = L.Layout.for_capacities(64, 64, 64, 64, history=2, top=0, **sampler.family_capacities())
+        segment = OwnedSegment(name, layout, 0o600, 1.0, sampler.catalog)
+        sample = sampler.sample()
+        raw = {labels for family, labels, _ in sample.series if family.name == "node_power_supply_info"}
+        assert any(ABSENT_LABEL in labels for labels in raw)  # what the publisher writes for a missing label
+        segment.set_state(L.STATE_RUNNING)
+        segment.publish(sample, time.time(), time.monotonic(), 0.0, 0)
+        with Reader(name) as reader:
+            info = reader.read().families.to_dict()["node_power_supply_info"]
+    finally:
+        if segment is not None:
+            segment.close(unlink=True)
+        sampler.close()
+    by_supply = {row["labels"]["power_supply"]: row["labels"] for row in info["series"]}
+    assert by_supply["AC"] == {"power_supply": "AC", "type": "Mains"}
+    assert by_supply["BAT0"]["model_name"] == "LNV-45N1\ufffd" and "usb_type" not in by_supply["BAT0"]
