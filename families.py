@@ -37,6 +37,12 @@ _METRIC = L.METRICS.struct
 _CHUNK = L.STRINGS.size  # the blobs are counted in 8-byte chunks
 
 
+# A label value meaning "this series has no such label": node_exporter gives some info families a label set
+# per series (node_power_supply_info carries only the attributes a supply has); the catalog declares every
+# possible label and the exporter leaves this value's labels out.  A control character no sysfs text holds.
+ABSENT_LABEL = "\x01"
+
+
 class FamilyInfo(NamedTuple):
     """What the catalog says about one family."""
 
@@ -307,7 +313,8 @@ class FamilyView:
     def to_dict(self) -> dict[str, dict]:
         """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}."""
         return {f.name: {"type": f.type, "help": f.help, "labels": list(f.labels),
-                         "series": [{"labels": dict(zip(f.labels, values)), "value": value}
+                         "series": [{"labels": {n: v for n, v in zip(f.labels, values) if v != ABSENT_LABEL},
+                                     "value": value}
                                     for values, value in f.series]}
                 for f in self}
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shm_metrics.families import COUNTER, UNTYPED, Family
+from shm_metrics.families import ABSENT_LABEL, COUNTER, UNTYPED, Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.source import STATES, Reading, SegmentSource
 
@@ -42,7 +42,7 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
             metric = Metric(fam.name, fam.help, "unknown" if fam.type == UNTYPED else fam.type)
         labels = fam.labels
         for values, value in sorted_series(fam):
-            metric.add_sample(fam.name, dict(zip(labels, values)), value)
+            metric.add_sample(fam.name, {n: v for n, v in zip(labels, values) if v != ABSENT_LABEL}, value)
         yield metric
 
 
@@ -126,7 +126,7 @@ def render_families(families: Iterable[Family]) -> bytes:
             prefix = prefixes.get(key)
             if prefix is None:
                 if labels:
-                    pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels)
+                    pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels if values[i] != ABSENT_LABEL)
                     prefix = prefixes[key] = f"{name}{{{pairs}}} "
                 else:
                     prefix = prefixes[key] = f"{name} "
