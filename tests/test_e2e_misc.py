@@ -161,6 +161,18 @@ def test_runs_on_this_host(collector):
         assert value == value, family.name  # no NaN from a misread field
 
 
+def test_slabinfo_reads_past_the_first_page():
+    # /proc/slabinfo comes a page at a time: a single read gives only the first ~4 kB of it.
+    if not _readable("/proc/slabinfo"):
+        pytest.skip("/proc/slabinfo not readable here")
+    for _ in range(5):  # caches come and go: a few tries for a moment when none does
+        slabs = {line.split()[0] for line in Path("/proc/slabinfo").read_text().splitlines()[2:]}
+        ours = {labels[0] for _, labels, _ in _on_this_host(Slabinfo).series}
+        if ours == slabs:
+            break
+    assert len(slabs) > 0 and ours == slabs
+
+
 def test_wifi_without_fixtures_is_unavailable_with_its_reason():
     # nl80211 is not read here: with or without wireless interfaces the collector says why it is left out.
     with pytest.raises(OSError, match="wireless"):

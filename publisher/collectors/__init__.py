@@ -64,6 +64,17 @@ class ProcFile:
                 return b"".join(chunks)
             offset += len(chunk)
 
+    def read_to_end(self) -> str:
+        """The whole file, for /proc tables generated a page at a time (seq_file: /proc/slabinfo,
+        /proc/net/tcp, /proc/interrupts on many CPUs), where a read may return less than asked before
+        the end: reads until one returns nothing, one read more than ``read`` costs."""
+        chunks = []
+        offset = 0
+        while chunk := os.pread(self.fd, _READ_SIZE, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
     def close(self) -> None:
         os.close(self.fd)
 

@@ -47,6 +47,6 @@ class Interrupts(Collector):
 
     def collect(self, out: Sample) -> None:
         add = out.add
-        for name, (info, devices, values) in parse_interrupts(self._file.read()).items():
+        for name, (info, devices, values) in parse_interrupts(self._file.read_to_end()).items():
             for cpu, value in enumerate(values):
                 add(INTERRUPTS, (str(cpu), name, info, devices), float(value))

@@ -40,7 +40,7 @@ class Lnstat(Collector):
             (os.path.basename(path), self.open(path)) for path in sorted(glob.glob(f"{ctx.procfs}/net/stat/*"))]
         self._families: dict[str, FamilyInfo] = {}
         for _, pf in self._files:
-            for name in parse_stat_file(pf.read()):
+            for name in parse_stat_file(pf.read_to_end()):
                 if name not in self._families:
                     self._families[name] = counter(f"node_lnstat_{name}_total", "linux network cache stats",
                                                    "subsystem", "cpu")
@@ -48,7 +48,7 @@ class Lnstat(Collector):
 
     def collect(self, out: Sample) -> None:
         for subsystem, pf in self._files:
-            for name, values in parse_stat_file(pf.read()).items():
+            for name, values in parse_stat_file(pf.read_to_end()).items():
                 family = self._families.get(name)
                 if family is None:  # a counter the kernel did not have at start is not in the catalog
                     continue

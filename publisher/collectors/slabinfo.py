@@ -30,10 +30,10 @@ class Slabinfo(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/slabinfo")
-        self._file.read_bytes()  # EACCES for non-root on most kernels: unavailable, not failing every sample
+        self._file.read_to_end()  # EACCES for non-root on most kernels: unavailable, not failing every sample
 
     def collect(self, out: Sample) -> None:
-        for line in self._file.read().splitlines():
+        for line in self._file.read_to_end().splitlines():
             if "slabinfo -" in line or "# name" in line:
                 continue
             parts = line.split()

@@ -53,7 +53,7 @@ class Tcpstat(Collector):
     def counts(self) -> dict[str, float]:
         counts: dict[str, float] = {}
         for table in self._tables:
-            count_states(table.read(), counts)
+            count_states(table.read_to_end(), counts)
         return counts
 
     def collect(self, out: Sample) -> None:

@@ -127,12 +127,12 @@ class Zoneinfo(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/zoneinfo")
-        longest = max((len(p) for *_, p in parse_zoneinfo(self._file.read())), default=0)
+        longest = max((len(p) for *_, p in parse_zoneinfo(self._file.read_to_end())), default=0)
         self._protection = tuple(_protection_family(i) for i in range(longest))
         self.families = (*FIELDS.values(), *self._protection)
 
     def collect(self, out: Sample) -> None:
-        for node, zone, values, protection in parse_zoneinfo(self._file.read()):
+        for node, zone, values, protection in parse_zoneinfo(self._file.read_to_end()):
             labels = (node, zone)
             for key, value in values.items():
                 out.add(FIELDS[key], labels, value)
