@@ -1,6 +1,6 @@
 """node_exporter 1.5.0's end-to-end fixture, for the kernel's odds and ends: interrupts, schedstat, slabinfo,
 zoneinfo, buddyinfo, ksmd, lnstat, meminfo_numa, cgroups, sysctl, qdisc and wifi; then tcpstat and qdisc
-against ``ss`` and ``tc`` on this host.
+against ``ss`` and ``tc`` on this host, and systemd against Debian's node_exporter over a private D-Bus bus.
 
 Each collector runs alone through the real publisher and exporter (``node_e2e.exposition_of``) over the
 unpacked fixture tree, with the options end-to-end-test.sh passes, and every family of it in
@@ -10,13 +10,16 @@ is cleanly unavailable, and a sample of it does not fail.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from exporter_util import Process, free_port, metrics, need
 from node_e2e import FIXTURES, compare, diff_lines, expected_families, exposition_of, families, render, unpack
 
 from shm_metrics.publisher.collectors import Context, Sample
@@ -30,6 +33,7 @@ from shm_metrics.publisher.collectors.qdisc import Qdisc
 from shm_metrics.publisher.collectors.schedstat import Schedstat
 from shm_metrics.publisher.collectors.slabinfo import Slabinfo
 from shm_metrics.publisher.collectors.sysctl import Sysctl
+from shm_metrics.publisher.collectors.systemd import Systemd, parse_version, unit_path
 from shm_metrics.publisher.collectors.tcpstat import STATE_NAMES, Tcpstat
 from shm_metrics.publisher.collectors.wifi import Wifi
 from shm_metrics.publisher.collectors.zoneinfo import Zoneinfo
@@ -88,9 +92,9 @@ def test_fixture_families_equal(fixture_root, collector):
     assert len(table[collector]["equal"]) == len(expected)
 
 
-@pytest.mark.parametrize("collector", [*CASES, "tcpstat"])
+@pytest.mark.parametrize("collector", [*CASES, "tcpstat", "systemd"])
 def test_default_switch_is_node_exporters(collector):
-    cls = CASES.get(collector, Tcpstat)
+    cls = {**CASES, "tcpstat": Tcpstat, "systemd": Systemd}[collector]
     assert cls.reports == (collector,)
     assert cls.default_enabled == (collector in ON_BY_DEFAULT)
 
@@ -256,3 +260,102 @@ def test_qdisc_reads_the_kernel_as_tc_does():
     for key in after:  # counters only grow: ours lies between tc's two readings
         assert before[key][0] <= ours[(key, "node_qdisc_bytes_total")] <= after[key][0], key
         assert before[key][1] <= ours[(key, "node_qdisc_packets_total")] <= after[key][1], key
+
+
+# ---------------------------------------------------------------- systemd, over D-Bus
+HERE = Path(__file__).resolve().parent
+SYSTEMD_FIXTURE = HERE / "fixtures" / "systemd" / "debian12.json"
+# node_exporter 1.5.0's default exclude (Debian's build adds "target": given explicitly to the oracle).
+UPSTREAM_EXCLUDE = r".+\.(automount|device|mount|scope|slice)"
+ALL_SYSTEMD_OPTIONS = {"systemd.enable-task-metrics": True, "systemd.enable-restarts-metrics": True,
+                       "systemd.enable-start-time-metrics": True}
+
+
+@pytest.fixture(scope="module")
+def systemd_bus(tmp_path_factory):
+    """A private D-Bus bus with tests/fake_systemd.py on it answering from SYSTEMD_FIXTURE: its address.
+
+    No systemd runs on the machines this is written on, so the fixture stands in for it; the same bus
+    serves Debian's node_exporter (the oracle) and our collector, the real D-Bus protocol both ways.
+    """
+    daemon = need("dbus-daemon", "dbus-daemon")
+    sock = tmp_path_factory.mktemp("bus") / "bus.sock"
+    bus = Process([daemon, "--session", "--nofork", f"--address=unix:path={sock}", "--print-address=1"])
+    fake = None
+    try:
+        address = bus.wait_for_line("unix:path=").strip()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+        fake = Process([sys.executable, str(HERE / "fake_systemd.py"), address, str(SYSTEMD_FIXTURE)], env=env)
+        fake.wait_for_line("ready")
+        yield address
+    finally:
+        if fake is not None:
+            fake.stop()
+        bus.stop()
+
+
+def _oracle_systemd(address: str, *flags: str) -> dict[str, str]:
+    """The node_systemd_* families Debian's node_exporter serves with only its systemd collector on."""
+    binary = need("prometheus-node-exporter", "prometheus-node-exporter")
+    port = free_port()
+    proc = Process([binary, "--collector.disable-defaults", "--collector.systemd", *flags,
+                    f"--web.listen-address=127.0.0.1:{port}"], env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address})
+    try:
+        proc.wait_for_line("Listening on")
+        text = metrics(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.stop()
+    assert 'node_scrape_collector_success{collector="systemd"} 1' in text, text[-2000:]
+    return {name: block for name, block in families(text).items() if name.startswith("node_systemd_")}
+
+
+def _ours_systemd(address: str, options: dict) -> dict[str, str]:
+    text = exposition_of(Path("/nonexistent"), collectors=[Systemd],
+                         options={"systemd.bus-address": address, **options})
+    return {name: block for name, block in families(text).items() if name.startswith("node_systemd_")}
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["default options", "every optional family"])
+def test_systemd_equals_node_exporter_on_the_same_bus(systemd_bus, extra):
+    flags = [f"--collector.systemd.unit-exclude={UPSTREAM_EXCLUDE}"]
+    if extra:
+        flags += ["--collector.systemd.enable-task-metrics", "--collector.systemd.enable-restarts-metrics",
+                  "--collector.systemd.enable-start-time-metrics"]
+    expected = _oracle_systemd(systemd_bus, *flags)
+    actual = _ours_systemd(systemd_bus, ALL_SYSTEMD_OPTIONS if extra else {})
+    # 12 families with every option, 8 without (no restarts, tasks, start times).
+    assert len(expected) == (12 if extra else 8), sorted(expected)
+    table = compare(expected, actual)
+    print("\nsystemd against Debian's node_exporter on a private bus:\n" + render(table))
+    wrong = {name: diff_lines(expected[name], actual.get(name, ""))
+             for row in table.values() for key in ("different", "missing") for name in row[key]}
+    assert not wrong, wrong
+    assert set(actual) == set(expected)
+
+
+def test_systemd_filters_and_counts(systemd_bus):
+    collector = Systemd(Context(options={"systemd.bus-address": systemd_bus, "systemd.unit-include": "ssh.*",
+                                         "systemd.unit-exclude": r".+\.socket"}))
+    try:
+        out = Sample()
+        collector.collect(out)
+    finally:
+        collector.close()
+    names = {labels[0] for fam, labels, _ in out.series if fam.name == "node_systemd_unit_state"}
+    assert names == {"ssh.service"}
+    summary = {labels[0]: value for fam, labels, value in out.series if fam.name == "node_systemd_units"}
+    # Every unit is counted, filtered or not, "not-found" ones too; a state beyond the five gets its own row.
+    assert summary == {"active": 11, "activating": 1, "deactivating": 1, "inactive": 3, "failed": 1, "reloading": 1}
+
+
+def test_systemd_without_a_bus_is_unavailable(tmp_path):
+    with pytest.raises(OSError):
+        Systemd(Context(options={"systemd.bus-address": f"unix:path={tmp_path}/no-bus"}))
+
+
+def test_systemd_object_paths_and_versions():
+    assert unit_path("ssh.service") == "/org/freedesktop/systemd1/unit/ssh_2eservice"
+    assert unit_path("1password.service") == "/org/freedesktop/systemd1/unit/_31password_2eservice"
+    assert unit_path("getty@tty1.service") == "/org/freedesktop/systemd1/unit/getty_40tty1_2eservice"
+    assert parse_version("252.36-1~deb12u1") == (252.36, "252.36-1~deb12u1")
+    assert parse_version("v99") == (0.0, "")
