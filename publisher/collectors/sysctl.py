@@ -92,6 +92,7 @@ class Sysctl(Collector):
     name = "sysctl"
     reports = ("sysctl",)
     default_enabled = False
+    families = (INFO,)  # with the families of the sysctls asked for, declared at start
     described = (("node_sysctl_<name>[_<key>]", "untyped", "[index]",
                   "each --collector.sysctl.include (dots and dashes become _); HELP \"sysctl <name>\""),)
 

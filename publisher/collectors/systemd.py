@@ -123,7 +123,11 @@ class Systemd(Collector):
         self._restarts = _flag(ctx.option("systemd.enable-restarts-metrics", False))
         self._tasks = _flag(ctx.option("systemd.enable-task-metrics", False))
         self._start_time = _flag(ctx.option("systemd.enable-start-time-metrics", False))
-        self._bus: _Bus | None = _Bus(self._address)  # no bus, no systemd: unavailable (OSError)
+        try:
+            self._bus: _Bus | None = _Bus(self._address)
+        except OSError as exc:  # no bus (no systemd either): unavailable, saying where it looked
+            where = "the system bus" if self._address == "SYSTEM" else self._address
+            raise OSError(f"no D-Bus connection to {where}: {exc}") from None
 
     def collect(self, out: Sample) -> None:
         if self._bus is None:

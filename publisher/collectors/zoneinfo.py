@@ -121,6 +121,7 @@ class Zoneinfo(Collector):
     name = "zoneinfo"
     reports = ("zoneinfo",)
     default_enabled = False
+    families = tuple(FIELDS.values())
     described = (("node_zoneinfo_protection_<N>", "gauge", "node, zone",
                   "each position of a zone's protection array (as many as the kernel prints)"),)
 
