@@ -108,7 +108,10 @@ class ProcessTable:
         self._fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
         self._kept_count = 0  # stat fds kept in _procs and _task_fds
         self._raised_limit = False
-        self._uptime_fd: int | None = os.open(f"{procfs}/uptime", _O_FLAGS)
+        try:
+            self._uptime_fd: int | None = os.open(f"{procfs}/uptime", _O_FLAGS)
+        except OSError:  # a procfs without uptime (a fixture tree): new processes' CPU share is then 0
+            self._uptime_fd = None
 
     # ------------------------------------------------------------------ scan
     def scan(self) -> ProcessScan:
@@ -322,7 +325,13 @@ class ProcessTable:
         self._task_fds = new
 
     def _uptime_seconds(self) -> float:
-        return float(os.pread(self._uptime_fd, 64, 0).split()[0])
+        """Seconds since boot, or 0.0 (every process then has age <= 0) without a readable uptime."""
+        if self._uptime_fd is None:
+            return 0.0
+        try:
+            return float(os.pread(self._uptime_fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     # ------------------------------------------------------------------ rows
     def _row(self, row: tuple, status: dict[int, tuple[str, int | None]]) -> dict:

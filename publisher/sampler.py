@@ -58,7 +58,9 @@ class Sampler:
                       udev_data=udev_data, options=options)
         self.collectors: list[Collector] = []
         self.unavailable: dict[str, str] = {}  # node_exporter collector name -> why it is left out
-        for cls in selected() if collectors is None else collectors:
+        classes = selected() if collectors is None else list(collectors)
+        ctx.enabled = frozenset(name for cls in classes for name in cls.reports)
+        for cls in classes:
             try:
                 self.collectors.append(cls(ctx))
             except (OSError, LookupError, ValueError) as exc:

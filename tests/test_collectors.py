@@ -88,7 +88,8 @@ def test_diskstats_all_fields_converted(tmp_path):
     assert ("vda", "254", "0", "", "", "", "", "") in got["node_disk_info"]
 
 
-def test_netdev_all_columns_and_nohandler_from_sysfs(tmp_path):
+def test_netdev_all_columns_and_nohandler_from_sysfs(tmp_path, monkeypatch):
+    # netlink (the default) reads the running kernel: here, the fake tree stands for it
     write(tmp_path / "proc/net/dev",
           "Inter-|   Receive                                                |  Transmit\n"
           " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
@@ -96,6 +97,8 @@ def test_netdev_all_columns_and_nohandler_from_sysfs(tmp_path):
           "    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n"
           "  eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n")
     write(tmp_path / "sys/class/net/eth0/statistics/rx_nohandler", "17\n")
+    monkeypatch.setattr(netdev, "LIVE_PROCFS", str(tmp_path / "proc"))
+    monkeypatch.setattr(netdev, "LIVE_SYSFS", str(tmp_path / "sys"))
     got = collect(netdev.Netdev, tmp_path)
     names = ["receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
              "receive_compressed", "receive_multicast", "transmit_bytes", "transmit_packets", "transmit_errs",
@@ -103,6 +106,11 @@ def test_netdev_all_columns_and_nohandler_from_sysfs(tmp_path):
     for i, key in enumerate(names, 1):
         assert got[f"node_network_{key}_total"] == {("eth0",): i}, key  # lo: Debian's default filter
     assert got["node_network_receive_nohandler_total"] == {("eth0",): 17}
+    # without netlink: <procfs>/net/dev (the live one is gone here), no nohandler; device-include drops Debian's ^lo$
+    monkeypatch.setattr(netdev, "LIVE_PROCFS", str(tmp_path / "nowhere"))
+    got = collect(netdev.Netdev, tmp_path, options={"netdev.netlink": False, "netdev.device-include": "^lo$"})
+    assert got["node_network_receive_bytes_total"] == {("lo",): 10}
+    assert "node_network_receive_nohandler_total" not in got
 
 
 def test_vmstat_and_netstat_keep_node_exporters_default_fields(tmp_path):
@@ -144,7 +152,8 @@ def test_small_proc_collectors(tmp_path):
                       ("memory", "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")):
         write(proc / f"pressure/{res}", f"some avg10=0.00 avg60=0.01 avg300=0.04 total=3257405\n{full}")
     got = collect(pressure.Pressure, tmp_path)
-    assert got["node_pressure_cpu_waiting_seconds_total"] == {(): 3.257405}
+    # node_exporter divides by 1000 twice, and prints the result's rounding: 3.2574050000000003
+    assert got["node_pressure_cpu_waiting_seconds_total"] == {(): 3257405 / 1000.0 / 1000.0}
     assert got["node_pressure_io_stalled_seconds_total"] == {(): 2.5}
     assert "node_pressure_cpu_stalled_seconds_total" not in got
 
@@ -213,7 +222,8 @@ def test_missing_files_mean_absent_families_and_success_zero(tmp_path):
     proc = tmp_path / "proc"
     write(proc / "stat", "cpu  1 0 1 1 0 0 0 0 0 0\ncpu0 1 0 1 1 0 0 0 0 0 0\nbtime 1700000000\n")
     write(proc / "loadavg", "0.5 0.25 0.1 1/100 4242\n")
-    sampler = Sampler(procfs=str(proc), sysfs=str(tmp_path / "sys"), rootfs=str(tmp_path))
+    sampler = Sampler(procfs=str(proc), sysfs=str(tmp_path / "sys"), rootfs=str(tmp_path),
+                      options={"netdev.netlink": False})  # else netdev reads the running kernel
     try:
         sample = sampler.sample()
     finally:

@@ -25,7 +25,14 @@ def _stable(text: bytes) -> list[str]:
     return [line for line in text.decode().splitlines() if not line.startswith(_VOLATILE)]
 
 
-def test_cached_exposition_equals_generate_latest_of_the_registry(name, start_publisher):
+def _values_as_floats(lines: list[str]) -> list[tuple[str, float] | str]:
+    """Sample lines as (series, value): the exporter writes node_* values as node_exporter does (3),
+    generate_latest as prometheus_client does (3.0)."""
+    return [line if line.startswith("#") else (line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
+            for line in lines]
+
+
+def test_cached_exposition_equals_generate_latest_of_the_registry_but_for_the_float_format(name, start_publisher):
     start_publisher(name, "--interval", "5")
     source = SegmentSource(name)
     registry, exposition = build(source)
@@ -35,7 +42,10 @@ def test_cached_exposition_equals_generate_latest_of_the_registry(name, start_pu
             first, second, reference = exposition.render(), exposition.render(), generate_latest(registry)
             if source.read().snapshot.seq == seq:
                 break
-        assert _stable(first) == _stable(second) == _stable(reference)
+        assert _stable(first) == _stable(second)
+        assert _values_as_floats(_stable(first)) == _values_as_floats(_stable(reference))
+        assert b"\nnode_load1 " in first and b"\nnode_procs_running " in first
+        assert all(not line.endswith(".0") for line in _stable(first) if line.startswith("node_procs_"))  # Go's 2
         assert exposition.renders == 1  # the node_* block was rendered once for this sample
         names = {f.name for f in source.read().snapshot.families}  # every family with series, rendered generically
         assert "node_uname_info" in names and "node_memory_MemTotal_bytes" in names
@@ -108,3 +118,18 @@ def test_version_and_help():
     assert out.returncode == 0
     for flag in ("--web.listen-address", "--listen", "--web.telemetry-path", "--web.config.file", "--name"):
         assert flag in out.stdout
+
+
+@pytest.mark.parametrize("value, go", [
+    (3.0, "3"), (0.0, "0"), (-0.0, "0"), (65536, "65536"), (999999, "999999"), (1e6, "1e+06"),
+    (1234567, "1.234567e+06"), (1418183276, "1.418183276e+09"), (0.0001, "0.0001"), (1e-05, "1e-05"),
+    (0.000123, "0.000123"), (1.5e-7, "1.5e-07"), (123.456, "123.456"), (-2.5, "-2.5"), (-125000, "-125000"),
+    (14036781 / 1000.0 / 1000.0, "14.036781000000001"), (1e21, "1e+21"), (1.5e300, "1.5e+300"),
+    (5e-324, "5e-324"), (2.0 ** 63, "9.223372036854776e+18"), (float("inf"), "+Inf"), (float("-inf"), "-Inf"),
+    (float("nan"), "NaN"),
+])
+def test_values_are_written_as_node_exporter_writes_them(value, go):
+    # Go's strconv.FormatFloat(v, 'g', -1, 64), as expfmt writes sample values (the strings are Go's output).
+    from shm_metrics.readers.exporter.collector import go_float
+
+    assert go_float(value) == go

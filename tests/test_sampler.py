@@ -282,6 +282,10 @@ def mountinfo(tmp_path) -> str:
     ]) + "\n"
 
 
+# netdev reads the running kernel by default (netlink, as node_exporter); these tests want the fake net/dev.
+FAKE_NET = {"netdev.netlink": False}
+
+
 @pytest.fixture
 def fake_proc(tmp_path):
     root = tmp_path / "proc"
@@ -301,7 +305,7 @@ def fake_proc(tmp_path):
 
 
 def test_fake_proc_exact_values(name, fake_proc, tmp_path):
-    sampler = Sampler(procfs=str(fake_proc))
+    sampler = Sampler(procfs=str(fake_proc), options=FAKE_NET)
     try:
         first = sampler.sample()
         s = first.scalars
@@ -386,7 +390,7 @@ def test_fake_proc_exact_values(name, fake_proc, tmp_path):
 
 
 def test_counters_going_backwards_never_give_negative_or_over_100_percent(name, fake_proc):
-    sampler = Sampler(procfs=str(fake_proc))
+    sampler = Sampler(procfs=str(fake_proc), options=FAKE_NET)
     try:
         sampler.sample()
         # iowait of cpu1 goes backwards (the kernel does that), idle grows a little
@@ -403,7 +407,7 @@ def test_a_failing_family_does_not_stop_the_others(name, fake_proc, caplog):
     (fake_proc / "net/dev").unlink()
     (fake_proc / "net/dev").mkdir()
     write(fake_proc / "loadavg", "not a loadavg\n")
-    sampler = Sampler(procfs=str(fake_proc))
+    sampler = Sampler(procfs=str(fake_proc), options=FAKE_NET)
     try:
         with caplog.at_level(logging.WARNING, logger="shm_metrics.publisher.sampler"):
             samples = [sampler.sample() for _ in range(3)]
@@ -431,8 +435,8 @@ def test_a_failing_family_does_not_stop_the_others(name, fake_proc, caplog):
 
 
 def test_custom_filters(name, fake_proc):
-    sampler = Sampler(procfs=str(fake_proc), filters=F.Filters(disk_exclude="", net_exclude=r"^(lo|veth.*)$",
-                                                               fs_type_exclude=r"^xfs$"))
+    sampler = Sampler(procfs=str(fake_proc), options=FAKE_NET,
+                      filters=F.Filters(disk_exclude="", net_exclude=r"^(lo|veth.*)$", fs_type_exclude=r"^xfs$"))
     try:
         sample = sampler.sample()
         assert [n["device"] for n in sample.net] == ["eth0"]

@@ -21,6 +21,7 @@ a collector only that often and re-publishes its last series in between.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
@@ -101,9 +102,43 @@ class Context:
         # options["sysctl.include"] = ["kernel.threads-max"], options["bcache.priorityStats"] = True.
         # A collector reads its own with a default: option("bcache.priorityStats", False).
         self.options: dict[str, object] = dict(options or {})
+        # node_exporter's collectors this sampler runs (the Sampler sets it): a collector whose families
+        # another one owns when that one runs (loadavg's node_processes_threads, processes) leaves them out.
+        self.enabled: frozenset[str] = frozenset()
 
     def option(self, name: str, default: object = None) -> object:
         return self.options.get(name, default)
+
+    def text_option(self, name: str, default: str = "") -> str:
+        """A string option (a regular expression, a path); of a repeated flag, the last one, as kingpin keeps."""
+        value = self.options.get(name, default)
+        if isinstance(value, (list, tuple)):
+            value = value[-1] if value else default
+        return "" if value is None else str(value)
+
+    def device_filter(self, collector: str, default_exclude: str = "") -> DeviceFilter:
+        """node_exporter's ``--collector.<collector>.device-include`` / ``device-exclude`` pair.
+
+        node_exporter refuses both at once; here an include given without an exclude also drops the
+        default exclude (Debian's ``^lo$`` for netdev), so ``device-include=lo`` shows lo.
+        """
+        include = self.text_option(f"{collector}.device-include")
+        exclude = self.text_option(f"{collector}.device-exclude", "" if include else default_exclude)
+        return DeviceFilter(exclude, include)
+
+
+class DeviceFilter:
+    """Which devices a collector skips: the ones the exclude pattern finds, and those the include
+    pattern does not (both searched anywhere in the name, as Go's MatchString does)."""
+
+    def __init__(self, exclude: str = "", include: str = ""):
+        # re.error propagates: a bad pattern is a usage error, as in node_exporter (MustCompile).
+        self._exclude = re.compile(exclude) if exclude else None
+        self._include = re.compile(include) if include else None
+
+    def ignored(self, name: str) -> bool:
+        return bool((self._exclude is not None and self._exclude.search(name))
+                    or (self._include is not None and not self._include.search(name)))
 
 
 class Collector:

@@ -15,12 +15,16 @@ class Arp(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/net/arp")
+        self._filter = ctx.device_filter("arp")
 
     def collect(self, out: Sample) -> None:
         counts: dict[str, int] = {}
-        for line in self._file.read().splitlines()[1:]:
+        for line in self._file.read().splitlines():
             fields = line.split()
-            if len(fields) >= 6:
-                counts[fields[5]] = counts.get(fields[5], 0) + 1
+            if len(fields) >= 6 and fields[0] != "IP":  # "IP address HW type ...": the header
+                device = fields[-1]
+                counts[device] = counts.get(device, 0) + 1
+        ignored = self._filter.ignored
         for device, n in counts.items():
-            out.add(ENTRIES, (device,), n)
+            if not ignored(device):
+                out.add(ENTRIES, (device,), n)

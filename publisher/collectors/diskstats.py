@@ -3,9 +3,12 @@
 Sectors are 512 bytes and times milliseconds whatever the device (the
 kernel's units), converted to bytes and seconds as node_exporter does; a
 kernel with fewer fields (no discard or flush columns) has fewer families.
-``node_disk_info`` carries udev's properties (/run/udev/data/b<major>:<minor>),
-re-read every ``INFO_REFRESH_SECONDS``.  Also fills the layout's ``disks``
-array and its byte totals.
+``node_disk_info`` carries udev's properties (``<udev data>/b<major>:<minor>``,
+``--path.udev.data``), re-read every ``INFO_REFRESH_SECONDS``, and so do
+node_disk_filesystem_info, node_disk_device_mapper_info and the ATA families
+when udev has the properties.  Devices: ``diskstats.device-include`` /
+``diskstats.device-exclude`` (default: the filters' ``disk_exclude``).  Also
+fills the layout's ``disks`` array and its byte totals.
 """
 
 from __future__ import annotations
@@ -48,20 +51,51 @@ _FIELDS = (
              "This is the total number of seconds spent by all flush requests.", "device"), _MS),
 )
 _UDEV_PROPERTIES = ("ID_PATH", "ID_WWN", "ID_MODEL", "ID_SERIAL_SHORT", "ID_REVISION")
+FILESYSTEM_INFO = gauge("node_disk_filesystem_info", "Info about disk filesystem.", "device", "type", "usage", "uuid",
+                        "version")
+_FILESYSTEM_PROPERTIES = ("ID_FS_TYPE", "ID_FS_USAGE", "ID_FS_UUID", "ID_FS_VERSION")
+DEVICE_MAPPER_INFO = gauge("node_disk_device_mapper_info", "Info about disk device mapper.", "device", "name", "uuid",
+                           "vg_name", "lv_name", "lv_layer")
+_DEVICE_MAPPER_PROPERTIES = ("DM_NAME", "DM_UUID", "DM_VG_NAME", "DM_LV_NAME", "DM_LV_LAYER")
+# Shown for an ATA disk (ID_ATA set) from the udev property of the same meaning, when it is a number.
+_ATA = (
+    (gauge("node_disk_ata_write_cache", "ATA disk has a write cache.", "device"), "ID_ATA_WRITE_CACHE"),
+    (gauge("node_disk_ata_write_cache_enabled", "ATA disk has its write cache enabled.", "device"),
+     "ID_ATA_WRITE_CACHE_ENABLED"),
+    (gauge("node_disk_ata_rotation_rate_rpm", "ATA disk rotation rate in RPMs (0 for SSDs).", "device"),
+     "ID_ATA_ROTATION_RATE_RPM"),
+)
+
+
+def _udev_series(device: str, major: str, minor: str, props: dict[str, str]) -> list[tuple]:
+    """The udev-derived series of one disk: node_disk_info, and the others when udev has their properties."""
+    rows = [(INFO, (device, major, minor, *(props.get(p, "") for p in _UDEV_PROPERTIES)), 1)]
+    if props.get("ID_FS_TYPE"):
+        rows.append((FILESYSTEM_INFO, (device, *(props.get(p, "") for p in _FILESYSTEM_PROPERTIES)), 1))
+    if props.get("DM_NAME"):
+        rows.append((DEVICE_MAPPER_INFO, (device, *(props.get(p, "") for p in _DEVICE_MAPPER_PROPERTIES)), 1))
+    if props.get("ID_ATA"):
+        for family, key in _ATA:
+            try:
+                rows.append((family, (device,), float(props[key])))
+            except (KeyError, ValueError):  # not there, or not a number: node_exporter skips it too
+                pass
+    return rows
 
 
 class Diskstats(Collector):
     name = "disks"
     reports = ("diskstats",)
-    families = (INFO, *(fam for fam, _ in _FIELDS))
+    families = (INFO, *(fam for fam, _ in _FIELDS), FILESYSTEM_INFO, DEVICE_MAPPER_INFO, *(fam for fam, _ in _ATA))
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/diskstats")
-        self._info: dict[tuple[str, str, str], tuple[float, tuple[str, ...]]] = {}
-        self.udev_data = "/run/udev/data"
+        self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
+        self.udev_data = ctx.udev_data
+        self._filter = ctx.device_filter("diskstats", ctx.filters.disk_exclude)
 
-    def _info_labels(self, device: str, major: str, minor: str, now: float) -> tuple[str, ...]:
+    def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
         cached = self._info.get(key)
         if cached is None or now - cached[0] > INFO_REFRESH_SECONDS:
@@ -69,15 +103,17 @@ class Diskstats(Collector):
             text = read_once(f"{self.udev_data}/b{major}:{minor}") or ""
             for line in text.splitlines():
                 if line.startswith("E:"):
-                    k, _, v = line[2:].partition("=")
-                    props[k] = v
-            cached = self._info[key] = (now, (device, major, minor, *(props.get(p, "") for p in _UDEV_PROPERTIES)))
+                    k, sep, v = line[2:].partition("=")
+                    if sep:
+                        props[k] = v
+            cached = self._info[key] = (now, _udev_series(device, major, minor, props))
         return cached[1]
 
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
-        excluded = self.ctx.filters.disk_excluded
+        excluded = self._filter.ignored
+        udev_series = []
         now = time.monotonic()
         for line in self._file.read().splitlines():
             v = line.split()
@@ -87,10 +123,13 @@ class Diskstats(Collector):
             rows.append({"device": device, "reads": int(v[3]), "writes": int(v[7]),
                          "read_bytes": int(v[5]) * _SECTOR, "written_bytes": int(v[9]) * _SECTOR,
                          "io_time_seconds": int(v[12]) / 1000.0})
-            add(INFO, self._info_labels(device, v[0], v[1], now), 1)
+            info = self._info_series(device, v[0], v[1], now)
+            add(*info[0])
+            udev_series += info[1:]
             labels = (device,)
             for (family, factor), raw in zip(_FIELDS, v[3:]):
                 add(family, labels, int(raw) * factor)
+        out.series += udev_series
         out.disks = rows
         out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
         out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)

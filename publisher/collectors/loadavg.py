@@ -7,8 +7,9 @@ from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
 LOAD1 = gauge("node_load1", "1m load average.")
 LOAD5 = gauge("node_load5", "5m load average.")
 LOAD15 = gauge("node_load15", "15m load average.")
-# node_exporter's processes collector counts threads from every /proc/PID/stat; the
-# kernel's own count (after the slash) means the same and costs one read.
+# node_exporter's processes collector (off by default) counts threads from every /proc/PID/stat; the
+# kernel's own count (after the slash) means the same and costs one read.  Shown while that collector
+# does not run; when it runs, the family is its own (and counted its way).
 THREADS = gauge("node_processes_threads", "Allocated threads in system")
 
 
@@ -20,6 +21,9 @@ class Loadavg(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/loadavg")
+        self._threads = "processes" not in ctx.enabled
+        if not self._threads:
+            self.families = (LOAD1, LOAD5, LOAD15)
 
     def collect(self, out: Sample) -> None:
         l1, l5, l15, entities, _ = self._file.read().split()
@@ -28,4 +32,5 @@ class Loadavg(Collector):
         out.add(LOAD1, (), float(l1))
         out.add(LOAD5, (), float(l5))
         out.add(LOAD15, (), float(l15))
-        out.add(THREADS, (), threads)
+        if self._threads:
+            out.add(THREADS, (), threads)

@@ -11,6 +11,7 @@ length, flags, ids...) are re-read every ``PROPERTIES_REFRESH_SECONDS``
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once
@@ -105,10 +106,18 @@ class Netclass(Collector):
         self._root = f"{ctx.sysfs}/class/net"
         os.listdir(self._root)  # unavailable without sysfs
         self._interfaces: dict[str, _Interface] = {}
+        self._ignored = re.compile(ctx.text_option("netclass.ignored-devices", "^$"))
+        self._ignore_invalid_speed = bool(ctx.option("netclass.ignore-invalid-speed", False))
+
+    def _devices(self) -> list[str]:
+        # Interfaces are directories (symlinks to them); bonding_masters is a plain file beside them.
+        with os.scandir(self._root) as entries:
+            return sorted(e.name for e in entries
+                          if not e.is_file(follow_symlinks=False) and not self._ignored.search(e.name))
 
     def collect(self, out: Sample) -> None:
         now = time.monotonic()
-        names = sorted(os.listdir(self._root))
+        names = self._devices()
         for gone in [n for n in self._interfaces if n not in names]:
             self._interfaces.pop(gone).close()
         add = out.add
@@ -127,6 +136,8 @@ class Netclass(Collector):
                 if value is None:
                     continue
                 if attr == "speed":
+                    if value < 0 and self._ignore_invalid_speed:
+                        continue
                     value = value * 1000 * 1000 // 8  # Mbit/s to bytes/s; -1 (unknown) stays negative, as there
                 add(family, labels, value)
 

@@ -5,6 +5,14 @@ error counters into /proc/net/dev's columns (``legacy()``), so /proc/net/dev
 gives the same numbers; ``receive_nohandler``, which only netlink has, comes
 from the interface's sysfs statistics file.  Also fills the layout's ``net``
 array and its byte totals.
+
+Netlink asks the running kernel about the publisher's own network namespace,
+whatever ``--path.procfs`` says: so with ``netdev.netlink`` on (node_exporter's
+default) the files read are this process's ``/proc/net/dev`` and
+``/sys/class/net`` (``LIVE_PROCFS``/``LIVE_SYSFS``), not the configured trees;
+with it off, ``<procfs>/net/dev`` and no ``receive_nohandler``, as node_exporter
+does.  Devices: ``netdev.device-include`` / ``netdev.device-exclude``
+(default: the filters' ``net_exclude``, Debian's ``^lo$``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ def _family(key: str):
 COLUMN_FAMILIES = tuple(_family(key) for key in _COLUMNS)
 NOHANDLER = _family("receive_nohandler")
 
+# Where netlink's view of the running kernel is, as files (tests point these at a fake tree).
+LIVE_PROCFS = "/proc"
+LIVE_SYSFS = "/sys"
+
 
 class Netdev(Collector):
     name = "net"
@@ -32,13 +44,17 @@ class Netdev(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._file = self.open(f"{ctx.procfs}/net/dev")
+        self._netlink = bool(ctx.option("netdev.netlink", True))
+        self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
+        self._filter = ctx.device_filter("netdev", ctx.filters.net_exclude)
 
     def _nohandler_file(self, device: str) -> ProcFile | None:
+        if not self._netlink:
+            return None
         if device not in self._nohandler:
             try:
-                self._nohandler[device] = ProcFile(f"{self.ctx.sysfs}/class/net/{device}/statistics/rx_nohandler")
+                self._nohandler[device] = ProcFile(f"{LIVE_SYSFS}/class/net/{device}/statistics/rx_nohandler")
             except OSError:
                 self._nohandler[device] = None
         return self._nohandler[device]
@@ -46,7 +62,7 @@ class Netdev(Collector):
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
-        excluded = self.ctx.filters.net_excluded
+        excluded = self._filter.ignored
         seen = set()
         for line in self._file.read().splitlines()[2:]:
             name, _, rest = line.partition(":")

@@ -29,7 +29,7 @@ def _totals(text: str) -> dict[str, float]:
         for item in rest.split():
             key, _, value = item.partition("=")
             if key == "total":
-                out[kind] = int(value) / 1e6
+                out[kind] = int(value) / 1000.0 / 1000.0  # node_exporter divides twice: the same rounding
     return out
 
 

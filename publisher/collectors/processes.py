@@ -1,24 +1,36 @@
-"""Processes: node_processes_* (node_exporter's ``processes`` collector, off by default there).
+"""Processes: node_exporter's ``processes`` collector (off by default there), and the layout's own counts.
 
-With ``--top`` the publisher's per-process scan (publisher/processes.py) fills
-the top tables, the counts by state and the process count from one listing;
-without it only the numeric entries of /proc are counted.
+* ``NodeProcesses`` is node_exporter's collector, switched on with ``--collector.processes``: every
+  ``/proc/PID/stat`` (processes by state, threads allocated) and every ``/proc/PID/task/TID/stat``
+  (threads by state), and the limits in ``/proc/sys/kernel``.  It reads a stat file per thread, so
+  it costs what it costs in node_exporter, and only when asked for.
+* Without it, the layout's own collectors still count: with ``--top`` the publisher's per-process scan
+  (publisher/processes.py) fills the top tables, the counts by state and the process count from one
+  listing; without ``--top`` only the numeric entries of /proc are counted.  They show what they count
+  as node_processes_* (extras node_exporter's default set does not have); when ``NodeProcesses`` runs,
+  those families are its own and the layout collectors fill only the layout.
 """
 
 from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 PIDS = gauge("node_processes_pids", "Number of PIDs")
 STATE = gauge("node_processes_state", "Number of processes in each state.", "state")
 THREADS_STATE = gauge("node_processes_threads_state", "Number of threads in each state.", "thread_state")
+THREADS = gauge("node_processes_threads", "Allocated threads in system")
+MAX_THREADS = gauge("node_processes_max_threads", "Limit of threads in the system")
+MAX_PROCESSES = gauge("node_processes_max_processes", "Number of max PIDs limit")
+
+_STAT_READ_BYTES = 4096  # a stat line is ~300 bytes; comm is at most 64
 
 
 class Processes(Collector):
+    """With --top: the per-process scan for the layout's top tables and state counts."""
+
     name = "processes"
-    reports = ("processes",)
     families = (PIDS, STATE, THREADS_STATE)
 
     def __init__(self, ctx: Context):
@@ -28,11 +40,16 @@ class Processes(Collector):
         from shm_metrics.publisher.processes import ProcessTable
 
         self._table = ProcessTable(top_n=ctx.top_n, procfs=ctx.procfs)
+        self._families = "processes" not in ctx.enabled
+        if not self._families:
+            self.families = ()
 
     def collect(self, out: Sample) -> None:
         scan = self._table.scan()
         out.scalars["procs_total"] = scan.procs_total
         out.top_cpu, out.top_rss, out.process_states = scan.by_cpu, scan.by_rss, scan.states
+        if not self._families:
+            return
         out.add(PIDS, (), scan.procs_total)
         for row in scan.states:  # node_exporter shows only the states it saw
             if row["processes"]:
@@ -49,15 +66,113 @@ class Procs(Collector):
     groups), node_processes_pids' meaning, ~200x cheaper than ``ps axh``."""
 
     name = "procs"
-    reports = ("processes",)
     families = (PIDS,)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         if ctx.top_n:
             raise LookupError("--top counts them from its own scan")
+        self._families = "processes" not in ctx.enabled
+        if not self._families:
+            self.families = ()
 
     def collect(self, out: Sample) -> None:
         with os.scandir(self.ctx.procfs) as it:
             out.scalars["procs_total"] = n = sum(1 for e in it if e.name.isdigit())
-        out.add(PIDS, (), n)
+        if self._families:
+            out.add(PIDS, (), n)
+
+
+def _read(path: str) -> bytes | None:
+    """A stat file's bytes, or None when the task is gone (or the file is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, _STAT_READ_BYTES, 0)
+    except OSError:  # ESRCH: it exited between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
+def _state_and_threads(stat: bytes) -> tuple[str, int]:
+    """(state letter, num_threads) of a stat line; the command name may hold spaces and parentheses."""
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0].decode("ascii", "replace"), int(fields[17])
+
+
+def _limit(path: str) -> int:
+    with open(path, "rb") as f:
+        return int(f.read().strip())
+
+
+@register
+class NodeProcesses(Collector):
+    """node_exporter's ``processes`` collector, as it counts.
+
+    A process is counted when its stat can be read (one that vanished meanwhile is not); its
+    threads are its stat's num_threads; threads by state come from its ``task/`` directory, the
+    leader counted in the process's state (a process without ``task/`` adds none).  A stat file
+    that is not a stat line fails the sample, as it fails node_exporter's scrape.
+    """
+
+    name = "node_processes"
+    reports = ("processes",)
+    default_enabled = False
+    families = (THREADS, MAX_THREADS, STATE, THREADS_STATE, PIDS, MAX_PROCESSES)
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._root = ctx.procfs
+        self._threads_max = f"{ctx.procfs}/sys/kernel/threads-max"
+        self._pid_max = f"{ctx.procfs}/sys/kernel/pid_max"
+        os.listdir(self._root)
+
+    def collect(self, out: Sample) -> None:
+        root = self._root
+        pids = threads = 0
+        states: dict[str, int] = {}
+        thread_states: dict[str, int] = {}
+        for name in os.listdir(root):
+            if not name.isdigit():
+                continue
+            stat = _read(f"{root}/{name}/stat")
+            if stat is None:
+                continue
+            try:
+                state, num_threads = _state_and_threads(stat)
+            except (ValueError, IndexError) as exc:
+                raise ValueError(f"{root}/{name}/stat: not a stat line") from exc
+            pids += 1
+            states[state] = states.get(state, 0) + 1
+            threads += num_threads
+            try:
+                tids = os.listdir(f"{root}/{name}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                if not tid.isdigit():
+                    continue
+                if tid == name:
+                    thread_state = state
+                else:
+                    task_stat = _read(f"{root}/{name}/task/{tid}/stat")
+                    if task_stat is None:
+                        continue
+                    try:
+                        thread_state = _state_and_threads(task_stat)[0]
+                    except (ValueError, IndexError) as exc:
+                        raise ValueError(f"{root}/{name}/task/{tid}/stat: not a stat line") from exc
+                thread_states[thread_state] = thread_states.get(thread_state, 0) + 1
+        add = out.add
+        add(THREADS, (), threads)
+        add(MAX_THREADS, (), _limit(self._threads_max))
+        for state, n in states.items():
+            add(STATE, (state,), n)
+        for state, n in thread_states.items():
+            add(THREADS_STATE, (state,), n)
+        add(PIDS, (), pids)
+        add(MAX_PROCESSES, (), _limit(self._pid_max))
+        out.scalars.setdefault("procs_total", pids)

@@ -2,13 +2,24 @@
 
 Both read the same file, so one parse serves both.  Also fills the layout's
 scalars (totals, busy percent) and its ``cpus`` array.
+
+The rest of node_exporter's ``cpu`` collector: thermal throttle counts per core
+and package and the isolated CPUs (sysfs, when the host has them), and with
+``cpu.info`` (or a ``cpu.info.flags-include`` / ``bugs-include`` pattern)
+node_cpu_info per CPU and the first CPU's flags and bugs that match the
+patterns (/proc/cpuinfo, x86's layout).  Options: ``cpu.guest`` (default on),
+``cpu.info``, ``cpu.info.flags-include``, ``cpu.info.bugs-include``,
+``stat.softirq`` (node_softirqs_total per vector).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import time
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -22,6 +33,29 @@ FORKS = counter("node_forks_total", "Total number of forks.")
 BTIME = gauge("node_boot_time_seconds", "Node boot time, in unixtime.")
 RUNNING = gauge("node_procs_running", "Number of processes in runnable state.")
 BLOCKED = gauge("node_procs_blocked", "Number of processes blocked waiting for I/O to complete.")
+SOFTIRQS = counter("node_softirqs_total", "Number of softirq calls.", "vector")
+# The softirq line's columns after its total, in the kernel's order.
+SOFTIRQ_VECTORS = ("hi", "timer", "net_tx", "net_rx", "block", "block_iopoll", "tasklet", "sched", "hrtimer", "rcu")
+
+CPU_INFO = gauge("node_cpu_info", "CPU information from /proc/cpuinfo.", "package", "core", "cpu", "vendor",
+                 "family", "model", "model_name", "microcode", "stepping", "cachesize")
+CPU_FLAG_INFO = gauge("node_cpu_flag_info",
+                      "The `flags` field of CPU information from /proc/cpuinfo taken from the first core.", "flag")
+CPU_BUG_INFO = gauge("node_cpu_bug_info",
+                     "The `bugs` field of CPU information from /proc/cpuinfo taken from the first core.", "bug")
+CORE_THROTTLES = counter("node_cpu_core_throttles_total", "Number of times this CPU core has been throttled.",
+                         "package", "core")
+PACKAGE_THROTTLES = counter("node_cpu_package_throttles_total", "Number of times this CPU package has been throttled.",
+                            "package")
+ISOLATED = gauge("node_cpu_isolated",
+                 "Whether each core is isolated, information from /sys/devices/system/cpu/isolated.", "cpu")
+CPUINFO_REFRESH_SECONDS = 60.0  # its labels change only with a microcode update or CPU hotplug
+
+# /proc/cpuinfo keys -> node_cpu_info's labels
+_CPUINFO_LABELS = {"physical id": "package", "core id": "core", "vendor_id": "vendor", "vendor": "vendor",
+                   "cpu family": "family", "model": "model", "model name": "model_name",
+                   "microcode": "microcode", "stepping": "stepping", "cache size": "cachesize"}
+_INFO_REST = ("vendor", "family", "model", "model_name", "microcode", "stepping", "cachesize")
 
 
 def busy_percent(now: tuple[float, ...], before: tuple[float, ...] | None) -> float:
@@ -40,16 +74,97 @@ def busy_percent(now: tuple[float, ...], before: tuple[float, ...] | None) -> fl
     return min(100.0, max(0.0, 100.0 * (total - idle) / total))
 
 
+def parse_cpu_list(text: str) -> list[int]:
+    """A kernel CPU list ("1,3-5,9") as numbers; ValueError when it is not one."""
+    cpus: list[int] = []
+    for item in text.strip().split(","):
+        if not item:
+            continue
+        first, dash, last = item.partition("-")
+        if dash:
+            cpus.extend(range(int(first), int(last) + 1))
+        else:
+            cpus.append(int(item))
+    return cpus
+
+
+def parse_cpuinfo(text: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo (x86's layout) as one dict per processor: its "key: value" lines, keys stripped.
+
+    A value is what follows the first ": " (a key with nothing after the colon has none)."""
+    lines = iter(text.splitlines())
+    first = next((line for line in lines if line.strip()), "")
+    if not first.startswith("processor") or ":" not in first:
+        raise ValueError(f"invalid cpuinfo file: {first!r}")
+    cpus = [{"processor": str(int(first.split(": ", 1)[1], 0))}]
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        key = key.strip()
+        if key == "processor":
+            cpus.append({"processor": str(int(value, 0))})
+        else:
+            cpus[-1][key] = value
+    return cpus
+
+
+def _read_uint(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 class Stat(Collector):
     name = "stat"
     reports = ("cpu", "stat")
     families = (CPU_SECONDS, CPU_GUEST, INTR, CTXT, FORKS, BTIME, RUNNING, BLOCKED)
+    described = (
+        *((fam.name, fam.type, ", ".join(fam.labels), f"with {option}: {fam.help}") for fam, option in (
+            (SOFTIRQS, "stat.softirq"), (CPU_INFO, "cpu.info"), (CPU_FLAG_INFO, "cpu.info.flags-include"),
+            (CPU_BUG_INFO, "cpu.info.bugs-include"))),
+        *((fam.name, fam.type, ", ".join(fam.labels), f"when sysfs has it: {fam.help}")
+          for fam in (CORE_THROTTLES, PACKAGE_THROTTLES, ISOLATED)),
+    )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/stat")
         self._prev: dict[str, tuple[float, ...]] = {}
         self._mode_labels: dict[str, list[tuple[str, str]]] = {}
+        self._guest = bool(ctx.option("cpu.guest", True))
+        self._softirq = bool(ctx.option("stat.softirq", False))
+        flags_include = ctx.text_option("cpu.info.flags-include")
+        bugs_include = ctx.text_option("cpu.info.bugs-include")
+        # As node_exporter: either pattern switches cpu.info on; a bad pattern is a usage error (re.error).
+        self._flags_re = re.compile(flags_include) if flags_include else None
+        self._bugs_re = re.compile(bugs_include) if bugs_include else None
+        self._cpuinfo = None
+        if ctx.option("cpu.info", False) or flags_include or bugs_include:
+            self._cpuinfo = self.open(f"{ctx.procfs}/cpuinfo")
+        self._cpuinfo_series: list[tuple] = []
+        self._cpuinfo_read = -1e18
+        cpu_dir = f"{ctx.sysfs}/devices/system/cpu"
+        try:
+            with open(f"{cpu_dir}/isolated") as f:
+                self._isolated = parse_cpu_list(f.read())
+        except FileNotFoundError:
+            self._isolated = []
+        self._core_throttles, self._package_throttles = self._throttle_files(cpu_dir)
+        families = [CPU_SECONDS, *([CPU_GUEST] if self._guest else []), INTR, CTXT, FORKS, BTIME, RUNNING, BLOCKED]
+        if self._softirq:
+            families.append(SOFTIRQS)
+        if self._cpuinfo is not None:
+            families += [CPU_INFO, CPU_FLAG_INFO, CPU_BUG_INFO]
+        if self._core_throttles:
+            families.append(CORE_THROTTLES)
+        if self._package_throttles:
+            families.append(PACKAGE_THROTTLES)
+        if self._isolated:
+            families.append(ISOLATED)
+        self.families = tuple(families)
 
     def collect(self, out: Sample) -> None:
         s = out.scalars
@@ -75,7 +190,7 @@ class Stat(Collector):
                     labels = self._mode_labels[number] = [(number, mode) for mode in CPU_MODES]
                 for label, value in zip(labels, ticks):
                     add(CPU_SECONDS, label, value)
-                if len(values) >= 10:  # guest time is also in user and nice; node_exporter shows it apart
+                if self._guest and len(values) >= 10:  # guest time is also in user and nice; shown apart
                     add(CPU_GUEST, labels[0], int(values[8]) / USER_HZ)
                     add(CPU_GUEST, labels[1], int(values[9]) / USER_HZ)
             elif key == "ctxt":
@@ -96,5 +211,64 @@ class Stat(Collector):
             elif key == "procs_blocked":
                 s["procs_blocked"] = v = int(rest)
                 add(BLOCKED, (), v)
+            elif key == "softirq" and self._softirq:
+                for vector, count in zip(SOFTIRQ_VECTORS, rest.split()[1:]):
+                    add(SOFTIRQS, (vector,), int(count))
         s["cpu_count"] = len(cpus)
         out.cpus = cpus
+        self._cpu_extras(out)
+
+    def _throttle_files(self, cpu_dir: str) -> tuple[list, list]:
+        """Kept-open throttle counts: one per (package, core) and one per package, from the first CPU
+        (in name order) of each that has the file, as node_exporter picks them."""
+        cores: dict[tuple[str, str], ProcFile] = {}
+        packages: dict[str, ProcFile] = {}
+        for cpu in sorted(glob.glob(f"{glob.escape(cpu_dir)}/cpu[0-9]*")):
+            package = _read_uint(f"{cpu}/topology/physical_package_id")
+            core = _read_uint(f"{cpu}/topology/core_id")
+            if package is None or core is None:
+                continue
+            key = (str(package), str(core))
+            for table, table_key, name in ((cores, key, "core"), (packages, key[0], "package")):
+                if table_key not in table:
+                    try:
+                        table[table_key] = self.open(f"{cpu}/thermal_throttle/{name}_throttle_count")
+                    except OSError:
+                        pass
+        return list(cores.items()), list(packages.items())
+
+    def _cpu_extras(self, out: Sample) -> None:
+        add = out.add
+        for key, pf in self._core_throttles:
+            add(CORE_THROTTLES, key, int(pf.read_bytes()))
+        for package, pf in self._package_throttles:
+            add(PACKAGE_THROTTLES, (package,), int(pf.read_bytes()))
+        for cpu in self._isolated:
+            add(ISOLATED, (str(cpu),), 1)
+        if self._cpuinfo is None:
+            return
+        now = time.monotonic()
+        if now - self._cpuinfo_read >= CPUINFO_REFRESH_SECONDS:
+            self._cpuinfo_series = self._cpuinfo_rows(parse_cpuinfo(self._cpuinfo.read()))
+            self._cpuinfo_read = now
+        out.series += self._cpuinfo_series
+
+    def _cpuinfo_rows(self, cpus: list[dict[str, str]]) -> list[tuple]:
+        rows = []
+        for cpu in cpus:
+            info = {}
+            for key, value in cpu.items():  # in the file's order: of vendor and vendor_id the last one counts
+                label = _CPUINFO_LABELS.get(key)
+                if label:
+                    info[label] = value
+            rows.append((CPU_INFO, (info.get("package", ""), info.get("core", ""), cpu["processor"],
+                                    *(info.get(label, "") for label in _INFO_REST)), 1))
+        if cpus:
+            for family, key, pattern in ((CPU_FLAG_INFO, "flags", self._flags_re),
+                                         (CPU_BUG_INFO, "bugs", self._bugs_re)):
+                if pattern is None:
+                    continue
+                for value in cpus[0].get(key, "").split():
+                    if pattern.search(value):
+                        rows.append((family, (value,), 1))
+        return rows

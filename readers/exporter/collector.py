@@ -29,18 +29,19 @@ from shm_metrics.readers.exporter.source import STATES, Reading, SegmentSource
 
 
 def node_families(snap: Snapshot) -> Iterator[Metric]:
-    """The node_* families of one snapshot as prometheus_client Metrics (the caller has checked it is fresh).
+    """The node_* families of one snapshot as prometheus_client Metrics (the caller has checked it is fresh),
+    in node_exporter's order (``render_families``).
 
     prometheus_client names a counter family without its ``_total`` (and adds it
     back when rendering); every node_exporter counter ends in ``_total``.
     """
-    for fam in snap.families:
+    for fam in sorted(snap.families, key=_by_name):
         if fam.type == COUNTER and fam.name.endswith("_total"):
             metric = Metric(fam.name[:-6], fam.help, "counter")
         else:
             metric = Metric(fam.name, fam.help, "unknown" if fam.type == UNTYPED else fam.type)
         labels = fam.labels
-        for values, value in fam.series:
+        for values, value in sorted_series(fam):
             metric.add_sample(fam.name, dict(zip(labels, values)), value)
         yield metric
 
@@ -120,12 +121,7 @@ def render_families(families: Iterable[Family]) -> bytes:
                                      [(fam.labels[i], i) for i in order])
         append(head[0])
         labels = head[1]
-        series = fam.series
-        if len(series) > 1:
-            if labels:
-                order = [i for _, i in labels]
-                series = sorted(series, key=lambda row: [row[0][i] for i in order])
-        for values, value in series:
+        for values, value in sorted_series(fam):
             key = (name, values)
             prefix = prefixes.get(key)
             if prefix is None:
@@ -142,6 +138,15 @@ def render_families(families: Iterable[Family]) -> bytes:
 
 def _by_name(fam: Family) -> str:
     return fam.name
+
+
+def sorted_series(fam: Family) -> list[tuple[tuple[str, ...], float]]:
+    """A family's series in the Go client's order: by label values, compared in label-name order."""
+    series = fam.series
+    if len(series) < 2 or not fam.labels:
+        return series
+    order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
+    return sorted(series, key=lambda row: [row[0][i] for i in order])
 
 
 _HEADS: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
