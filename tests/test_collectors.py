@@ -278,3 +278,28 @@ def test_sizing_sample_is_the_first_one_published(tmp_path):
     assert capacities["metrics"] == len(sampler.catalog) and capacities["series"] >= 256
     assert first.scalars["cpu_percent"] == pytest.approx(15.0)  # since boot: 150 busy of 1000
     assert second.scalars["cpu_percent"] == 0.0  # then the deltas: 100 idle ticks, nothing busy
+
+
+def test_procfile_reads_page_at_a_time_proc_files_to_the_end():
+    """seq_file tables come about a page per read: a short read is not the end of the file."""
+    import subprocess
+
+    from shm_metrics.publisher.collectors import ProcFile
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        path = f"/proc/{sleeper.pid}/smaps"  # one record per mapping, stable while the process sleeps
+        wait_for_smaps = 0
+        while b"[stack]" not in open(path, "rb").read() and wait_for_smaps < 100:  # exec'd and mapped
+            wait_for_smaps += 1
+        pf = ProcFile(path)
+        try:
+            first = os.pread(pf.fd, 1 << 16, 0)
+            whole = open(path, "rb").read()
+            assert len(first) < len(whole), "this kernel returns smaps whole: the test proves nothing here"
+            assert pf.read_bytes() == whole
+        finally:
+            pf.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -53,17 +53,24 @@ class ProcFile:
         return self.read_bytes().decode("utf-8", "replace")
 
     def read_bytes(self) -> bytes:
+        """The whole file.  Reads until a read returns nothing: /proc tables generated a page at a time
+        (seq_file: /proc/net/dev, /proc/diskstats, mountinfo, /proc/net/tcp, /proc/slabinfo...) return
+        about 4 KiB per read however much is asked, so a short read is not the end (on a host with
+        many interfaces, disks or mounts, stopping there would silently drop rows).  One read more
+        than the data needs, ~1 us."""
         chunk = os.pread(self.fd, _READ_SIZE, 0)
-        if len(chunk) < _READ_SIZE:
+        if not chunk:
             return chunk
         chunks = [chunk]
         offset = len(chunk)
-        while True:
-            chunk = os.pread(self.fd, _READ_SIZE, offset)
+        while chunk := os.pread(self.fd, _READ_SIZE, offset):
             chunks.append(chunk)
-            if len(chunk) < _READ_SIZE:
-                return b"".join(chunks)
             offset += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def read_to_end(self) -> str:
+        """``read()``: kept for the collectors written when ``read`` stopped at the first short read."""
+        return self.read()
 
     def close(self) -> None:
         os.close(self.fd)
