@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from shm_metrics.families import COUNTER, UNTYPED, Family
 from shm_metrics.readers import Snapshot
@@ -44,6 +43,44 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
         for values, value in fam.series:
             metric.add_sample(fam.name, dict(zip(labels, values)), value)
         yield metric
+
+
+def go_float(value: float) -> str:
+    """``value`` as node_exporter prints it: Go's ``strconv.FormatFloat(value, 'g', -1, 64)``.
+
+    prometheus_client's floatToGoString agrees only for non-integral values and large ones: it prints
+    62 as ``62.0`` where Go prints ``62``, which breaks byte-for-byte equality with node_exporter.
+    """
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (_INF, -_INF):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0" if str(value)[0] == "-" else "0"
+    text = repr(value)  # the shortest digits that round-trip, as Go's -1 precision
+    sign = "-" if text[0] == "-" else ""
+    mantissa, _, exponent = text.lstrip("-").partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    joined = whole + fraction
+    digits = joined.lstrip("0")
+    # value = 0.<digits> x 10**point
+    point = len(whole) + int(exponent or 0) - (len(joined) - len(digits))
+    digits = digits.rstrip("0")
+    count = len(digits)
+    # Go's %g with shortest digits: the exponent form when the decimal exponent is < -4 or >= 6.
+    decimal_exponent = point - 1
+    if decimal_exponent < -4 or decimal_exponent >= 6:
+        head = digits[0] + ("." + digits[1:] if count > 1 else "")
+        return f"{sign}{head}e{'-' if decimal_exponent < 0 else '+'}{abs(decimal_exponent):02d}"
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= count:
+        return f"{sign}{digits}{'0' * (point - count)}"
+    return f"{sign}{digits[:point]}.{digits[point:]}"
+
+
+_INF = float("inf")
 
 
 def _escape(value: str) -> str:
@@ -83,7 +120,7 @@ def render_families(families: Iterable[Family]) -> bytes:
                 else:
                     prefix = prefixes[key] = f"{name} "
             append(prefix)
-            append(floatToGoString(value))
+            append(go_float(value))
             append("\n")
     return "".join(out).encode()
 
