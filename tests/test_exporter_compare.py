@@ -33,9 +33,8 @@ NOT_OURS = {
 # node_exporter collectors with no shm-metrics counterpart yet (they need hardware or subsystems this
 # issue leaves to the next: hwmon, thermal, mdadm, bonding, cpufreq...); their node_scrape_collector_*
 # series are node_exporter's only.
-NOT_YET = {"bcache", "bonding", "btrfs", "cpufreq", "dmi", "edac", "fibrechannel", "hwmon", "infiniband", "ipvs",
-           "mdadm", "nfs", "nfsd", "nvme", "powersupplyclass", "rapl", "schedstat", "systemd", "tapestats",
-           "textfile", "thermal_zone", "xfs", "zfs"}
+NOT_YET = {"bonding", "cpufreq", "dmi", "edac", "fibrechannel", "hwmon", "infiniband", "mdadm", "nvme",
+           "powersupplyclass", "rapl", "schedstat", "systemd", "tapestats", "textfile", "thermal_zone"}
 # Ours beyond node_exporter's defaults (its processes collector is off by default).
 OURS_ONLY = {"node_processes_pids", "node_processes_threads", "node_processes_state", "node_processes_threads_state"}
 
