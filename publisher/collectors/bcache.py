@@ -167,19 +167,23 @@ PRIORITY_METADATA = gauge("node_bcache_priority_stats_metadata_percent", "Bcache
                           "cache_device")
 
 
+_ALWAYS = (*(f for f, _, _ in _SET), DIRTY_DATA, *(f for _, f in _WRITEBACK), *(f for _, f in _TOTALS),
+           *(f for _, f in _CACHE))
+
+
 @register
 class Bcache(Collector):
     name = "bcache"
     reports = ("bcache",)
+    # Every family it can declare (the priority_stats ones only with bcache.priorityStats).
+    families = (*_ALWAYS, PRIORITY_UNUSED, PRIORITY_METADATA)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._root = f"{ctx.sysfs}/fs/bcache"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without bcache just has no cache sets
         self._priority = bool(ctx.option("bcache.priorityStats", False))
-        self.families = (*(f for f, _, _ in _SET), DIRTY_DATA, *(f for _, f in _WRITEBACK),
-                         *(f for _, f in _TOTALS), *(f for _, f in _CACHE),
-                         *((PRIORITY_UNUSED, PRIORITY_METADATA) if self._priority else ()))
+        self.families = (*_ALWAYS, *((PRIORITY_UNUSED, PRIORITY_METADATA) if self._priority else ()))
 
     def collect(self, out: Sample) -> None:
         series = []

@@ -81,10 +81,21 @@ def backends(text: str) -> list[tuple[dict[str, str], int, int, int]]:
     return out
 
 
+def _backend_families(labels: tuple[str, ...]) -> tuple:
+    """The per-backend families (active, inactive, weight) with the chosen labels."""
+    return (gauge("node_ipvs_backend_connections_active",
+                  "The current active connections by local and remote address.", *labels),
+            gauge("node_ipvs_backend_connections_inactive",
+                  "The current inactive connections by local and remote address.", *labels),
+            gauge("node_ipvs_backend_weight", "The current backend weight by local and remote address.", *labels))
+
+
 @register
 class Ipvs(Collector):
     name = "ipvs"
     reports = ("ipvs",)
+    # With the default ipvs.backend-labels (all of them); an instance declares the chosen ones.
+    families = (*TOTALS, *_backend_families(BACKEND_LABELS))
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -94,12 +105,7 @@ class Ipvs(Collector):
         except FileNotFoundError as error:
             raise LookupError("no IPVS (ip_vs module not loaded)") from error
         self._backends = self.open(f"{ctx.procfs}/net/ip_vs")
-        self._active = gauge("node_ipvs_backend_connections_active",
-                             "The current active connections by local and remote address.", *self._labels)
-        self._inactive = gauge("node_ipvs_backend_connections_inactive",
-                               "The current inactive connections by local and remote address.", *self._labels)
-        self._weight = gauge("node_ipvs_backend_weight", "The current backend weight by local and remote address.",
-                             *self._labels)
+        self._active, self._inactive, self._weight = _backend_families(self._labels)
         self.families = (*TOTALS, self._active, self._inactive, self._weight)
 
     def collect(self, out: Sample) -> None:
