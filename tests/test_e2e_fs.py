@@ -128,3 +128,18 @@ def test_collector_on_this_host(cls):
         with open("/proc/self/mountstats") as f:
             nfs_mounts = sum(1 for line in f if " with fstype nfs" in line and "statvers=" in line)
         assert len(sample.values(MOUNT_AGE)) <= nfs_mounts
+
+
+def test_values_are_printed_as_go_prints_them():
+    """Every value of e2e-output.txt (Go's strconv.FormatFloat(v, 'g', -1, 64)) comes back from its float."""
+    from node_e2e import EXPECTED
+
+    from shm_metrics.readers.exporter.collector import go_float
+
+    lines = [line for line in EXPECTED.read_text().split("\n") if line and not line.startswith("#")]
+    # The value follows the labels (whose values may hold spaces), or the name.
+    values = [line[line.rindex("}") + 1:].strip() if "{" in line else line.split()[1] for line in lines]
+    assert len(values) > 2000
+    assert [v for v in values if go_float(float(v)) != v] == []
+    assert [go_float(v) for v in (62, 1e6, 123456, 1234567, 1e-4, 1e-5, -3.5, 2 ** 64, float("nan"), -float("inf"))] \
+        == ["62", "1e+06", "123456", "1.234567e+06", "0.0001", "1e-05", "-3.5", "1.8446744073709552e+19", "NaN", "-Inf"]
