@@ -13,6 +13,7 @@ from exporter_util import EXPORTER, Exposition
 from prometheus_client import generate_latest
 
 from shm_metrics.readers.exporter.cli import listen_address
+from shm_metrics.readers.exporter.collector import go_float
 from shm_metrics.readers.exporter.exposition import build
 from shm_metrics.readers.exporter.server import accepts_gzip
 from shm_metrics.readers.exporter.source import SegmentSource
@@ -22,7 +23,17 @@ _VOLATILE = ("shm_metrics_sample_age_seconds ", "process_")
 
 
 def _stable(text: bytes) -> list[str]:
-    return [line for line in text.decode().splitlines() if not line.startswith(_VOLATILE)]
+    """The lines that do not change between scrapes, values as Go prints them: the exporter prints node_*
+    values as node_exporter does (62), generate_latest as prometheus_client does (62.0)."""
+    out = []
+    for line in text.decode().splitlines():
+        if line.startswith(_VOLATILE):
+            continue
+        if not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            line = f"{series} {go_float(float(value))}"
+        out.append(line)
+    return out
 
 
 def _values_as_floats(lines: list[str]) -> list[tuple[str, float] | str]:

@@ -30,10 +30,9 @@ NOT_OURS = {
                                   "textfile directory (an operator runs node_exporter's textfile collector or a "
                                   "pushgateway for those)",
 }
-# node_exporter collectors with no shm-metrics counterpart yet (subsystems other branches of issue 12 bring:
-# bcache, btrfs, nfs, zfs...); their node_scrape_collector_* series are node_exporter's only.
-# systemd is on by default in Debian's build only (node_exporter 1.5.0 and ours: off).
-NOT_YET = {"bcache", "btrfs", "ipvs", "nfs", "nfsd", "systemd", "textfile", "xfs", "zfs"}
+# node_exporter collectors with no shm-metrics counterpart yet; their node_scrape_collector_* series are
+# node_exporter's only.  systemd is on by default in Debian's build only (node_exporter 1.5.0 and ours: off).
+NOT_YET = {"systemd", "textfile"}
 # Ours beyond node_exporter's defaults (its processes collector is off by default).
 OURS_ONLY = {"node_processes_pids", "node_processes_threads", "node_processes_state", "node_processes_threads_state"}
 

@@ -46,6 +46,9 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
         yield metric
 
 
+_INF = float("inf")
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 

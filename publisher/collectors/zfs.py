@@ -1,0 +1,146 @@
+"""/proc/spl/kstat/zfs: node_exporter's ``zfs`` collector.
+
+The ZFS module publishes its statistics as kstat files: a header line, a
+``name type data`` line, then one line per statistic.  Every unsigned 64-bit
+statistic (kstat type 4) of the subsystems node_exporter knows becomes
+``node_zfs_<subsystem>_<name>`` (``-`` made ``_``), untyped, its HELP the
+kstat path ``kstat.zfs.misc.<file>.<name>``.  Per pool: the ``io`` file's
+columns (``node_zfs_zpool_<column>``), each ``objset-*`` dataset's statistics
+(``node_zfs_zpool_dataset_<name>``) and the pool's state.  Which statistics
+exist depends on the ZFS version, so the families are declared from the files
+when the collector starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from shm_metrics.families import FamilyInfo
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
+from shm_metrics.publisher.collectors._go_order import add_in_go_order
+
+# node_exporter's subsystem name -> the kstat file it reads.
+SUBSYSTEM_FILES = {
+    "zfs_abd": "abdstats", "zfs_arc": "arcstats", "zfs_dbuf": "dbuf_stats", "zfs_dmu_tx": "dmu_tx",
+    "zfs_dnode": "dnodestats", "zfs_fm": "fm", "zfs_vdev_cache": "vdev_cache_stats",
+    "zfs_vdev_mirror": "vdev_mirror_stats", "zfs_xuio": "xuio_stats", "zfs_zfetch": "zfetchstats",
+    "zfs_zil": "zil",
+}
+POOL_STATES = ("online", "degraded", "faulted", "offline", "removed", "unavail")
+POOL_STATE = gauge("node_zfs_zpool_state", "kstat.zfs.misc.state", "zpool", "state")
+KSTAT_UINT64 = "4"
+
+
+def _metric_name(stat: str) -> str:
+    return stat.replace("-", "_")
+
+
+def kstat_values(text: str) -> list[tuple[str, str, str]]:
+    """(name, type, data) of every statistic of a named kstat file (the lines after ``name type data``)."""
+    rows = []
+    started = False
+    for line in text.splitlines():
+        parts = line.split()
+        if not started:
+            started = parts == ["name", "type", "data"]
+            continue
+        if len(parts) >= 3:
+            rows.append((parts[0], parts[1], parts[2]))
+    return rows
+
+
+def io_values(text: str) -> list[tuple[str, int]]:
+    """(column, value) of a pool's ``io`` file: a header line of names starting with nread, then the values."""
+    header: list[str] | None = None
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if header is None:
+            if len(parts) >= 12 and parts[0] == "nread":
+                header = parts
+            continue
+        out.extend((column, int(value)) for column, value in zip(header, parts))
+    return out
+
+
+def _pool_of(path: str) -> str:
+    return os.path.basename(os.path.dirname(path))
+
+
+@register
+class Zfs(Collector):
+    name = "zfs"
+    reports = ("zfs",)
+    described = (
+        ("node_zfs_<subsystem>_<stat>", "untyped", "", "every uint64 statistic of /proc/spl/kstat/zfs/{arcstats, "
+         "abdstats, dbuf_stats, dmu_tx, dnodestats, fm, vdev_cache_stats, vdev_mirror_stats, xuio_stats, "
+         "zfetchstats, zil}; HELP kstat.zfs.misc.<file>.<stat>"),
+        ("node_zfs_zpool_<column>", "untyped", "zpool", "columns of /proc/spl/kstat/zfs/<pool>/io"),
+        ("node_zfs_zpool_dataset_<stat>", "untyped", "zpool, dataset",
+         "uint64 statistics of /proc/spl/kstat/zfs/<pool>/objset-*"),
+        ("node_zfs_zpool_state", "gauge", "zpool, state", "1 for the pool's state in /proc/spl/kstat/zfs/<pool>/state"),
+    )
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._base = f"{ctx.procfs}/spl/kstat/zfs"
+        if not os.path.isdir(self._base):
+            raise LookupError(f"{self._base}: no ZFS module")
+        self._subsystems = []  # (subsystem, file name, kept-open file)
+        for subsystem, filename in SUBSYSTEM_FILES.items():
+            try:
+                self._subsystems.append((subsystem, filename, self.open(f"{self._base}/{filename}")))
+            except OSError:
+                continue  # statistics of a ZFS version that has this feature
+        self._families: dict[str, FamilyInfo] = {}
+        for subsystem, filename, pf in self._subsystems:
+            for stat, kind, _ in kstat_values(pf.read()):
+                if kind == KSTAT_UINT64:
+                    self._family(f"node_{subsystem}_{_metric_name(stat)}", f"kstat.zfs.misc.{filename}.{stat}")
+        # Pools come and go with imports: their files are globbed every sample, the families declared from
+        # the pools present now.
+        for path in glob.glob(f"{self._base}/*/io"):
+            for column, _ in io_values(read_once(path) or ""):
+                self._family(f"node_zfs_zpool_{_metric_name(column)}", f"kstat.zfs.misc.io.{column}", "zpool")
+        for path in glob.glob(f"{self._base}/*/objset-*"):
+            for stat, kind, _ in kstat_values(read_once(path) or ""):
+                if kind == KSTAT_UINT64:
+                    self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
+                                 "zpool", "dataset")
+        self.families = (*self._families.values(), POOL_STATE)
+
+    def _family(self, name: str, help_: str, *labels: str) -> None:
+        self._families.setdefault(name, untyped(name, help_, *labels))
+
+    def collect(self, out: Sample) -> None:
+        families = self._families
+        add = out.add
+        for subsystem, _, pf in self._subsystems:
+            for stat, kind, data in kstat_values(pf.read()):
+                family = families.get(f"node_{subsystem}_{_metric_name(stat)}")
+                if kind == KSTAT_UINT64 and family is not None:
+                    add(family, (), int(data))
+        pool_series = []
+        for path in glob.glob(f"{self._base}/*/io"):
+            pool = _pool_of(path)
+            for column, value in io_values(read_once(path) or ""):
+                family = families.get(f"node_zfs_zpool_{_metric_name(column)}")
+                if family is not None:
+                    pool_series.append((family, (pool,), value))
+        for path in glob.glob(f"{self._base}/*/objset-*"):
+            pool = _pool_of(path)
+            dataset = ""
+            for stat, kind, data in kstat_values(read_once(path) or ""):
+                if stat == "dataset_name":
+                    dataset = data
+                    continue
+                family = families.get(f"node_zfs_zpool_dataset_{_metric_name(stat)}")
+                if kind == KSTAT_UINT64 and family is not None:
+                    pool_series.append((family, (pool, dataset), int(data)))
+        for path in glob.glob(f"{self._base}/*/state"):
+            pool = _pool_of(path)
+            lines = (read_once(path) or "").splitlines()
+            state = lines[0].lower() if lines else ""
+            pool_series.extend((POOL_STATE, (pool, name), 1 if name == state else 0) for name in POOL_STATES)
+        add_in_go_order(out, pool_series)
