@@ -207,6 +207,8 @@ def registry() -> list[type[Collector]]:
              entropy.Entropy, arp.Arp, udp_queues.UdpQueues, timex.Timex, time_.Time, uname.Uname,
              os_release.OsRelease, netclass.Netclass, selinux.Selinux]
     for module in pkgutil.iter_modules(__path__):
+        if module.name == "__main__":  # the docs command, which prints when imported
+            continue
         importlib.import_module(f"{__name__}.{module.name}")
     rest = sorted((c for c in _REGISTERED if c not in first), key=lambda c: c.name)
     return first + rest
