@@ -196,3 +196,7 @@ def exposition_of(root: Path, collectors: list | None = None, name: str | None =
         if segment is not None:
             segment.close(unlink=True)
         sampler.close()
+
+# (path of the table file, Markdown table) of the last run of our end-to-end test; tests/conftest.py prints it
+# at the end of the pytest session.
+LAST_TABLE: tuple[str, str] | None = None

@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-
 from decimal import Decimal
 
 from prometheus_client.parser import text_string_to_metric_families
