@@ -16,7 +16,7 @@ import node_e2e
 import pytest
 from conftest import PUBLISHER, segment_header, shm_files, wait_for
 from exporter_util import Process, free_port, metrics, need
-from node_e2e import EXPECTED, compare, diff_lines, families, filtered, flags, render, unpack
+from node_e2e import EXPECTED, compare, diff_lines, families, filtered, flags, render, split_flags, unpack
 
 from shm_metrics import shm_layout as L
 
@@ -62,29 +62,6 @@ REQUIRED_EQUAL: tuple[str, ...] = ("textfile", "loadavg")
 SELF_METRICS = "exporter itself"
 SELF_REASON = "node_exporter's self-metrics (go_*, process_*, promhttp_*, node_exporter_build_info): out of scope"
 TABLE_FILE = Path(__file__).resolve().parent.parent / "build" / "node-e2e-table.md"
-
-
-def split_flags(names: dict[str, bool]) -> tuple[list[str], list[str], dict[str, str]]:
-    """flags() divided: (publisher's, exporter's, {collector: why its flags are left out})."""
-    from shm_metrics.publisher.switches import OPTIONS_BY_FLAG
-
-    publisher, exporter, left_out = [], [], {}
-    for flag in flags():
-        key = flag.split("=", 1)[0]
-        if key.startswith("--path."):
-            publisher.append(flag)
-            continue
-        negated = key.startswith("--no-collector.")
-        rest = key.split("collector.", 1)[1]
-        collector = OPTIONS_BY_FLAG[rest].collector if rest in OPTIONS_BY_FLAG else rest.split(".", 1)[0]
-        if collector == "textfile":
-            if rest == "textfile.directory":
-                exporter.append(flag)  # the textfile collector runs in shm-exporter, at scrape time
-        elif negated or collector in names:
-            publisher.append(flag)
-        else:
-            left_out[collector] = "not implemented yet"
-    return publisher, exporter, left_out
 
 
 def test_shm_publisher_and_exporter_reproduce_the_expected_output(fixture_root, tmp_path):
