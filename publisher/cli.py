@@ -26,7 +26,13 @@ from shm_metrics.publisher.collectors import collector_names, selected
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
-from shm_metrics.readers.cliargs import OneLineParser, description_from, resolve_segment_name, segment_name
+from shm_metrics.readers.cliargs import (
+    OneLineParser,
+    description_from,
+    paragraph,
+    resolve_segment_name,
+    segment_name,
+)
 
 log = logging.getLogger("shm-publisher")
 
@@ -172,8 +178,8 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
-    paths = p.add_argument_group(
-        "paths (node_exporter's; in a container, point them at the host's /proc, /sys and / mounted elsewhere)")
+    paths = p.add_argument_group("paths", paragraph(
+        "node_exporter's; in a container, point them at the host's /proc, /sys and / mounted elsewhere"))
     paths.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
                        help="procfs mountpoint (default: %(default)s)")
     paths.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH",
@@ -182,8 +188,8 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
                        help="rootfs mountpoint: the host's / (filesystems, os-release) (default: %(default)s)")
     paths.add_argument("--path.udev.data", dest="udev_data", default="/run/udev/data", metavar="PATH",
                        help="udev data path (default: %(default)s)")
-    flt = p.add_argument_group("filters (regular expressions; defaults are node_exporter's as Debian ships it; "
-                               "node_exporter's flag names work too)")
+    flt = p.add_argument_group("filters", paragraph(
+        "regular expressions; defaults are node_exporter's as Debian ships it; node_exporter's flag names work too"))
     # Default None: an include given alone then replaces the default exclude (node_exporter has them mutually
     # exclusive, and Debian's default net exclude would otherwise make --collector.netdev.device-include fail).
     for options, dest, default, what in (

@@ -21,6 +21,8 @@ import argparse
 import re
 from dataclasses import dataclass
 
+from shm_metrics.readers.cliargs import paragraph
+
 # node_exporter 1.5.0's collectors on Linux, with their default switch (collector/*.go, registerCollector).
 NODE_EXPORTER_COLLECTORS: dict[str, bool] = {
     "arp": True, "bcache": True, "bonding": True, "btrfs": True, "buddyinfo": False, "cgroups": False,
@@ -148,9 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser, names: dict[str, bool]) -> No
     """Add the switches of the collectors in ``names`` (name -> on by default) and the options of those
     collectors to ``parser``."""
     parser.set_defaults(**{_SWITCHES: {}, _OPTIONS: {}, "disable_defaults": False})
-    group = parser.add_argument_group(
-        "collectors (node_exporter 1.5.0's flags and default set; --no-collector.<name> turns one off; here "
-        f"processes is on by default too: {ON_HERE_BY_DEFAULT['processes']})")
+    group = parser.add_argument_group("collectors", paragraph(
+        "node_exporter 1.5.0's switches and default set; --no-collector.<name> turns one off. Here processes "
+        f"is on by default too: {ON_HERE_BY_DEFAULT['processes']}."))
     group.add_argument("--collector.disable-defaults", dest="disable_defaults", action="store_true",
                        help="Set all collectors to disabled by default (those named by --collector.<name> or "
                             "--no-collector.<name> keep what they say).")
@@ -162,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: dict[str, bool]) -> No
                            help=f"Enable the {name} collector (default: {state}).")
         group.add_argument(f"--no-collector.{name}", action=_Switch, collector=name, on=False,
                            dest=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    opts = parser.add_argument_group("collector options (node_exporter's names and meaning)")
+    opts = parser.add_argument_group("collector options", "node_exporter's names and meaning")
     for opt in OPTIONS:
         if opt.filter or opt.collector not in names:
             continue  # the CLI's filter flags carry these; the others are refused with a reason by refusal()
