@@ -22,7 +22,17 @@ _VOLATILE = ("shm_metrics_sample_age_seconds ", "process_")
 
 
 def _stable(text: bytes) -> list[str]:
-    return [line for line in text.decode().splitlines() if not line.startswith(_VOLATILE)]
+    """The lines that do not move, each sample's number read as a float: the node_* block writes numbers as
+    Go does (1024), generate_latest as Python's repr (1024.0); the same value either way."""
+    out = []
+    for line in text.decode().splitlines():
+        if line.startswith(_VOLATILE):
+            continue
+        if not line.startswith("#"):
+            series, _, number = line.rpartition(" ")
+            line = f"{series} {float(number)!r}"
+        out.append(line)
+    return out
 
 
 def test_cached_exposition_equals_generate_latest_of_the_registry(name, start_publisher):

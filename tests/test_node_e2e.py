@@ -55,9 +55,8 @@ def test_debian_node_exporter_reproduces_the_expected_output(fixture_root):
 
 # Collectors whose every expected family must come out equal (issue 12, point 4: the hardware collectors and
 # issue 11's).  Only those that already pass here are listed; the integrator extends it as collectors land.
-# (Most of issue 11's collectors differ only in whole numbers: the renderer writes 1024.0 where node_exporter
-# writes 1024; textfile.go_float has Go's format.)
-REQUIRED_EQUAL: tuple[str, ...] = ("textfile", "loadavg")
+REQUIRED_EQUAL: tuple[str, ...] = ("conntrack", "entropy", "filefd", "loadavg", "meminfo", "netstat", "os",
+                                   "selinux", "sockstat", "softnet", "textfile", "vmstat")
 # Families of e2e-output.txt that are no collector's: node_exporter's own self-metrics.
 SELF_METRICS = "exporter itself"
 SELF_REASON = "node_exporter's self-metrics (go_*, process_*, promhttp_*, node_exporter_build_info): out of scope"

@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from shm_metrics.families import COUNTER, UNTYPED, Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.source import STATES, Reading, SegmentSource
+from shm_metrics.readers.exporter.textfile import go_float
 
 
 def node_families(snap: Snapshot) -> Iterator[Metric]:
@@ -52,7 +52,8 @@ def _escape(value: str) -> str:
 
 def render_families(families: Iterable[Family]) -> bytes:
     """The text exposition of ``families``: what ``generate_latest`` writes for ``node_families``
-    (labels sorted by name, Go's float format), without building a Metric per family.
+    (labels sorted by name), without building a Metric per family, and with numbers as node_exporter
+    writes them (``go_float``: ``1024``, where generate_latest writes ``1024.0``).
 
     A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
     sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.
@@ -83,7 +84,7 @@ def render_families(families: Iterable[Family]) -> bytes:
                 else:
                     prefix = prefixes[key] = f"{name} "
             append(prefix)
-            append(floatToGoString(value))
+            append(go_float(value))
             append("\n")
     return "".join(out).encode()
 

@@ -6,7 +6,8 @@ reused by every scrape of that sample.  Everything else is computed on every
 scrape: the snapshot is read, the staleness rule applied (a cached block is
 served only while its sample is fresh), and the own and process metrics
 rendered.  The result equals ``generate_latest`` over the exporter's registry
-(the tests check this).
+(the tests check this), but for how the node_* block writes numbers: as
+node_exporter does (``1024``, not ``1024.0``).
 """
 
 from __future__ import annotations
