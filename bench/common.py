@@ -283,11 +283,11 @@ class Lab:
         return name
 
     # --- processes
-    def start(self, argv: list[str], label: str, env: dict | None = None, **kw) -> Launched:
+    def start(self, argv: list[str], label: str, env: dict | None = None, cwd: Path | str = ROOT, **kw) -> Launched:
         log = self.tmp / f"{len(self.launched)}-{label.replace('/', '_').replace(' ', '_')}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=ROOT, env=env, **kw)
+                                    cwd=cwd, env=env, **kw)
         self.pids.append(proc.pid)
         launched = Launched(proc, label, log)
         self.launched.append(launched)

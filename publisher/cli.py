@@ -21,10 +21,18 @@ import time
 import posix_ipc
 
 from shm_metrics import shm_layout as L
+from shm_metrics.publisher import switches
+from shm_metrics.publisher.collectors import collector_names, selected
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
-from shm_metrics.readers.cliargs import OneLineParser, description_from, resolve_segment_name, segment_name
+from shm_metrics.readers.cliargs import (
+    OneLineParser,
+    description_from,
+    paragraph,
+    resolve_segment_name,
+    segment_name,
+)
 
 log = logging.getLogger("shm-publisher")
 
@@ -127,18 +135,19 @@ def _regex(text: str) -> str:
     return text
 
 
-def possible_cpus() -> int:
+def possible_cpus(sysfs: str = "/sys") -> int:
     """CPUs that may ever come online (so hotplug never overflows the array)."""
     try:
-        with open("/sys/devices/system/cpu/possible") as f:
+        with open(os.path.join(sysfs, "devices/system/cpu/possible")) as f:
             text = f.read().strip()
         return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
     except (OSError, ValueError):
         return os.cpu_count() or 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="shm-publisher", description=description_from(__doc__),
+def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``names``: the collectors to offer switches for (default: collector_names())."""
+    p = OneLineParser(prog="shm-publisher", description=description_from(__doc__), allow_abbrev=False,
                 epilog="exit codes: 0 stopped by SIGTERM, SIGINT, SIGHUP or SIGQUIT (state stopped, files removed\n"
                        "unless --keep-on-exit; a SIGHUP ignored on start, as under nohup, stays ignored);\n"
                        "1 name in use or segment not created; 2 bad arguments",
@@ -169,22 +178,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
-    flt = p.add_argument_group("filters (regular expressions; defaults are node_exporter's)")
-    for option, default, what in (("--disk-exclude", Filters.disk_exclude, "block devices"),
-                                  ("--mount-points-exclude", Filters.mount_point_exclude, "mount points"),
-                                  ("--fs-types-exclude", Filters.fs_type_exclude, "filesystem types"),
-                                  ("--net-exclude", Filters.net_exclude, "network interfaces")):
-        flt.add_argument(option, type=_regex, default=default, metavar="REGEX",
-                         help=f"{what} left out (default: %(default)s)")
+    paths = p.add_argument_group("paths", paragraph(
+        "node_exporter's; in a container, point them at the host's /proc, /sys and / mounted elsewhere"))
+    paths.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
+                       help="procfs mountpoint (default: %(default)s)")
+    paths.add_argument("--path.sysfs", dest="sysfs", default="/sys", metavar="PATH",
+                       help="sysfs mountpoint (default: %(default)s)")
+    paths.add_argument("--path.rootfs", dest="rootfs", default="/", metavar="PATH",
+                       help="rootfs mountpoint: the host's / (filesystems, os-release) (default: %(default)s)")
+    paths.add_argument("--path.udev.data", dest="udev_data", default="/run/udev/data", metavar="PATH",
+                       help="udev data path (default: %(default)s)")
+    flt = p.add_argument_group("filters", paragraph(
+        "regular expressions; defaults are node_exporter's as Debian ships it; node_exporter's flag names work too"))
+    # Default None: an include given alone then replaces the default exclude (node_exporter has them mutually
+    # exclusive, and Debian's default net exclude would otherwise make --collector.netdev.device-include fail).
+    for options, dest, default, what in (
+            (("--disk-exclude", "--collector.diskstats.device-exclude"), "disk_exclude", Filters.disk_exclude,
+             "block devices left out"),
+            (("--collector.diskstats.device-include",), "disk_include", "", "only these block devices"),
+            (("--mount-points-exclude", "--collector.filesystem.mount-points-exclude"), "mount_points_exclude",
+             Filters.mount_point_exclude, "mount points left out"),
+            (("--fs-types-exclude", "--collector.filesystem.fs-types-exclude"), "fs_types_exclude",
+             Filters.fs_type_exclude, "filesystem types left out"),
+            (("--net-exclude", "--collector.netdev.device-exclude"), "net_exclude", Filters.net_exclude,
+             "network interfaces left out"),
+            (("--collector.netdev.device-include",), "net_include", "", "only these network interfaces")):
+        flt.add_argument(*options, dest=dest, type=_regex, default=None, metavar="REGEX",
+                         help=f"{what} (default: {default or 'none'})")
+    switches.add_arguments(p, collector_names() if names is None else names)
     return p
 
 
+def filters_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Filters:
+    """The device and filesystem filters: node_exporter's rule that include and exclude are mutually
+    exclusive, with an include given alone replacing the default exclude."""
+    values = {}
+    for kind, exclude_dest, default, exclude_flag in (
+            ("disk", "disk_exclude", Filters.disk_exclude, "--collector.diskstats.device-exclude"),
+            ("net", "net_exclude", Filters.net_exclude, "--collector.netdev.device-exclude")):
+        include, exclude = getattr(args, f"{kind}_include"), getattr(args, exclude_dest)
+        if include and exclude:
+            parser.error(f"{exclude_flag} and {exclude_flag.replace('exclude', 'include')} are mutually exclusive")
+        values[exclude_dest] = ("" if include else default) if exclude is None else exclude
+        values[f"{kind}_include"] = include or ""
+    mounts = Filters.mount_point_exclude if args.mount_points_exclude is None else args.mount_points_exclude
+    fstypes = Filters.fs_type_exclude if args.fs_types_exclude is None else args.fs_types_exclude
+    return Filters(values["disk_exclude"], mounts, fstypes, values["net_exclude"],
+                   disk_include=values["disk_include"], net_include=values["net_include"])
+
+
 def run(args: argparse.Namespace) -> int:
-    filters = Filters(args.disk_exclude, args.mount_points_exclude, args.fs_types_exclude, args.net_exclude)
     stop = StopSignals()  # from here on the stop signals are a flag the loop checks
-    sampler = Sampler(filters=filters, top_n=args.top)
+    sampler = Sampler(procfs=args.procfs, sysfs=args.sysfs, rootfs=args.rootfs, udev_data=args.udev_data,
+                      filters=args.filters, top_n=args.top, collectors=selected(args.enabled),
+                      options=args.collector_options)
+    log.info("collectors: %s", ", ".join(sorted(args.enabled)))
     # The family sections are sized from this host's catalog and one trial sample.
-    layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(), args.max_interfaces,
+    layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(args.sysfs), args.max_interfaces,
                                      args.max_disks, args.max_filesystems, history=args.history, top=args.top,
                                      **sampler.family_capacities())
     try:
@@ -230,8 +280,17 @@ def _loop(segment: OwnedSegment, sampler: Sampler, interval: float, stop: StopSi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    names = collector_names()
+    parser = build_parser(names)
+    args, leftover = parser.parse_known_args(argv)
+    for argument in leftover:
+        negated = re.fullmatch(r"--no-collector\.([A-Za-z0-9_]+)", argument)
+        if negated and switches.accepts_negated(negated[1]):
+            continue  # a node_exporter collector this publisher does not have is off: as asked
+        parser.error(switches.refusal(argument, names) or f"unrecognized arguments: {' '.join(leftover)}")
+    args.enabled = switches.enabled(args, names)
+    args.collector_options = switches.options(args)
+    args.filters = filters_of(parser, args)
     resolve_segment_name(parser, args)
     if args.history is None:
         args.history = default_history(args.interval)

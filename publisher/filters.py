@@ -31,6 +31,10 @@ class Filters:
     mount_point_exclude: str = MOUNT_POINT_EXCLUDE
     fs_type_exclude: str = FS_TYPE_EXCLUDE
     net_exclude: str = NET_EXCLUDE
+    # node_exporter's device-include: when set, only matching devices are sampled (the CLI empties the
+    # exclude when only the include is given, as node_exporter has them mutually exclusive).
+    disk_include: str = ""
+    net_include: str = ""
 
     def __post_init__(self) -> None:
         # re.error propagates: the CLI turns it into a usage error.
@@ -38,13 +42,17 @@ class Filters:
         self._mount = _compile(self.mount_point_exclude)
         self._fstype = _compile(self.fs_type_exclude)
         self._net = _compile(self.net_exclude)
+        self._disk_in = _compile(self.disk_include)
+        self._net_in = _compile(self.net_include)
 
     def disk_excluded(self, device: str) -> bool:
-        return bool(self._disk and self._disk.search(device))
+        return bool((self._disk and self._disk.search(device))
+                    or (self._disk_in and not self._disk_in.search(device)))
 
     def fs_excluded(self, mountpoint: str, fstype: str) -> bool:
         return bool((self._mount and self._mount.search(mountpoint))
                     or (self._fstype and self._fstype.search(fstype)))
 
     def net_excluded(self, device: str) -> bool:
-        return bool(self._net and self._net.search(device))
+        return bool((self._net and self._net.search(device))
+                    or (self._net_in and not self._net_in.search(device)))

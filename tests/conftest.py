@@ -259,3 +259,13 @@ def exporters():
     yield start
     for exp in started:
         exp.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """node_exporter's end-to-end test, per collector (tests/test_node_e2e.py), at the end of the run."""
+    node_e2e = sys.modules.get("node_e2e")
+    result = getattr(node_e2e, "LAST_TABLE", None)
+    if result:
+        path, table = result
+        terminalreporter.write_sep("=", f"node_exporter 1.5.0 end-to-end, per collector (also in {path})")
+        terminalreporter.write(table)

@@ -71,6 +71,31 @@ def flags() -> list[str]:
     ]
 
 
+def split_flags(names: dict[str, bool]) -> tuple[list[str], list[str], dict[str, str]]:
+    """flags() divided for shm-metrics: (shm-publisher's, shm-exporter's, {collector: why its flags are left
+    out}), given the publisher's collectors (``collector_names()``).  A switch or option of a collector the
+    publisher does not have is left out (it would refuse it); turning one off is kept (it accepts that)."""
+    from shm_metrics.publisher.switches import OPTIONS_BY_FLAG
+
+    publisher, exporter, left_out = [], [], {}
+    for flag in flags():
+        key = flag.split("=", 1)[0]
+        if key.startswith("--path."):
+            publisher.append(flag)
+            continue
+        negated = key.startswith("--no-collector.")
+        rest = key.split("collector.", 1)[1]
+        collector = OPTIONS_BY_FLAG[rest].collector if rest in OPTIONS_BY_FLAG else rest.split(".", 1)[0]
+        if collector == "textfile":
+            if rest == "textfile.directory":
+                exporter.append(flag)  # the textfile collector runs in shm-exporter, at scrape time
+        elif negated or collector in names:
+            publisher.append(flag)
+        else:
+            left_out[collector] = "not implemented yet"
+    return publisher, exporter, left_out
+
+
 def filtered(text: str) -> str:
     """What the script keeps of an exposition: ``grep -E -v "${skip_re}"``."""
     return "".join(line + "\n" for line in text.splitlines() if not SKIP_RE.search(line))
@@ -196,3 +221,7 @@ def exposition_of(root: Path, collectors: list | None = None, name: str | None =
         if segment is not None:
             segment.close(unlink=True)
         sampler.close()
+
+# (path of the table file, Markdown table) of the last run of our end-to-end test; tests/conftest.py prints it
+# at the end of the pytest session.
+LAST_TABLE: tuple[str, str] | None = None

@@ -112,13 +112,15 @@ class Context:
             value = value[-1] if value else default
         return "" if value is None else str(value)
 
-    def device_filter(self, collector: str, default_exclude: str = "") -> DeviceFilter:
+    def device_filter(self, collector: str, default_exclude: str = "", default_include: str = "") -> DeviceFilter:
         """node_exporter's ``--collector.<collector>.device-include`` / ``device-exclude`` pair.
 
         node_exporter refuses both at once; here an include given without an exclude also drops the
-        default exclude (Debian's ``^lo$`` for netdev), so ``device-include=lo`` shows lo.
+        default exclude (Debian's ``^lo$`` for netdev), so ``device-include=lo`` shows lo.  The defaults
+        are the publisher's own filters (``--net-exclude``..., which the command line also sets from
+        node_exporter's flag names for netdev and diskstats).
         """
-        include = self.text_option(f"{collector}.device-include")
+        include = self.text_option(f"{collector}.device-include", default_include)
         exclude = self.text_option(f"{collector}.device-exclude", "" if include else default_exclude)
         return DeviceFilter(exclude, include)
 

@@ -93,7 +93,7 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
-        self._filter = ctx.device_filter("diskstats", ctx.filters.disk_exclude)
+        self._filter = ctx.device_filter("diskstats", ctx.filters.disk_exclude, ctx.filters.disk_include)
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)

@@ -47,7 +47,7 @@ class Netdev(Collector):
         self._netlink = bool(ctx.option("netdev.netlink", True))
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
-        self._filter = ctx.device_filter("netdev", ctx.filters.net_exclude)
+        self._filter = ctx.device_filter("netdev", ctx.filters.net_exclude, ctx.filters.net_include)
 
     def _nohandler_file(self, device: str) -> ProcFile | None:
         if not self._netlink:

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"closed (default {DEFAULT_READ_HEADER_TIMEOUT:g}s)")
     p.add_argument("--web.disable-exporter-metrics", dest="process_metrics", action="store_false",
                    help="leave out the exporter's own process_* metrics")
+    p.add_argument("--collector.textfile.directory", dest="textfile_directory", default=None, metavar="DIR",
+                   help="node_exporter's textfile collector: serve the *.prom files in DIR (or in the directories "
+                        "a glob matches), read at every scrape, with node_textfile_mtime_seconds and "
+                        "node_textfile_scrape_error (default: none, no textfile families)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="default: %(default)s")
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
@@ -129,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except WebConfigError as exc:
         parser.error(" ".join(f"--web.config.file {args.web_config}: {exc}".split()))  # one line
     source = SegmentSource(args.name, args.publisher_user)
-    _, exposition = build(source, process_metrics=args.process_metrics)
+    from shm_metrics.readers.exporter.textfile import Textfile
+
+    textfile = Textfile(args.textfile_directory) if args.textfile_directory is not None else None
+    _, exposition = build(source, process_metrics=args.process_metrics, textfile=textfile)
     host, port = args.listen
     try:
         address, family = resolve(host, port)
