@@ -21,13 +21,14 @@ import time
 from collections import namedtuple
 from math import isfinite
 
-from shm_metrics import families as _families
 from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start; the one-shot CLI does not pay them
     from collections.abc import Callable, Iterator
     from typing import Any
+
+    from shm_metrics.families import FamilyView
 
 # Everything a sample changes is one contiguous span: the seqlock part of the
 # header (seq .. overruns_total), the section directory and the scalars.  One
@@ -81,8 +82,41 @@ class SegmentBusy(ReaderError):
 
 
 Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname catalog",
-                    defaults=(_families.EMPTY_CATALOG,))
-Origin.__doc__ = "The static header facts of one segment instance (and its family catalog), fixed at attach time."
+                    defaults=(None,))
+Origin.__doc__ = ("The static header facts of one segment instance, fixed at attach time, and its family "
+                  "catalog (a LazyCatalog: decoded on first use).")
+
+
+class LazyCatalog:
+    """The segment's family catalog, decoded from the reader's bytes the first time it is asked for.
+
+    A one-shot ``shm-read --once procs_total`` never decodes hundreds of families (nor imports the
+    module that knows how); the exporter asks at attach (``Reader.load_catalog``), so a bad catalog is
+    reported there.  The catalog is written before the magic and never changes.
+    """
+
+    __slots__ = ("_reader", "_value")
+
+    def __init__(self, reader: Reader | None):
+        self._reader = reader
+        self._value = None
+
+    def get(self):
+        if self._value is None:
+            from shm_metrics import families
+
+            reader = self._reader
+            if reader is None:
+                self._value = families.EMPTY_CATALOG
+            else:
+                if reader._fd is None:
+                    raise NoSegment(f"not attached to {reader.name}")
+                try:
+                    self._value = families.read_catalog(reader._mv, reader.layout)
+                except L.LayoutError as exc:
+                    raise IncompatibleSegment(f"{reader.name}: {exc}") from None
+                self._reader = None  # decoded: the reader may go
+        return self._value
 
 
 class Snapshot:
@@ -169,12 +203,16 @@ class Snapshot:
         return dict(zip(L.SCALARS.names, self._values[_SCALARS_START:]))
 
     @property
-    def families(self) -> _families.FamilyView:
+    def families(self) -> FamilyView:
         """node_exporter's families of this sample (``snap.families["node_load1"].series``)."""
+        from shm_metrics.families import FamilyView
+
         arrays = self._arrays
         if L.SERIES.name not in arrays:
             raise KeyError("families: read with arrays=False")
-        return _families.FamilyView(self._origin.catalog, arrays[L.SERIES.name], arrays[L.LABELS.name])
+        catalog = self._origin.catalog
+        return FamilyView(catalog.get() if catalog is not None else LazyCatalog(None).get(),
+                          arrays[L.SERIES.name], arrays[L.LABELS.name])
 
     def array(self, name: str) -> list[dict[str, Any]]:
         rec = _ARRAY_RECORDS[name]
@@ -319,18 +357,15 @@ class Reader:
         self._q = self._mv.cast("Q")
         self._i = self._mv.cast("I")
         self.layout = layout
-        try:
-            if self._pread:  # the catalog is static: one copy of it (and the rest) before it is read
+        if self._pread:  # the catalog is static: one copy of it (and the rest) before it is read
+            try:
                 self._copy(self._copy_ranges)
-            catalog = _families.read_catalog(self._mv, layout)
-        except (L.LayoutError, IncompatibleSegment) as exc:
-            self._field_slots = {}  # not built yet: close() releases what exists
-            self.close()
-            if isinstance(exc, IncompatibleSegment):
+            except IncompatibleSegment:
+                self._field_slots = {}  # not built yet: close() releases what exists
+                self.close()
                 raise
-            raise IncompatibleSegment(f"{self.name}: {exc}") from None
         self.origin = Origin(hdr["instance_id"], hdr["publisher_pid"], hdr["publisher_start_time"],
-                             hdr["interval_seconds"], hdr["hostname"], catalog)
+                             hdr["interval_seconds"], hdr["hostname"], LazyCatalog(self))
         self.instance_id, self.publisher_pid, self.publisher_start_time, self.interval, self.hostname = self.origin[:5]
         self.size = layout.total_size
         self.capacities = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
@@ -373,6 +408,10 @@ class Reader:
         if self._fd is None:
             raise NoSegment(f"not attached to {self.name}")
         return L.publisher_alive(self._fd)
+
+    def load_catalog(self) -> None:
+        """Decode the family catalog now (IncompatibleSegment if it is bad), not at the first families use."""
+        self.origin.catalog.get()
 
     def close(self) -> None:
         if self._fd is not None:

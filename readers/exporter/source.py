@@ -97,6 +97,11 @@ class SegmentSource:
                     return Reading(UNTRUSTED, None, False, str(exc))
                 except IncompatibleSegment as exc:
                     return Reading(INCOMPATIBLE, None, False, str(exc))
+                try:
+                    reader.load_catalog()  # every scrape renders the families: a bad catalog is found here
+                except IncompatibleSegment as exc:
+                    reader.close()
+                    return Reading(INCOMPATIBLE, None, False, str(exc))
             try:
                 snap = reader.read(check_alive=True)
             except SegmentBusy as exc:
