@@ -95,18 +95,38 @@ class LazyCatalog:
     reported there.  The catalog is written before the magic and never changes.
     """
 
-    __slots__ = ("_reader", "_value")
+    __slots__ = ("_reader", "_value", "_kept")
 
     def __init__(self, reader: Reader | None):
         self._reader = reader
         self._value = None
+        self._kept: tuple | None = None  # (bytes, layout) once the reader closed before a decode
+
+    def keep(self) -> None:
+        """The reader is closing: keep a private copy of the catalog's two sections (a memcpy, no decode),
+        so that snapshots read before the close can still name their families."""
+        reader = self._reader
+        if self._value is not None or reader is None or reader._fd is None:
+            return
+        layout = reader.layout
+        spans = [(layout.offsets[L.SECTION_INDEX[rec.name]],
+                  layout.offsets[L.SECTION_INDEX[rec.name]] + layout.capacities[L.SECTION_INDEX[rec.name]] * rec.size)
+                 for rec in L.STATIC_SECTIONS]
+        copy = bytearray(max(end for _, end in spans))  # the sections at their own offsets, zeros elsewhere
+        for start, end in spans:
+            copy[start:end] = reader._mv[start:end]
+        self._kept = (memoryview(copy), layout)
+        self._reader = None
 
     def get(self):
         if self._value is None:
             from shm_metrics import families
 
             reader = self._reader
-            if reader is None:
+            if self._kept is not None:
+                self._value = families.read_catalog(*self._kept)
+                self._kept = None
+            elif reader is None:
                 self._value = families.EMPTY_CATALOG
             else:
                 if reader._fd is None:
@@ -415,6 +435,9 @@ class Reader:
 
     def close(self) -> None:
         if self._fd is not None:
+            origin = getattr(self, "origin", None)
+            if origin is not None and origin.catalog is not None:
+                origin.catalog.keep()
             for view in (self._q, self._i, *(v for v, _ in self._field_slots.values()), self._mv):
                 view.release()
             if self._mm is not None:
