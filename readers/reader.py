@@ -112,17 +112,23 @@ class LazyCatalog:
         spans = [(layout.offsets[L.SECTION_INDEX[rec.name]],
                   layout.offsets[L.SECTION_INDEX[rec.name]] + layout.capacities[L.SECTION_INDEX[rec.name]] * rec.size)
                  for rec in L.STATIC_SECTIONS]
-        copy = bytearray(max(end for _, end in spans))  # the sections at their own offsets, zeros elsewhere
+        self._reader = None
+        needed = max(end for _, end in spans)
+        if not reader._pread and os.fstat(reader._fd).st_size < needed:
+            self._kept = ()  # truncated under us: touching those pages would be SIGBUS; the catalog is lost
+            return
+        copy = bytearray(needed)  # the sections at their own offsets, zeros elsewhere
         for start, end in spans:
             copy[start:end] = reader._mv[start:end]
         self._kept = (memoryview(copy), layout)
-        self._reader = None
 
     def get(self):
         if self._value is None:
             from shm_metrics import families
 
             reader = self._reader
+            if self._kept == ():
+                raise IncompatibleSegment("the segment shrank before its family catalog was read")
             if self._kept is not None:
                 self._value = families.read_catalog(*self._kept)
                 self._kept = None
