@@ -96,6 +96,19 @@ def split_flags(names: dict[str, bool]) -> tuple[list[str], list[str], dict[str,
     return publisher, exporter, left_out
 
 
+def publisher_settings() -> tuple[dict[str, object], object]:
+    """(``Context.options``, ``Filters``) as shm-publisher's own command line makes them from the script's
+    flags: tests that run collectors in process get exactly what the publisher would."""
+    from shm_metrics.publisher import cli, switches
+    from shm_metrics.publisher.collectors import collector_names
+
+    names = collector_names()
+    parser = cli.build_parser(names)
+    args, leftover = parser.parse_known_args(split_flags(names)[0])
+    assert not leftover, leftover
+    return switches.options(args), cli.filters_of(parser, args)
+
+
 def filtered(text: str) -> str:
     """What the script keeps of an exposition: ``grep -E -v "${skip_re}"``."""
     return "".join(line + "\n" for line in text.splitlines() if not SKIP_RE.search(line))

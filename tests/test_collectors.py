@@ -109,7 +109,8 @@ def test_netdev_all_columns_and_nohandler_from_sysfs(tmp_path, monkeypatch):
     assert got["node_network_receive_nohandler_total"] == {("eth0",): 17}
     # without netlink: <procfs>/net/dev (the live one is gone here), no nohandler; device-include drops Debian's ^lo$
     monkeypatch.setattr(netdev, "LIVE_PROCFS", str(tmp_path / "nowhere"))
-    got = collect(netdev.Netdev, tmp_path, options={"netdev.netlink": False, "netdev.device-include": "^lo$"})
+    got = collect(netdev.Netdev, tmp_path, options={"netdev.netlink": False},
+                  filters=Filters(net_exclude="", net_include="^lo$"))
     assert got["node_network_receive_bytes_total"] == {("lo",): 10}
     assert "node_network_receive_nohandler_total" not in got
 

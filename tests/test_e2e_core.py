@@ -24,7 +24,7 @@ from node_e2e import (
     expected_families,
     exposition_of,
     families,
-    flags,
+    publisher_settings,
     render,
     unpack,
 )
@@ -56,25 +56,7 @@ from shm_metrics.publisher.collectors import (
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import OwnedSegment
 
-
-def script_options() -> dict[str, object]:
-    """The per-collector options end-to-end-test.sh passes, as ``Context.options`` holds them:
-    ``--collector.<collector>.<option>[=value]`` by the flag's name without ``--collector.``
-    (a flag without a value is True; a repeated one is a list)."""
-    options: dict[str, object] = {}
-    for flag in flags():
-        name, has_value, value = flag.removeprefix("--collector.").partition("=")
-        if not flag.startswith("--collector.") or "." not in name:
-            continue  # paths, and the switches of whole collectors
-        if name in options:
-            previous = options[name]
-            options[name] = [*(previous if isinstance(previous, list) else [previous]), value]
-        else:
-            options[name] = value if has_value else True
-    return options
-
-
-OPTIONS = script_options()
+OPTIONS, FILTERS = publisher_settings()  # as shm-publisher parses end-to-end-test.sh's flags
 
 # node_exporter's collector (as node_e2e.collector_of names the owner of a family) -> our classes that
 # give its families.  node_network_transmit_queue_length is netclass's in node_exporter, but its name
@@ -96,8 +78,10 @@ def fixture_root(tmp_path_factory):
 
 
 def test_the_script_options_are_read_from_the_script():
-    # The options come from end-to-end-test.sh's own flags (node_e2e.flags), not from a copy here.
-    assert OPTIONS["netdev.device-include"] == "lo" and OPTIONS["netclass.ignored-devices"] == "(dmz|int)"
+    # The options come from end-to-end-test.sh's own flags (node_e2e.flags), parsed by shm-publisher's own
+    # command line; the netdev include becomes its device filter.
+    assert FILTERS.net_include == "lo" and not FILTERS.net_excluded("lo") and FILTERS.net_excluded("eth0")
+    assert OPTIONS["netclass.ignored-devices"] == "(dmz|int)"
     assert OPTIONS["netclass.ignore-invalid-speed"] is True and OPTIONS["stat.softirq"] is True
     assert OPTIONS["cpu.info"] is True and OPTIONS["cpu.info.flags-include"].startswith("^(aes")
     assert OPTIONS["sysctl.include"] == ["kernel.threads-max", "fs.file-nr", "fs.file-nr:total,current,max"]
@@ -107,7 +91,7 @@ def test_the_script_options_are_read_from_the_script():
 def test_collector_gives_node_exporters_families(fixture_root, collector):
     expected = expected_families(collector)
     assert expected, f"e2e-output.txt has no family of {collector}"
-    text = exposition_of(fixture_root, collectors=CLASSES[collector], options=OPTIONS)
+    text = exposition_of(fixture_root, collectors=CLASSES[collector], options=OPTIONS, filters=FILTERS)
     actual = families(text)
     table = compare(expected, actual)
     print("\n" + render(table))
@@ -125,7 +109,7 @@ def test_collector_gives_node_exporters_families(fixture_root, collector):
 def test_all_together_as_the_script_runs_them(fixture_root):
     classes = list(dict.fromkeys(cls for group in CLASSES.values() for cls in group))
     expected = expected_families(*CLASSES)
-    actual = families(exposition_of(fixture_root, collectors=classes, options=OPTIONS))
+    actual = families(exposition_of(fixture_root, collectors=classes, options=OPTIONS, filters=FILTERS))
     table = compare(expected, actual)
     print("\n" + render(table))
     assert {name: len(row["equal"]) for name, row in table.items()} == \
@@ -139,7 +123,7 @@ def test_the_odd_fixture_tree_goes_through_the_segment_to_shm_read(fixture_root)
     # layout's own arrays get what the tree has, and shm-read shows them.
     tree = fixture_root / FIXTURES
     sampler = Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), rootfs=str(tree),
-                      udev_data=str(tree / "udev" / "data"), top_n=5, options=OPTIONS,
+                      udev_data=str(tree / "udev" / "data"), top_n=5, options=OPTIONS, filters=FILTERS,
                       collectors=[*selected(), processes.NodeProcesses])
     name = f"/shmtest-e2e-core-{uuid.uuid4().hex[:10]}"
     segment = None

@@ -112,16 +112,15 @@ class Context:
             value = value[-1] if value else default
         return "" if value is None else str(value)
 
-    def device_filter(self, collector: str, default_exclude: str = "", default_include: str = "") -> DeviceFilter:
-        """node_exporter's ``--collector.<collector>.device-include`` / ``device-exclude`` pair.
+    def device_filter(self, collector: str) -> DeviceFilter:
+        """node_exporter's ``--collector.<collector>.device-include`` / ``device-exclude`` pair, for the
+        collectors the publisher's ``Filters`` do not cover (netdev and diskstats use those).
 
-        node_exporter refuses both at once; here an include given without an exclude also drops the
-        default exclude (Debian's ``^lo$`` for netdev), so ``device-include=lo`` shows lo.  The defaults
-        are the publisher's own filters (``--net-exclude``..., which the command line also sets from
-        node_exporter's flag names for netdev and diskstats).
+        node_exporter refuses both at once (the command line does too); an include alone means only
+        the devices it finds.
         """
-        include = self.text_option(f"{collector}.device-include", default_include)
-        exclude = self.text_option(f"{collector}.device-exclude", "" if include else default_exclude)
+        include = self.text_option(f"{collector}.device-include")
+        exclude = self.text_option(f"{collector}.device-exclude")
         return DeviceFilter(exclude, include)
 
 
@@ -212,50 +211,17 @@ def register(cls: type[Collector]) -> type[Collector]:
 
 
 def registry() -> list[type[Collector]]:
-    """Every collector class, in sampling order: the ones the layout's own sections need first, in the
-    order below, then every ``@register``ed one of this package, by name.  Adding a collector is one
-    file here: the package's modules are imported (discovered) on first use."""
+    """Every collector class (``@register``ed in a module of this package), by name.  The package's
+    modules are imported (discovered) on first use: adding a collector is one file here.  No collector
+    reads another's output, so the order only decides the catalog's (and the docs') order."""
     import importlib
     import pkgutil
 
-    from shm_metrics.publisher.collectors import (
-        arp,
-        conntrack,
-        diskstats,
-        entropy,
-        filefd,
-        filesystem,
-        loadavg,
-        meminfo,
-        netclass,
-        netdev,
-        netstat,
-        os_release,
-        pressure,
-        processes,
-        selinux,
-        sockstat,
-        softnet,
-        stat,
-        time_,
-        timex,
-        udp_queues,
-        uname,
-        uptime,
-        vmstat,
-    )
-
-    first = [processes.Processes, processes.Procs, stat.Stat, loadavg.Loadavg, meminfo.Meminfo, uptime.Uptime,
-             filefd.Filefd, netdev.Netdev, diskstats.Diskstats, filesystem.Filesystem, vmstat.Vmstat,
-             netstat.Netstat, sockstat.Sockstat, pressure.Pressure, softnet.Softnet, conntrack.Conntrack,
-             entropy.Entropy, arp.Arp, udp_queues.UdpQueues, timex.Timex, time_.Time, uname.Uname,
-             os_release.OsRelease, netclass.Netclass, selinux.Selinux]
     for module in pkgutil.iter_modules(__path__):
         if module.name == "__main__":  # the docs printer: importing it would print (or rewrite docs)
             continue
         importlib.import_module(f"{__name__}.{module.name}")
-    rest = sorted((c for c in _REGISTERED if c not in first), key=lambda c: c.name)
-    return first + rest
+    return sorted(_REGISTERED, key=lambda c: c.name)
 
 
 def collector_names() -> dict[str, bool]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 ENTRIES = gauge("node_arp_entries", "ARP entries by device", "device")
 
 
+@register
 class Arp(Collector):
     name = "arp"
     reports = ("arp",)

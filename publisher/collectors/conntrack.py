@@ -6,7 +6,7 @@ columns of /proc/net/stat/nf_conntrack, summed (gauges, as node_exporter has the
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 ENTRIES = gauge("node_nf_conntrack_entries", "Number of currently allocated flow entries for connection tracking.")
 LIMIT = gauge("node_nf_conntrack_entries_limit", "Maximum size of connection tracking table.")
@@ -23,6 +23,7 @@ _STATS = (
 STATS = tuple((column, gauge(f"node_nf_conntrack_stat_{column}", text)) for column, text in _STATS)
 
 
+@register
 class Conntrack(Collector):
     name = "conntrack"
     reports = ("conntrack",)

@@ -6,8 +6,8 @@ kernel with fewer fields (no discard or flush columns) has fewer families.
 ``node_disk_info`` carries udev's properties (``<udev data>/b<major>:<minor>``,
 ``--path.udev.data``), re-read every ``INFO_REFRESH_SECONDS``, and so do
 node_disk_filesystem_info, node_disk_device_mapper_info and the ATA families
-when udev has the properties.  Devices: ``diskstats.device-include`` /
-``diskstats.device-exclude`` (default: the filters' ``disk_exclude``).  Also
+when udev has the properties.  Devices: the publisher's ``Filters`` (``--disk-exclude`` and
+node_exporter's ``--collector.diskstats.device-include/-exclude``, mapped onto them).  Also
 fills the layout's ``disks`` array and its byte totals.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_once
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_once, register
 
 INFO_REFRESH_SECONDS = 60.0
 _MS = 1 / 1000.0
@@ -83,6 +83,7 @@ def _udev_series(device: str, major: str, minor: str, props: dict[str, str]) -> 
     return rows
 
 
+@register
 class Diskstats(Collector):
     name = "disks"
     reports = ("diskstats",)
@@ -93,7 +94,6 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
-        self._filter = ctx.device_filter("diskstats", ctx.filters.disk_exclude, ctx.filters.disk_include)
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
@@ -112,7 +112,7 @@ class Diskstats(Collector):
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
-        excluded = self._filter.ignored
+        excluded = self.ctx.filters.disk_excluded
         udev_series = []
         now = time.monotonic()
         for line in self._file.read().splitlines():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 AVAILABLE = gauge("node_entropy_available_bits", "Bits of available entropy.")
 POOL_SIZE = gauge("node_entropy_pool_size_bits", "Bits of entropy pool.")
 
 
+@register
 class Entropy(Collector):
     name = "entropy"
     reports = ("entropy",)

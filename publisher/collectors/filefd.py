@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 ALLOCATED = gauge("node_filefd_allocated", "File descriptor statistics: allocated.")
 MAXIMUM = gauge("node_filefd_maximum", "File descriptor statistics: maximum.")
 
 
+@register
 class Filefd(Collector):
     name = "filefd"
     reports = ("filefd",)

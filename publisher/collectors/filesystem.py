@@ -14,7 +14,7 @@ import os
 import re
 import select
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
 from shm_metrics.publisher.filters import Filters
 
 _LABELS = ("device", "fstype", "mountpoint")
@@ -28,6 +28,7 @@ DEVICE_ERROR = gauge("node_filesystem_device_error",
                      "Whether an error occurred while getting statistics for the given device.", *_LABELS)
 
 
+@register
 class Filesystem(Collector):
     name = "filesystems"
     reports = ("filesystem",)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 LOAD1 = gauge("node_load1", "1m load average.")
 LOAD5 = gauge("node_load5", "5m load average.")
@@ -13,6 +13,7 @@ LOAD15 = gauge("node_load15", "15m load average.")
 THREADS = gauge("node_processes_threads", "Allocated threads in system")
 
 
+@register
 class Loadavg(Collector):
     name = "loadavg"
     reports = ("loadavg",)

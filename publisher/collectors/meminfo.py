@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 
 _PARENS = re.compile(r"\((.*)\)")
 # The layout's scalars and the meminfo keys they come from.
@@ -26,6 +26,7 @@ def _family(raw_key: str, has_unit: bool) -> FamilyInfo:
     return kind(f"node_memory_{key}", f"Memory information field {key}.")
 
 
+@register
 class Meminfo(Collector):
     name = "memory"
     reports = ("meminfo",)

@@ -14,7 +14,7 @@ import os
 import re
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
 
 PROPERTIES_REFRESH_SECONDS = 30.0
 
@@ -96,6 +96,7 @@ class _Interface:
                 pf.close()
 
 
+@register
 class Netclass(Collector):
     name = "netclass"
     reports = ("netclass",)

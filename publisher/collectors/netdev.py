@@ -11,13 +11,13 @@ whatever ``--path.procfs`` says: so with ``netdev.netlink`` on (node_exporter's
 default) the files read are this process's ``/proc/net/dev`` and
 ``/sys/class/net`` (``LIVE_PROCFS``/``LIVE_SYSFS``), not the configured trees;
 with it off, ``<procfs>/net/dev`` and no ``receive_nohandler``, as node_exporter
-does.  Devices: ``netdev.device-include`` / ``netdev.device-exclude``
-(default: the filters' ``net_exclude``, Debian's ``^lo$``).
+does.  Devices: the publisher's ``Filters`` (``--net-exclude``, and node_exporter's
+``--collector.netdev.device-include/-exclude``, which the command line maps onto them).
 """
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, register
 
 # /proc/net/dev columns, in order, as node_exporter names them.
 _COLUMNS = ("receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
@@ -37,6 +37,7 @@ LIVE_PROCFS = "/proc"
 LIVE_SYSFS = "/sys"
 
 
+@register
 class Netdev(Collector):
     name = "net"
     reports = ("netdev",)
@@ -47,7 +48,6 @@ class Netdev(Collector):
         self._netlink = bool(ctx.option("netdev.netlink", True))
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
-        self._filter = ctx.device_filter("netdev", ctx.filters.net_exclude, ctx.filters.net_include)
 
     def _nohandler_file(self, device: str) -> ProcFile | None:
         if not self._netlink:
@@ -62,7 +62,7 @@ class Netdev(Collector):
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
-        excluded = self._filter.ignored
+        excluded = self.ctx.filters.net_excluded
         seen = set()
         for line in self._file.read().splitlines()[2:]:
             name, _, rest = line.partition(":")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, untyped
+from shm_metrics.publisher.collectors import Collector, Context, Sample, register, untyped
 
 FIELDS = re.compile(  # --collector.netstat.fields' default
     r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|"
@@ -28,6 +28,7 @@ def _pairs6(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+@register
 class Netstat(Collector):
     name = "netstat"
     reports = ("netstat",)

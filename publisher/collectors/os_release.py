@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from shm_metrics.publisher.collectors import Collector, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Sample, gauge, register
 
 _KEYS = ("BUILD_ID", "ID", "ID_LIKE", "IMAGE_ID", "IMAGE_VERSION", "NAME", "PRETTY_NAME", "VARIANT", "VARIANT_ID",
          "VERSION", "VERSION_CODENAME", "VERSION_ID")
@@ -35,6 +35,7 @@ def parse(text: str) -> dict[str, str]:
     return out
 
 
+@register
 class OsRelease(Collector):
     name = "os"
     reports = ("os",)

@@ -6,7 +6,7 @@ left out and its success is 0, as node_exporter reports.
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 
 CPU = counter("node_pressure_cpu_waiting_seconds_total",
               "Total time in seconds that processes have waited for CPU time")
@@ -33,6 +33,7 @@ def _totals(text: str) -> dict[str, float]:
     return out
 
 
+@register
 class Pressure(Collector):
     name = "pressure"
     reports = ("pressure",)

@@ -27,6 +27,7 @@ MAX_PROCESSES = gauge("node_processes_max_processes", "Number of max PIDs limit"
 _STAT_READ_BYTES = 4096  # a stat line is ~300 bytes; comm is at most 64
 
 
+@register
 class Processes(Collector):
     """With --top: the per-process scan for the layout's top tables and state counts."""
 
@@ -61,6 +62,7 @@ class Processes(Collector):
         self._table.close()
 
 
+@register
 class Procs(Collector):
     """Without --top: the numeric entries of /proc are the processes (thread
     groups), node_processes_pids' meaning, ~200x cheaper than ``ps axh``."""

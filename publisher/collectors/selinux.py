@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Sample, gauge, register
 
 ENABLED = gauge("node_selinux_enabled", "SELinux is enabled, 1 is true, 0 is false")
 
 
+@register
 class Selinux(Collector):
     name = "selinux"
     reports = ("selinux",)

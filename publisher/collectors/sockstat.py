@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _FIELDS = ("inuse", "orphan", "tw", "alloc", "mem", "memory")
@@ -36,6 +36,7 @@ def _values(text: str, v4: bool) -> list[tuple[str, str, int]]:
     return out
 
 
+@register
 class Sockstat(Collector):
     name = "sockstat"
     reports = ("sockstat",)

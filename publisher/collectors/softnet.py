@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 
 PROCESSED = counter("node_softnet_processed_total", "Number of processed packets", "cpu")
 DROPPED = counter("node_softnet_dropped_total", "Number of dropped packets", "cpu")
 SQUEEZED = counter("node_softnet_times_squeezed_total", "Number of times processing packets ran out of quota", "cpu")
 
 
+@register
 class Softnet(Collector):
     name = "softnet"
     reports = ("softnet",)

@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -117,6 +117,7 @@ def _read_uint(path: str) -> int | None:
         return None
 
 
+@register
 class Stat(Collector):
     name = "stat"
     reports = ("cpu", "stat")

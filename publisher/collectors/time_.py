@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
 
 NOW = gauge("node_time_seconds", "System time in seconds since epoch (1970).")
 ZONE = gauge("node_time_zone_offset_seconds", "System time zone offset in seconds.", "time_zone")
@@ -20,6 +20,7 @@ CURRENT = gauge("node_time_clocksource_current_info",
                 "Current clocksource read from '/sys/devices/system/clocksource'.", "device", "clocksource")
 
 
+@register
 class Time(Collector):
     name = "time"
     reports = ("time",)

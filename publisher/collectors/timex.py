@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 
 _TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
 _STA_NANO = 0x2000  # offset and jitter in ns instead of us
@@ -43,6 +43,7 @@ STBCNT = counter("node_timex_pps_stability_exceeded_total",
 TAI = gauge("node_timex_tai_offset_seconds", "International Atomic Time (TAI) offset.")
 
 
+@register
 class Timex(Collector):
     name = "timex"
     reports = ("timex",)

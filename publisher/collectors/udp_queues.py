@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 
 QUEUES = gauge("node_udp_queues", "Number of allocated memory in the kernel for UDP datagrams in bytes.",
                "queue", "ip")
@@ -19,6 +19,7 @@ def _summary(text: str) -> tuple[int, int]:
     return tx, rx
 
 
+@register
 class UdpQueues(Collector):
     name = "udp_queues"
     reports = ("udp_queues",)

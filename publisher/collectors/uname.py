@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Sample, gauge
+from shm_metrics.publisher.collectors import Collector, Sample, gauge, register
 
 INFO = gauge("node_uname_info", "Labeled system information as provided by the uname system call.",
              "sysname", "release", "version", "machine", "nodename", "domainname")
 
 
+@register
 class Uname(Collector):
     name = "uname"
     reports = ("uname",)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample
+from shm_metrics.publisher.collectors import Collector, Context, Sample, register
 
 
+@register
 class Uptime(Collector):
     name = "uptime"
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, untyped
+from shm_metrics.publisher.collectors import Collector, Context, Sample, register, untyped
 
 FIELDS = re.compile(r"^(oom_kill|pgpg|pswp|pg.*fault).*")  # --collector.vmstat.fields' default
 
 
+@register
 class Vmstat(Collector):
     name = "vmstat"
     reports = ("vmstat",)
