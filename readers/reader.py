@@ -363,12 +363,18 @@ class Reader:
             if self._pread:
                 buffer = bytearray(layout.total_size)
                 self._mv = memoryview(buffer)
-                h = L.SECTION_INDEX["history"]
-                history_start = layout.offsets[h]
-                history_end = history_start + layout.capacities[h] * L.HISTORY.size
-                # What read() copies: everything but the history ring, which history() copies on request.
-                self._copy_ranges = ((0, history_start), (history_end, layout.total_size))
-                self._history_range = (history_start, history_end)
+                def span(rec: L.Record) -> tuple[int, int]:
+                    i = L.SECTION_INDEX[rec.name]
+                    return layout.offsets[i], layout.offsets[i] + layout.capacities[i] * rec.size
+
+                # What read() copies: everything but the history ring (history() copies it on request)
+                # and the static catalog (copied once, below: it never changes).
+                self._history_range = span(L.HISTORY)
+                skipped = sorted([self._history_range, *map(span, L.STATIC_SECTIONS)])
+                starts = [0, *(end for _, end in skipped)]
+                ends = [*(start for start, _ in skipped), layout.total_size]
+                self._copy_ranges = tuple((a, b) for a, b in zip(starts, ends) if b > a)
+                self._static_ranges = tuple(map(span, L.STATIC_SECTIONS))
             else:
                 self._mm = mmap.mmap(fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
                 self._mv = memoryview(self._mm)
@@ -383,9 +389,9 @@ class Reader:
         self._q = self._mv.cast("Q")
         self._i = self._mv.cast("I")
         self.layout = layout
-        if self._pread:  # the catalog is static: one copy of it (and the rest) before it is read
+        if self._pread:  # the catalog is static: its one copy (and the rest) before it is read
             try:
-                self._copy(self._copy_ranges)
+                self._copy(self._static_ranges + self._copy_ranges)
             except IncompatibleSegment:
                 self._field_slots = {}  # not built yet: close() releases what exists
                 self.close()
