@@ -181,14 +181,7 @@ def _net_panel(snap: Snapshot, prev: Snapshot | None, dt: float) -> Panel:
                      str(nic["rx_errors"]), str(nic["tx_errors"])))
         activity.append((rx[-1] or 0) + (tx[-1] or 0))
 
-    def summary(hidden: list[int]) -> str:
-        text = f"+{len(hidden)} more interfaces"
-        if all(rx[i] is not None for i in hidden):
-            text += (f": rx {_per_second(sum(rx[i] for i in hidden), 'bytes')}, "
-                     f"tx {_per_second(sum(tx[i] for i in hidden), 'bytes')}")
-        return text
-
-    return Panel("NETWORK", NET_COLUMNS, rows, activity, summary)
+    return Panel("NETWORK", NET_COLUMNS, rows, activity, _hidden_summary("interfaces", ("rx", rx), ("tx", tx)))
 
 
 def _disk_panel(snap: Snapshot, prev: Snapshot | None, dt: float) -> Panel:
@@ -203,14 +196,21 @@ def _disk_panel(snap: Snapshot, prev: Snapshot | None, dt: float) -> Panel:
                      "…" if busy is None else f"{min(busy, 1.0) * 100:.0f}%"))
         activity.append(busy or 0)
 
+    return Panel("DISK", DISK_COLUMNS, rows, activity,
+                 _hidden_summary("disks", ("read", read), ("write", written)))
+
+
+def _hidden_summary(noun: str, *rates: tuple[str, list[float | None]]):
+    """The summary line of the rows a panel has no room for: how many, and their byte rates summed
+    (once every hidden row has a rate)."""
     def summary(hidden: list[int]) -> str:
-        text = f"+{len(hidden)} more disks"
-        if all(read[i] is not None for i in hidden):
-            text += (f": read {_per_second(sum(read[i] for i in hidden), 'bytes')}, "
-                     f"write {_per_second(sum(written[i] for i in hidden), 'bytes')}")
+        text = f"+{len(hidden)} more {noun}"
+        if all(values[i] is not None for _, values in rates for i in hidden):
+            text += ": " + ", ".join(f"{label} {_per_second(sum(values[i] for i in hidden), 'bytes')}"
+                                     for label, values in rates)
         return text
 
-    return Panel("DISK", DISK_COLUMNS, rows, activity, summary)
+    return summary
 
 
 def _fs_panel(snap: Snapshot) -> Panel:
