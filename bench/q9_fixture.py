@@ -73,6 +73,29 @@ def node_exporter_flags(publisher_flags: list[str], enabled: set[str]) -> list[s
     return [*out, "--collector.disable-defaults", *(f"--collector.{c}" for c in sorted(enabled))]
 
 
+def _costliest(root, parser, args, enabled: set[str], cfg: Config, top: int = 8) -> list[tuple[str, float]]:
+    """Where a sample's time goes: each collector of the run timed alone in this process on the same tree,
+    with the options and filters the publisher got."""
+    from shm_metrics.publisher import cli, switches
+    from shm_metrics.publisher.collectors import selected
+    from shm_metrics.publisher.sampler import Sampler, time_families
+
+    here = os.getcwd()
+    os.chdir(root)  # the script's paths are relative to the unpacked directory
+    try:
+        tree = "collector/fixtures"
+        sampler = Sampler(procfs=f"{tree}/proc", sysfs=f"{tree}/sys", rootfs=tree, udev_data=f"{tree}/udev/data",
+                          collectors=selected(enabled), options=switches.options(args),
+                          filters=cli.filters_of(parser, args))
+        try:
+            costs = time_families(sampler, cfg.pick(50, 3))
+        finally:
+            sampler.close()
+    finally:
+        os.chdir(here)
+    return sorted(costs.items(), key=lambda kv: -kv[1])[:top]
+
+
 def run(cfg: Config, shared: Shared) -> Table:
     from shm_metrics.publisher import cli, switches
     from shm_metrics.publisher.collectors import collector_names
@@ -147,6 +170,9 @@ def run(cfg: Config, shared: Shared) -> Table:
         table.add(f"node_exporter, the same collectors and options, {RATE:g} scrapes/s ({families} families)",
                   us(median(node_cpu)), f"{node_rss:.1f}", "1 (peer)")
     table.notes.append(f"collectors: {', '.join(sorted(enabled))}.")
+    table.notes.append("costliest collectors on the tree (in process, `time_families`, median wall per call): "
+                       + ", ".join(f"{c} {us(t)} µs" for c, t in _costliest(root, parser, args, enabled, cfg))
+                       + ".")
     if left_out:
         table.notes.append("in the script but not in shm-publisher yet (in neither run): "
                            f"{', '.join(sorted(left_out))}.")
