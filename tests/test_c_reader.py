@@ -71,6 +71,8 @@ def test_c_reader_sees_a_dead_publisher_and_lying_values(c_reader, name, make_se
     make_segment_file(data, live=False)  # nobody holds the liveness lock: the publisher died
     dead = subprocess.run([c_reader, name], capture_output=True, text=True, timeout=10)
     assert dead.returncode == 5 and "not running" in dead.stderr
+    dead_family = subprocess.run([c_reader, name, "node_load1"], capture_output=True, text=True, timeout=10)
+    assert dead_family.returncode == 5 and "not running" in dead_family.stderr  # the same rule for families
     os.unlink(f"/dev/shm/{name[1:]}")
     for lie in ({"header": {"interval_seconds": 0.0}}, {"header": {"sample_time": float("nan")}},
                 {"counts": {"net": capacity(data, "net") + 1}}):

@@ -218,8 +218,6 @@ int main(int argc, char **argv)
     if (m == MAP_FAILED)
         return fail(4, name, strerror(errno));
 
-    if (family)
-        return print_family(m, name, family, off, capacity);
 
     /* The seqlock: even and unchanged around the copy.  Bounded: a publisher stopped mid-write. */
     const uint64_t *seq = (const uint64_t *)(m + H_SEQ);
@@ -259,7 +257,14 @@ int main(int argc, char **argv)
     if (s1 == 0 && alive)
         return fail(5, name, "no sample written yet");
 
-    printf("%llu\n", (unsigned long long)procs);
+    /* The same checks (counts, times, liveness, freshness) whichever value is printed. */
+    if (family) {
+        int rc = print_family(m, name, family, off, capacity);
+        if (rc)
+            return rc;
+    } else {
+        printf("%llu\n", (unsigned long long)procs);
+    }
     if (!alive && u32(m + H_STATE) != 3)
         return fail(5, name, "publisher not running: it died without stopping (no process holds the lock)");
     struct timespec now;
