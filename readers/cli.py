@@ -24,7 +24,6 @@ from shm_metrics.readers.reader import (
     SegmentBusy,
     SegmentStarting,
     Snapshot,
-    describe_not_fresh,
 )
 
 TYPE_CHECKING = False
@@ -223,7 +222,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _freshness(snap: Snapshot, max_age: float | None) -> int:
     if snap.is_fresh(max_age):
         return EXIT_OK
-    _warn(describe_not_fresh(snap, max_age))
+    _warn(fmt.describe_not_fresh(snap, max_age))
     return EXIT_STALE
 
 

@@ -6,10 +6,13 @@ import math
 import time
 
 from shm_metrics import shm_layout as L
+from shm_metrics.readers.reader import STATE_DEAD
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from shm_metrics.readers.reader import Snapshot
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -213,3 +216,20 @@ def table(snap, rates: dict | None = None) -> str:
         lines.append("")
         lines.append("left out (over capacity): " + ", ".join(f"{k} {v}" for k, v in overflow.items()))
     return "\n".join(lines)
+
+
+def describe_not_fresh(snap: Snapshot, max_age: float | None = None) -> str:
+    """Why a snapshot is not fresh, in one phrase (the same words in every reader)."""
+    pid = snap.publisher_pid
+    if snap.state == STATE_DEAD:
+        return f"publisher not running: pid {pid} died without stopping (no process holds the segment's lock)"
+    if snap.seq == 0:
+        return f"publisher pid {pid} has not written a sample yet ({snap.state})"
+    if snap.state != "running":
+        return f"publisher pid {pid} is {snap.state}: values are from {seconds(snap.age)} ago"
+    if snap.from_future():
+        return (f"the sample is stamped {seconds(snap.sample_time - time.time())} in the future: "
+                f"not trusted as fresh (publisher pid {pid})")
+    limit = snap.max_age() if max_age is None else max_age
+    return (f"stale: last sample {seconds(snap.age)} ago (limit {seconds(limit)}); "
+            f"publisher pid {pid} may be stopped or hung")

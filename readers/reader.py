@@ -728,6 +728,8 @@ class Reader:
                 status = None
                 yield snap
             elif snap and (snap.seq > 0 or snap.state == STATE_DEAD) and not snap.is_fresh(max_age):
+                from shm_metrics.readers.format import describe_not_fresh  # presentation: only when said
+
                 say(f"{describe_not_fresh(snap, max_age)}; waiting for new samples")
             now = time.monotonic()
             stalled = snap is None or not snap.is_fresh(max_age)
@@ -748,27 +750,6 @@ class Reader:
 
 
 _HISTORY_NAMES = L.HISTORY.names
-
-
-def describe_not_fresh(snap: Snapshot, max_age: float | None = None) -> str:
-    """Why a snapshot is not fresh, in one phrase (the same words in every reader)."""
-    pid = snap.publisher_pid
-    if snap.state == STATE_DEAD:
-        return f"publisher not running: pid {pid} died without stopping (no process holds the segment's lock)"
-    if snap.seq == 0:
-        return f"publisher pid {pid} has not written a sample yet ({snap.state})"
-    if snap.state != "running":
-        return f"publisher pid {pid} is {snap.state}: values are from {_seconds_text(snap.age)} ago"
-    if snap.from_future():
-        return (f"the sample is stamped {_seconds_text(snap.sample_time - time.time())} in the future: "
-                f"not trusted as fresh (publisher pid {pid})")
-    limit = snap.max_age() if max_age is None else max_age
-    return (f"stale: last sample {_seconds_text(snap.age)} ago (limit {_seconds_text(limit)}); "
-            f"publisher pid {pid} may be stopped or hung")
-
-
-def _seconds_text(value: float) -> str:
-    return f"{value:.1f} s" if value < 1e9 else f"{value:.3g} s"
 
 
 # --- names and users from the environment: one place, one message naming the variable
