@@ -178,18 +178,27 @@ def test_a_sigkilled_publisher_reads_as_dead(name, start_publisher, exporters):
                 os.unlink(path)
 
 
-def test_readers_never_take_the_liveness_lock(name, start_publisher):
-    """A reader only tests the lock: a publisher starting meanwhile is never told the name is in use."""
-    pub = start_publisher(name, "--interval", "0.1")
-    with Reader(name) as reader:
-        assert reader.publisher_alive()
-        fd = os.open(L.segment_path(name), os.O_RDWR)
+def test_readers_never_take_the_liveness_lock(name, make_segment_file, real_segment_bytes):
+    """A reader only tests the lock: with no publisher holding it, it stays free while readers look at it,
+    so a publisher starting meanwhile is never told the name is in use."""
+    path = make_segment_file(fresh(real_segment_bytes), live=False)  # nobody holds the lock
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with Reader(name) as reader:
+            assert reader.publisher_alive() is False
+            assert reader.read(check_alive=True).state == "dead"
+            L.hold_liveness_lock(fd)  # free: the reader, still attached, did not take it
+            assert reader.publisher_alive() is True  # and it sees whoever does
+        # A one-shot reader run meanwhile sees the holder alive and leaves the lock to it.
+        assert run_reader("--name", name, "--once", "procs_total").returncode == 0
+        other = os.open(path, os.O_RDWR)
         try:
-            with pytest.raises(BlockingIOError):  # held by the publisher, not by the reader
-                L.hold_liveness_lock(fd)
+            with pytest.raises(BlockingIOError):
+                L.hold_liveness_lock(other)  # still held, by this test's first descriptor
         finally:
-            os.close(fd)
-    assert pub.stop() == 0
+            os.close(other)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------- 6. lying counts
@@ -210,11 +219,19 @@ def test_a_count_beyond_capacity_is_refused_on_every_path(name, make_segment_fil
 @pytest.mark.parametrize("interval", [0.0, math.nan, math.inf, -1.0, 1e9])
 def test_an_impossible_interval_is_refused(name, make_segment_file, real_segment_bytes, exporters, interval):
     make_segment_file(altered(fresh(real_segment_bytes), header={"interval_seconds": interval}))
-    for args in (["--once", "procs_total"], ["--once", "--json"], ["--info"], ["--history", "load1", "--since", "5"],
-                 ["--json", "--count", "1"]):
-        if args[0] == "--json":
-            continue  # a follower waits for a valid segment instead: checked below
+    for args in (["--once", "procs_total"], ["--once", "--json"], ["--info"], ["--history", "load1", "--since", "5"]):
         assert_one_line(run_reader("--name", name, *args), 4, "interval_seconds")
+    # A follower waits for a valid segment instead, saying why, and prints nothing from this one.
+    follower = subprocess.Popen([*READER, "--name", name, "--json", "--count", "1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        line = follower.stderr.readline()
+        assert "waiting" in line and "interval_seconds" in line, line
+        assert follower.poll() is None
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=10)
+    assert out == "" and "Traceback" not in err
     expo = scrape(exporters(name).url + "/metrics")
     assert exporter_state(expo) == "incompatible" and expo.value("shm_metrics_up") == 0
 
