@@ -134,7 +134,7 @@ def test_values_are_printed_as_go_prints_them():
     """Every value of e2e-output.txt (Go's strconv.FormatFloat(v, 'g', -1, 64)) comes back from its float."""
     from node_e2e import EXPECTED
 
-    from shm_metrics.readers.exporter.collector import go_float
+    from shm_metrics.readers.exporter.render import go_float
 
     lines = [line for line in EXPECTED.read_text().split("\n") if line and not line.startswith("#")]
     # The value follows the labels (whose values may hold spaces), or the name.

@@ -13,8 +13,8 @@ from exporter_util import EXPORTER, Exposition
 from prometheus_client import generate_latest
 
 from shm_metrics.readers.exporter.cli import listen_address
-from shm_metrics.readers.exporter.collector import go_float
 from shm_metrics.readers.exporter.exposition import build
+from shm_metrics.readers.exporter.render import go_float
 from shm_metrics.readers.exporter.server import accepts_gzip
 from shm_metrics.readers.exporter.source import SegmentSource
 
@@ -141,6 +141,6 @@ def test_version_and_help():
 ])
 def test_values_are_written_as_node_exporter_writes_them(value, go):
     # Go's strconv.FormatFloat(v, 'g', -1, 64), as expfmt writes sample values (the strings are Go's output).
-    from shm_metrics.readers.exporter.collector import go_float
+    from shm_metrics.readers.exporter.render import go_float
 
     assert go_float(value) == go

@@ -4,6 +4,7 @@ One job per module:
 
 - ``source``: attach to the segment, re-attach after a publisher restart, read one snapshot per scrape;
 - ``collector``: the ``prometheus_client`` Collector (metric names, types, labels and HELP texts);
+- ``render``: the ``node_*`` text exposition (node_exporter's bytes), shared with ``shm-read``;
 - ``exposition``: the text exposition, with the ``node_*`` block cached per published sample;
 - ``webconfig``: node_exporter's ``--web.config.file`` (TLS and bcrypt basic auth);
 - ``server``: the HTTP/1.1 server (one event loop for idle connections, a bounded worker pool; keep-alive,

@@ -20,7 +20,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from shm_metrics.families import Family
-from shm_metrics.readers.exporter.collector import ShmCollector, own_families, render_families, render_node_text
+from shm_metrics.readers.exporter.collector import ShmCollector, own_families
+from shm_metrics.readers.exporter.render import render_families, render_node_text
 from shm_metrics.readers.exporter.textfile import Textfile
 
 # The families node_exporter reports each collector's scrape in: the textfile collector's row is added to

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shm_metrics.readers.exporter.collector import go_float  # node_exporter's number format, one copy
+from shm_metrics.readers.exporter.render import go_float  # node_exporter's number format, one copy
 
 log = logging.getLogger("shm-exporter")
 
