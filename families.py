@@ -20,12 +20,14 @@ is decoded only when asked for (``FamilyView``).
 from __future__ import annotations
 
 import bisect
-from array import array
-from collections.abc import Iterator, Sequence
+from collections import namedtuple
 from operator import itemgetter
-from typing import NamedTuple
 
 from shm_metrics import shm_layout as L
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing (with re, enum, functools) costs milliseconds: shm-read --once node_load1 imports this
+    from collections.abc import Iterator, Sequence
 
 GAUGE, COUNTER, UNTYPED = L.METRIC_TYPES
 _TYPE_CODE = {t: i for i, t in enumerate(L.METRIC_TYPES)}
@@ -43,23 +45,13 @@ _CHUNK = L.STRINGS.size  # the blobs are counted in 8-byte chunks
 ABSENT_LABEL = "\x01"
 
 
-class FamilyInfo(NamedTuple):
-    """What the catalog says about one family."""
+FamilyInfo = namedtuple("FamilyInfo", "name type help labels")
+FamilyInfo.__doc__ = ("What the catalog says about one family: name, type (gauge, counter or untyped), HELP text "
+                      "and label names (a tuple).")
 
-    name: str
-    type: str  # gauge, counter or untyped
-    help: str
-    labels: tuple[str, ...]
-
-
-class Family(NamedTuple):
-    """One family of one sample: its catalog entry and its series ``(label values, value)``."""
-
-    name: str
-    type: str
-    help: str
-    labels: tuple[str, ...]
-    series: list[tuple[tuple[str, ...], float]]
+Family = namedtuple("Family", "name type help labels series")
+Family.__doc__ = ("One family of one sample: its catalog entry (name, type, help, labels) and its series, a list "
+                  "of (label values, value).")
 
 
 def chunks(nbytes: int) -> int:
@@ -116,6 +108,8 @@ class SeriesEncoder:
         if last is not None and last[0] == families and last[1] == labels and last[2] == (max_rows, max_bytes):
             # The same series as the previous sample (the usual case): only the values change, so the
             # rows' other columns and the label blob are reused and the values dropped into place.
+            from array import array  # the publisher's side only: readers do not load the extension
+
             pick, template, blob, n, dropped = last[3:]
             rows = bytearray(template)
             if n:
@@ -144,6 +138,8 @@ class SeriesEncoder:
         encoded = self._encoded
         if len(encoded) > 8192:
             encoded.clear()
+        from array import array
+
         metrics, offsets, lengths, values = array("I"), array("I"), array("I"), array("d")
         order = []
         for i, labels, value, j in known:
@@ -183,19 +179,26 @@ def _by_family(row: tuple) -> int:
 def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview) -> tuple[FamilyInfo, ...]:
     """The catalog from its two sections; raises LayoutError on anything out of bounds."""
     strings = bytes(strings_raw)
+    size = len(strings)
+    if strings.isascii():  # node_exporter's names and HELP texts are: byte offsets are str offsets, so one
+        text = strings.decode("ascii")  # decode serves every string
+
+        def cut(start: int, length: int) -> str:
+            return text[start:start + length]
+    else:
+        def cut(start: int, length: int) -> str:
+            return strings[start:start + length].decode("utf-8", "replace")
+    types = L.METRIC_TYPES
     out = []
-    for row in _METRIC.iter_unpack(metrics_raw):
-        name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count = row
-        if type_code >= len(L.METRIC_TYPES) or max(name_off + name_len, help_off + help_len,
-                                                     labels_off + labels_len) > len(strings):
+    for name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count in \
+            _METRIC.iter_unpack(metrics_raw):
+        if type_code >= len(types) or name_off + name_len > size or help_off + help_len > size \
+                or labels_off + labels_len > size:
             raise L.LayoutError("family catalog points outside its strings")
-        labels = strings[labels_off:labels_off + labels_len].decode("utf-8", "replace").split("\0")
-        labels = tuple(labels) if label_count else ()
+        labels = tuple(cut(labels_off, labels_len).split("\0")) if label_count else ()
         if len(labels) != label_count:
             raise L.LayoutError("family catalog: label count does not match its label names")
-        out.append(FamilyInfo(strings[name_off:name_off + name_len].decode("utf-8", "replace"),
-                              L.METRIC_TYPES[type_code],
-                              strings[help_off:help_off + help_len].decode("utf-8", "replace"), labels))
+        out.append(FamilyInfo(cut(name_off, name_len), types[type_code], cut(help_off, help_len), labels))
     return tuple(out)
 
 

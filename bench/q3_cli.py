@@ -117,6 +117,8 @@ def run(cfg: Config, shared: Shared) -> Table:
         "bare": ([python, "-c", "pass"], "`python -c pass` (the wheel's venv)"),
         "shm-read": ([shm_read, *args], f"`shm-read --once procs_total` (installed from the wheel by pip "
                                         f"{pip_version})"),
+        "family": ([shm_read, "--once", "--name", name, "node_load1"],
+                   "`shm-read --once node_load1` (a node_exporter family: the catalog and one family decoded)"),
         "old-pip": ([str(venv / "bin" / "shm-read-old-pip"), *args],
                     "the same with older pips' wrapper (`import re` first)"),
         "ps": (["sh", "-c", "ps axh | wc -l"], "`ps axh | wc -l`"),
@@ -139,6 +141,8 @@ def run(cfg: Config, shared: Shared) -> Table:
         once(argv)
     answer = subprocess.run(commands["shm-read"][0], capture_output=True, text=True, env=env).stdout.strip()
     assert answer.isdigit(), f"shm-read printed {answer!r}"
+    load = subprocess.run(commands["family"][0], capture_output=True, text=True, env=env).stdout.strip()
+    assert float(load) >= 0, f"shm-read printed {load!r} for node_load1"
     where = subprocess.run([python, "-c", "import shm_metrics; print(shm_metrics.__file__)"], capture_output=True,
                            text=True, env=env).stdout.strip()
     assert where.startswith(str(venv)), f"the wheel's venv imports shm_metrics from {where}"
@@ -161,4 +165,6 @@ def run(cfg: Config, shared: Shared) -> Table:
            else "not installed."))
     table.target(f"shm-read {x(ratio['shm-read'])} the bare interpreter of its venv (<= {LIMIT}x)",
                  ratio["shm-read"] <= LIMIT)
+    table.target(f"shm-read --once node_load1 {x(ratio['family'])} the bare interpreter (<= {LIMIT}x)",
+                 ratio["family"] <= LIMIT)
     return table

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from shm_metrics.families import Family
+    from shm_metrics.readers.selector import Selector
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NO_SEGMENT = 3
@@ -42,7 +45,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """\
 exit codes:
   0    ok
-  2    usage error (an unknown field lists the valid ones)
+  2    usage error (an unknown field or family names the closest ones)
   3    no segment: shm-publisher is not running under that name
   4    incompatible, corrupt or untrusted segment (bad magic, version, size,
        values or permissions; owned by a user other than root, you or
@@ -59,6 +62,7 @@ RATES_KEY = "rates"  # every rate in one object, as --json prints it
 # Every key of --json, by name: header, scalars, single rates, the rates object, arrays.
 FIELDS = HEADER_KEYS + L.SCALARS.names + RATE_KEYS + (RATES_KEY,) + ARRAY_KEYS
 SUBCOMMANDS = ("top",)
+FORMATS = ("text", "json", "prometheus")  # --format; json is --json
 # Options of shm-read that take a value: what follows them is never the subcommand.
 _VALUE_OPTIONS = ("--name", "--publisher-user", "--count", "--history", "--since", "--max-age")
 
@@ -77,12 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
                       epilog=EXIT_CODES_HELP + ENVIRONMENT_HELP)
     p.add_argument("fields", nargs="*", metavar="FIELD",
                    help="print only these: one prints its bare value, several print 'field value' lines. "
-                        "Any key of --json (a scalar, a rate, 'rates', an array, a header key); "
-                        "--list-fields lists them")
+                        "Any key of --json (a scalar, a rate, 'rates', an array, a header key), or a "
+                        "Prometheus selector: a node_exporter family and optional label matchers in PromQL's "
+                        "syntax (node_load1, 'node_cpu_seconds_total{mode=\"idle\",cpu=~\"0|1\"}'); one "
+                        "series prints its bare value, several 'name{labels} value' lines in shm-exporter's "
+                        "order, --json {name, labels, value} objects. --list-fields lists both")
     add_common_options(p)
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true",
                    help="JSON: with --once one object, otherwise one line per new sample")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="text (the default), json (--json), or prometheus: the node_* families of the sample "
+                        "exactly as shm-exporter serves them (the text exposition; with selectors, only "
+                        "their series)")
     p.add_argument("-f", "--follow", action="store_true", help="print each new sample as text")
     p.add_argument("--count", type=positive_int, metavar="N", help="stop following after N samples")
     p.add_argument("--info", action="store_true", help="print segment metadata")
@@ -92,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "FIELD is a scalar or a rate (" + ", ".join(RATE_KEYS[:2]) + ", ...)")
     p.add_argument("--since", type=positive_seconds, metavar="SECONDS",
                    help="with --history: only the last SECONDS before the newest sample")
-    p.add_argument("--list-fields", action="store_true", help="print every FIELD name, one per line, and exit")
+    p.add_argument("--list-fields", action="store_true",
+                   help="print every FIELD name, one per line, then the segment's families (name, type, series "
+                        "in the sample, label names, HELP), and exit")
     return p
 
 
@@ -111,19 +124,39 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    version=f"shm-read {L.__version__} (layout {L.LAYOUT_VERSION})")
 
 
-def unknown_field(field: str, valid: tuple[str, ...], listing: str) -> str:
+def unknown_field(field: str, valid: tuple[str, ...], listing: str, what: str = "field") -> str:
     """One short line: the closest valid names (difflib), or where the list is."""
     import difflib  # only a typo pays for it
 
     close = difflib.get_close_matches(field, valid, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else f"{listing} lists the {len(valid)} valid ones"
-    return f"unknown field {field!r}; {hint}"
+    return f"unknown {what} {field!r}; {hint}"
+
+
+def selectors_of(fields: list[str]) -> dict[str, Selector]:
+    """The FIELDs that are not keys of --json, parsed as Prometheus selectors (SelectorError if one is not)."""
+    if all(f in FIELDS for f in fields):
+        return {}
+    from shm_metrics.readers.selector import Selector
+
+    return {f: Selector.parse(f) for f in fields if f not in FIELDS}
 
 
 def _check_fields(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    unknown = [f for f in args.fields if f not in FIELDS]
-    if unknown:
-        parser.error(unknown_field(unknown[0], FIELDS, "shm-read --list-fields"))
+    from shm_metrics.readers.selector import SelectorError
+
+    try:
+        args.selectors = selectors_of(args.fields)
+    except SelectorError as exc:
+        parser.error(str(exc))
+    if args.format == "json":
+        args.json = True
+    elif args.format is not None and args.json:
+        parser.error(f"--json and --format {args.format} contradict each other")
+    args.prometheus = args.format == "prometheus"
+    if args.prometheus and len(args.selectors) != len(args.fields):
+        other = next(f for f in args.fields if f not in args.selectors)
+        parser.error(f"--format prometheus prints families: {other!r} is a field, not a family selector")
     if args.history is not None:
         if args.history not in SERIES_FIELDS:
             parser.error("--history: " + unknown_field(args.history, SERIES_FIELDS, "shm-read --list-fields"))
@@ -149,21 +182,116 @@ def _value(snap: Snapshot, field: str, rates: dict | None):
     return snap[field]
 
 
-def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None = None) -> str:
+def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None = None,
+            selected: dict[str, Family] | None = None) -> str | None:
+    """The text for one sample; None when there is nothing to print (selectors that matched nothing).
+    ``selected``: the families the selectors among ``fields`` matched in this sample (``_select``)."""
+    selected = selected or {}
     if as_json:
         import json
 
         if fields:
-            data = {f: _value(snap, f, rates) for f in fields}
+            data = {f: _series_json(selected[f]) if f in selected else _value(snap, f, rates) for f in fields}
         else:
             data = snap.to_dict()
             data["rates"] = rates  # null until the ring holds two samples
         return json.dumps(fmt.json_safe(data), separators=(",", ":") if not sys.stdout.isatty() else (", ", ": "))
+    if len(fields) == 1 and fields[0] in selected:
+        fam = selected[fields[0]]
+        if len(fam.series) == 1:
+            return _bare_series_value(fam.series[0][1])
+        return _series_lines(fam) or None
     if len(fields) == 1:
         return fmt.bare(_value(snap, fields[0], rates))
     if fields:
-        return "\n".join(f"{f} {fmt.bare(_value(snap, f, rates))}" for f in fields)
+        lines = (_series_lines(selected[f]) if f in selected else f"{f} {fmt.bare(_value(snap, f, rates))}"
+                 for f in fields)
+        return "\n".join(line for line in lines if line) or None
     return fmt.table(snap, rates)
+
+
+def _select(snap: Snapshot, selectors: dict[str, Selector]) -> dict[str, Family]:
+    """Each selector's family in ``snap`` with only its matching series (each family decoded alone);
+    UnknownFamily for a name the segment's catalog lacks."""
+    if not selectors:
+        return {}
+    view = snap.families
+    return {text: selector.family(view) for text, selector in selectors.items()}
+
+
+def _series_lines(fam: Family) -> str:
+    """``name{labels} value`` lines, exactly as shm-exporter writes them (its renderer), without the last newline."""
+    from shm_metrics.readers.exporter.render import render_series
+
+    return render_series(fam)[:-1]
+
+
+def _bare_series_value(value: float) -> str:
+    """One series' value for a script: a whole number without exponent or '.0' (85136982016), any other
+    as shm-exporter writes it (0.52, 1.5e-05, NaN)."""
+    if value.is_integer() and abs(value) < 2.0 ** 53:
+        return str(int(value))
+    from shm_metrics.readers.exporter.render import go_float
+
+    return go_float(value)
+
+
+def _series_json(fam: Family) -> list[dict[str, Any]]:
+    from shm_metrics.readers.selector import samples
+
+    return [{"name": s.name, "labels": s.labels, "value": s.value} for s in samples(fam)]
+
+
+def _exposition(snap: Snapshot, selected: dict[str, Family]) -> bytes:
+    """``--format prometheus``: the node_* text shm-exporter serves for this sample, through its renderer;
+    with selectors, only the families they name and the series they match."""
+    from shm_metrics.readers.exporter.render import render_families, render_node_text
+
+    if not selected:
+        return render_node_text(snap)
+    merged: dict[str, Family] = {}
+    for fam in selected.values():  # two selectors of one family: the union of their series
+        if fam.name in merged:
+            series = merged[fam.name].series
+            fam = fam._replace(series=series + [s for s in fam.series if s not in series])
+        merged[fam.name] = fam
+    return render_families(fam for fam in merged.values() if fam.series)
+
+
+class _Output:
+    """Prints one sample's output for the field and selector modes, with the notes a selector needs:
+    an unknown family is a usage error (did-you-mean over the fields and the segment's families), a
+    known family without matching series prints nothing and says so on stderr, once per selector."""
+
+    def __init__(self, args: argparse.Namespace | _OneShot):
+        self.args = args
+        self.selectors = getattr(args, "selectors", {})
+        self.noted: set[str] = set()
+
+    def emit(self, snap: Snapshot, rates: dict | None, follow: bool = False) -> int | None:
+        """Print the sample; EXIT_USAGE when a selector names no family of the segment, else None."""
+        from_selectors = self.selectors
+        try:
+            selected = _select(snap, from_selectors)
+        except KeyError as exc:  # UnknownFamily
+            catalog = snap.families.names()
+            print("shm-read: error: " + unknown_field(exc.args[0], FIELDS + tuple(catalog), "shm-read --list-fields",
+                                                      "field or family"), file=sys.stderr, flush=True)
+            return EXIT_USAGE
+        for text, fam in selected.items():
+            if not fam.series and text not in self.noted:
+                self.noted.add(text)
+                _warn(f"no series of {fam.name} matches {text}" if text != fam.name
+                      else f"{fam.name}: no series in this sample (the publisher declares it; its collector "
+                           f"found nothing on this host)")
+        if getattr(self.args, "prometheus", False):
+            sys.stdout.buffer.write(_exposition(snap, selected))
+            sys.stdout.buffer.flush()
+            return None
+        text = _render(snap, self.args.fields, self.args.json, rates, selected)
+        if text is not None:
+            print(text + "\n" if follow and not (self.args.json or self.args.fields) else text, flush=True)
+        return None
 
 
 def _attach(name: str | None, publisher_user: str | None = None) -> Reader:
@@ -188,17 +316,26 @@ def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
     return snap
 
 
+def _needs_arrays(args: argparse.Namespace | _OneShot) -> bool:
+    return (not args.fields or getattr(args, "prometheus", False) or bool(getattr(args, "selectors", None))
+            or any(f in ARRAY_KEYS for f in args.fields))
+
+
+def _needs_rates(args: argparse.Namespace | _OneShot) -> bool:
+    return not getattr(args, "prometheus", False) and (
+        not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields))
+
+
 def cmd_once(args: argparse.Namespace) -> int:
-    arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
     with _attach(args.name, args.publisher_user) as reader:
-        snap = _first_sample(reader, arrays)
+        snap = _first_sample(reader, _needs_arrays(args))
         rates = None
-        if not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields):
+        if _needs_rates(args):
             rates = recent_rates(reader, snap)
             if rates is None and args.fields:
                 _warn("rates need two samples in the history ring; printed as null")
-        print(_render(snap, args.fields, args.json, rates), flush=True)
-        return _freshness(snap, args.max_age)
+        failed = _Output(args).emit(snap, rates)
+        return failed if failed is not None else _freshness(snap, args.max_age)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -228,7 +365,8 @@ def _freshness(snap: Snapshot, max_age: float | None) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with _attach(args.name, args.publisher_user) as reader:
-        snap = reader.read(arrays=False, check_alive=True)
+        snap = reader.read(check_alive=True)
+        view = snap.families
         info = {
             "name": reader.name, "path": reader.path, "size_bytes": reader.size,
             "layout_version": L.LAYOUT_VERSION, "table_hash": f"0x{L.TABLE_HASH:016x}",
@@ -240,6 +378,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "sample_time": snap.sample_time, "age_seconds": snap.age, "interval_seconds": reader.interval,
             "sample_duration_seconds": snap.sample_duration_seconds, "overruns_total": snap.overruns_total,
             "history": _history_info(reader),
+            "families": len(view.names()), "families_with_series": sum(1 for _ in view), "series": len(view),
             "wake": reader.wake,
         }
         if args.json:
@@ -260,6 +399,40 @@ def cmd_info(args: argparse.Namespace) -> int:
         return _freshness(snap, args.max_age)
 
 
+def cmd_list_fields(args: argparse.Namespace) -> int:
+    """Every FIELD, then the families of the segment under the name (their catalog, and how many series
+    each has in the current sample); without a segment, the fields and a note."""
+    try:
+        reader = _attach(args.name, args.publisher_user)
+    except ReaderError as exc:
+        families, note = None, f"families: {exc}"
+    else:
+        with reader:
+            view = reader.read(check_alive=True).families
+            counts = {fam.name: len(fam.series) for fam in view}
+            families = [(info, counts.get(info.name, 0)) for info in sorted(reader.origin.catalog.get().infos)]
+            note = None
+    if args.json:
+        import json
+
+        data: dict[str, Any] = {"fields": list(FIELDS)}
+        if families is not None:
+            data["families"] = [{"name": info.name, "type": info.type, "help": info.help, "labels": list(info.labels),
+                                 "series": count} for info, count in families]
+        print(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
+    else:
+        print("\n".join(FIELDS))
+        if families is not None:
+            print(f"# {len(families)} families in {reader.name}, {sum(1 for _, n in families if n)} with series in "
+                  f"this sample: name, type, series, label names, HELP")
+            width = max((len(info.name) for info, _ in families), default=0)
+            for info, count in families:
+                print(f"{info.name:<{width}}  {info.type:<7}  {count:>4}  {{{','.join(info.labels)}}}  {info.help}")
+    if note:
+        _warn(note)
+    return EXIT_OK
+
+
 def _history_info(reader: Reader) -> dict:
     """The ring's capacity as a span of time (what it holds once full) and what it covers now."""
     entries = reader.history()
@@ -271,13 +444,14 @@ def _history_info(reader: Reader) -> dict:
 
 def cmd_follow(args: argparse.Namespace) -> int:
     reader = Reader(args.name, attach=False, publisher_user=args.publisher_user)
-    arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
-    with_rates = not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields)
+    with_rates = _needs_rates(args)
+    output = _Output(args)
     seen = 0
     try:
-        for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=arrays):
-            text = _render(snap, args.fields, args.json, recent_rates(reader, snap) if with_rates else None)
-            print(text if args.json or args.fields else text + "\n", flush=True)
+        for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=_needs_arrays(args)):
+            failed = output.emit(snap, recent_rates(reader, snap) if with_rates else None, follow=True)
+            if failed is not None:
+                return failed
             seen += 1
             if args.count and seen >= args.count:
                 return EXIT_OK
@@ -295,12 +469,12 @@ def cmd_live(args: argparse.Namespace) -> int:
 class _OneShot:
     """What argparse would return for the fast path's few options."""
 
-    info = follow = False
+    info = follow = prometheus = False
     once = True
     count = max_age = history = since = publisher_user = None
 
-    def __init__(self, name: str | None, as_json: bool, fields: list[str]):
-        self.name, self.json, self.fields = name, as_json, fields
+    def __init__(self, name: str | None, as_json: bool, fields: list[str], selectors: dict[str, Selector]):
+        self.name, self.json, self.fields, self.selectors = name, as_json, fields, selectors
 
 
 def _parse_one_shot(argv: list[str]) -> _OneShot | None:
@@ -319,7 +493,7 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
                 return None
         elif token.startswith("--name="):
             name = token[len("--name="):]
-        elif token.startswith("-") or token not in FIELDS:
+        elif token.startswith("-") or token in SUBCOMMANDS:
             return None
         else:
             fields.append(token)
@@ -332,7 +506,11 @@ def _parse_one_shot(argv: list[str]) -> _OneShot | None:
             name = L.validate_name(name)
         except ValueError:
             return None
-    return _OneShot(name, as_json, fields)
+    try:
+        selectors = selectors_of(fields)
+    except ValueError:  # SelectorError: the full parser reports it
+        return None
+    return _OneShot(name, as_json, fields, selectors)
 
 
 def subcommand(argv: list[str]) -> tuple[str, list[str]] | None:
@@ -362,13 +540,12 @@ def main(argv: list[str] | None = None) -> int:
             return top_main(sub[1])
         parser = build_parser()
         args = parser.parse_args(argv)
-        if args.list_fields:
-            print("\n".join(FIELDS))
-            return EXIT_OK
         _check_fields(parser, args)
         from shm_metrics.readers.cliargs import resolve_reader_options
 
         resolve_reader_options(parser, args)
+        if args.list_fields:
+            return run_guarded(cmd_list_fields, args)
     if args.history is not None:
         command = cmd_history
     elif args.info:
@@ -377,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         command = cmd_once
     elif args.json or args.follow or args.count:
         command = cmd_follow
-    elif sys.stdout.isatty() and not args.fields:
+    elif sys.stdout.isatty() and not args.fields and not args.prometheus:
         command = cmd_live
     else:
         command = cmd_once

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # typing costs milliseconds at start; the one-shot CLI does n
     from typing import Any
 
     from shm_metrics.families import FamilyView
+    from shm_metrics.readers.selector import Sample, Selector
 
 # Everything a sample changes is one contiguous span: the seqlock part of the
 # header (seq .. overruns_total), the section directory and the scalars.  One
@@ -239,6 +240,20 @@ class Snapshot:
         catalog = self._origin.catalog
         return FamilyView(catalog.get() if catalog is not None else LazyCatalog(None).get(),
                           arrays[L.SERIES.name], arrays[L.LABELS.name])
+
+    def select(self, selector: str | Selector) -> list[Sample]:
+        """The series of one family that a PromQL selector matches, in the exporter's order:
+        ``snap.select('node_filesystem_avail_bytes{mountpoint="/"}')`` -> ``[Sample(name, labels, value)]``.
+
+        Only that family is decoded.  ``selector`` is a string (``readers.selector`` has the syntax) or a
+        parsed ``Selector``.  Raises SelectorError (a ValueError) for bad syntax, UnknownFamily (a KeyError)
+        when the segment's catalog has no such family; a known family without matching series gives [].
+        """
+        from shm_metrics.readers.selector import Selector
+
+        if not isinstance(selector, Selector):
+            selector = Selector.parse(selector)
+        return selector.select(self.families)
 
     def array(self, name: str) -> list[dict[str, Any]]:
         rec = _ARRAY_RECORDS[name]
