@@ -9,7 +9,8 @@ without a ``device`` and ``mountpoint=""`` selects the ones without a mount poin
 given as ``{__name__="node_load1"}``; a selector names exactly one family (no regex on ``__name__``).
 
 Regular expressions use Python's ``re``, which accepts everything RE2 does that a label matcher needs
-(not RE2's ``\\C`` or its Unicode classes ``\\pN``); ``re`` is imported only when a selector has one.
+(not RE2's ``\\C``, its Unicode classes ``\\pN``, nor a flag group such as ``(?i)`` anywhere but at the start:
+``(?i:...)`` works everywhere); ``re`` is imported only when a selector has one.
 
     >>> sel = Selector.parse('node_cpu_seconds_total{mode=~"user|system"}')
     >>> with Reader("/sysmetrics") as reader:
@@ -160,7 +161,8 @@ def _compiled(pattern: str):
     if rx is None:
         import re
 
-        rx = _REGEXES[pattern] = re.compile(f"(?s:{pattern})", re.ASCII)
+        # fullmatch: anchored at both ends, as Prometheus's ^(?s:re)$; flags as RE2's: . matches \n, \d is ASCII
+        rx = _REGEXES[pattern] = re.compile(pattern, re.ASCII | re.DOTALL)
     return rx
 
 
