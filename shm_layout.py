@@ -35,7 +35,7 @@ from collections.abc import Iterable
 __version__ = "0.1.0"
 
 MAGIC = b"SHMMETR\x00"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 SHM_DIR = "/dev/shm"
 DEFAULT_NAME = "/sysmetrics"
 NAME_ENV = "SHM_METRICS_NAME"
@@ -53,8 +53,9 @@ STATE_INIT = 0  # file exists but the header is not written yet
 STATE_STARTING = 1  # header written, first sample not yet published
 STATE_RUNNING = 2
 STATE_STOPPED = 3
+STATE_REPLACED = 4  # a newer generation of the segment is under the name: readers re-open it
 STATE_NAMES = {STATE_INIT: "init", STATE_STARTING: "starting",
-               STATE_RUNNING: "running", STATE_STOPPED: "stopped"}
+               STATE_RUNNING: "running", STATE_STOPPED: "stopped", STATE_REPLACED: "replaced"}
 
 # C type -> (struct code, size).  Strings are "char[N]".
 _NUMERIC = {"u32": ("I", 4), "u64": ("Q", 8), "i64": ("q", 8), "f64": ("d", 8)}
@@ -138,15 +139,16 @@ HEADER = Record("header", [
     _f("header_size", "u32", "bytes", "size of this header"),
     _f("total_size", "u64", "bytes", "size of the whole segment; equals the file size"),
     _f("table_hash", "u64", "", "first 8 bytes (little-endian) of SHA-256 of the field table text"),
-    _f("instance_id", "u64", "", "random, new each time a publisher creates the segment"),
+    _f("instance_id", "u64", "", "random, new each time a publisher starts; the same in every generation"),
     _f("publisher_pid", "u32", "", "pid of the publisher that created the segment"),
-    _f("state", "u32", "", "0 init, 1 starting, 2 running, 3 stopped"),
+    _f("state", "u32", "", "0 init, 1 starting, 2 running, 3 stopped, 4 replaced by a newer generation"),
     _f("publisher_start_time", "f64", "seconds", "Unix time the publisher created the segment"),
     _f("interval_seconds", "f64", "seconds", "sampling interval"),
     _f("section_count", "u32", "", "number of entries in the section directory"),
     _f("section_size", "u32", "bytes", "size of one section directory entry"),
     _f("sections_offset", "u64", "bytes", "offset of the section directory"),
     _f("hostname", "char[128]", "", "host name of the publisher (uname nodename)"),
+    _f("generation", "u64", "", "0 for the publisher's first segment, +1 for each larger one that replaced it"),
     _f("seq", "u64", "", "seqlock: odd while a sample is written, even when done; "
        "also counts samples (seq/2)"),
     _f("sample_time", "f64", "seconds", "seqlock. Unix time the sample was taken"),

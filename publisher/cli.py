@@ -119,6 +119,9 @@ _capacity = _bounded(1, L.MAX_CAPACITY)
 # cap that keeps the segment small (each entry is one sample's scalars, L.HISTORY.size bytes) and the
 # ring quick to scan for readers; below 0.1 s intervals the cap is what limits it (60 s at 0.01 s).
 HISTORY_SECONDS = 600
+# Growth stops here: far above any real host (a segment is well under 2 MiB on a typical one, ~5 MiB with
+# thousands of mounts), low enough that a runaway collector cannot fill /dev/shm (half of RAM by default).
+DEFAULT_MAX_SEGMENT_MIB = 256
 HISTORY_CAP = 6000
 
 
@@ -164,12 +167,18 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="default: %(default)s")
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
-    cap = p.add_argument_group("capacities (fixed when the segment is created)")
+    cap = p.add_argument_group("capacities", paragraph(
+        "initial sizes: when a sample needs more (interfaces, disks and mounts appear, a collector's "
+        "files appear), the publisher moves to a larger segment under the same name, and readers follow "
+        "(docs/LAYOUT.md, Generations)"))
     cap.add_argument("--max-cpus", type=_capacity, default=None, metavar="N",
                      help=f"default: possible CPUs ({possible_cpus()} here)")
     cap.add_argument("--max-interfaces", type=_capacity, default=64, metavar="N", help="default: %(default)s")
     cap.add_argument("--max-disks", type=_capacity, default=64, metavar="N", help="default: %(default)s")
     cap.add_argument("--max-filesystems", type=_capacity, default=64, metavar="N", help="default: %(default)s")
+    cap.add_argument("--max-segment-mib", type=_bounded(1, 4096), default=DEFAULT_MAX_SEGMENT_MIB, metavar="MIB",
+                     help="the segment never grows beyond this; what a sample has beyond it is left out and "
+                          "counted (shm-read --info: overflow) (default: %(default)s)")
     cap.add_argument("--history", type=_bounded(2, L.MAX_CAPACITY), default=None, metavar="SAMPLES",
                      help=f"samples kept in the segment's history ring (default: {HISTORY_SECONDS // 60} minutes "
                           f"at --interval, {default_history(1.0)} at 1 s, {default_history(0.5)} at 0.5 s, at "
@@ -238,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
                                      args.max_disks, args.max_filesystems, history=args.history, top=args.top,
                                      **sampler.family_capacities())
     try:
-        segment = OwnedSegment(args.name, layout, args.mode, args.interval, sampler.catalog)
+        segment = OwnedSegment(args.name, layout, args.mode, args.interval, sampler.catalog,
+                               max_bytes=args.max_segment_mib << 20)
     except NameInUse as exc:
         log.error("%s", exc)
         sampler.close()
@@ -248,17 +258,20 @@ def run(args: argparse.Namespace) -> int:
         sampler.close()
         return EXIT_NAME_IN_USE
     log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
+    current = [segment]  # the generation under the name: publish() may move to a larger one
     try:
-        _loop(segment, sampler, args.interval, stop)
+        _loop(current, sampler, args.interval, stop)
     finally:
-        segment.close(unlink=not args.keep_on_exit)
+        current[0].close(unlink=not args.keep_on_exit)
         sampler.close()
     log.info("stopped%s", " (segment kept)" if args.keep_on_exit else "")
     return EXIT_OK
 
 
-def _loop(segment: OwnedSegment, sampler: Sampler, interval: float, stop: StopSignals) -> None:
-    """Sample on a drift-free grid start + k*interval until a stop signal."""
+def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: StopSignals) -> None:
+    """Sample on a drift-free grid start + k*interval until a stop signal; ``current[0]`` is the
+    segment's generation under the name (replaced in place when a sample makes it grow)."""
+    segment = current[0]
     start = time.monotonic()
     k = 0
     overruns = 0
@@ -266,7 +279,7 @@ def _loop(segment: OwnedSegment, sampler: Sampler, interval: float, stop: StopSi
         wall, t0 = time.time(), time.monotonic()
         sample = sampler.sample()
         t1 = time.monotonic()
-        segment.publish(sample, wall, t0, t1 - t0, overruns)
+        segment = current[0] = segment.publish(sample, wall, t0, t1 - t0, overruns)
         if k == 0:
             segment.set_state(L.STATE_RUNNING)  # only after the first sample is in
         k += 1

@@ -181,13 +181,43 @@ def _create_locked(path: str) -> int:
     raise NameInUse(f"could not create {path}: it keeps reappearing")
 
 
+def _create_temp_locked(path: str) -> tuple[int, str]:
+    """A new, locked file beside ``path`` under a random name (the next generation, before its rename).
+
+    O_EXCL and O_NOFOLLOW: a file or symlink another user planted under the name we drew is never
+    opened; we draw another name instead.
+    """
+    for _ in range(5):
+        temp = f"{path}.gen-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            L.hold_liveness_lock(fd)
+        except BaseException:
+            os.unlink(temp)
+            os.close(fd)
+            raise
+        return fd, temp
+    raise OSError(f"could not create a file beside {path}: every name drawn was taken")
+
+
 class OwnedSegment:
     """The publisher's side of a segment: exclusive, writable, locked."""
 
     def __init__(self, name: str, layout: L.Layout, mode: int, interval: float,
-                 catalog: tuple[F.FamilyInfo, ...] = ()):
+                 catalog: tuple[F.FamilyInfo, ...] = (), *, max_bytes: int | None = None,
+                 predecessor: OwnedSegment | None = None):
         """``catalog``: the families the samples will carry (``Sampler.catalog``); the layout's
-        ``metrics`` and ``strings`` capacities must be exactly its size."""
+        ``metrics`` and ``strings`` capacities must be exactly its size.
+
+        ``max_bytes``: when a sample does not fit, ``publish`` moves to a larger generation of the
+        segment up to this size (docs/LAYOUT.md, "Generations"); None: never, what does not fit is
+        left out and counted.  ``predecessor``: the generation this one will replace (``_grow``): the
+        file is created under a temporary name, with the predecessor's instance, seq and history.
+        """
         self.name = L.validate_name(name)
         self.path = L.segment_path(name)
         self.layout = layout
@@ -197,16 +227,26 @@ class OwnedSegment:
         self._mm: mmap.mmap | None = None
         self.sem: posix_ipc.Semaphore | None = None
         self._mode = mode
+        self._interval = interval
         self._sem_replace_failed = False
         self._overflow_logged: set[str] = set()
+        self.max_bytes = max_bytes
+        self._grow_after = 0.0  # monotonic time before which no growth is tried (after a failure)
+        self._replaced = False
+        self.catalog = tuple(catalog)
+        self.generation = predecessor.generation + 1 if predecessor else 0
         self._catalog_rows, self._catalog_strings = F.encode_catalog(catalog)
         self._series = F.SeriesEncoder({fam: i for i, fam in enumerate(catalog)})
         caps = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
         if (caps["metrics"] * L.METRICS.size, caps["strings"] * L.STRINGS.size) != (
                 len(self._catalog_rows), len(self._catalog_strings)):
             raise ValueError("the layout's metrics/strings capacities do not fit the catalog")
-        _check_semaphore_not_foreign(self.sem_path)
-        self._fd = _create_locked(self.path)
+        if predecessor is None:
+            _check_semaphore_not_foreign(self.sem_path)
+            self._fd = _create_locked(self.path)
+            self._file_path = self.path
+        else:
+            self._fd, self._file_path = _create_temp_locked(self.path)
         try:
             st = os.fstat(self._fd)
             self._identity = (st.st_dev, st.st_ino)
@@ -215,15 +255,18 @@ class OwnedSegment:
             # the moment the file is non-empty it carries our table hash, so a
             # publisher killed during creation leaves something the next one
             # recognises as ours instead of an anonymous run of zeros.
-            os.pwrite(self._fd, self._header_image(interval), 0)
+            os.pwrite(self._fd, self._header_image(interval, predecessor), 0)
             try:
                 os.posix_fallocate(self._fd, 0, layout.total_size)  # ENOSPC now, not SIGBUS later
             except OSError as exc:
                 raise NameInUse(f"cannot size {self.path}: {exc.strerror}") from None
             self._mm = mmap.mmap(self._fd, layout.total_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._open_semaphore(mode)
+            if predecessor is None:
+                self._open_semaphore(mode)
             self._init_views()
             self._write_catalog()
+            if predecessor is not None:
+                self._copy_history(predecessor)
             L.memory_fence()
             self._bytes[0:8] = L.MAGIC  # publish-last: readers trust nothing before this
         except BaseException:
@@ -312,14 +355,29 @@ class OwnedSegment:
         self._packers = {rec.name: _row_packer(rec) for rec in L.SECTIONS}
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
+    @property
+    def seq(self) -> int:
+        return self._q[self._seq_index]
+
+    def _copy_history(self, predecessor: OwnedSegment) -> None:
+        """The predecessor's history ring, byte for byte: its capacity never changes across generations,
+        so every sample stays in the slot its seq names."""
+        h = L.SECTION_INDEX["history"]
+        if predecessor.layout.capacities[h] != self.layout.capacities[h]:
+            raise ValueError("a next generation keeps the history ring's capacity")
+        size = self.layout.capacities[h] * L.HISTORY.size
+        src, dst = predecessor.layout.offsets[h], self.layout.offsets[h]
+        self._bytes[dst:dst + size] = predecessor._bytes[src:src + size]
+
     def _write_catalog(self) -> None:
         """The family catalog goes in once, before the magic: readers may decode it outside the seqlock."""
         for rec, data in ((L.METRICS, self._catalog_rows), (L.STRINGS, self._catalog_strings)):
             offset = self.layout.offsets[L.SECTION_INDEX[rec.name]]
             self._bytes[offset:offset + len(data)] = data
 
-    def _header_image(self, interval: float) -> bytes:
-        """Header and section directory, magic left zero."""
+    def _header_image(self, interval: float, predecessor: OwnedSegment | None = None) -> bytes:
+        """Header and section directory, magic left zero; a next generation continues its predecessor's
+        instance (id, start time) and seq."""
         layout = self.layout
         values = {
             "magic": bytes(8), "layout_version": L.LAYOUT_VERSION, "header_size": layout.header_size,
@@ -330,9 +388,13 @@ class OwnedSegment:
             "sections_offset": layout.sections_offset,
             "hostname": L.encode_string(os.uname().nodename, L.HEADER.by_name["hostname"].size),
             "seq": 0, "sample_time": 0.0, "sample_monotonic": 0.0, "sample_duration_seconds": 0.0,
-            "overruns_total": 0,
+            "overruns_total": 0, "generation": self.generation,
         }
+        if predecessor is not None:
+            values.update(instance_id=predecessor.instance_id, seq=predecessor.seq,
+                          publisher_start_time=predecessor.publisher_start_time, state=L.STATE_RUNNING)
         self.instance_id = values["instance_id"]
+        self.publisher_start_time = values["publisher_start_time"]
         image = bytearray(layout.header_size)
         L.HEADER.struct.pack_into(image, 0, *(values[n] for n in L.HEADER.names))
         for i, rec in enumerate(L.SECTIONS):
@@ -342,12 +404,14 @@ class OwnedSegment:
         return bytes(image)
 
     # --- sampling
-    def _prepare(self, sample: Sample, wall_time: float) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
+    def _prepare(self, sample: Sample, wall_time: float, short: dict[str, int] | None = None,
+                 ) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
         """Turn a Sample into (offset, bytes) stores, outside the write window.
 
         Conversion, clamping and packing happen here so that nothing can raise
         while seq is odd (an exception there would leave readers 'busy'
-        forever), and the window itself is a few memcpys.
+        forever), and the window itself is a few memcpys.  ``short`` collects
+        the sections whose rows did not all fit (name -> rows found).
         """
         stores: list[tuple[int, bytes]] = []
         counts: list[tuple[int, int]] = []
@@ -359,14 +423,16 @@ class OwnedSegment:
                 counts.append((layout.capacities[i], 0))
                 continue
             if rec is L.SERIES:
-                self._prepare_series(sample, stores, counts)
+                self._prepare_series(sample, stores, counts, short)
                 continue
             if rec is L.LABELS:
                 continue  # with the series
             rows = [sample.scalars] if rec is L.SCALARS else getattr(sample, rec.name)
             cap = layout.capacities[i]
             kept, overflow = rows[:cap], max(0, len(rows) - cap)
-            if overflow and rec.name not in self._overflow_logged:
+            if overflow and short is not None:
+                short[rec.name] = len(rows)
+            elif overflow and rec.name not in self._overflow_logged:
                 self._overflow_logged.add(rec.name)
                 log.warning("%d %s entries beyond capacity %d left out (counted in the header; "
                             "raise the capacity option to keep them)", overflow, rec.name, cap)
@@ -386,13 +452,16 @@ class OwnedSegment:
         counts.insert(h, (min(seq_after // 2, capacity), 0))
         return stores, counts
 
-    def _prepare_series(self, sample: Sample, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]]) -> None:
+    def _prepare_series(self, sample: Sample, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]],
+                        short: dict[str, int] | None = None) -> None:
         """The family series and their label blob (sections series and labels), within capacity."""
         layout = self.layout
         s, lb = L.SECTION_INDEX["series"], L.SECTION_INDEX["labels"]
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
                                                         layout.capacities[lb] * L.LABELS.size)
-        if dropped and "series" not in self._overflow_logged:
+        if dropped and short is not None:
+            short["series"] = dropped  # more rows, more label bytes or new families: _grow finds out which
+        elif dropped and "series" not in self._overflow_logged:
             self._overflow_logged.add("series")
             log.warning("%d family series beyond the segment's capacity left out (counted in the header)", dropped)
         if rows:
@@ -403,8 +472,22 @@ class OwnedSegment:
         counts.append((len(blob) // L.LABELS.size, 0))
 
     def publish(self, sample: Sample, wall_time: float, monotonic: float, duration: float,
-                overruns: int) -> None:
-        stores, counts = self._prepare(sample, wall_time)
+                overruns: int) -> OwnedSegment:
+        """Write one sample under the seqlock.  Returns the segment now under the name: this one, or the
+        larger generation that replaced it because the sample did not fit (publish there from now on)."""
+        short: dict[str, int] | None = {} if self._may_grow() else None
+        stores, counts = self._prepare(sample, wall_time, short)
+        if short:
+            successor = self._grow(sample, short)
+            if successor is not None and self._hand_over(successor, sample, wall_time, monotonic, duration,
+                                                         overruns):
+                return successor
+            stores, counts = self._prepare(sample, wall_time)  # as it is, what does not fit counted
+        self._write(stores, counts, wall_time, monotonic, duration, overruns)
+        return self
+
+    def _write(self, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]], wall_time: float,
+               monotonic: float, duration: float, overruns: int) -> None:
         counts_index = self._counts_index
         t_wall, t_mono, t_duration, t_overruns = self._header_indexes
         d, q, i, raw = self._d, self._q, self._i, self._bytes
@@ -429,6 +512,104 @@ class OwnedSegment:
             self.sem.release()
         self.wake_readers()
 
+    # --- generations (docs/LAYOUT.md, "Generations")
+    def _may_grow(self) -> bool:
+        return self.max_bytes is not None and time.monotonic() >= self._grow_after
+
+    def _grow(self, sample: Sample, short: dict[str, int]) -> OwnedSegment | None:
+        """The next generation, sized for ``sample`` with room to spare, not yet under the name; None
+        when it would not be larger (nothing to gain), would exceed ``max_bytes`` or cannot be created:
+        then what does not fit is left out and counted, and growth is not tried again for a while."""
+        catalog = self._grown_catalog(sample)
+        layout = self._grown_layout(sample, short, catalog)
+        if layout is None or (layout == self.layout and catalog == self.catalog):
+            self._hold_growth("the sample does not fit and the segment cannot grow "
+                              f"past --max-segment-mib ({self.max_bytes / 2**20:g} MiB)")
+            return None
+        try:
+            return OwnedSegment(self.name, layout, self._mode, self._interval, catalog,
+                                max_bytes=self.max_bytes, predecessor=self)
+        except (OSError, NameInUse, ValueError) as exc:
+            self._hold_growth(f"cannot create a larger segment: {exc}")
+            return None
+
+    def _hold_growth(self, why: str) -> None:
+        """No growth for a minute; what does not fit is left out and counted meanwhile."""
+        self._grow_after = time.monotonic() + _GROWTH_RETRY_SECONDS
+        if "growth" not in self._overflow_logged:
+            self._overflow_logged.add("growth")
+            log.warning("%s: what does not fit is left out (counted in the header)", why)
+
+    def _grown_catalog(self, sample: Sample) -> tuple[F.FamilyInfo, ...]:
+        """This catalog plus the families the sample brought under a new name, in the sample's order.
+        A family under a name already declared (a collector that changed its mind) is not added: its
+        series stay counted as left out, so two declarations cannot make the segment grow forever."""
+        names = {fam.name for fam in self.catalog}
+        added: dict[str, F.FamilyInfo] = {}
+        known = self._series.index
+        for fam, _, _ in sample.series:
+            if fam not in known and fam.name not in names and fam.name not in added:
+                added[fam.name] = fam
+        return (*self.catalog, *added.values())
+
+    def _grown_layout(self, sample: Sample, short: dict[str, int],
+                      catalog: tuple[F.FamilyInfo, ...]) -> L.Layout | None:
+        """Capacities for ``sample`` and ``catalog``: max(2 x capacity, need x 1.5) for each section
+        that fell short; the needs exactly when that would exceed ``max_bytes``; None if even that does."""
+        caps = dict(zip((r.name for r in L.SECTIONS), self.layout.capacities))
+        rows, strings = F.encode_catalog(catalog)
+        index = {fam: i for i, fam in enumerate(catalog)}
+        _, blob, n, _ = F.SeriesEncoder(index).encode(sample.series)
+        needs = {name: found for name, found in short.items() if name != "series"}
+        needs.update(series=n, labels=F.chunks(len(blob)))
+        needs = {name: min(need, L.MAX_CAPACITY) for name, need in needs.items() if need > caps[name]}
+        exact = {**caps, **needs, "metrics": len(rows) // L.METRICS.size, "strings": len(strings) // L.STRINGS.size}
+        roomy = {**exact, **{name: min(L.MAX_CAPACITY, max(2 * caps[name], need + need // 2))
+                             for name, need in needs.items()}}
+        for top in ("top_cpu", "top_rss"):  # the two --top tables share one capacity
+            exact[top] = roomy[top] = max(exact["top_cpu"], exact["top_rss"])
+        for caps_try in (roomy, exact):
+            layout = L.Layout.for_capacities(
+                caps_try["cpus"], caps_try["net"], caps_try["disks"], caps_try["filesystems"],
+                history=caps_try["history"], top=caps_try["top_cpu"], states=caps_try["process_states"],
+                metrics=caps_try["metrics"], strings=caps_try["strings"], series=caps_try["series"],
+                labels=caps_try["labels"])
+            if layout.total_size <= self.max_bytes:
+                return layout
+        return None
+
+    def _hand_over(self, successor: OwnedSegment, sample: Sample, wall_time: float, monotonic: float,
+                   duration: float, overruns: int) -> bool:
+        """Publish ``sample`` in ``successor`` and put it under the name; False (successor removed,
+        this generation still in charge) if that fails."""
+        successor.sem, successor._sem_identity = self.sem, self._sem_identity  # one semaphore for all
+        try:
+            successor.publish(sample, wall_time, monotonic, duration, overruns)
+            successor._replace(self)
+            return True
+        except (OSError, NameInUse) as exc:
+            successor.sem = None
+            successor.close(unlink=False)  # never renamed: its temporary file goes
+            self._hold_growth(f"cannot switch to a larger segment: {exc}")
+            return False
+
+    def _replace(self, predecessor: OwnedSegment) -> None:
+        """Put this (new, already published) generation under the name and retire ``predecessor``:
+        the rename is atomic, then the old file says "replaced" and wakes its readers."""
+        predecessor_identity = predecessor._identity
+        if _inode(self.path) != predecessor_identity:
+            raise NameInUse(f"{self.path} no longer refers to this publisher's segment")
+        os.rename(self._file_path, self.path)
+        self._file_path = self.path
+        predecessor._replaced = True
+        predecessor.set_state(L.STATE_REPLACED)
+        predecessor.wake_readers()
+        log.info("segment %s grew to generation %d (%d bytes): %s", self.name, self.generation,
+                 self.layout.total_size, _growth_summary(predecessor.layout, self.layout,
+                                                         len(self.catalog) - len(predecessor.catalog)))
+        predecessor.sem = None  # ours now
+        predecessor.close(unlink=False)
+
     def wake_readers(self) -> None:
         """FUTEX_WAKE everyone sleeping on seq (readers waiting for the next sample)."""
         if self._futex_address:
@@ -442,11 +623,12 @@ class OwnedSegment:
     # --- teardown
     def close(self, unlink: bool) -> None:
         """Mark stopped and release; unlink only names that are still ours."""
-        if self._mm is not None and self._bytes[0:8] == L.MAGIC:
+        if self._mm is not None and self._bytes[0:8] == L.MAGIC and not self._replaced:
             self.set_state(L.STATE_STOPPED)
-        if unlink:
-            if self._fd is not None and _inode(self.path) == getattr(self, "_identity", None):
-                os.unlink(self.path)
+        path = getattr(self, "_file_path", self.path)
+        if unlink or path != self.path:  # a next generation that never got the name: always removed
+            if self._fd is not None and _inode(path) == getattr(self, "_identity", None):
+                os.unlink(path)
             if self.sem is not None and _inode(self.sem_path) == getattr(self, "_sem_identity", None):
                 self.sem.unlink()
         if self.sem is not None:
@@ -463,6 +645,19 @@ class OwnedSegment:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+
+# After a failed or refused growth (bound reached, /dev/shm full), samples are published as they fit
+# (the rest counted) for this long before growing is tried again.
+_GROWTH_RETRY_SECONDS = 60.0
+
+
+def _growth_summary(old: L.Layout, new: L.Layout, families_added: int) -> str:
+    grown = [f"{rec.name} {a}->{b}" for rec, a, b in zip(L.SECTIONS, old.capacities, new.capacities)
+             if a != b and rec not in L.STATIC_SECTIONS]
+    if families_added:
+        grown.append(f"{families_added} new families")
+    return ", ".join(grown) or "catalog rewritten"
 
 
 # How long a sample waits for the semaphore before replacing it: the legitimate

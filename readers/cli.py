@@ -374,7 +374,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "overflow": snap.overflow(), "state": snap.state, "publisher_alive": snap.alive,
             "publisher_pid": reader.publisher_pid,
             "publisher_start_time": reader.publisher_start_time, "instance_id": f"{reader.instance_id:016x}",
-            "hostname": reader.hostname, "seq": snap.seq, "samples": snap.seq // 2,
+            "generation": snap.generation, "hostname": reader.hostname, "seq": snap.seq, "samples": snap.seq // 2,
             "sample_time": snap.sample_time, "age_seconds": snap.age, "interval_seconds": reader.interval,
             "sample_duration_seconds": snap.sample_duration_seconds, "overruns_total": snap.overruns_total,
             "history": _history_info(reader),

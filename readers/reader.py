@@ -47,6 +47,8 @@ _COUNT_POS = L.SECTION.names.index("count")
 _SCALARS_START = _DIR_START + _DIR_WIDTH * len(L.SECTIONS)
 _fence = None if L.STRONGLY_ORDERED else L.memory_fence
 
+# Generations a read follows at most (each one is a doubling: more in one read would be a publisher gone mad).
+_GENERATION_HOPS = 4
 BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
 _SPIN_TRIES = 200
 # A sample stamped later than now by more than this is from the future: never fresh (a hostile or
@@ -82,8 +84,8 @@ class SegmentBusy(ReaderError):
     """``seq`` stayed odd or kept moving: the publisher stopped mid-write."""
 
 
-Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname catalog",
-                    defaults=(None,))
+Origin = namedtuple("Origin", "instance_id publisher_pid publisher_start_time interval hostname catalog generation "
+                    "size_bytes", defaults=(None, 0, 0))
 Origin.__doc__ = ("The static header facts of one segment instance, fixed at attach time, and its family "
                   "catalog (a LazyCatalog: decoded on first use).")
 
@@ -174,7 +176,7 @@ class Snapshot:
     @property
     def state(self) -> str:
         """The header's state, or "dead" when it claims a live publisher that holds no liveness lock."""
-        if self.alive is False and self.state_code != L.STATE_STOPPED:
+        if self.alive is False and self.state_code not in (L.STATE_STOPPED, L.STATE_REPLACED):
             return STATE_DEAD
         return L.STATE_NAMES[self.state_code]
 
@@ -182,6 +184,9 @@ class Snapshot:
     publisher_pid = property(lambda self: self._origin.publisher_pid)
     hostname = property(lambda self: self._origin.hostname)
     instance_id = property(lambda self: self._origin.instance_id)
+    generation = property(lambda self: self._origin.generation,
+                          doc="0 for the publisher's first segment, +1 for each larger one that replaced it")
+    size_bytes = property(lambda self: self._origin.size_bytes, doc="size of the segment (this generation)")
     layout_version = property(lambda self: L.LAYOUT_VERSION)
 
     @property
@@ -412,7 +417,8 @@ class Reader:
                 self.close()
                 raise
         self.origin = Origin(hdr["instance_id"], hdr["publisher_pid"], hdr["publisher_start_time"],
-                             hdr["interval_seconds"], hdr["hostname"], LazyCatalog(self))
+                             hdr["interval_seconds"], hdr["hostname"], LazyCatalog(self), hdr["generation"],
+                             layout.total_size)
         self.instance_id, self.publisher_pid, self.publisher_start_time, self.interval, self.hostname = self.origin[:5]
         self.size = layout.total_size
         self.capacities = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
@@ -497,7 +503,19 @@ class Reader:
 
         ``check_alive``: also test the liveness lock (one system call), so that the snapshot's
         ``state`` says "dead" and ``is_fresh()`` is False when the publisher died without saying so.
+        A segment that says "replaced" (the publisher moved to a larger generation under the same
+        name) is followed: the reader attaches the name again and reads there (NoSegment or
+        IncompatibleSegment if that fails).
         """
+        snap = self._read(arrays, check_alive)
+        for _ in range(_GENERATION_HOPS):
+            if snap.state_code != L.STATE_REPLACED:
+                break
+            self.attach()
+            snap = self._read(arrays, check_alive)
+        return snap
+
+    def _read(self, arrays: bool, check_alive: bool) -> Snapshot:
         if self._fd is None:
             raise NoSegment(f"not attached to {self.name}")
         mm, q, si = self._mv, self._q, self._seq_index
@@ -675,8 +693,11 @@ class Reader:
         if self._pread:
             current = self._file_seq
         else:
-            def current(q=self._q, si=self._seq_index, check_size=self.check_size) -> int:
+            def current(q=self._q, si=self._seq_index, i=self._i, state=self._state_index,
+                        check_size=self.check_size) -> int | None:
                 check_size()  # asleep for up to ``timeout``: the file may have been truncated meanwhile
+                if i[state] == L.STATE_REPLACED:
+                    return None  # seq stays put in a replaced generation: the next sample is in the new one
                 return q[si]
         deadline = time.monotonic() + timeout
         while current() == seq:

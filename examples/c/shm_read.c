@@ -33,8 +33,8 @@
 enum {
     H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_TOTAL_SIZE = 16, H_TABLE_HASH = 24,
     H_STATE = 44, H_INTERVAL = 56, H_SECTION_COUNT = 64, H_SECTION_SIZE = 68, H_SECTIONS_OFFSET = 72,
-    H_START_TIME = 48, H_SEQ = 208, H_SAMPLE_TIME = 216, H_SAMPLE_MONOTONIC = 224, H_SAMPLE_DURATION = 232,
-    HEADER_BYTES = 248,
+    H_START_TIME = 48, H_GENERATION = 208, H_SEQ = 216, H_SAMPLE_TIME = 224, H_SAMPLE_MONOTONIC = 232,
+    H_SAMPLE_DURATION = 240, HEADER_BYTES = 256,
 };
 /* Section directory entry (table `section`). */
 enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 13 };
@@ -45,8 +45,10 @@ enum { SEC_METRICS = 9, SEC_STRINGS = 10, SEC_SERIES = 11, SEC_LABELS = 12 };
 /* Tables `metrics` and `series`. */
 enum { M_NAME_OFF = 0, M_NAME_LEN = 4, M_LABELS_OFF = 16, M_LABELS_LEN = 20, M_LABEL_COUNT = 28,
        R_METRIC = 0, R_LABELS_OFF = 4, R_LABELS_LEN = 8, R_VALUE = 16 };
-static const uint64_t TABLE_HASH = 0x79eb2fc46d30ef87ULL;
-enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_MAX = 3 };
+static const uint64_t TABLE_HASH = 0x9302b24f8c69b6d2ULL;
+enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_STOPPED = 3, STATE_REPLACED = 4, STATE_MAX = 4 };
+/* read_segment's answer when the segment says "replaced": a larger generation is under the name. */
+enum { READ_AGAIN = -1 };
 
 static uint32_t u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }   /* x86-64 and ARM64 */
 static uint64_t u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }   /* are little-endian */
@@ -155,15 +157,10 @@ static int print_family(const unsigned char *m, const char *name, const char *fa
     return 0;
 }
 
-int main(int argc, char **argv)
+/* One attempt: open, validate, read, print.  READ_AGAIN (nothing printed) when the segment says it was
+ * replaced by a larger generation (docs/LAYOUT.md, "Generations"): the caller opens the name again. */
+static int read_segment(const char *name, const char *family)
 {
-    const char *name = argc > 1 ? argv[1] : getenv("SHM_METRICS_NAME");
-    if (!name)
-        name = "/sysmetrics";
-    const char *family = argc > 2 ? argv[2] : NULL;
-    if (argc > 3 || !valid_name(name))
-        return fail(2, name, "usage: shm_read [NAME [FAMILY]]; NAME is an optional '/' then 1-200 of [A-Za-z0-9._-]");
-
     char path[256];
     snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -182,7 +179,7 @@ int main(int argc, char **argv)
         return fail(4, name, "too small to hold a header");
     if (memcmp(head + H_MAGIC, "SHMMETR\0", 8))
         return fail(4, name, u64(head) == 0 ? "not initialised yet" : "bad magic: not a shm-metrics segment");
-    if (u32(head + H_VERSION) != 3 || u64(head + H_TABLE_HASH) != TABLE_HASH)
+    if (u32(head + H_VERSION) != 4 || u64(head + H_TABLE_HASH) != TABLE_HASH)
         return fail(4, name, "another layout version or field table");
     if (u64(head + H_TOTAL_SIZE) != (uint64_t)st.st_size || u32(head + H_SECTION_COUNT) != SECTIONS ||
         u32(head + H_SECTION_SIZE) != SECTION_BYTES || u64(head + H_SECTIONS_OFFSET) != HEADER_BYTES ||
@@ -247,6 +244,11 @@ int main(int argc, char **argv)
         return fail(5, name, "publisher stopped in the middle of a write");
     if (!counts_ok || !isfinite(times_sum))
         return fail(4, name, "a count exceeds its capacity, or a sample time is not finite");
+    if (u32(m + H_STATE) == STATE_REPLACED) {
+        munmap((void *)m, st.st_size);
+        close(fd);
+        return READ_AGAIN;
+    }
 
     /* Liveness: test the publisher's OFD lock without taking it. */
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
@@ -265,7 +267,7 @@ int main(int argc, char **argv)
     } else {
         printf("%llu\n", (unsigned long long)procs);
     }
-    if (!alive && u32(m + H_STATE) != 3)
+    if (!alive && u32(m + H_STATE) != STATE_STOPPED)
         return fail(5, name, "publisher not running: it died without stopping (no process holds the lock)");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -273,4 +275,21 @@ int main(int argc, char **argv)
     if (u32(m + H_STATE) != STATE_RUNNING || age > 2 * interval + 1 || age < -1)
         return fail(5, name, "stale, stopped or future-dated sample: value printed is not fresh");
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *name = argc > 1 ? argv[1] : getenv("SHM_METRICS_NAME");
+    if (!name)
+        name = "/sysmetrics";
+    const char *family = argc > 2 ? argv[2] : NULL;
+    if (argc > 3 || !valid_name(name))
+        return fail(2, name, "usage: shm_read [NAME [FAMILY]]; NAME is an optional '/' then 1-200 of [A-Za-z0-9._-]");
+    /* Each generation at least doubles a capacity: more than a few in one read is a publisher gone mad. */
+    for (int hops = 0; hops < 4; hops++) {
+        int rc = read_segment(name, family);
+        if (rc != READ_AGAIN)
+            return rc;
+    }
+    return fail(5, name, "the segment keeps being replaced by new generations");
 }

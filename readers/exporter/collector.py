@@ -50,7 +50,8 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
 # The exporter's own families (shown whatever the segment's state; some only once a sample exists).
 OWN_NAMES = ("shm_metrics_up", "shm_metrics_segment_state", "shm_metrics_publisher_info",
              "shm_metrics_interval_seconds", "shm_metrics_seq", "shm_metrics_sample_timestamp_seconds",
-             "shm_metrics_sample_age_seconds", "shm_metrics_overflow_entries")
+             "shm_metrics_sample_age_seconds", "shm_metrics_overflow_entries", "shm_metrics_segment_generation",
+             "shm_metrics_segment_size_bytes")
 
 
 def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]:
@@ -79,6 +80,10 @@ def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]
                             value=snap.interval)
     yield GaugeMetricFamily("shm_metrics_seq", "Seqlock counter of the segment: even when a sample is whole, "
                             "+2 per sample; restarts with the publisher.", value=snap.seq)
+    yield GaugeMetricFamily("shm_metrics_segment_generation", "How many times the publisher moved to a larger "
+                            "segment because the host outgrew it (0: the first one).", value=snap.generation)
+    yield GaugeMetricFamily("shm_metrics_segment_size_bytes", "Size of the segment's current generation.",
+                            value=snap.size_bytes)
     if snap.seq == 0:
         return  # no sample yet: no time to show
     yield GaugeMetricFamily("shm_metrics_sample_timestamp_seconds", "Unix time the latest sample was taken.",

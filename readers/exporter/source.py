@@ -102,8 +102,11 @@ class SegmentSource:
                 except IncompatibleSegment as exc:
                     reader.close()
                     return Reading(INCOMPATIBLE, None, False, str(exc))
+            origin = reader.origin
             try:
                 snap = reader.read(check_alive=True)
+                if reader.origin is not origin:  # read() followed a new generation: check its catalog too
+                    reader.load_catalog()
             except SegmentBusy as exc:
                 state = _state(reader.state) if reader.publisher_alive() else STATE_DEAD
                 return Reading(state, None, False, str(exc))
