@@ -6,6 +6,8 @@
         print(snap.procs_total, snap.load1, snap.mem_available_bytes)
         for nic in snap.net:              # arrays are lists of dicts
             print(nic["device"], nic["rx_bytes"])
+        for s in snap.select('node_cpu_seconds_total{mode="idle"}'):   # node_exporter's families, by
+            print(s.labels, s.value)      # PromQL selector (readers.selector); only that family is decoded
         for entry in reader.history(since=60):   # the segment's ring: the last samples' scalars
             print(entry["sample_time"], entry["load1"])
         for snap in reader.follow():      # each new sample (sleeping until the publisher wakes
