@@ -213,8 +213,6 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None
 def _select(snap: Snapshot, selectors: dict[str, Selector]) -> dict[str, Family]:
     """Each selector's family in ``snap`` with only its matching series (each family decoded alone);
     UnknownFamily for a name the segment's catalog lacks."""
-    if not selectors:
-        return {}
     view = snap.families
     return {text: selector.family(view) for text, selector in selectors.items()}
 
@@ -265,26 +263,28 @@ class _Output:
 
     def __init__(self, args: argparse.Namespace | _OneShot):
         self.args = args
-        self.selectors = getattr(args, "selectors", {})
         self.noted: set[str] = set()
 
     def emit(self, snap: Snapshot, rates: dict | None, follow: bool = False) -> int | None:
         """Print the sample; EXIT_USAGE when a selector names no family of the segment, else None."""
-        from_selectors = self.selectors
-        try:
-            selected = _select(snap, from_selectors)
-        except KeyError as exc:  # UnknownFamily
-            catalog = snap.families.names()
-            print("shm-read: error: " + unknown_field(exc.args[0], FIELDS + tuple(catalog), "shm-read --list-fields",
-                                                      "field or family"), file=sys.stderr, flush=True)
-            return EXIT_USAGE
+        selected: dict[str, Family] = {}
+        if self.args.selectors:
+            from shm_metrics.readers.selector import UnknownFamily
+
+            try:
+                selected = _select(snap, self.args.selectors)
+            except UnknownFamily as exc:
+                valid = FIELDS + tuple(snap.families.names())
+                print("shm-read: error: " + unknown_field(exc.args[0], valid, "shm-read --list-fields",
+                                                          "field or family"), file=sys.stderr, flush=True)
+                return EXIT_USAGE
         for text, fam in selected.items():
             if not fam.series and text not in self.noted:
                 self.noted.add(text)
                 _warn(f"no series of {fam.name} matches {text}" if text != fam.name
                       else f"{fam.name}: no series in this sample (the publisher declares it; its collector "
                            f"found nothing on this host)")
-        if getattr(self.args, "prometheus", False):
+        if self.args.prometheus:
             sys.stdout.buffer.write(_exposition(snap, selected))
             sys.stdout.buffer.flush()
             return None
@@ -317,13 +317,11 @@ def _first_sample(reader: Reader, arrays: bool) -> Snapshot:
 
 
 def _needs_arrays(args: argparse.Namespace | _OneShot) -> bool:
-    return (not args.fields or getattr(args, "prometheus", False) or bool(getattr(args, "selectors", None))
-            or any(f in ARRAY_KEYS for f in args.fields))
+    return not args.fields or args.prometheus or bool(args.selectors) or any(f in ARRAY_KEYS for f in args.fields)
 
 
 def _needs_rates(args: argparse.Namespace | _OneShot) -> bool:
-    return not getattr(args, "prometheus", False) and (
-        not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields))
+    return not args.prometheus and (not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields))
 
 
 def cmd_once(args: argparse.Namespace) -> int:
