@@ -253,6 +253,7 @@ class Snapshot:
         Only that family is decoded.  ``selector`` is a string (``readers.selector`` has the syntax) or a
         parsed ``Selector``.  Raises SelectorError (a ValueError) for bad syntax, UnknownFamily (a KeyError)
         when the segment's catalog has no such family; a known family without matching series gives [].
+        A snapshot read with ``arrays=False`` has no families (KeyError, as ``families``).
         """
         from shm_metrics.readers.selector import Selector
 
