@@ -102,3 +102,22 @@ def test_label_positions_cached_for_one_blob_are_not_used_for_another():
         views.append(F.FamilyView(catalog, data, blob))
         assert views[-1][NET.name].series == [((device,), 1.0)]
     assert views[0][NET.name].series == [(("eth0",), 1.0)]  # an older snapshot still decodes its own blob
+
+
+def test_a_catalog_with_non_ascii_text_decodes_each_string_on_its_own():
+    odd = F.FamilyInfo("node_odd_info", F.GAUGE, "Température \u00e9t\u00e9, 温度.", ("capteur",))
+    for catalog in ((LOAD, odd, NET), (odd,), (LOAD, NET)):
+        assert F.decode_catalog(*F.encode_catalog(catalog)) == catalog
+
+
+def test_one_family_is_found_by_a_binary_search_equal_to_bisect():
+    import bisect
+    import random
+    from array import array
+
+    rng = random.Random(17)
+    for n in (0, 1, 2, 7, 100):
+        column = memoryview(array("I", sorted(rng.randrange(12) for _ in range(n))))
+        for value in range(14):
+            for lo in {0, n // 2, n}:
+                assert F._search(column, value, lo) == bisect.bisect_left(column, value, lo), (n, value, lo)
