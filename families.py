@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -68,8 +68,9 @@ def chunks(nbytes: int) -> int:
 
 
 # ---------------------------------------------------------------- publisher side
-def encode_catalog(infos: Sequence[FamilyInfo]) -> tuple[bytes, bytes]:
-    """(metrics rows, strings blob padded to 8) for the catalog of ``infos``, in that order."""
+def encode_catalog(infos: Sequence[FamilyInfo], on_demand: Collection[str] = ()) -> tuple[bytes, bytes]:
+    """(metrics rows, strings blob padded to 8) for the catalog of ``infos``, in that order; the families
+    named in ``on_demand`` are flagged as sampled on demand (their series date from ``full_sample_time``)."""
     blob = bytearray()
     offsets: dict[bytes, int] = {}
 
@@ -85,7 +86,8 @@ def encode_catalog(infos: Sequence[FamilyInfo]) -> tuple[bytes, bytes]:
         if "\0" in info.help or any("\0" in n or not n for n in (info.name, *info.labels)):
             raise ValueError(f"family {info.name!r}: NUL or empty name")
         name, help_, labels = put(info.name), put(info.help), put("\0".join(info.labels))
-        rows.append(_METRIC.pack(*name, *help_, *labels, _TYPE_CODE[info.type], len(info.labels)))
+        flags = L.METRIC_ON_DEMAND if info.name in on_demand else 0
+        rows.append(_METRIC.pack(*name, *help_, *labels, _TYPE_CODE[info.type], len(info.labels), flags, 0))
     blob.extend(bytes(-len(blob) % _CHUNK))
     return b"".join(rows), bytes(blob)
 
@@ -182,10 +184,17 @@ def _by_family(row: tuple) -> int:
 # ---------------------------------------------------------------- reader side
 def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview) -> tuple[FamilyInfo, ...]:
     """The catalog from its two sections; raises LayoutError on anything out of bounds."""
+    return _decode_catalog(metrics_raw, strings_raw)[0]
+
+
+def _decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview,
+                    ) -> tuple[tuple[FamilyInfo, ...], frozenset[str]]:
+    """(the families, the names of those sampled on demand)."""
     strings = bytes(strings_raw)
     out = []
+    on_demand = set()
     for row in _METRIC.iter_unpack(metrics_raw):
-        name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count = row
+        name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count, flags, _ = row
         if type_code >= len(L.METRIC_TYPES) or max(name_off + name_len, help_off + help_len,
                                                      labels_off + labels_len) > len(strings):
             raise L.LayoutError("family catalog points outside its strings")
@@ -196,14 +205,17 @@ def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryv
         out.append(FamilyInfo(strings[name_off:name_off + name_len].decode("utf-8", "replace"),
                               L.METRIC_TYPES[type_code],
                               strings[help_off:help_off + help_len].decode("utf-8", "replace"), labels))
-    return tuple(out)
+        if flags & L.METRIC_ON_DEMAND:
+            on_demand.add(out[-1].name)
+    return tuple(out), frozenset(on_demand)
 
 
 class Catalog:
     """A decoded catalog and the index of each family name (one per attached reader)."""
 
-    def __init__(self, infos: tuple[FamilyInfo, ...]):
+    def __init__(self, infos: tuple[FamilyInfo, ...], on_demand: frozenset[str] = frozenset()):
         self.infos = infos
+        self.on_demand = on_demand  # names of the families whose series date from full_sample_time
         self.index = {info.name: i for i, info in enumerate(infos)}
         self._labels: dict[bytes, tuple[str, ...]] = {}  # raw label values -> decoded, across samples
         self._spot_state: tuple[bytes | None, dict[int, tuple[str, ...]]] = (None, {})
@@ -249,6 +261,11 @@ class FamilyView:
 
     def names(self) -> list[str]:
         return [info.name for info in self._catalog.infos]
+
+    def on_demand(self, name: str) -> bool:
+        """True when the family is sampled on demand: its series date from the snapshot's
+        ``full_sample_time``, not its ``sample_time``."""
+        return name in self._catalog.on_demand
 
     def __len__(self) -> int:
         return self._count
@@ -327,7 +344,7 @@ def read_catalog(mv: memoryview, layout: L.Layout) -> Catalog:
         offset = layout.offsets[i]
         sections.append(mv[offset:offset + layout.capacities[i] * rec.size])
     try:
-        return Catalog(decode_catalog(*sections)) if len(sections[0]) else EMPTY_CATALOG
+        return Catalog(*_decode_catalog(*sections)) if len(sections[0]) else EMPTY_CATALOG
     finally:
         for view in sections:
             if isinstance(view, memoryview):

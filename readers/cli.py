@@ -52,7 +52,7 @@ exit codes:
   130  interrupted (Ctrl-C)
 """
 
-HEADER_KEYS = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
+HEADER_KEYS = ("seq", "sample_time", "full_sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
 FAMILIES_KEY = "families"  # node_exporter's families, as --json prints them
 ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS) + (FAMILIES_KEY,)  # keys that need the arrays read
 RATES_KEY = "rates"  # every rate in one object, as --json prints it
@@ -192,6 +192,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     arrays = not args.fields or any(f in ARRAY_KEYS for f in args.fields)
     with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, arrays)
+        if FAMILIES_KEY in args.fields or (args.json and not args.fields):
+            # Families the publisher samples on demand are asked for when older than an interval.
+            snap = reader.read_fresh(max(reader.interval, 1.0), arrays=arrays, check_alive=True)
         rates = None
         if not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields):
             rates = recent_rates(reader, snap)
