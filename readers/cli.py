@@ -52,7 +52,8 @@ exit codes:
   130  interrupted (Ctrl-C)
 """
 
-HEADER_KEYS = ("seq", "sample_time", "full_sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
+HEADER_KEYS = ("seq", "sample_time", "full_sample_time", "interval", "publisher_pid", "state", "age", "hostname",
+               "layout_version")
 FAMILIES_KEY = "families"  # node_exporter's families, as --json prints them
 ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS) + (FAMILIES_KEY,)  # keys that need the arrays read
 RATES_KEY = "rates"  # every rate in one object, as --json prints it
