@@ -68,7 +68,13 @@ class StopSignals:
     def wait(self, timeout: float, also: DemandChannel | None = None) -> bool:
         """Sleep up to ``timeout`` seconds, or until ``also`` is readable; True once a stop signal has arrived."""
         if self.received is None and timeout > 0:
-            select.select([self._read_fd] if also is None else [self._read_fd, also], [], [], timeout)
+            # poll, not select: the collectors keep a descriptor per device open, and on a big host the
+            # channel's number can pass select's limit of 1024.
+            poller = select.poll()
+            poller.register(self._read_fd, select.POLLIN)
+            if also is not None:
+                poller.register(also.fileno(), select.POLLIN)
+            poller.poll(math.ceil(timeout * 1000))
             try:
                 while os.read(self._read_fd, 512):
                     pass
@@ -360,7 +366,9 @@ class _Plan:
 
 
 def _readable(channel: DemandChannel) -> bool:
-    return bool(select.select([channel], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def main(argv: list[str] | None = None) -> int:
