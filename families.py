@@ -327,13 +327,19 @@ class FamilyView:
     def all(self) -> list[Family]:
         return list(self)
 
-    def to_dict(self) -> dict[str, dict]:
-        """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}."""
-        return {f.name: {"type": f.type, "help": f.help, "labels": list(f.labels),
-                         "series": [{"labels": {n: v for n, v in zip(f.labels, values) if v != ABSENT_LABEL},
-                                     "value": value}
-                                    for values, value in f.series]}
-                for f in self}
+    def to_dict(self, sample_time: float | None = None, full_sample_time: float | None = None) -> dict[str, dict]:
+        """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}; given the
+        snapshot's two times, also the family's own ``sample_time`` (``full_sample_time`` for a family
+        sampled on demand), so that no reader of the JSON takes an older value for a current one."""
+        out = {}
+        for f in self:
+            entry = out[f.name] = {"type": f.type, "help": f.help, "labels": list(f.labels),
+                                   "series": [{"labels": {n: v for n, v in zip(f.labels, values)
+                                                          if v != ABSENT_LABEL}, "value": value}
+                                              for values, value in f.series]}
+            if sample_time is not None:
+                entry["sample_time"] = full_sample_time if f.name in self._catalog.on_demand else sample_time
+        return out
 
 
 def read_catalog(mv: memoryview, layout: L.Layout) -> Catalog:

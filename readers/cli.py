@@ -146,7 +146,7 @@ def _value(snap: Snapshot, field: str, rates: dict | None):
     if field == RATES_KEY:
         return rates
     if field == FAMILIES_KEY:
-        return snap.families.to_dict()
+        return snap.families_dict()
     return snap[field]
 
 

@@ -286,8 +286,12 @@ class Snapshot:
             if name in self._arrays:
                 out[name] = self.array(name)
         if L.SERIES.name in self._arrays:
-            out["families"] = self.families.to_dict()
+            out["families"] = self.families_dict()
         return out
+
+    def families_dict(self) -> dict[str, dict]:
+        """The families as JSON-ready dicts, each with the time its values were sampled."""
+        return self.families.to_dict(self.sample_time, self.full_sample_time)
 
 
 _SCALAR_INDEX = {n: _SCALARS_START + i for i, n in enumerate(L.SCALARS.names)}

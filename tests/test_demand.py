@@ -77,6 +77,9 @@ def test_json_one_shots_ask_for_fresh_families(name, start_publisher):
     began = time.time()
     out = json.loads(run_reader("--name", name, "--once", "--json").stdout)
     assert out["full_sample_time"] >= began - 1.0 and "node_uname_info" in out["families"]
+    # Each family says when it was sampled: the on-demand ones at the full sample, the others each interval.
+    assert out["families"]["node_uname_info"]["sample_time"] == out["full_sample_time"]
+    assert out["families"]["node_load1"]["sample_time"] == out["sample_time"]
 
 
 def test_the_top_view_asks_for_the_process_scan(name, start_publisher):
