@@ -26,7 +26,7 @@ from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (with re, enum, functools) costs milliseconds: shm-read --once node_load1 imports this
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Collection, Iterator, Sequence
 
 GAUGE, COUNTER, UNTYPED = L.METRIC_TYPES
 _TYPE_CODE = {t: i for i, t in enumerate(L.METRIC_TYPES)}
@@ -59,8 +59,9 @@ def chunks(nbytes: int) -> int:
 
 
 # ---------------------------------------------------------------- publisher side
-def encode_catalog(infos: Sequence[FamilyInfo]) -> tuple[bytes, bytes]:
-    """(metrics rows, strings blob padded to 8) for the catalog of ``infos``, in that order."""
+def encode_catalog(infos: Sequence[FamilyInfo], on_demand: Collection[str] = ()) -> tuple[bytes, bytes]:
+    """(metrics rows, strings blob padded to 8) for the catalog of ``infos``, in that order; the families
+    named in ``on_demand`` are flagged as sampled on demand (their series date from ``full_sample_time``)."""
     blob = bytearray()
     offsets: dict[bytes, int] = {}
 
@@ -76,7 +77,8 @@ def encode_catalog(infos: Sequence[FamilyInfo]) -> tuple[bytes, bytes]:
         if "\0" in info.help or any("\0" in n or not n for n in (info.name, *info.labels)):
             raise ValueError(f"family {info.name!r}: NUL or empty name")
         name, help_, labels = put(info.name), put(info.help), put("\0".join(info.labels))
-        rows.append(_METRIC.pack(*name, *help_, *labels, _TYPE_CODE[info.type], len(info.labels)))
+        flags = L.METRIC_ON_DEMAND if info.name in on_demand else 0
+        rows.append(_METRIC.pack(*name, *help_, *labels, _TYPE_CODE[info.type], len(info.labels), flags, 0))
     blob.extend(bytes(-len(blob) % _CHUNK))
     return b"".join(rows), bytes(blob)
 
@@ -177,6 +179,12 @@ def _by_family(row: tuple) -> int:
 # ---------------------------------------------------------------- reader side
 def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview) -> tuple[FamilyInfo, ...]:
     """The catalog from its two sections; raises LayoutError on anything out of bounds."""
+    return _decode_catalog(metrics_raw, strings_raw)[0]
+
+
+def _decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryview,
+                    ) -> tuple[tuple[FamilyInfo, ...], frozenset[str]]:
+    """(the families, the names of those sampled on demand)."""
     strings = bytes(strings_raw)
     size = len(strings)
     if strings.isascii():  # node_exporter's names and HELP texts are: byte offsets are str offsets, so one
@@ -189,7 +197,8 @@ def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryv
             return strings[start:start + length].decode("utf-8", "replace")
     types = L.METRIC_TYPES
     out = []
-    for name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count in \
+    on_demand = set()
+    for name_off, name_len, help_off, help_len, labels_off, labels_len, type_code, label_count, flags, _ in \
             _METRIC.iter_unpack(metrics_raw):
         if type_code >= len(types) or name_off + name_len > size or help_off + help_len > size \
                 or labels_off + labels_len > size:
@@ -198,14 +207,17 @@ def decode_catalog(metrics_raw: bytes | memoryview, strings_raw: bytes | memoryv
         if len(labels) != label_count:
             raise L.LayoutError("family catalog: label count does not match its label names")
         out.append(FamilyInfo(cut(name_off, name_len), types[type_code], cut(help_off, help_len), labels))
-    return tuple(out)
+        if flags & L.METRIC_ON_DEMAND:
+            on_demand.add(out[-1].name)
+    return tuple(out), frozenset(on_demand)
 
 
 class Catalog:
     """A decoded catalog and the index of each family name (one per attached reader)."""
 
-    def __init__(self, infos: tuple[FamilyInfo, ...]):
+    def __init__(self, infos: tuple[FamilyInfo, ...], on_demand: frozenset[str] = frozenset()):
         self.infos = infos
+        self.on_demand = on_demand  # names of the families whose series date from full_sample_time
         self.index = {info.name: i for i, info in enumerate(infos)}
         self._labels: dict[bytes, tuple[str, ...]] = {}  # raw label values -> decoded, across samples
         self._spot_state: tuple[bytes | None, dict[int, tuple[str, ...]]] = (None, {})
@@ -251,6 +263,11 @@ class FamilyView:
 
     def names(self) -> list[str]:
         return [info.name for info in self._catalog.infos]
+
+    def on_demand(self, name: str) -> bool:
+        """True when the family is sampled on demand: its series date from the snapshot's
+        ``full_sample_time``, not its ``sample_time``."""
+        return name in self._catalog.on_demand
 
     def __len__(self) -> int:
         return self._count
@@ -314,13 +331,19 @@ class FamilyView:
     def all(self) -> list[Family]:
         return list(self)
 
-    def to_dict(self) -> dict[str, dict]:
-        """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}."""
-        return {f.name: {"type": f.type, "help": f.help, "labels": list(f.labels),
-                         "series": [{"labels": {n: v for n, v in zip(f.labels, values) if v != ABSENT_LABEL},
-                                     "value": value}
-                                    for values, value in f.series]}
-                for f in self}
+    def to_dict(self, sample_time: float | None = None, full_sample_time: float | None = None) -> dict[str, dict]:
+        """JSON-ready: family name -> type, help, labels and its series as {labels: {...}, value}; given the
+        snapshot's two times, also the family's own ``sample_time`` (``full_sample_time`` for a family
+        sampled on demand), so that no reader of the JSON takes an older value for a current one."""
+        out = {}
+        for f in self:
+            entry = out[f.name] = {"type": f.type, "help": f.help, "labels": list(f.labels),
+                                   "series": [{"labels": {n: v for n, v in zip(f.labels, values)
+                                                          if v != ABSENT_LABEL}, "value": value}
+                                              for values, value in f.series]}
+            if sample_time is not None:
+                entry["sample_time"] = full_sample_time if f.name in self._catalog.on_demand else sample_time
+        return out
 
 
 def _search(column: memoryview, value: int, lo: int) -> int:
@@ -345,7 +368,7 @@ def read_catalog(mv: memoryview, layout: L.Layout) -> Catalog:
         offset = layout.offsets[i]
         sections.append(mv[offset:offset + layout.capacities[i] * rec.size])
     try:
-        return Catalog(decode_catalog(*sections)) if len(sections[0]) else EMPTY_CATALOG
+        return Catalog(*_decode_catalog(*sections)) if len(sections[0]) else EMPTY_CATALOG
     finally:
         for view in sections:
             if isinstance(view, memoryview):

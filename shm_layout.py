@@ -155,6 +155,8 @@ HEADER = Record("header", [
     _f("sample_monotonic", "f64", "seconds", "seqlock. CLOCK_MONOTONIC when the sample was taken"),
     _f("sample_duration_seconds", "f64", "seconds", "seqlock. time spent sampling"),
     _f("overruns_total", "u64", "", "seqlock. samples that missed their deadline by a whole interval"),
+    _f("full_sample_time", "f64", "seconds", "seqlock. Unix time of the latest sample that ran every collector: "
+       "the series of families flagged on demand in `metrics` come from it (0: none yet)"),
 ])
 
 SECTION = Record("section", [
@@ -292,7 +294,11 @@ METRICS = Record("metrics", [
     _f("labels_length", "u32", "bytes", "label names: length (0: no labels)"),
     _f("type", "u32", "", "0 gauge, 1 counter, 2 untyped"),
     _f("label_count", "u32", "", "number of label names"),
+    _f("flags", "u32", "", "bit 0: sampled on demand (its series are from the sample at `full_sample_time`, "
+       "not `sample_time`); other bits 0"),
+    _f("reserved", "u32", "", "0"),
 ])
+METRIC_ON_DEMAND = 1  # metrics.flags bit
 STRINGS = Record("strings", [_f("bytes", "char[8]", "", "8 bytes of the catalog's string blob (static)")])
 SERIES = Record("series", [
     _f("metric", "u32", "", "seqlock. index of the family in `metrics`; rows are sorted by it"),
@@ -527,6 +533,16 @@ def semaphore_name(name: str) -> str:
 def semaphore_path(name: str) -> str:
     """Where glibc keeps the semaphore: /dev/shm/sem.<name>.lock."""
     return os.path.join(SHM_DIR, "sem." + semaphore_name(name)[1:])
+
+
+def demand_path(name: str) -> str:
+    """The publisher's demand socket (a Unix datagram socket): /dev/shm/<name>.want.  Readers send one
+    byte there to ask for a sample (docs/LAYOUT.md, "Demand")."""
+    return segment_path(name) + ".want"
+
+
+DEMAND_FULL = b"f"  # every collector, now (at most one such sample per interval)
+DEMAND_SCAN = b"t"  # the per-process scan, in the samples of the next few intervals (a top viewer)
 
 
 def open_checked(path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.common import BIN, Config, Lab, Shared
 
 QUESTIONS = {1: "q1_read", 2: "q2_delivery", 3: "q3_cli", 4: "q4_publisher", 5: "q5_contention", 6: "q6_exporter",
-             7: "q7_wake", 8: "q8_top", 9: "q9_fixture"}
+             7: "q7_wake", 8: "q8_top", 9: "q9_fixture", 10: "q10_deployment"}
 
 
 def _questions(text: str) -> list[int]:

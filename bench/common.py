@@ -388,7 +388,7 @@ class Lab:
         alive = [lch.label for lch in self.launched if lch.proc.poll() is None]
         leftovers = []
         for name in self.segments:
-            for path in (L.segment_path(name), L.semaphore_path(name)):
+            for path in (L.segment_path(name), L.semaphore_path(name), L.demand_path(name)):
                 if os.path.lexists(path):
                     leftovers.append(path)
                     os.unlink(path)

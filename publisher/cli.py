@@ -23,6 +23,7 @@ import posix_ipc
 from shm_metrics import shm_layout as L
 from shm_metrics.publisher import switches
 from shm_metrics.publisher.collectors import collector_names, selected
+from shm_metrics.publisher.demand import DemandChannel, open_channel
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
@@ -64,10 +65,16 @@ class StopSignals:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.received = signum
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True once a stop signal has arrived."""
+    def wait(self, timeout: float, also: DemandChannel | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, or until ``also`` is readable; True once a stop signal has arrived."""
         if self.received is None and timeout > 0:
-            select.select([self._read_fd], [], [], timeout)
+            # poll, not select: the collectors keep a descriptor per device open, and on a big host the
+            # channel's number can pass select's limit of 1024.
+            poller = select.poll()
+            poller.register(self._read_fd, select.POLLIN)
+            if also is not None:
+                poller.register(also.fileno(), select.POLLIN)
+            poller.poll(math.ceil(timeout * 1000))
             try:
                 while os.read(self._read_fd, 512):
                     pass
@@ -184,6 +191,11 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
                           f"at --interval, {default_history(1.0)} at 1 s, {default_history(0.5)} at 0.5 s, at "
                           f"most {HISTORY_CAP} = {HISTORY_CAP * L.HISTORY.size / 2**20:.1f} MiB, i.e. "
                           f"{HISTORY_CAP * 0.01:.0f} s at 0.01 s)")
+    p.add_argument("--always-full", action="store_true",
+                   help="run every collector every interval, with no demand channel; by default only what "
+                        "local readers show every interval (CPU, load, memory, network, disks, filesystems, "
+                        "file handles) runs every interval, and everything else when a scrape or a reader "
+                        "asks, at most once per interval (docs/LAYOUT.md, Demand)")
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
@@ -248,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
                                      **sampler.family_capacities())
     try:
         segment = OwnedSegment(args.name, layout, args.mode, args.interval, sampler.catalog,
-                               max_bytes=args.max_segment_mib << 20)
+                               max_bytes=args.max_segment_mib << 20,
+                               on_demand=() if args.always_full else sampler.on_demand)
     except NameInUse as exc:
         log.error("%s", exc)
         sampler.close()
@@ -258,38 +271,104 @@ def run(args: argparse.Namespace) -> int:
         sampler.close()
         return EXIT_NAME_IN_USE
     log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
+    demand = None if args.always_full else open_channel(args.name, args.mode)
     current = [segment]  # the generation under the name: publish() may move to a larger one
     try:
-        _loop(current, sampler, args.interval, stop)
+        _loop(current, sampler, args.interval, stop, demand)
     finally:
+        if demand is not None:
+            demand.close()
         current[0].close(unlink=not args.keep_on_exit)
         sampler.close()
     log.info("stopped%s", " (segment kept)" if args.keep_on_exit else "")
     return EXIT_OK
 
 
-def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: StopSignals) -> None:
+def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: StopSignals,
+          demand: DemandChannel | None = None) -> None:
     """Sample on a drift-free grid start + k*interval until a stop signal; ``current[0]`` is the
-    segment's generation under the name (replaced in place when a sample makes it grow)."""
+    segment's generation under the name (replaced in place when a sample makes it grow).
+
+    With a demand channel, grid samples run the CORE collectors (and the per-process scan while a top
+    viewer asks); a full sample runs when a reader asks, at once if the last full one is an interval
+    old, and the grid then restarts from it: whatever readers send, at most one sample per interval is
+    full.  Without one, every sample is full.
+    """
+    plan = _Plan(interval, always_full=demand is None)
     segment = current[0]
-    start = time.monotonic()
-    k = 0
-    overruns = 0
     while True:
+        full, scan = plan.next_sample(time.monotonic())
         wall, t0 = time.time(), time.monotonic()
-        sample = sampler.sample()
+        sample = sampler.sample(full=full, scan=scan, wall_time=wall)
         t1 = time.monotonic()
-        segment = current[0] = segment.publish(sample, wall, t0, t1 - t0, overruns)
-        if k == 0:
+        segment = current[0] = segment.publish(sample, wall, t0, t1 - t0, plan.overruns)
+        if plan.samples == 0:
             segment.set_state(L.STATE_RUNNING)  # only after the first sample is in
-        k += 1
-        now = time.monotonic()
-        behind = int((now - start) / interval) - k
+        plan.done(t0, full, time.monotonic())
+        listened = False
+        while True:
+            due = plan.due()
+            watch = demand if demand is not None and not listened and not plan.full_pending else None
+            if stop.wait(due - time.monotonic(), watch):
+                return
+            if watch is not None and not listened and _readable(watch):
+                plan.asked(demand.drain(), time.monotonic())
+                listened = True  # once between two samples: a flood cannot keep the publisher awake
+            if time.monotonic() >= plan.due():
+                break
+
+
+class _Plan:
+    """When the next sample is, and what it runs (the publisher loop's arithmetic, kept apart from I/O)."""
+
+    def __init__(self, interval: float, always_full: bool):
+        self.interval = interval
+        self.always_full = always_full
+        self.start = time.monotonic()
+        self.k = 0  # grid slots used since start
+        self.samples = 0
+        self.overruns = 0
+        self.full_pending = True  # the first sample runs every collector
+        self.last_full = -math.inf
+        self.scan_until = -math.inf
+
+    def next_sample(self, now: float) -> tuple[bool, bool]:
+        """(full, scan) for a sample taken now."""
+        full = self.always_full or (self.full_pending and now >= self.last_full + self.interval)
+        return full, full or now < self.scan_until
+
+    def done(self, taken: float, full: bool, now: float) -> None:
+        self.samples += 1
+        if full:
+            self.last_full, self.full_pending = taken, False
+        # A full sample on demand restarts the grid from itself, early or late, so that the next full one
+        # (a interval later) and the grid's next slot coincide: never a core sample just before it.
+        if full and not self.always_full or taken < self.start + self.k * self.interval:
+            self.start, self.k = taken, 0
+        self.k += 1
+        behind = int((now - self.start) / self.interval) - self.k
         if behind > 0:  # a whole slot missed: skip it instead of bunching samples
-            overruns += behind
-            k += behind
-        if stop.wait(start + k * interval - time.monotonic()):
-            return
+            self.overruns += behind
+            self.k += behind
+
+    def due(self) -> float:
+        """Monotonic time of the next sample: the grid's next slot, or earlier for a demanded full sample."""
+        slot = self.start + self.k * self.interval
+        if self.full_pending:
+            return min(slot, self.last_full + self.interval)
+        return slot
+
+    def asked(self, kinds: set[bytes], now: float) -> None:
+        if L.DEMAND_FULL in kinds:
+            self.full_pending = True
+        if L.DEMAND_SCAN in kinds:
+            self.scan_until = now + 2 * self.interval + 1.0  # a viewer asks every interval
+
+
+def _readable(channel: DemandChannel) -> bool:
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def main(argv: list[str] | None = None) -> int:

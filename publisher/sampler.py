@@ -17,11 +17,15 @@ Units follow the layout: bytes, seconds, counts.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from shm_metrics import families as F
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import (
+    CORE,
+    ON_DEMAND,
+    PROCESS_SCAN,
     SCRAPE_DURATION,
     SCRAPE_SUCCESS,
     Collector,
@@ -77,37 +81,39 @@ class Sampler:
         check_unique(self.catalog)
         self._failed: set[str] = set()
         self._pending: Sample | None = None
-        self._cached: dict[str, tuple[float, list]] = {}  # collector -> (monotonic time, its series)
+        # Collector -> its last run: (monotonic time, what it filled, success, seconds it took).
+        self._cached: dict[str, tuple[float, Sample, int, float]] = {}
+        # The families whose series date from the last full sample (flagged so in the catalog); grows when
+        # such a collector brings a family it did not declare.
+        self.on_demand: set[str] = {fam.name for c in self.collectors if c.tier != CORE for fam in c.families}
+        self.last_full_time = 0.0  # Unix time the latest full sample began
         # Family name -> function filling a Sample (the benchmark times each entry separately).
         self.families = {c.name: c.collect for c in self.collectors}
 
-    def sample(self) -> Sample:
+    def sample(self, full: bool = True, scan: bool = True, wall_time: float | None = None) -> Sample:
+        """One sample.  Every collector runs when ``full``; otherwise the CORE ones run and the others'
+        last output is replayed (their families say so: ``Sample.full_time``), but the per-process scan
+        runs when ``scan``.  Collectors with ``refresh_seconds`` run no more often than that.
+        ``wall_time``: the sample's time as the segment will say it (default: now)."""
         if self._pending is not None:  # the one family_capacities() took: the first sample published
             out, self._pending = self._pending, None
+            out.full_time = self.last_full_time = time.time() if wall_time is None else wall_time
             return out
         out = Sample()
+        if full:
+            self.last_full_time = time.time() if wall_time is None else wall_time
+        out.full_time = self.last_full_time
         series = out.series
         clock = time.perf_counter
+        now = time.monotonic()
         status = []
         for c in self.collectors:
-            start = len(series)
-            t0 = clock()
-            ok = 1
-            cached = self._cached.get(c.name) if c.refresh_seconds else None
-            if cached is not None and time.monotonic() - cached[0] < c.refresh_seconds:
-                series += cached[1]  # rarely changing: the last reading stands
+            if c.tier == CORE and not c.refresh_seconds:
+                t0 = clock()
+                ok = self._run(c, out)
+                duration = clock() - t0
             else:
-                try:
-                    c.collect(out)
-                    if c.refresh_seconds:
-                        self._cached[c.name] = (time.monotonic(), series[start:])
-                except _COLLECT_ERRORS as exc:
-                    ok = 0
-                    del series[start:]  # no half-read family
-                    if c.name not in self._failed:
-                        self._failed.add(c.name)
-                        log.warning("sampling %s failed: %s (further failures not logged)", c.name, exc)
-            duration = clock() - t0
+                ok, duration = self._run_or_replay(c, out, full, scan, now)
             for name in c.reports:
                 status.append((name, ok, duration / len(c.reports)))
         for name in self.unavailable:
@@ -116,6 +122,45 @@ class Sampler:
             series.append((SCRAPE_SUCCESS, (name,), ok))
             series.append((SCRAPE_DURATION, (name,), duration))
         return out
+
+    def _run(self, c: Collector, out: Sample) -> int:
+        """Run one collector into ``out``: 1, or 0 when it failed (nothing of it kept)."""
+        series = out.series
+        start = len(series)
+        try:
+            c.collect(out)
+            return 1
+        except _COLLECT_ERRORS as exc:
+            del series[start:]  # no half-read family
+            if c.name not in self._failed:
+                self._failed.add(c.name)
+                log.warning("sampling %s failed: %s (further failures not logged)", c.name, exc)
+            return 0
+
+    def _run_or_replay(self, c: Collector, out: Sample, full: bool, scan: bool, now: float) -> tuple[int, float]:
+        """A collector that does not run every sample: run it when due, else replay its last output."""
+        cached = self._cached.get(c.name)
+        ran = cached is None or self._due(c, cached[0], full, scan, now)
+        if ran:
+            own = Sample()
+            t0 = time.perf_counter()
+            ok = self._run(c, own)
+            # A failure is tried again at the next chance, not only after refresh_seconds.
+            cached = self._cached[c.name] = (now if ok else -math.inf, own, ok, time.perf_counter() - t0)
+            if c.tier != CORE and own.series:
+                self.on_demand.update({fam.name for fam, _, _ in own.series})
+        # The per-process tables are in a sample only when the scan ran for it: a reader seeing them knows
+        # they are current (their families, like every on-demand family, carry full_sample_time).
+        _merge(out, cached[1], arrays=ran or c.tier != PROCESS_SCAN)
+        return cached[2], cached[3]
+
+    @staticmethod
+    def _due(c: Collector, last_run: float, full: bool, scan: bool, now: float) -> bool:
+        if c.refresh_seconds and now - last_run < c.refresh_seconds:
+            return False  # rarely changing: the last reading stands
+        if c.tier == PROCESS_SCAN:
+            return full or scan
+        return full or c.tier != ON_DEMAND
 
     def family_capacities(self, sample: Sample | None = None) -> dict[str, int]:
         """Capacities of the four family sections for this host: the catalog exactly, and room for
@@ -150,3 +195,18 @@ def time_families(sampler: Sampler, rounds: int) -> dict[str, float]:
         times.sort()
         result[name] = times[len(times) // 2]
     return result
+
+
+def _merge(out: Sample, part: Sample, arrays: bool = True) -> None:
+    """Add one collector's output to a sample (each scalar and array has one collector: no conflicts)."""
+    if part.scalars:
+        out.scalars.update(part.scalars)
+    if arrays:
+        for name in _ARRAYS:
+            rows = getattr(part, name)
+            if rows:
+                setattr(out, name, rows)
+    out.series += part.series
+
+
+_ARRAYS = ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states")

@@ -28,6 +28,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Collection
 
 import posix_ipc
 
@@ -209,7 +210,7 @@ class OwnedSegment:
 
     def __init__(self, name: str, layout: L.Layout, mode: int, interval: float,
                  catalog: tuple[F.FamilyInfo, ...] = (), *, max_bytes: int | None = None,
-                 predecessor: OwnedSegment | None = None):
+                 predecessor: OwnedSegment | None = None, on_demand: Collection[str] = ()):
         """``catalog``: the families the samples will carry (``Sampler.catalog``); the layout's
         ``metrics`` and ``strings`` capacities must be exactly its size.
 
@@ -217,6 +218,8 @@ class OwnedSegment:
         segment up to this size (docs/LAYOUT.md, "Generations"); None: never, what does not fit is
         left out and counted.  ``predecessor``: the generation this one will replace (``_grow``): the
         file is created under a temporary name, with the predecessor's instance, seq and history.
+        ``on_demand``: the names of the families sampled on demand (flagged in the catalog; the
+        Sampler's live set, so that a next generation flags families that joined since).
         """
         self.name = L.validate_name(name)
         self.path = L.segment_path(name)
@@ -235,7 +238,8 @@ class OwnedSegment:
         self._replaced = False
         self.catalog = tuple(catalog)
         self.generation = predecessor.generation + 1 if predecessor else 0
-        self._catalog_rows, self._catalog_strings = F.encode_catalog(catalog)
+        self._on_demand = on_demand
+        self._catalog_rows, self._catalog_strings = F.encode_catalog(catalog, on_demand)
         self._series = F.SeriesEncoder({fam: i for i, fam in enumerate(catalog)})
         caps = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
         if (caps["metrics"] * L.METRICS.size, caps["strings"] * L.STRINGS.size) != (
@@ -349,7 +353,7 @@ class OwnedSegment:
         self._d = mv.cast("d")
         self._seq_index = L.HEADER_SEQ_OFFSET // 8
         self._header_indexes = tuple(L.HEADER.offsets[n] // 8 for n in (
-            "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total"))
+            "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total", "full_sample_time"))
         self._counts_index = [(self.layout.section_entry_offset(i) + L.SECTION.offsets["count"]) // 4
                               for i in range(len(L.SECTIONS))]
         self._packers = {rec.name: _row_packer(rec) for rec in L.SECTIONS}
@@ -388,7 +392,7 @@ class OwnedSegment:
             "sections_offset": layout.sections_offset,
             "hostname": L.encode_string(os.uname().nodename, L.HEADER.by_name["hostname"].size),
             "seq": 0, "sample_time": 0.0, "sample_monotonic": 0.0, "sample_duration_seconds": 0.0,
-            "overruns_total": 0, "generation": self.generation,
+            "overruns_total": 0, "generation": self.generation, "full_sample_time": 0.0,
         }
         if predecessor is not None:
             values.update(instance_id=predecessor.instance_id, seq=predecessor.seq,
@@ -483,13 +487,14 @@ class OwnedSegment:
                                                          overruns):
                 return successor
             stores, counts = self._prepare(sample, wall_time)  # as it is, what does not fit counted
-        self._write(stores, counts, wall_time, monotonic, duration, overruns)
+        self._write(stores, counts, wall_time, monotonic, duration, overruns,
+                    wall_time if sample.full_time is None else sample.full_time)
         return self
 
     def _write(self, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]], wall_time: float,
-               monotonic: float, duration: float, overruns: int) -> None:
+               monotonic: float, duration: float, overruns: int, full_time: float) -> None:
         counts_index = self._counts_index
-        t_wall, t_mono, t_duration, t_overruns = self._header_indexes
+        t_wall, t_mono, t_duration, t_overruns, t_full = self._header_indexes
         d, q, i, raw = self._d, self._q, self._i, self._bytes
         if not self._acquire():
             return
@@ -506,6 +511,7 @@ class OwnedSegment:
             d[t_mono] = monotonic
             d[t_duration] = duration
             q[t_overruns] = min(overruns, _U64_MAX)
+            d[t_full] = full_time
             L.memory_fence()
             q[self._seq_index] = (seq | 1) + 1  # even: done
         finally:
@@ -528,7 +534,7 @@ class OwnedSegment:
             return None
         try:
             return OwnedSegment(self.name, layout, self._mode, self._interval, catalog,
-                                max_bytes=self.max_bytes, predecessor=self)
+                                max_bytes=self.max_bytes, predecessor=self, on_demand=self._on_demand)
         except (OSError, NameInUse, ValueError) as exc:
             self._hold_growth(f"cannot create a larger segment: {exc}")
             return None
@@ -557,7 +563,7 @@ class OwnedSegment:
         """Capacities for ``sample`` and ``catalog``: max(2 x capacity, need x 1.5) for each section
         that fell short; the needs exactly when that would exceed ``max_bytes``; None if even that does."""
         caps = dict(zip((r.name for r in L.SECTIONS), self.layout.capacities))
-        rows, strings = F.encode_catalog(catalog)
+        rows, strings = F.encode_catalog(catalog, self._on_demand)
         index = {fam: i for i, fam in enumerate(catalog)}
         _, blob, n, _ = F.SeriesEncoder(index).encode(sample.series)
         needs = {name: found for name, found in short.items() if name != "series"}

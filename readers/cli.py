@@ -55,7 +55,8 @@ exit codes:
   130  interrupted (Ctrl-C)
 """
 
-HEADER_KEYS = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
+HEADER_KEYS = ("seq", "sample_time", "full_sample_time", "interval", "publisher_pid", "state", "age", "hostname",
+               "layout_version")
 FAMILIES_KEY = "families"  # node_exporter's families, as --json prints them
 ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS) + (FAMILIES_KEY,)  # keys that need the arrays read
 RATES_KEY = "rates"  # every rate in one object, as --json prints it
@@ -178,7 +179,7 @@ def _value(snap: Snapshot, field: str, rates: dict | None):
     if field == RATES_KEY:
         return rates
     if field == FAMILIES_KEY:
-        return snap.families.to_dict()
+        return snap.families_dict()
     return snap[field]
 
 
@@ -191,7 +192,8 @@ def _render(snap: Snapshot, fields: list[str], as_json: bool, rates: dict | None
         import json
 
         if fields:
-            data = {f: _series_json(selected[f]) if f in selected else _value(snap, f, rates) for f in fields}
+            data = {f: _series_json(selected[f], snap.family_time(selected[f].name)) if f in selected
+                    else _value(snap, f, rates) for f in fields}
         else:
             data = snap.to_dict()
             data["rates"] = rates  # null until the ring holds two samples
@@ -234,10 +236,13 @@ def _bare_series_value(value: float) -> str:
     return go_float(value)
 
 
-def _series_json(fam: Family) -> list[dict[str, Any]]:
+def _series_json(fam: Family, sample_time: float) -> list[dict[str, Any]]:
+    """``{"name", "labels", "value", "sample_time"}`` per series: the family's own time (a family sampled on
+    demand dates from the last full sample), as in the families of ``--json``."""
     from shm_metrics.readers.selector import samples
 
-    return [{"name": s.name, "labels": s.labels, "value": s.value} for s in samples(fam)]
+    return [{"name": s.name, "labels": s.labels, "value": s.value, "sample_time": sample_time}
+            for s in samples(fam)]
 
 
 def _exposition(snap: Snapshot, selected: dict[str, Family]) -> bytes:
@@ -259,14 +264,18 @@ def _exposition(snap: Snapshot, selected: dict[str, Family]) -> bytes:
 class _Output:
     """Prints one sample's output for the field and selector modes, with the notes a selector needs:
     an unknown family is a usage error (did-you-mean over the fields and the segment's families), a
-    known family without matching series prints nothing and says so on stderr, once per selector."""
+    known family without matching series prints nothing and says so on stderr, once per selector; a
+    family sampled on demand whose values are older than a sample may be (the publisher did not answer
+    the request for a full sample) is said so on stderr, and a follower does not print it as new."""
 
     def __init__(self, args: argparse.Namespace | _OneShot):
         self.args = args
         self.noted: set[str] = set()
+        self.old_said = False
 
     def emit(self, snap: Snapshot, rates: dict | None, follow: bool = False) -> int | None:
-        """Print the sample; EXIT_USAGE when a selector names no family of the segment, else None."""
+        """Print the sample; EXIT_USAGE when a selector names no family of the segment, EXIT_STALE when
+        an on-demand family shown is old (printed all the same by a one-shot), else None."""
         selected: dict[str, Family] = {}
         if self.args.selectors:
             from shm_metrics.readers.selector import UnknownFamily
@@ -284,14 +293,37 @@ class _Output:
                 _warn(f"no series of {fam.name} matches {text}" if text != fam.name
                       else f"{fam.name}: no series in this sample (the publisher declares it; its collector "
                            f"found nothing on this host)")
+        old = self._old_families(snap, selected)
+        if old:
+            if not self.old_said:
+                _warn(f"{old} sampled on demand {fmt.seconds(_since(snap.full_sample_time))} ago, older "
+                      f"than a sample may be ({fmt.seconds(snap.max_age())}): the publisher did not answer the "
+                      f"request for a full sample" + ("; waiting for a new one" if follow else ""))
+            self.old_said = True
+            if follow:
+                return EXIT_STALE  # not printed as new
+        else:
+            self.old_said = False
         if self.args.prometheus:
             sys.stdout.buffer.write(_exposition(snap, selected))
             sys.stdout.buffer.flush()
-            return None
-        text = _render(snap, self.args.fields, self.args.json, rates, selected)
-        if text is not None:
-            print(text + "\n" if follow and not (self.args.json or self.args.fields) else text, flush=True)
-        return None
+        else:
+            text = _render(snap, self.args.fields, self.args.json, rates, selected)
+            if text is not None:
+                print(text + "\n" if follow and not (self.args.json or self.args.fields) else text, flush=True)
+        return EXIT_STALE if old else None
+
+    def _old_families(self, snap: Snapshot, selected: dict[str, Family]) -> str:
+        """The families shown here that are sampled on demand and older than a sample may be, as text
+        ("" when none): JSON says each family's own time instead."""
+        if self.args.json or not (selected or self.args.prometheus):
+            return ""
+        if _since(snap.full_sample_time) <= snap.max_age():
+            return ""
+        view = snap.families
+        names = sorted({fam.name for fam in selected.values()} if selected else view.names())
+        old = [name for name in names if view.on_demand(name)]
+        return old[0] if len(old) == 1 else f"{len(old)} families" if old else ""
 
 
 def _attach(name: str | None, publisher_user: str | None = None) -> Reader:
@@ -324,9 +356,31 @@ def _needs_rates(args: argparse.Namespace | _OneShot) -> bool:
     return not args.prometheus and (not args.fields or any(f in RATE_KEYS or f == RATES_KEY for f in args.fields))
 
 
+def _since(unix: float) -> float:
+    return max(0.0, time.time() - unix)
+
+
+def _family_max_age(reader: Reader) -> float:
+    """How old a family sampled on demand may be when shown: what shm-exporter allows at a scrape."""
+    return max(reader.interval, 1.0)
+
+
+def _shows_on_demand_families(args: argparse.Namespace | _OneShot, snap: Snapshot) -> bool:
+    """This output shows a family the publisher samples on demand (see Reader.read_fresh)."""
+    if FAMILIES_KEY in args.fields or (args.json and not args.fields) or (args.prometheus and not args.selectors):
+        return True
+    if not args.selectors:
+        return False
+    view = snap.families
+    return any(view.on_demand(selector.name) for selector in args.selectors.values())
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, _needs_arrays(args))
+        if _shows_on_demand_families(args, snap):
+            # Families the publisher samples on demand are asked for when older than an interval.
+            snap = reader.read_fresh(_family_max_age(reader), arrays=True, check_alive=True)
         rates = None
         if _needs_rates(args):
             rates = recent_rates(reader, snap)
@@ -445,11 +499,22 @@ def cmd_follow(args: argparse.Namespace) -> int:
     with_rates = _needs_rates(args)
     output = _Output(args)
     seen = 0
+    printed = None
     try:
         for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=_needs_arrays(args)):
+            fresh = _family_max_age(reader)
+            if (not args.json and _since(snap.full_sample_time) > fresh and _shows_on_demand_families(args, snap)):
+                # Text and the exposition carry no time (JSON has each family's): a family the publisher
+                # samples on demand is asked for, once per sample, rather than printed old.
+                snap = reader.read_fresh(fresh, arrays=True, check_alive=True)
+            if (snap.instance_id, snap.seq) == printed:
+                continue  # read_fresh gave the sample follow() yields next
+            printed = (snap.instance_id, snap.seq)
             failed = output.emit(snap, recent_rates(reader, snap) if with_rates else None, follow=True)
-            if failed is not None:
+            if failed == EXIT_USAGE:
                 return failed
+            if failed is not None:
+                continue  # an old family: not printed as new
             seen += 1
             if args.count and seen >= args.count:
                 return EXIT_OK

@@ -34,10 +34,11 @@ if TYPE_CHECKING:  # typing costs milliseconds at start; the one-shot CLI does n
 # Everything a sample changes is one contiguous span: the seqlock part of the
 # header (seq .. overruns_total), the section directory and the scalars.  One
 # unpack_from of that span is a whole snapshot of the scalars.
-_DYNAMIC = ("seq", "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total")
-assert list(L.HEADER.names[-len(_DYNAMIC):]) == list(_DYNAMIC) and L.HEADER.size == L.HEADER_SEQ_OFFSET + 40
+_DYNAMIC = ("seq", "sample_time", "sample_monotonic", "sample_duration_seconds", "overruns_total",
+            "full_sample_time")
+assert list(L.HEADER.names[-len(_DYNAMIC):]) == list(_DYNAMIC) and L.HEADER.size == L.HEADER_SEQ_OFFSET + 48
 _FIXED = L.Layout.for_capacities(1, 1, 1, 1)  # header geometry does not depend on capacities
-_SPAN = struct.Struct("<QdddQ" + "".join(L.SECTION.struct.format[1:] for _ in L.SECTIONS)
+_SPAN = struct.Struct("<QdddQd" + "".join(L.SECTION.struct.format[1:] for _ in L.SECTIONS)
                       + f"{_FIXED.header_size - _FIXED.sections_offset - len(L.SECTIONS) * L.SECTION.size}x"
                       + L.SCALARS.struct.format[1:])
 assert _SPAN.size == _FIXED.header_size + L.SCALARS.size - L.HEADER_SEQ_OFFSET
@@ -49,7 +50,10 @@ _fence = None if L.STRONGLY_ORDERED else L.memory_fence
 
 # Generations a read follows at most (each one is a doubling: more in one read would be a publisher gone mad).
 _GENERATION_HOPS = 4
-BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
+BUSY_TIMEOUT_SECONDS = 0.25
+# How long read_fresh waits for the full sample it asked for: one takes milliseconds; a publisher that
+# does not answer by then is reported through the families' age, not waited for.
+DEMAND_TIMEOUT_SECONDS = 2.0  # a write takes tens of microseconds; this is far beyond
 _SPIN_TRIES = 200
 # A sample stamped later than now by more than this is from the future: never fresh (a hostile or
 # broken clock would otherwise keep it fresh forever).  NTP steps are far smaller.
@@ -173,6 +177,13 @@ class Snapshot:
     sample_monotonic = property(lambda self: self._values[2])
     sample_duration_seconds = property(lambda self: self._values[3])
     overruns_total = property(lambda self: self._values[4])
+    full_sample_time = property(lambda self: self._values[5], doc="Unix time of the latest sample that ran every "
+                                "collector: the families sampled on demand date from it (0: none yet)")
+
+    def family_time(self, name: str) -> float:
+        """When the values of family ``name`` were sampled: ``full_sample_time`` for a family sampled on
+        demand, ``sample_time`` for the others."""
+        return self.full_sample_time if self.families.on_demand(name) else self.sample_time
     @property
     def state(self) -> str:
         """The header's state, or "dead" when it claims a live publisher that holds no liveness lock."""
@@ -278,7 +289,8 @@ class Snapshot:
         return out
 
     def header(self) -> dict[str, Any]:
-        return {"seq": self.seq, "sample_time": self.sample_time, "interval": self.interval,
+        return {"seq": self.seq, "sample_time": self.sample_time, "full_sample_time": self.full_sample_time,
+                "interval": self.interval,
                 "publisher_pid": self.publisher_pid, "state": self.state, "age": self.age,
                 "hostname": self.hostname, "layout_version": self.layout_version}
 
@@ -290,15 +302,19 @@ class Snapshot:
             if name in self._arrays:
                 out[name] = self.array(name)
         if L.SERIES.name in self._arrays:
-            out["families"] = self.families.to_dict()
+            out["families"] = self.families_dict()
         return out
+
+    def families_dict(self) -> dict[str, dict]:
+        """The families as JSON-ready dicts, each with the time its values were sampled."""
+        return self.families.to_dict(self.sample_time, self.full_sample_time)
 
 
 _SCALAR_INDEX = {n: _SCALARS_START + i for i, n in enumerate(L.SCALARS.names)}
 _DIR_NAMES = {_DIR_START + i * _DIR_WIDTH + _COUNT_POS: rec.name for i, rec in enumerate(L.SECTIONS)}
 _COUNTS = slice(_DIR_START + _COUNT_POS, _SCALARS_START, _DIR_WIDTH)  # every section's count, in directory order
 _FINITE_HEADER = tuple((name, _DYNAMIC.index(name)) for name in
-                       ("sample_time", "sample_monotonic", "sample_duration_seconds"))
+                       ("sample_time", "sample_monotonic", "sample_duration_seconds", "full_sample_time"))
 _ARRAY_RECORDS = {rec.name: rec for rec in L.SAMPLE_ARRAYS}
 
 
@@ -539,7 +555,7 @@ class Reader:
                     # The cheap test first (one slice, one compare, one float expression: a NaN or an
                     # infinity anywhere makes it NaN); the full check only when something changed or is off.
                     if (values[_COUNTS] != self._valid_counts or decoded is None or state not in L.STATE_NAMES
-                            or (values[1] + values[2] + values[3]) * 0.0 != 0.0):
+                            or (values[1] + values[2] + values[3] + values[5]) * 0.0 != 0.0):
                         self._validate(values, decoded, state)
                     alive = L.publisher_alive(self._fd) if check_alive else None
                     return Snapshot(self.origin, values, decoded, state, alive)
@@ -609,6 +625,36 @@ class Reader:
                 return value
             self.retries += 1
         return self.read(arrays=False)[name]  # slow path: bounded wait, SegmentBusy
+
+    # --- asking for a sample (docs/LAYOUT.md, "Demand")
+    def ask(self, kind: bytes = L.DEMAND_FULL) -> bool:
+        """Ask the publisher for a full sample (``L.DEMAND_FULL``) or for the per-process scan in its next
+        samples (``L.DEMAND_SCAN``); False when it has no demand channel (then it samples everything
+        every interval) or the channel is not trusted."""
+        from shm_metrics.readers.demand import ask
+
+        return ask(self.name, kind, self.trusted_uids())
+
+    def read_fresh(self, max_age: float, timeout: float = DEMAND_TIMEOUT_SECONDS, arrays: bool = True, *,
+                   check_alive: bool = False) -> Snapshot:
+        """A snapshot whose families are all at most ``max_age`` seconds old: when the families sampled on
+        demand are older, asks the publisher for a full sample and waits for it, at most ``timeout``
+        seconds (then the snapshot it has: ``Snapshot.family_time`` says how old each family is)."""
+        snap = self.read(arrays, check_alive=check_alive)
+        asked_at = time.time()
+        if asked_at - snap.full_sample_time <= max_age or not snap.is_fresh() or not self.ask(L.DEMAND_FULL):
+            return snap
+        deadline = time.monotonic() + timeout
+        while asked_at - snap.full_sample_time > max_age:  # one begun just before we asked will do
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if self._pread:
+                time.sleep(min(0.002, remaining))
+            else:
+                self.wait_for_sample(snap.seq, remaining)
+            snap = self.read(arrays, check_alive=check_alive)
+        return snap
 
     # --- history
     def history(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from shm_metrics import shm_layout as L
 from shm_metrics.readers import format as fmt
 from shm_metrics.readers.cliargs import resolve_reader_options
-from shm_metrics.readers.reader import IncompatibleSegment, Reader, Snapshot
+from shm_metrics.readers.reader import DEMAND_TIMEOUT_SECONDS, IncompatibleSegment, Reader, Snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,12 +102,25 @@ def _check_tables(reader: Reader) -> None:
         raise IncompatibleSegment(f"{reader.name}: the publisher runs with --top 0, so there are no process tables")
 
 
+def _scanned(reader: Reader, snap: Snapshot) -> Snapshot:
+    """A snapshot with the process tables: the publisher scans processes only when asked (docs/LAYOUT.md,
+    "Demand"), so ask and wait for the next samples, bounded; the tables are in a sample only when the
+    scan ran for it."""
+    if snap.process_states or not snap.is_fresh() or not reader.ask(L.DEMAND_SCAN):
+        return snap
+    deadline = time.monotonic() + 2 * reader.interval + DEMAND_TIMEOUT_SECONDS
+    while not snap.process_states and time.monotonic() < deadline:
+        reader.wait_for_sample(snap.seq, deadline - time.monotonic())
+        snap = reader.read(check_alive=True)
+    return snap
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     from shm_metrics.readers.cli import _attach, _first_sample, _freshness
 
     with _attach(args.name, args.publisher_user) as reader:
         _check_tables(reader)
-        snap = _first_sample(reader, arrays=True)
+        snap = _scanned(reader, _first_sample(reader, arrays=True))
         if args.json:
             import json
 
@@ -183,6 +198,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         try:
             for snap in reader.follow(on_status=on_status, max_age=args.max_age):
                 _check_tables(reader)
+                reader.ask(L.DEMAND_SCAN)  # the scan runs while a viewer asks, once per sample
                 yield snap
         finally:
             reader.close()

@@ -153,7 +153,7 @@ def fake_segment(pid: int = 1) -> bytes:
               "interval_seconds": 1.0, "section_count": len(L.SECTIONS), "section_size": L.SECTION.size,
               "sections_offset": layout.sections_offset, "hostname": L.encode_string("elsewhere", 128),
               "seq": 2, "sample_time": 2.0, "sample_monotonic": 2.0, "sample_duration_seconds": 0.0,
-              "overruns_total": 0, "generation": 0}
+              "overruns_total": 0, "generation": 0, "full_sample_time": 0.0}
     image = bytearray(layout.total_size)
     L.HEADER.struct.pack_into(image, 0, *(values[n] for n in L.HEADER.names))
     for i, rec in enumerate(L.SECTIONS):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 
 import pytest
-from conftest import run_reader
+from conftest import run_reader, segment_header, wait_for
 from exporter_util import Exporter, metrics, need
 
 from shm_metrics.readers import Reader
@@ -104,9 +105,24 @@ def test_one_series_is_a_bare_value_and_fields_mix_with_selectors(same_sample):
     assert bare.isdigit() and float(bare) == float(total.split()[1])  # a whole number, for scripts
     mixed = ok(run_reader("--name", name, "--once", "load1", "node_load1", "node_network_up")).splitlines()
     assert mixed[0].startswith("load1 ") and mixed[1:] == [load, *series_lines(node, "node_network_up")]
-    as_json = json.loads(ok(run_reader("--name", name, "--once", "--json", "load1", "node_load1")))
-    assert list(as_json) == ["load1", "node_load1"]
-    assert as_json["node_load1"] == [{"name": "node_load1", "labels": {}, "value": float(load.split()[1])}]
+    as_json = json.loads(ok(run_reader("--name", name, "--once", "--json", "load1", "node_load1", "sample_time")))
+    assert list(as_json) == ["load1", "node_load1", "sample_time"]
+    assert as_json["node_load1"] == [{"name": "node_load1", "labels": {}, "value": float(load.split()[1]),
+                                      "sample_time": as_json["sample_time"]}]  # the family's own time
+
+
+def test_a_family_sampled_on_demand_is_asked_for_not_printed_old(name, start_publisher):
+    """node_time_seconds is not among the families sampled every interval: its value dates from the last
+    full sample, which a one-shot or a text follower asks for when it is older than an interval."""
+    start_publisher(name, "--interval", "0.2")
+    wait_for(lambda: time.time() - segment_header(name)["full_sample_time"] > 2.0, what="the full sample to age")
+    began = time.time()
+    assert float(ok(run_reader("--name", name, "--once", "node_time_seconds"))) >= began - 1.0
+    followed = [float(v) for v in ok(run_reader("--name", name, "-f", "--count", "3", "node_time_seconds")).split()]
+    # Each at most max(interval, 1 s) old when printed, as shm-exporter serves them: samples that close share one.
+    assert len(followed) == 3 and followed == sorted(followed) and followed[0] >= began - 1.0
+    as_json = json.loads(ok(run_reader("--name", name, "--once", "--json", "node_time_seconds", "full_sample_time")))
+    assert as_json["node_time_seconds"][0]["sample_time"] == as_json["full_sample_time"]
 
 
 def test_format_prometheus_writes_the_exporters_bytes(same_sample):

@@ -117,7 +117,8 @@ def test_once_json_has_every_key_with_json_types(name, start_publisher):
     data = json.loads(out.stdout)
     assert isinstance(data, dict)
 
-    header = ("seq", "sample_time", "interval", "publisher_pid", "state", "age", "hostname", "layout_version")
+    header = ("seq", "sample_time", "full_sample_time", "interval", "publisher_pid", "state", "age", "hostname",
+              "layout_version")
     arrays = {"cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"}
     expected = set(header) | set(L.SCALARS.names) | arrays | {"rates", "families"}
     assert set(data) == expected

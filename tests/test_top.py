@@ -140,7 +140,8 @@ def test_exporter_families_count_states_like_node_exporter(name, start_publisher
     start_publisher(name, "--interval", "0.2", "--top", "3")
     with Reader(name) as reader:
         wait_for(lambda: reader.seq >= 4, what="two samples")
-        snap = reader.read()
+        snap = reader.read_fresh(0.0)  # a full sample: the scan's tables and its families, from one scan
+    assert snap.full_sample_time == snap.sample_time
     families = {m.name: m for m in node_families(snap)}
     states = families["node_processes_state"]
     threads = families["node_processes_threads_state"]

@@ -34,18 +34,18 @@ enum {
     H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_TOTAL_SIZE = 16, H_TABLE_HASH = 24,
     H_STATE = 44, H_INTERVAL = 56, H_SECTION_COUNT = 64, H_SECTION_SIZE = 68, H_SECTIONS_OFFSET = 72,
     H_START_TIME = 48, H_GENERATION = 208, H_SEQ = 216, H_SAMPLE_TIME = 224, H_SAMPLE_MONOTONIC = 232,
-    H_SAMPLE_DURATION = 240, HEADER_BYTES = 256,
+    H_SAMPLE_DURATION = 240, H_FULL_SAMPLE_TIME = 256, HEADER_BYTES = 264,
 };
 /* Section directory entry (table `section`). */
 enum { S_OFFSET = 0, S_RECORD_SIZE = 8, S_CAPACITY = 12, S_COUNT = 16, SECTION_BYTES = 24, SECTIONS = 13 };
 /* scalars cpus net disks filesystems history top_cpu top_rss process_states metrics strings series labels */
-static const uint32_t RECORD_SIZE[SECTIONS] = {296, 80, 96, 72, 440, 312, 80, 80, 24, 32, 8, 24, 8};
+static const uint32_t RECORD_SIZE[SECTIONS] = {296, 80, 96, 72, 440, 312, 80, 80, 24, 40, 8, 24, 8};
 static const uint32_t MIN_CAPACITY[SECTIONS] = {1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 0};
 enum { SEC_METRICS = 9, SEC_STRINGS = 10, SEC_SERIES = 11, SEC_LABELS = 12 };
 /* Tables `metrics` and `series`. */
 enum { M_NAME_OFF = 0, M_NAME_LEN = 4, M_LABELS_OFF = 16, M_LABELS_LEN = 20, M_LABEL_COUNT = 28,
-       R_METRIC = 0, R_LABELS_OFF = 4, R_LABELS_LEN = 8, R_VALUE = 16 };
-static const uint64_t TABLE_HASH = 0x9302b24f8c69b6d2ULL;
+       M_FLAGS = 32, M_ON_DEMAND = 1, R_METRIC = 0, R_LABELS_OFF = 4, R_LABELS_LEN = 8, R_VALUE = 16 };
+static const uint64_t TABLE_HASH = 0xa6570cad2700b9c0ULL;
 enum { SCALAR_PROCS_TOTAL = 0, STATE_RUNNING = 2, STATE_STOPPED = 3, STATE_REPLACED = 4, STATE_MAX = 4 };
 /* read_segment's answer when the segment says "replaced": a larger generation is under the name. */
 enum { READ_AGAIN = -1 };
@@ -89,21 +89,22 @@ static int valid_name(const char *name)
 /* The family named `family`: found in the catalog (static: written before the magic), its series
  * copied with the seqlock, then printed.  Every offset from the file is checked against its blob. */
 static int print_family(const unsigned char *m, const char *name, const char *family,
-                        const uint64_t *off, const uint32_t *capacity)
+                        const uint64_t *off, const uint32_t *capacity, double interval)
 {
     const unsigned char *strings = m + off[SEC_STRINGS];
     uint64_t strings_len = (uint64_t)capacity[SEC_STRINGS] * 8;
     size_t want = strlen(family);
     int64_t index = -1;
-    uint32_t label_count = 0, lnames_off = 0, lnames_len = 0;
+    uint32_t label_count = 0, lnames_off = 0, lnames_len = 0, flags = 0;
     for (uint32_t i = 0; i < capacity[SEC_METRICS] && index < 0; i++) {
-        const unsigned char *row = m + off[SEC_METRICS] + (uint64_t)i * 32;
+        const unsigned char *row = m + off[SEC_METRICS] + (uint64_t)i * 40;
         uint32_t no = u32(row + M_NAME_OFF), nl = u32(row + M_NAME_LEN);
         if ((uint64_t)no + nl <= strings_len && nl == want && !memcmp(strings + no, family, want)) {
             index = i;
             label_count = u32(row + M_LABEL_COUNT);
             lnames_off = u32(row + M_LABELS_OFF);
             lnames_len = u32(row + M_LABELS_LEN);
+            flags = u32(row + M_FLAGS);
         }
     }
     if (index < 0 || (uint64_t)lnames_off + lnames_len > strings_len)
@@ -115,6 +116,7 @@ static int print_family(const unsigned char *m, const char *name, const char *fa
         return fail(4, name, "out of memory");
     const uint64_t *seq = (const uint64_t *)(m + H_SEQ);
     uint32_t count = 0, used = 0;
+    double full_time = 0;
     struct timespec nap = {0, 500000};
     int ok = 0;
     for (int tries = 0; tries < 1000 && !ok; tries++) {
@@ -122,6 +124,7 @@ static int print_family(const unsigned char *m, const char *name, const char *fa
         if (!(s1 & 1)) {
             count = u32(m + HEADER_BYTES + SEC_SERIES * SECTION_BYTES + S_COUNT);
             used = u32(m + HEADER_BYTES + SEC_LABELS * SECTION_BYTES + S_COUNT);
+            full_time = f64(m + H_FULL_SAMPLE_TIME);
             if (count <= capacity[SEC_SERIES] && used <= capacity[SEC_LABELS]) {
                 memcpy(series, m + off[SEC_SERIES], (size_t)count * 24);
                 memcpy(labels, m + off[SEC_LABELS], (size_t)used * 8);
@@ -154,6 +157,12 @@ static int print_family(const unsigned char *m, const char *name, const char *fa
         }
         printf("%s %.17g\n", label_count ? "}" : "", f64(row + R_VALUE));
     }
+    /* A family sampled on demand dates from the last full sample: say how old it is when that is old. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double age = now.tv_sec + now.tv_nsec / 1e9 - full_time;
+    if ((flags & M_ON_DEMAND) && isfinite(age) && age > 2 * interval + 1)
+        fprintf(stderr, "shm_read: %s: %s is sampled on demand; these values are %.1f s old\n", name, family, age);
     return 0;
 }
 
@@ -261,7 +270,7 @@ static int read_segment(const char *name, const char *family)
 
     /* The same checks (counts, times, liveness, freshness) whichever value is printed. */
     if (family) {
-        int rc = print_family(m, name, family, off, capacity);
+        int rc = print_family(m, name, family, off, capacity, interval);
         if (rc)
             return rc;
     } else {

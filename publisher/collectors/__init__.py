@@ -138,6 +138,12 @@ class DeviceFilter:
                     or (self._include is not None and not self._include.search(name)))
 
 
+# When a collector runs (Sampler.sample): every interval (what local readers are promised: the layout's
+# scalars and arrays, the live view), on demand (a scrape, a reader asking for every family: at most once
+# per interval), or for the per-process scan: on demand and while a top viewer asks for its tables.
+CORE, ON_DEMAND, PROCESS_SCAN = "core", "on_demand", "process_scan"
+
+
 class Collector:
     """One collector: its family declarations and the parsing that fills a Sample.
 
@@ -155,6 +161,7 @@ class Collector:
     # Families decided by the host when the collector starts: (name pattern, type, labels, meaning) for the docs.
     described: tuple[tuple[str, str, str, str], ...] = ()
     refresh_seconds: float = 0.0
+    tier: str = ON_DEMAND  # CORE, ON_DEMAND or PROCESS_SCAN (above)
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -183,11 +190,14 @@ class Sample:
     """
 
     __slots__ = ("scalars", "cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states",
-                 "series")
+                 "series", "full_time")
 
     def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
         self.scalars: dict[str, float | int] = {} if scalars is None else scalars
         self.series: list[tuple[FamilyInfo, tuple[str, ...], float]] = [] if series is None else series
+        # Unix time of the latest sample that ran every collector, when this one replays some (the tiers
+        # of Sampler.sample); None: this sample ran them all.
+        self.full_time: float | None = None
         for name in ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"):
             setattr(self, name, arrays.pop(name, []))
         if arrays:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_once, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, read_once, register
 
 INFO_REFRESH_SECONDS = 60.0
 _MS = 1 / 1000.0
@@ -86,6 +86,7 @@ def _udev_series(device: str, major: str, minor: str, props: dict[str, str]) -> 
 @register
 class Diskstats(Collector):
     name = "disks"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("diskstats",)
     families = (INFO, *(fam for fam, _ in _FIELDS), FILESYSTEM_INFO, DEVICE_MAPPER_INFO, *(fam for fam, _ in _ATA))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, gauge, register
 
 ALLOCATED = gauge("node_filefd_allocated", "File descriptor statistics: allocated.")
 MAXIMUM = gauge("node_filefd_maximum", "File descriptor statistics: maximum.")
@@ -11,6 +11,7 @@ MAXIMUM = gauge("node_filefd_maximum", "File descriptor statistics: maximum.")
 @register
 class Filefd(Collector):
     name = "filefd"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("filefd",)
     families = (ALLOCATED, MAXIMUM)
 

@@ -14,7 +14,7 @@ import os
 import re
 import select
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, gauge, register
 from shm_metrics.publisher.filters import Filters
 
 _LABELS = ("device", "fstype", "mountpoint")
@@ -31,6 +31,7 @@ DEVICE_ERROR = gauge("node_filesystem_device_error",
 @register
 class Filesystem(Collector):
     name = "filesystems"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("filesystem",)
     families = (SIZE, FREE, AVAIL, FILES, FILES_FREE, READONLY, DEVICE_ERROR)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, gauge, register
 
 LOAD1 = gauge("node_load1", "1m load average.")
 LOAD5 = gauge("node_load5", "5m load average.")
@@ -16,6 +16,7 @@ THREADS = gauge("node_processes_threads", "Allocated threads in system")
 @register
 class Loadavg(Collector):
     name = "loadavg"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("loadavg",)
     families = (LOAD1, LOAD5, LOAD15, THREADS)
 

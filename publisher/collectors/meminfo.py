@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, register
 
 _PARENS = re.compile(r"\((.*)\)")
 # The layout's scalars and the meminfo keys they come from.
@@ -29,6 +29,7 @@ def _family(raw_key: str, has_unit: bool) -> FamilyInfo:
 @register
 class Meminfo(Collector):
     name = "memory"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("meminfo",)
     described = (("node_memory_<Field>_bytes", "gauge", "", "every /proc/meminfo line with a unit (kB x 1024); "
                   "Active(anon) becomes Active_anon; HELP \"Memory information field <Field>_bytes.\""),

@@ -17,7 +17,7 @@ does.  Devices: the publisher's ``Filters`` (``--net-exclude``, and node_exporte
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, register
 
 # /proc/net/dev columns, in order, as node_exporter names them.
 _COLUMNS = ("receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
@@ -40,6 +40,7 @@ LIVE_SYSFS = "/sys"
 @register
 class Netdev(Collector):
     name = "net"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("netdev",)
     families = (*COLUMN_FAMILIES, NOHANDLER)
 

@@ -4,18 +4,18 @@
   ``/proc/PID/stat`` (processes by state, threads allocated) and every ``/proc/PID/task/TID/stat``
   (threads by state), and the limits in ``/proc/sys/kernel``.  It reads a stat file per thread, so
   it costs what it costs in node_exporter, and only when asked for.
-* Without it, the layout's own collectors still count: with ``--top`` the publisher's per-process scan
-  (publisher/processes.py) fills the top tables, the counts by state and the process count from one
-  listing; without ``--top`` only the numeric entries of /proc are counted.  They show what they count
-  as node_processes_* (extras node_exporter's default set does not have); when ``NodeProcesses`` runs,
-  those families are its own and the layout collectors fill only the layout.
+* Without it, the layout's own collectors still count: every interval the numeric entries of /proc are
+  counted (``Procs``), and with ``--top`` the publisher's per-process scan (publisher/processes.py) fills
+  the top tables and the counts by state when something reads them (a scrape, ``shm-read top``).  They
+  show what they count as node_processes_* (extras node_exporter's default set does not have); when
+  ``NodeProcesses`` runs, those families are its own and the layout collectors fill only the layout.
 """
 
 from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors import CORE, PROCESS_SCAN, Collector, Context, Sample, gauge, register
 
 PIDS = gauge("node_processes_pids", "Number of PIDs")
 STATE = gauge("node_processes_state", "Number of processes in each state.", "state")
@@ -32,7 +32,8 @@ class Processes(Collector):
     """With --top: the per-process scan for the layout's top tables and state counts."""
 
     name = "processes"
-    families = (PIDS, STATE, THREADS_STATE)
+    families = (STATE, THREADS_STATE)
+    tier = PROCESS_SCAN
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -47,11 +48,9 @@ class Processes(Collector):
 
     def collect(self, out: Sample) -> None:
         scan = self._table.scan()
-        out.scalars["procs_total"] = scan.procs_total
         out.top_cpu, out.top_rss, out.process_states = scan.by_cpu, scan.by_rss, scan.states
         if not self._families:
             return
-        out.add(PIDS, (), scan.procs_total)
         for row in scan.states:  # node_exporter shows only the states it saw
             if row["processes"]:
                 out.add(STATE, (row["state"],), row["processes"])
@@ -64,16 +63,16 @@ class Processes(Collector):
 
 @register
 class Procs(Collector):
-    """Without --top: the numeric entries of /proc are the processes (thread
-    groups), node_processes_pids' meaning, ~200x cheaper than ``ps axh``."""
+    """The numeric entries of /proc are the processes (thread groups), node_processes_pids' meaning,
+    ~200x cheaper than ``ps axh``: every interval, while the per-process scan of ``--top`` runs only
+    when something reads its tables."""
 
     name = "procs"
+    tier = CORE  # the layout's scalars and arrays: every interval
     families = (PIDS,)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        if ctx.top_n:
-            raise LookupError("--top counts them from its own scan")
         self._families = "processes" not in ctx.enabled
         if not self._families:
             self.families = ()

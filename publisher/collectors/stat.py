@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, gauge, register
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -120,6 +120,7 @@ def _read_uint(path: str) -> int | None:
 @register
 class Stat(Collector):
     name = "stat"
+    tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("cpu", "stat")
     families = (CPU_SECONDS, CPU_GUEST, INTR, CTXT, FORKS, BTIME, RUNNING, BLOCKED)
     described = (

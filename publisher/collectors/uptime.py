@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, register
 
 
 @register
 class Uptime(Collector):
     name = "uptime"
+    tier = CORE  # the layout's scalars and arrays: every interval
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

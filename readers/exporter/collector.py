@@ -51,7 +51,7 @@ def node_families(snap: Snapshot) -> Iterator[Metric]:
 OWN_NAMES = ("shm_metrics_up", "shm_metrics_segment_state", "shm_metrics_publisher_info",
              "shm_metrics_interval_seconds", "shm_metrics_seq", "shm_metrics_sample_timestamp_seconds",
              "shm_metrics_sample_age_seconds", "shm_metrics_overflow_entries", "shm_metrics_segment_generation",
-             "shm_metrics_segment_size_bytes")
+             "shm_metrics_segment_size_bytes", "shm_metrics_full_sample_timestamp_seconds")
 
 
 def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]:
@@ -88,6 +88,9 @@ def own_families(reading: Reading, now: float | None = None) -> Iterator[Metric]
         return  # no sample yet: no time to show
     yield GaugeMetricFamily("shm_metrics_sample_timestamp_seconds", "Unix time the latest sample was taken.",
                             value=snap.sample_time)
+    yield GaugeMetricFamily("shm_metrics_full_sample_timestamp_seconds", "Unix time of the latest sample that "
+                            "ran every collector: the families sampled on demand date from it.",
+                            value=snap.full_sample_time)
     age = (time.time() if now is None else now) - snap.sample_time
     yield GaugeMetricFamily("shm_metrics_sample_age_seconds", "Seconds since the latest sample was taken, "
                             "at scrape time.", value=max(0.0, age))

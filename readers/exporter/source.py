@@ -104,7 +104,9 @@ class SegmentSource:
                     return Reading(INCOMPATIBLE, None, False, str(exc))
             origin = reader.origin
             try:
-                snap = reader.read(check_alive=True)
+                # node_exporter samples at scrape time; the families the publisher samples on demand are
+                # at most max(interval, 1 s) old when served: asked for and waited for when older.
+                snap = reader.read_fresh(max(reader.interval, 1.0), check_alive=True)
                 if reader.origin is not origin:  # read() followed a new generation: check its catalog too
                     reader.load_catalog()
             except SegmentBusy as exc:
