@@ -29,10 +29,12 @@ from shm_metrics.publisher.sampler import Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
 from shm_metrics.readers.cliargs import (
     OneLineParser,
+    add_log_arguments,
     description_from,
     paragraph,
     resolve_segment_name,
     segment_name,
+    setup_logging,
 )
 
 log = logging.getLogger("shm-publisher")
@@ -171,8 +173,7 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
                    help="permissions of segment and semaphore, applied exactly (default 0644)")
     p.add_argument("--keep-on-exit", action="store_true",
                    help="leave the (stopped) segment and semaphore in place on exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="default: %(default)s")
+    add_log_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     cap = p.add_argument_group("capacities", paragraph(
         "initial sizes: when a sample needs more (interfaces, disks and mounts appear, a collector's "
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_segment_name(parser, args)
     if args.history is None:
         args.history = default_history(args.interval)
-    logging.basicConfig(level=args.log_level.upper(), format="shm-publisher: %(levelname)s: %(message)s")
+    setup_logging(args)
     try:
         return run(args)
     except KeyboardInterrupt:
