@@ -38,7 +38,7 @@ _OWNERS = [(re.compile(pattern), owner) for pattern, owner in (
     (r"node_load(1|5|15)$", "loadavg"),
     (r"node_memory_numa_", "meminfo_numa"),
     (r"node_memory_", "meminfo"),
-    (r"node_network_(receive|transmit)_", "netdev"),
+    (r"node_network_(receive|transmit)_\w+_total$", "netdev"),
     (r"node_network_", "netclass"),
     (r"node_disk_", "diskstats"),
     (r"node_(thermal_zone|cooling_device)_", "thermal_zone"),
