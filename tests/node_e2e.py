@@ -141,7 +141,8 @@ _OWNERS = [
     (r"node_interrupts_", "interrupts"), (r"node_udp_queues", "udp_queues"), (r"node_tape_", "tapestats"),
     (r"node_dmi_", "dmi"), (r"node_os_", "os"), (r"node_uname_", "uname"), (r"node_time_", "time"),
     (r"node_(timex_|adjtimex_)", "timex"), (r"node_filesystem_", "filesystem"),
-    (r"node_(go|exporter|process|promhttp)_|^(go|process|promhttp)_", "exporter itself"),
+    (r"^(go_|node_exporter_build_info$)", "Go runtime"),
+    (r"^(process|promhttp)_", "exporter itself"),
 ]
 
 
