@@ -19,7 +19,8 @@ from shm_metrics.readers.exporter.server import accepts_gzip
 from shm_metrics.readers.exporter.source import SegmentSource
 
 # Lines whose values move between two renders of the same sample.
-_VOLATILE = ("shm_metrics_sample_age_seconds ", "process_", 'node_scrape_collector_duration_seconds{collector="textfile"}')
+_VOLATILE = ("shm_metrics_sample_age_seconds ", "process_",
+             'node_scrape_collector_duration_seconds{collector="textfile"}')
 # What the renderer adds to the registry's families: the textfile collector (read per scrape, on without a
 # directory too) and promhttp's handler metrics.
 _RENDERER_ONLY = ("promhttp_", "# HELP promhttp_", "# TYPE promhttp_", "node_textfile_", "# HELP node_textfile_",
