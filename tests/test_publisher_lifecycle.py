@@ -904,8 +904,8 @@ def test_semaphore_kept_taken_is_replaced_and_publishing_goes_on(name, start_pub
     assert rc == 0, err
     warnings = [line for line in err.splitlines() if "stayed taken" in line]
     assert len(warnings) == 1, err
-    assert "WARNING" in warnings[0] and L.semaphore_name(name) in warnings[0] and "replaced" in warnings[0]
-    assert "Traceback" not in err and "ERROR" not in err
+    assert "level=warn" in warnings[0] and L.semaphore_name(name) in warnings[0] and "replaced" in warnings[0]
+    assert "Traceback" not in err and "level=error" not in err
     assert shm_files(name) == []  # the replacement is removed on exit like the original
 
 
