@@ -1,7 +1,8 @@
 """``shm-exporter``: serve the segment's values to Prometheus, in node_exporter's names.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the listen address could not be
-bound; 2 bad arguments or an invalid --web.config.file (one line on stderr).
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 a listen address could not be
+bound (or, with --web.systemd-socket, systemd passed no socket); 2 bad
+arguments or an invalid --web.config.file (one line on stderr).
 """
 
 from __future__ import annotations
