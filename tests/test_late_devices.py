@@ -195,6 +195,23 @@ def test_hwmon_chip_found_later_declares_its_families(tree):
         sampler.close()
 
 
+def test_a_retried_collector_joins_in_registry_order(tree):
+    aside = hide(tree, "sys/class/hwmon")
+    sampler = Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), collectors=[Bonding, Hwmon, Nvme],
+                      retry_seconds=0)
+    try:
+        assert [c.name for c in sampler.collectors] == ["bonding", "nvme"]
+        assert sampler.unavailable.keys() == {"hwmon"}
+        os.rename(aside, tree / "sys/class/hwmon")
+        sample = sampler.sample()
+        assert [c.name for c in sampler.collectors] == ["bonding", "hwmon", "nvme"]
+        assert not sampler.unavailable and "hwmon" in sampler.families
+        assert {labels[0] for fam, labels, value in sample.series if fam is SCRAPE_SUCCESS and value == 1} == {
+            "bonding", "hwmon", "nvme"}
+    finally:
+        sampler.close()
+
+
 def test_nothing_is_retried_or_listed_again_before_its_time(tree):
     """With long intervals a sample does no retry and no listing (their cost is paid every N seconds, not
     every sample); an explicit retry starts the collector at once."""
