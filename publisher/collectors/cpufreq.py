@@ -10,6 +10,7 @@ and the collector still succeeds, as node_exporter's does.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
@@ -57,8 +58,10 @@ class Cpufreq(Collector):
             for family, labels, pf in files:
                 try:
                     raw = os.pread(pf.fd, SYSFS_READ_SIZE, 0)
-                except OSError:
-                    if self._cpus.gone(entry, pf.path):  # offline: its cpufreq directory went away
+                except OSError as exc:
+                    # Offline: its cpufreq directory went away, or its policy is inactive (EBUSY) until
+                    # the CPU comes back; either way no frequency now, and no failed sample.
+                    if exc.errno == errno.EBUSY or self._cpus.gone(entry, pf.path):
                         break
                     raise
                 khz = go_int(raw.decode("ascii", "replace").strip())
