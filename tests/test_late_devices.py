@@ -248,6 +248,34 @@ def test_retrying_leaks_no_descriptor(tree):
         sampler.close()
 
 
+def _temperatures(sample) -> dict:
+    return {labels: value for fam, labels, value in sample.series if fam.name == "node_hwmon_temp_celsius"}
+
+
+def test_a_device_replaced_under_its_name_is_built_again(tree):
+    """A driver reloaded, a chip plugged back: the kernel gives it the same hwmonN.  The old files fail to
+    read, and the chip under the name is a new one (another inode): it is built again, without waiting
+    for the next listing."""
+    chip = tree / "sys/class/hwmon/hwmon9"
+    chip.mkdir()
+    (chip / "name").write_text("late\n")
+    (chip / "temp1_input").mkdir()  # opens, fails to read (EISDIR), as a removed device's files do
+    sampler = start(tree, Hwmon, rescan_seconds=3600)  # no listing: only the read error can tell
+    try:
+        assert ("late", "temp1") not in _temperatures(sampler.sample())
+        assert ("late", "temp1") not in _temperatures(sampler.sample())  # the same chip: kept
+        staged = tree.parent / "aside" / "hwmon9"
+        staged.mkdir()
+        (staged / "name").write_text("late\n")
+        (staged / "temp1_input").write_text("41000\n")
+        shutil.rmtree(chip)
+        os.rename(staged, chip)
+        sampler.sample()  # the old files fail to read, and the name holds another chip: dropped
+        assert _temperatures(sampler.sample())[("late", "temp1")] == 41.0
+    finally:
+        sampler.close()
+
+
 def test_device_vanishing_while_it_is_read_is_skipped(tmp_path):
     """A device removed between the listing and its reads is left out; a device that cannot be read while
     it is there fails the listing (the sample, as node_exporter's scrape), and the next sample lists again."""

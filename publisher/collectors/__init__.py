@@ -215,6 +215,15 @@ class Collector:
 Opener = Callable[[str], ProcFile]
 
 
+def _same_file(pf: ProcFile) -> bool:
+    """Whether ``pf``'s path still names the file it has open (sysfs gives a new node a new inode)."""
+    try:
+        held, now = os.fstat(pf.fd), os.stat(pf.path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
 class Devices:
     """The devices of one directory (``root``'s entries matching ``pattern``), each opened once by
     ``build(name, path, open)`` and its files (opened through ``open``) kept until it goes away.
@@ -256,13 +265,18 @@ class Devices:
                 raise
         return self._rows
 
-    def gone(self, name: str, file: str = "") -> bool:
-        """After a read error: whether the device's directory (or ``file`` of it) is gone; then the
-        device is dropped, and the directory listed again at the next sample."""
-        if os.path.lexists(file or os.path.join(self.root, name)):
+    def gone(self, name: str) -> bool:
+        """After a read error: whether the device went away or was replaced (its directory gone, or a
+        new device under its name: a driver reloaded, a chip plugged back as the same hwmonN, told by
+        the inode of its first kept file).  Then it is dropped, and the directory listed again (the
+        device built anew if it is there) at the next sample."""
+        held = self._open.get(name)
+        if held is None:
+            return True  # dropped already in this sample
+        files = held[1]
+        if _same_file(files[0]) if files else os.path.lexists(os.path.join(self.root, name)):
             return False
-        if name in self._open:
-            self._drop(name)
+        self._drop(name)
         self._listed = -math.inf
         return True
 

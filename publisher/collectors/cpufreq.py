@@ -61,7 +61,7 @@ class Cpufreq(Collector):
                 except OSError as exc:
                     # Offline: its cpufreq directory went away, or its policy is inactive (EBUSY) until
                     # the CPU comes back; either way no frequency now, and no failed sample.
-                    if exc.errno == errno.EBUSY or self._cpus.gone(entry, pf.path):
+                    if exc.errno == errno.EBUSY or self._cpus.gone(entry):
                         break
                     raise
                 khz = go_int(raw.decode("ascii", "replace").strip())

@@ -242,7 +242,7 @@ class Hwmon(Collector):
                 # One read of at most 128 bytes: broken drivers return EAGAIN rather than block.
                 text = os.pread(pf.fd, SYSFS_READ_SIZE, 0).decode("utf-8", "replace").strip("\n")
             except OSError:
-                self._chips.gone(entry)  # a chip unplugged: dropped, the class listed again next sample
+                self._chips.gone(entry)  # unplugged or reloaded: dropped, built again if it is there
                 continue
             if is_beep:
                 add(family, labels, 1 if text == "1" else 0)
