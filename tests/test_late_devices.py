@@ -28,6 +28,7 @@ from shm_metrics.publisher.collectors.hwmon import Hwmon
 from shm_metrics.publisher.collectors.infiniband import Infiniband
 from shm_metrics.publisher.collectors.lnstat import Lnstat
 from shm_metrics.publisher.collectors.mdadm import Mdadm
+from shm_metrics.publisher.collectors.meminfo_numa import MeminfoNuma
 from shm_metrics.publisher.collectors.nvme import Nvme
 from shm_metrics.publisher.collectors.powersupplyclass import PowerSupplyClass
 from shm_metrics.publisher.collectors.rapl import Rapl
@@ -43,11 +44,19 @@ def fixtures(tmp_path_factory) -> Path:
     return unpack(tmp_path_factory.mktemp("late-fixtures")) / FIXTURES
 
 
+# Files a test rewrites in place (hard links would change the shared fixture): real copies.
+REWRITTEN = ("sys/class/net/bonding_masters",)
+
+
 @pytest.fixture
 def tree(fixtures, tmp_path) -> Path:
-    """A private copy of the fixture tree, and a place beside it for what appears later."""
+    """A private tree (directories of its own, files hard-linked: renames and removals stay private, and
+    the ~900 files cost a link each), and a place beside it for what appears later."""
     root = tmp_path / "root"
-    shutil.copytree(fixtures, root, symlinks=True)
+    shutil.copytree(fixtures, root, symlinks=True, copy_function=os.link)
+    for relative in REWRITTEN:
+        (root / relative).unlink()
+        shutil.copyfile(fixtures / relative, root / relative)
     (tmp_path / "aside").mkdir()
     return root
 
@@ -114,6 +123,7 @@ CASES = {
     "mdadm": (Mdadm, "proc/mdstat", None, False),
     "conntrack": (Conntrack, "proc/sys/net/netfilter", None, False),
     "lnstat": (Lnstat, "proc/net/stat", "proc/net/stat/nf_conntrack", True),
+    "meminfo_numa": (MeminfoNuma, "sys/devices/system/node", "sys/devices/system/node/node1", True),
 }
 
 
