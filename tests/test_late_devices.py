@@ -67,8 +67,10 @@ def start(tree: Path, cls, **kwargs) -> Sampler:
 
 
 def published(sample) -> set[tuple[str, tuple[str, ...], str]]:
-    """Every series but the durations (they change); values as repr, so that NaN equals NaN."""
-    return {(fam.name, labels, repr(value)) for fam, labels, value in sample.series if fam is not SCRAPE_DURATION}
+    """Every series but the durations (they change); values as the repr of the float the segment holds
+    (and NaN equals NaN)."""
+    return {(fam.name, labels, repr(float(value))) for fam, labels, value in sample.series
+            if fam is not SCRAPE_DURATION}
 
 
 def fresh(tree: Path, cls) -> set:
@@ -319,42 +321,52 @@ def _family(snapshot, name: str) -> dict:
     return {} if fam is None else dict(fam.series)
 
 
-def test_publisher_publishes_a_zone_and_a_collector_that_appear_later(tree, name):
-    """A real shm-publisher on the fixture tree: a thermal zone written in later is published (its
-    families are in the catalog from the start), then removed and gone; power_supply's class appears
-    later and node_scrape_collector_success{collector="powersupplyclass"} flips to 1."""
-    aside = hide(tree, "sys/class/power_supply")
+def _segment_series(snap, names: set[str]) -> set:
+    return {(name, labels, repr(float(value))) for name in names for labels, value in _family(snap, name).items()}
+
+
+def test_publisher_publishes_zones_and_collectors_that_appear_later(tree, name):
+    """A real shm-publisher on the fixture tree.  A thermal zone written in later is published (its
+    families are in the catalog from the start), then removed and gone.  power_supply's and hwmon's
+    classes appear later: success flips to 1 and their families, new to the catalog, reach the segment
+    (a new generation) with what a sampler started now publishes."""
+    asides = {relative: hide(tree, relative) for relative in ("sys/class/power_supply", "sys/class/hwmon")}
     pub = Publisher(name, f"--path.procfs={tree}/proc", f"--path.sysfs={tree}/sys", f"--path.rootfs={tree}",
                     f"--path.udev.data={tree}/udev/data", "--collector.disable-defaults",
-                    "--collector.thermal_zone", "--collector.powersupplyclass", "--interval", "0.05", "--top", "0",
+                    "--collector.thermal_zone", "--collector.powersupplyclass", "--collector.hwmon",
+                    "--interval", "0.05", "--top", "0",
                     "--collector.retry-interval", "0", "--collector.rescan-interval", "0")
     try:
         with Reader(name) as reader:
             snap = reader.read()
-            assert _family(snap, "node_scrape_collector_success")[("powersupplyclass",)] == 0
+            success_of = _family(snap, "node_scrape_collector_success")
+            assert success_of[("powersupplyclass",)] == 0 and success_of[("hwmon",)] == 0
             assert ("7", "acpitz") not in _family(snap, "node_thermal_zone_temp")
             staged = tree.parent / "aside" / "thermal_zone7"
             staged.mkdir()
             (staged / "type").write_text("acpitz\n")
             (staged / "temp").write_text("27800\n")
             os.rename(staged, tree / "sys/class/thermal/thermal_zone7")
-            os.rename(aside, tree / "sys/class/power_supply")
+            for relative, aside in asides.items():
+                os.rename(aside, tree / relative)
 
-            def zone_and_supply():
+            def all_there():
                 snap = reader.read()
-                ok = _family(snap, "node_scrape_collector_success").get(("powersupplyclass",)) == 1
+                success_of = _family(snap, "node_scrape_collector_success")
+                ok = success_of.get(("powersupplyclass",)) == 1 and success_of.get(("hwmon",)) == 1
                 return snap if ok and ("7", "acpitz") in _family(snap, "node_thermal_zone_temp") else None
 
-            snap = wait_for(zone_and_supply, what="the zone and the power supplies")
+            snap = wait_for(all_there, what="the zone, the power supplies and the hwmon chips")
             assert _family(snap, "node_thermal_zone_temp")[("7", "acpitz")] == 27.8
+            assert snap.generation > 0, "new families without a new generation"
+            for cls in (PowerSupplyClass, Hwmon):
+                expected = {row for row in fresh(tree, cls) if row[0] != SCRAPE_SUCCESS.name}
+                assert _segment_series(snap, {row[0] for row in expected}) == expected
             shutil.rmtree(tree / "sys/class/thermal/thermal_zone7")
-            wait_for(lambda: ("7", "acpitz") not in _family(reader.read(), "node_thermal_zone_temp"),
-                     what="the zone gone")
-            if "node_power_supply_online" not in snap.families:
-                pytest.skip("a family the catalog lacked at start reaches the segment with the segment "
-                            "generations (the lead's part of issue 15), not merged here yet")
-            wait_for(lambda: _family(reader.read(), "node_power_supply_online").get(("AC",)) == 0,
-                     what="node_power_supply_online{power_supply=AC}")
+            remove(tree / "sys/class/power_supply/BAT0")
+            wait_for(lambda: ("7", "acpitz") not in _family(reader.read(), "node_thermal_zone_temp")
+                     and ("BAT0",) not in _family(reader.read(), "node_power_supply_capacity"),
+                     what="the zone and the battery gone")
     finally:
         pub.stop()
 
