@@ -334,7 +334,7 @@ def test_publisher_publishes_zones_and_collectors_that_appear_later(tree, name):
     pub = Publisher(name, f"--path.procfs={tree}/proc", f"--path.sysfs={tree}/sys", f"--path.rootfs={tree}",
                     f"--path.udev.data={tree}/udev/data", "--collector.disable-defaults",
                     "--collector.thermal_zone", "--collector.powersupplyclass", "--collector.hwmon",
-                    "--interval", "0.05", "--top", "0",
+                    "--interval", "0.05", "--top", "0", "--always-full",  # every family every sample
                     "--collector.retry-interval", "0", "--collector.rescan-interval", "0")
     try:
         with Reader(name) as reader:
@@ -383,7 +383,7 @@ def test_publisher_publishes_an_interface_and_a_mount_that_appear_later(tmp_path
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     pub = Publisher(name, "--collector.disable-defaults", "--collector.netdev", "--collector.netclass",
-                    "--collector.filesystem", "--interval", "0.05", "--top", "0")
+                    "--collector.filesystem", "--interval", "0.05", "--top", "0", "--always-full")
     mounted = linked = False
     try:
         with Reader(name) as reader:
