@@ -22,10 +22,10 @@ import posix_ipc
 
 from shm_metrics import shm_layout as L
 from shm_metrics.publisher import switches
-from shm_metrics.publisher.collectors import collector_names, selected
+from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, selected
 from shm_metrics.publisher.demand import DemandChannel, open_channel
 from shm_metrics.publisher.filters import Filters
-from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.sampler import RETRY_SECONDS, Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
 from shm_metrics.readers.cliargs import (
     OneLineParser,
@@ -92,6 +92,17 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (0.01 <= value <= 3600) or math.isnan(value):
         raise argparse.ArgumentTypeError(f"{text} is outside 0.01..3600 seconds")
+    return value
+
+
+def _period(text: str) -> float:
+    """A cadence in seconds, 0..86400 (0: every sample)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 <= value <= 86400) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..86400 seconds")
     return value
 
 
@@ -200,6 +211,15 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
+    late = p.add_argument_group("late collectors and devices", paragraph(
+        "what appears after start (a module loaded, a chip or disk plugged in) is published without a restart"))
+    late.add_argument("--collector.retry-interval", dest="retry_interval", type=_period, default=RETRY_SECONDS,
+                      metavar="SECONDS", help="how often a collector unavailable at start (its files missing) is "
+                                              "tried again (default: %(default)g)")
+    late.add_argument("--collector.rescan-interval", dest="rescan_interval", type=_period, default=RESCAN_SECONDS,
+                      metavar="SECONDS", help="how often collectors list their devices again: hwmon chips, "
+                                              "thermal zones, nvme... (default: %(default)g; interfaces, disks and "
+                                              "mounts are seen at once)")
     paths = p.add_argument_group("paths", paragraph(
         "node_exporter's; in a container, point them at the host's /proc, /sys and / mounted elsewhere"))
     paths.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
@@ -253,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
     stop = StopSignals()  # from here on the stop signals are a flag the loop checks
     sampler = Sampler(procfs=args.procfs, sysfs=args.sysfs, rootfs=args.rootfs, udev_data=args.udev_data,
                       filters=args.filters, top_n=args.top, collectors=selected(args.enabled),
-                      options=args.collector_options)
+                      options=args.collector_options, retry_seconds=args.retry_interval,
+                      rescan_seconds=args.rescan_interval)
     log.info("collectors: %s", ", ".join(sorted(args.enabled)))
     # The family sections are sized from this host's catalog and one trial sample.
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(args.sysfs), args.max_interfaces,
