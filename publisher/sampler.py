@@ -66,7 +66,7 @@ class Sampler:
                  udev_data: str = "/run/udev/data", options: dict[str, object] | None = None,
                  retry_seconds: float = RETRY_SECONDS, rescan_seconds: float = RESCAN_SECONDS):
         """``top_n`` > 0 adds the per-process scan (``--top``): the top tables and
-        the counts by state, and ``procs_total`` from the same listing.  ``collectors``: the classes
+        the counts by state (``procs_total`` is counted every sample whatever ``top_n``).  ``collectors``: the classes
         to run (default: ``selected()``, node_exporter's default set and the layout's own).
         ``retry_seconds``: how often a collector unavailable at start is tried again;
         ``rescan_seconds``: how often collectors list their devices again (``Context``)."""
