@@ -22,17 +22,19 @@ import posix_ipc
 
 from shm_metrics import shm_layout as L
 from shm_metrics.publisher import switches
-from shm_metrics.publisher.collectors import collector_names, selected
+from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, selected
 from shm_metrics.publisher.demand import DemandChannel, open_channel
 from shm_metrics.publisher.filters import Filters
-from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.sampler import RETRY_SECONDS, Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
 from shm_metrics.readers.cliargs import (
     OneLineParser,
+    add_log_arguments,
     description_from,
     paragraph,
     resolve_segment_name,
     segment_name,
+    setup_logging,
 )
 
 log = logging.getLogger("shm-publisher")
@@ -90,6 +92,17 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (0.01 <= value <= 3600) or math.isnan(value):
         raise argparse.ArgumentTypeError(f"{text} is outside 0.01..3600 seconds")
+    return value
+
+
+def _period(text: str) -> float:
+    """A cadence in seconds, 0..86400 (0: every sample)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 <= value <= 86400) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..86400 seconds")
     return value
 
 
@@ -171,8 +184,7 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
                    help="permissions of segment and semaphore, applied exactly (default 0644)")
     p.add_argument("--keep-on-exit", action="store_true",
                    help="leave the (stopped) segment and semaphore in place on exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="default: %(default)s")
+    add_log_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     cap = p.add_argument_group("capacities", paragraph(
         "initial sizes: when a sample needs more (interfaces, disks and mounts appear, a collector's "
@@ -199,6 +211,15 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
     p.add_argument("--top", type=_bounded(0, 1000), default=L.DEFAULT_TOP, metavar="N",
                    help=f"publish the top N processes by CPU and by memory, and process/thread counts by "
                         f"state (default {L.DEFAULT_TOP}; 0 turns the per-process scan off)")
+    late = p.add_argument_group("late collectors and devices", paragraph(
+        "what appears after start (a module loaded, a chip or disk plugged in) is published without a restart"))
+    late.add_argument("--collector.retry-interval", dest="retry_interval", type=_period, default=RETRY_SECONDS,
+                      metavar="SECONDS", help="how often a collector unavailable at start (its files missing) is "
+                                              "tried again (default: %(default)g)")
+    late.add_argument("--collector.rescan-interval", dest="rescan_interval", type=_period, default=RESCAN_SECONDS,
+                      metavar="SECONDS", help="how often collectors list their devices again: hwmon chips, "
+                                              "thermal zones, nvme... (default: %(default)g; interfaces, disks and "
+                                              "mounts are seen at once)")
     paths = p.add_argument_group("paths", paragraph(
         "node_exporter's; in a container, point them at the host's /proc, /sys and / mounted elsewhere"))
     paths.add_argument("--path.procfs", dest="procfs", default="/proc", metavar="PATH",
@@ -252,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
     stop = StopSignals()  # from here on the stop signals are a flag the loop checks
     sampler = Sampler(procfs=args.procfs, sysfs=args.sysfs, rootfs=args.rootfs, udev_data=args.udev_data,
                       filters=args.filters, top_n=args.top, collectors=selected(args.enabled),
-                      options=args.collector_options)
+                      options=args.collector_options, retry_seconds=args.retry_interval,
+                      rescan_seconds=args.rescan_interval)
     log.info("collectors: %s", ", ".join(sorted(args.enabled)))
     # The family sections are sized from this host's catalog and one trial sample.
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(args.sysfs), args.max_interfaces,
@@ -386,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_segment_name(parser, args)
     if args.history is None:
         args.history = default_history(args.interval)
-    logging.basicConfig(level=args.log_level.upper(), format="shm-publisher: %(levelname)s: %(message)s")
+    setup_logging(args)
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from shm_metrics.publisher.collectors import (
     CORE,
     ON_DEMAND,
     PROCESS_SCAN,
+    RESCAN_SECONDS,
     SCRAPE_DURATION,
     SCRAPE_SUCCESS,
     Collector,
@@ -45,40 +46,53 @@ __all__ = ["CPU_MODES", "USER_HZ", "ProcFile", "Sample", "Sampler", "_busy_perce
 
 # What the sampler catches from a collector: one broken family must not stop the others.
 _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
+# How often a collector unavailable at start (its files missing: a kernel module not loaded yet) is
+# tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
+RETRY_SECONDS = 30.0
 
 
 class Sampler:
-    """Holds the collectors (their open files and previous counters) and the family catalog."""
+    """Holds the collectors (their open files and previous counters) and the family catalog.
+
+    ``catalog`` is every family the collectors declare now, ``node_scrape_collector_*`` included.  It
+    grows while the publisher runs (a collector retried successfully, a collector declaring a family
+    for a sensor type or zone it found later) and never shrinks: a new catalog is a new tuple whose
+    beginning is the old one, and ``catalog_version`` counts the changes (compare it between samples;
+    a change is seen by the sample that brings the new families).
+    """
 
     def __init__(self, procfs: str = "/proc", filters: Filters | None = None, top_n: int = 0,
                  sysfs: str = "/sys", rootfs: str = "/", collectors: list[type[Collector]] | None = None,
-                 udev_data: str = "/run/udev/data", options: dict[str, object] | None = None):
+                 udev_data: str = "/run/udev/data", options: dict[str, object] | None = None,
+                 retry_seconds: float = RETRY_SECONDS, rescan_seconds: float = RESCAN_SECONDS):
         """``top_n`` > 0 adds the per-process scan (``--top``): the top tables and
-        the counts by state, and ``procs_total`` from the same listing.  ``collectors``: the classes
-        to run (default: ``selected()``, node_exporter's default set and the layout's own)."""
+        the counts by state (``procs_total`` is counted every sample whatever ``top_n``).  ``collectors``: the classes
+        to run (default: ``selected()``, node_exporter's default set and the layout's own).
+        ``retry_seconds``: how often a collector unavailable at start is tried again;
+        ``rescan_seconds``: how often collectors list their devices again (``Context``)."""
         self.procfs = procfs
         self.filters = filters or Filters()
-        ctx = Context(procfs=procfs, sysfs=sysfs, filters=self.filters, top_n=top_n, rootfs=rootfs,
-                      udev_data=udev_data, options=options)
+        self._ctx = ctx = Context(procfs=procfs, sysfs=sysfs, filters=self.filters, top_n=top_n, rootfs=rootfs,
+                                  udev_data=udev_data, options=options, rescan_seconds=rescan_seconds)
         self.collectors: list[Collector] = []
         self.unavailable: dict[str, str] = {}  # node_exporter collector name -> why it is left out
-        classes = selected() if collectors is None else list(collectors)
-        ctx.enabled = frozenset(name for cls in classes for name in cls.reports)
-        for cls in classes:
-            try:
-                self.collectors.append(cls(ctx))
-            except (OSError, LookupError, ValueError) as exc:
-                # Not on this host (no PSI, no conntrack module...): no families, success 0.
-                if cls.reports:
-                    for name in cls.reports:
-                        self.unavailable.setdefault(name, str(exc))
-                    log.info("collector %s unavailable: %s", cls.name, exc)
+        self._classes = selected() if collectors is None else list(collectors)
+        ctx.enabled = frozenset(name for cls in self._classes for name in cls.reports)
+        self._retry: list[type[Collector]] = []  # classes whose constructor failed, tried again
+        for cls in self._classes:
+            collector = self._start(cls)
+            if collector is not None:
+                self.collectors.append(collector)
         for c in self.collectors:
             for name in c.reports:
                 self.unavailable.pop(name, None)
+        self.retry_seconds = retry_seconds
+        self._next_retry = time.monotonic() + retry_seconds
         self.catalog: tuple[FamilyInfo, ...] = (
             *(fam for c in self.collectors for fam in c.families), SCRAPE_SUCCESS, SCRAPE_DURATION)
         check_unique(self.catalog)
+        self.catalog_version = 0
+        self._declared = [c.families for c in self.collectors]  # what the catalog was built from
         self._failed: set[str] = set()
         self._pending: Sample | None = None
         # Collector -> its last run: (monotonic time, what it filled, success, seconds it took).
@@ -90,6 +104,67 @@ class Sampler:
         # Family name -> function filling a Sample (the benchmark times each entry separately).
         self.families = {c.name: c.collect for c in self.collectors}
 
+    def _start(self, cls: type[Collector], quiet: bool = False) -> Collector | None:
+        """The collector, or None when its constructor fails (its name then in ``unavailable``, its
+        class in the retry list, and whatever it had opened closed again: a retry every 30 s for
+        months must not leak a descriptor each time)."""
+        collector = cls.__new__(cls)
+        try:
+            collector.__init__(self._ctx)
+        except (OSError, LookupError, ValueError) as exc:
+            _close_partial(collector)
+            # Not on this host (no PSI, no conntrack module...): no families, success 0.
+            for name in cls.reports:
+                self.unavailable.setdefault(name, str(exc))
+            if cls not in self._retry:
+                self._retry.append(cls)
+            if cls.reports and not quiet:
+                log.info("collector %s unavailable: %s", cls.name, exc)
+            return None
+        return collector
+
+    def retry_unavailable(self) -> list[str]:
+        """Try the collectors unavailable so far again (``sample()`` does every ``retry_seconds``);
+        those that start now join in registry order.  Returns their names."""
+        started = []
+        for cls in list(self._retry):
+            self._retry.remove(cls)
+            collector = self._start(cls, quiet=True)
+            if collector is None:
+                continue
+            order = {c: i for i, c in enumerate(self._classes)}
+            at = sum(1 for c in self.collectors if order.get(type(c), -1) < order[cls])
+            self.collectors.insert(at, collector)
+            self._declared.insert(at, ())  # its families are new to the catalog
+            self.families[collector.name] = collector.collect
+            if collector.tier != CORE:
+                self.on_demand.update(fam.name for fam in collector.families)
+            for name in cls.reports:
+                self.unavailable.pop(name, None)
+            self._failed.discard(cls.name)
+            started.append(cls.name)
+            log.info("collector %s available now", cls.name)
+        self._update_catalog()
+        return started
+
+    def _update_catalog(self) -> None:
+        """A new, larger ``catalog`` when a collector declares families it did not (cheap when nothing
+        changed: one identity check per collector)."""
+        declared = self._declared
+        if all(c.families is d for c, d in zip(self.collectors, declared)) and len(declared) == len(self.collectors):
+            return
+        self._declared = [c.families for c in self.collectors]
+        known = {fam.name for fam in self.catalog}
+        new = []
+        for fam in (fam for c in self.collectors for fam in c.families):
+            if fam.name not in known:  # a second HELP for a known name: the first one stands
+                known.add(fam.name)
+                new.append(fam)
+        if new:
+            self.catalog = (*self.catalog, *new)
+            self.catalog_version += 1
+            log.info("catalog: %d new families (%s)", len(new), ", ".join(f.name for f in new[:5]))
+
     def sample(self, full: bool = True, scan: bool = True, wall_time: float | None = None) -> Sample:
         """One sample.  Every collector runs when ``full``; otherwise the CORE ones run and the others'
         last output is replayed (their families say so: ``Sample.full_time``), but the per-process scan
@@ -99,6 +174,9 @@ class Sampler:
             out, self._pending = self._pending, None
             out.full_time = self.last_full_time = time.time() if wall_time is None else wall_time
             return out
+        if self._retry and time.monotonic() >= self._next_retry:
+            self._next_retry = time.monotonic() + self.retry_seconds
+            self.retry_unavailable()
         out = Sample()
         if full:
             self.last_full_time = time.time() if wall_time is None else wall_time
@@ -121,6 +199,7 @@ class Sampler:
         for name, ok, duration in status:
             series.append((SCRAPE_SUCCESS, (name,), ok))
             series.append((SCRAPE_DURATION, (name,), duration))
+        self._update_catalog()
         return out
 
     def _run(self, c: Collector, out: Sample) -> int:
@@ -181,6 +260,17 @@ class Sampler:
     def close(self) -> None:
         for c in self.collectors:
             c.close()
+
+
+def _close_partial(collector: Collector) -> None:
+    """Close what a collector whose constructor failed had opened (its own close() may need attributes
+    the constructor never set: the base class's closes the files it opened through ``open``)."""
+    try:
+        collector.close()
+    except (AttributeError, OSError):
+        pass
+    if hasattr(collector, "_kept_open"):
+        Collector.close(collector)
 
 
 def time_families(sampler: Sampler, rounds: int) -> dict[str, float]:

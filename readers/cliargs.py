@@ -7,6 +7,7 @@ validates ``--name`` the same way.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from shm_metrics import shm_layout as L
@@ -98,3 +99,92 @@ def resolve_reader_options(parser: argparse.ArgumentParser, args: argparse.Names
             resolve_user(spec, source)
         except ValueError as exc:
             parser.error(str(exc))
+
+
+# ---------------------------------------------------------------- logging, as node_exporter logs
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
+_LEVEL_NUMBERS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """node_exporter's ``--log.level`` and ``--log.format`` (promlog's flags); ``--log-level`` stays an alias,
+    and ``warning`` is taken for ``warn``."""
+    parser.add_argument("--log.level", "--log-level", dest="log_level", default="info", metavar="LEVEL",
+                        choices=[*LOG_LEVELS, "warning"],
+                        help="only log messages with this severity or above: debug, info, warn, error "
+                             "(default: %(default)s)")
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=LOG_FORMATS,
+                        help="output format of log messages: logfmt or json, as node_exporter writes them "
+                             "(default: %(default)s)")
+
+
+def setup_logging(args: argparse.Namespace, stream: object = None) -> None:
+    """Log to stderr (or ``stream``) as ``args`` say: node_exporter's lines, e.g.
+    ``ts=2026-01-02T03:04:05.678Z caller=cli.py:140 level=info msg="listening on ..."``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LogfmtFormatter() if args.log_format == "logfmt" else JsonFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVEL_NUMBERS[args.log_level])
+
+
+def _log_fields(record: logging.LogRecord) -> list[tuple[str, str]]:
+    """go-kit's keys in promlog's order: ts (UTC, milliseconds), caller (file:line), level, msg; err when the
+    record carries an exception."""
+    import datetime
+    import os.path
+
+    ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+    level = "warn" if record.levelno == 30 else "debug" if record.levelno < 20 else (
+        "info" if record.levelno < 30 else "error")
+    fields = [("ts", ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"),
+              ("caller", f"{os.path.basename(record.pathname)}:{record.lineno}"), ("level", level),
+              ("msg", record.getMessage())]
+    if record.exc_info:
+        import traceback
+
+        fields.append(("err", "".join(traceback.format_exception(*record.exc_info)).rstrip()))
+    return fields
+
+
+def logfmt_value(value: str) -> str:
+    """A value as go-logfmt writes it: bare unless it holds a space, ``=``, ``"`` or a control character; in
+    quotes with Go's escapes (``\\"``, ``\\\\``, ``\\n``, ``\\u001b``) otherwise."""
+    if not any(c <= " " or c in '="' for c in value):
+        return value
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif c == "\t":
+            out.append("\\t")
+        elif c < " ":
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """node_exporter's default log lines (go-kit's logfmt)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={logfmt_value(value)}" for key, value in _log_fields(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """node_exporter's ``--log.format=json``: one object per line, keys sorted (Go's map encoding), no HTML
+    escaping (go-kit turns it off)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        text = json.dumps(dict(sorted(_log_fields(record))), ensure_ascii=False, separators=(",", ":"))
+        return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

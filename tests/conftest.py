@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -20,8 +21,12 @@ READER = [sys.executable, "-m", "shm_metrics.readers"]
 
 
 def shm_files(name: str) -> list[str]:
+    """What a publisher under ``name`` may create: the segment, its semaphore, its demand socket and (while it
+    grows) the next generation under a temporary name."""
     base = L.validate_name(name)[1:]
-    return [p for p in (f"/dev/shm/{base}", f"/dev/shm/sem.{base}.lock") if os.path.lexists(p)]
+    paths = (f"/dev/shm/{base}", f"/dev/shm/sem.{base}.lock", f"/dev/shm/{base}.want",
+             *glob.glob(f"/dev/shm/{glob.escape(base)}.gen-*"))
+    return [p for p in paths if os.path.lexists(p)]
 
 
 @pytest.fixture

@@ -141,7 +141,8 @@ _OWNERS = [
     (r"node_interrupts_", "interrupts"), (r"node_udp_queues", "udp_queues"), (r"node_tape_", "tapestats"),
     (r"node_dmi_", "dmi"), (r"node_os_", "os"), (r"node_uname_", "uname"), (r"node_time_", "time"),
     (r"node_(timex_|adjtimex_)", "timex"), (r"node_filesystem_", "filesystem"),
-    (r"node_(go|exporter|process|promhttp)_|^(go|process|promhttp)_", "exporter itself"),
+    (r"^(go_|node_exporter_build_info$)", "Go runtime"),
+    (r"^(process|promhttp)_", "exporter itself"),
 ]
 
 
@@ -227,13 +228,27 @@ def exposition_of(root: Path, collectors: list | None = None, name: str | None =
         segment.publish(sample, time.time(), time.monotonic(), time.monotonic() - start, 0)
         source = SegmentSource(name)
         _, exposition = build(source, process_metrics=False)
-        return filtered(exposition.render().decode())
+        return filtered(_segment_only(exposition.render().decode()))
     finally:
         if source is not None:
             source.close()
         if segment is not None:
             segment.close(unlink=True)
         sampler.close()
+
+def _segment_only(text: str) -> str:
+    """An exposition without what the exporter adds at scrape time to the segment's families: its textfile
+    collector (on without a directory: node_textfile_scrape_error 0, a textfile scrape row) and promhttp's
+    handler metrics (kept with --web.disable-exporter-metrics, as node_exporter keeps them)."""
+    keep, out = True, []
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            keep = not line.split()[2].startswith(("promhttp_", "node_textfile_"))
+        if keep and not line.startswith('node_scrape_collector_duration_seconds{collector="textfile"}') \
+                and not line.startswith('node_scrape_collector_success{collector="textfile"}'):
+            out.append(line + "\n")
+    return "".join(out)
+
 
 # (path of the table file, Markdown table) of the last run of our end-to-end test; tests/conftest.py prints it
 # at the end of the pytest session.

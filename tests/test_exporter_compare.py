@@ -26,13 +26,12 @@ MiB = 1 << 20
 # node_exporter's families that shm-exporter does not have, and why.
 NOT_OURS = {
     "node_exporter_build_info": "node_exporter's own build, not the host's",
-    "node_textfile_scrape_error": "the textfile collector reads operator-supplied .prom files; shm-metrics has no "
-                                  "textfile directory (an operator runs node_exporter's textfile collector or a "
-                                  "pushgateway for those)",
 }
+# Beyond node_*: the Go runtime's (a Python program has none).
+NOT_OURS_PREFIXES = ("go_",)
 # node_exporter collectors with no shm-metrics counterpart yet; their node_scrape_collector_* series are
 # node_exporter's only.  systemd is on by default in Debian's build only (node_exporter 1.5.0 and ours: off).
-NOT_YET = {"systemd", "textfile"}
+NOT_YET = {"systemd"}
 # Ours beyond node_exporter's defaults (its processes collector is off by default).
 OURS_ONLY = {"node_processes_pids", "node_processes_threads", "node_processes_state", "node_processes_threads_state"}
 
@@ -55,7 +54,9 @@ NO_VALUES = {"node_scrape_collector_duration_seconds"}
 def node_exporter():
     binary = need("prometheus-node-exporter", "prometheus-node-exporter")
     port = free_port()
-    proc = Process([binary, f"--web.listen-address=127.0.0.1:{port}"])  # its default collectors
+    # Its default collectors; no textfile directory, as upstream's default and ours (Debian's points at
+    # /var/lib/prometheus/node-exporter).
+    proc = Process([binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.textfile.directory="])
     try:
         proc.wait_for_line("Listening on")
         yield f"http://127.0.0.1:{port}/metrics"
@@ -101,6 +102,11 @@ def test_every_node_exporter_family_with_its_type_help_labels_and_values(name, s
     print(f"\nnode_exporter: {len(theirs_f)} node_* families; shm-exporter: {len(ours_f)}; "
           f"shared: {len(shared)}; not ours by design: {len(set(NOT_OURS) & set(theirs_f))}; missing: {missing}")
     assert not missing, f"node_exporter families shm-exporter lacks: {missing}"
+    # And beyond node_*: the exporter's own process_* and promhttp_* (issue 18), with node_exporter's TYPE and HELP.
+    theirs_all = {n for n in before.samples if not n.startswith(NOT_OURS_PREFIXES) and n not in NOT_OURS}
+    assert theirs_all <= set(ours.samples), sorted(theirs_all - set(ours.samples))
+    for n in theirs_all - set(theirs_f):
+        assert (ours.types[n], ours.help[n]) == (before.types[n], before.help[n]), n
     assert set(ours_f) - set(theirs_f) <= OURS_ONLY, sorted(set(ours_f) - set(theirs_f) - OURS_ONLY)
 
     problems = []

@@ -29,6 +29,7 @@ from exporter_util import EXPORTER, Exporter, Process, get, need
 
 from shm_metrics.readers.exporter import DEFAULT_MAX_CONNECTIONS
 from shm_metrics.readers.exporter.cli import build_parser, duration
+from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics
 from shm_metrics.readers.exporter.server import (
     FD_RESERVE,
     MAX_DISCARDED_BODY,
@@ -256,8 +257,9 @@ class BlockingExposition:
     def __init__(self) -> None:
         self.entered = threading.Semaphore(0)
         self.release = threading.Event()
+        self.handler = HandlerMetrics()
 
-    def render(self) -> bytes:
+    def render(self, collect: list[str] | None = None) -> bytes:
         self.entered.release()
         self.release.wait(30)
         return b"shm_metrics_up 1\n"
@@ -346,7 +348,7 @@ def test_accept_backs_off_on_emfile_instead_of_spinning(caplog):
     with running_server(BlockingExposition()) as server:
         caplog.set_level(logging.INFO, logger="shm-exporter")
         # Before any client connects, so the loop's next accept is the failing one (same descriptor).
-        listener = server.socket = FailingListener(server.socket, failures=6)
+        listener = server._listeners[0].sock = FailingListener(server.socket, failures=6)
         assert get(f"http://127.0.0.1:{server.port}/")[0] == 200  # served once accept works again
     failures = listener.calls[:7]
     gaps = [later - earlier for earlier, later in zip(failures, failures[1:])]
@@ -422,8 +424,9 @@ class BigExposition:
     """A large exposition (32 MiB): more than the socket buffers hold, so sending it waits for the reader."""
 
     body = b"".join(b"shm_metrics_test_%d %d\n" % (i, i) for i in range(1_500_000))
+    handler = HandlerMetrics()
 
-    def render(self) -> bytes:
+    def render(self, collect: list[str] | None = None) -> bytes:
         return self.body
 
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import READER, PtyProcess, run_reader, wait_for
+from conftest import READER, PtyProcess, run_reader, shm_files, wait_for
 
 from shm_metrics import shm_wake
 from shm_metrics.readers import Reader
@@ -24,7 +24,8 @@ def cpu_seconds_of(pid: int) -> float:
 
 
 def test_follow_yields_every_sample_in_order_and_sleeps_between_them(name, start_publisher):
-    pub = start_publisher(name, "--interval", "0.05")  # the default publisher, --top included
+    # --always-full: the publisher works as much as before sampling on demand, the yardstick of the CPU check
+    pub = start_publisher(name, "--interval", "0.05", "--always-full")
     samples = 60
     with Reader(name) as reader:
         assert reader.wake == "futex"
@@ -99,8 +100,8 @@ def test_a_follower_notices_a_publisher_stopping_and_a_killed_one(name, start_pu
         follower.wait(10)
         follower.stdout.close()
         follower.stderr.close()
-    os.unlink(f"/dev/shm/{name[1:]}")
-    os.unlink(f"/dev/shm/sem.{name[1:]}.lock")
+    for path in shm_files(name):  # what the SIGKILLed publisher left: segment, semaphore, demand socket
+        os.unlink(path)
 
 
 def test_the_poll_fallback_works_and_info_says_so(name, start_publisher):

@@ -173,8 +173,8 @@ def test_a_sigkilled_publisher_reads_as_dead(name, start_publisher, exporters):
             snap = reader.read(check_alive=True)
             assert snap.state == "dead" and not snap.is_fresh()
     finally:
-        for path in (L.segment_path(name), L.semaphore_path(name)):
-            if os.path.exists(path):
+        for path in (L.segment_path(name), L.semaphore_path(name), L.demand_path(name)):
+            if os.path.lexists(path):
                 os.unlink(path)
 
 

@@ -356,7 +356,7 @@ def test_takeover_after_sigkill(name, start_publisher):
     seg = L.segment_path(name)
     first.proc.kill()
     assert first.proc.wait(10) == -signal.SIGKILL
-    assert sorted(shm_files(name)) == sorted([seg, L.semaphore_path(name)])
+    assert sorted(shm_files(name)) == sorted([seg, L.semaphore_path(name), L.demand_path(name)])
     old_fd = os.open(seg, os.O_RDONLY)  # pins the old inode, like a reader that still maps it
     try:
         old = header_at(old_fd)
@@ -769,7 +769,7 @@ def test_liveness_lock_follows_the_process_not_the_header(name, start_publisher)
         assert first.proc.wait(10) == -signal.SIGKILL
         assert not L.publisher_alive(fd)
         assert header_at(fd)["state"] == L.STATE_RUNNING  # what the header alone would call alive
-        assert sorted(shm_files(name)) == sorted([seg, L.semaphore_path(name)])
+        assert sorted(shm_files(name)) == sorted([seg, L.semaphore_path(name), L.demand_path(name)])
 
         second = start_takeover(start_publisher, name, "--interval", "0.05")
         new_fd = os.open(seg, os.O_RDONLY)
@@ -904,8 +904,8 @@ def test_semaphore_kept_taken_is_replaced_and_publishing_goes_on(name, start_pub
     assert rc == 0, err
     warnings = [line for line in err.splitlines() if "stayed taken" in line]
     assert len(warnings) == 1, err
-    assert "WARNING" in warnings[0] and L.semaphore_name(name) in warnings[0] and "replaced" in warnings[0]
-    assert "Traceback" not in err and "ERROR" not in err
+    assert "level=warn" in warnings[0] and L.semaphore_name(name) in warnings[0] and "replaced" in warnings[0]
+    assert "Traceback" not in err and "level=error" not in err
     assert shm_files(name) == []  # the replacement is removed on exit like the original
 
 

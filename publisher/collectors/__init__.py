@@ -13,21 +13,36 @@ parsing in one file.
 ``REGISTRY`` lists the collector classes in sampling order.  A collector whose
 files do not exist on this host (no /proc/pressure, no conntrack module) is
 left out at start, and ``node_scrape_collector_success`` says 0 for it, as
-node_exporter does.  ``refresh_seconds`` > 0 marks what changes rarely
-(uname, os-release, disk and interface properties): the sampler re-runs such
-a collector only that often and re-publishes its last series in between.
+node_exporter does; the sampler tries it again every ``retry_seconds`` (a
+module loaded later).  Devices come and go while the publisher runs: a
+collector that lists a directory of devices (hwmon chips, thermal zones,
+nvme controllers...) keeps them in ``Devices``, which lists it again every
+``Context.rescan_seconds`` (not every sample: the listing costs more than
+the reads) and at once after a device's files failed to read.  A collector
+whose families depend on what it finds reassigns ``families`` to a new tuple
+when they grow; the sampler notices (by identity) and grows its catalog.
+
+``refresh_seconds`` > 0 marks what changes rarely (uname, os-release, disk
+and interface properties): the sampler re-runs such a collector only that
+often and re-publishes its last series in between.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
 from shm_metrics.publisher.filters import Filters
 
 _READ_SIZE = 1 << 16
+# How often a collector lists its devices' directory again (Context.rescan_seconds): a device that
+# appears is published within this much time; one that goes away at once when its files fail to read,
+# else within this much time too.
+RESCAN_SECONDS = 10.0
 
 
 def gauge(name: str, help_: str, *labels: str) -> FamilyInfo:
@@ -73,7 +88,11 @@ class ProcFile:
         return self.read()
 
     def close(self) -> None:
-        os.close(self.fd)
+        # Idempotent: closing twice would close whatever file reused the descriptor (a collector
+        # whose constructor failed is closed by the sampler and by itself).
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 def read_once(path: str) -> str | None:
@@ -90,8 +109,9 @@ class Context:
 
     def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", filters: Filters | None = None,
                  top_n: int = 0, rootfs: str = "/", udev_data: str = "/run/udev/data",
-                 options: dict[str, object] | None = None):
+                 options: dict[str, object] | None = None, rescan_seconds: float = RESCAN_SECONDS):
         self.procfs, self.sysfs, self.rootfs, self.udev_data = procfs, sysfs, rootfs, udev_data
+        self.rescan_seconds = rescan_seconds
         self.filters = filters or Filters()
         self.top_n = top_n
         # Per-collector options by node_exporter's flag name without "--collector.", e.g.
@@ -166,12 +186,20 @@ class Collector:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self._kept_open: list[ProcFile] = []
+        self._device_sets: list[Devices] = []
 
     def open(self, path: str) -> ProcFile:
         """Open a kept-open file; OSError here means the collector is unavailable on this host."""
         pf = ProcFile(path)
         self._kept_open.append(pf)
         return pf
+
+    def devices(self, root: str, build: Callable[[str, str, Opener], object | None], pattern: str = "",
+                missing_ok: bool = False) -> Devices:
+        """The devices under ``root`` (see ``Devices``), closed with the collector."""
+        found = Devices(self.ctx, root, build, pattern, missing_ok)
+        self._device_sets.append(found)
+        return found
 
     def collect(self, out: Sample) -> None:
         raise NotImplementedError
@@ -180,6 +208,137 @@ class Collector:
         for pf in self._kept_open:
             pf.close()
         self._kept_open.clear()
+        for found in self._device_sets:
+            found.close()
+
+
+Opener = Callable[[str], ProcFile]
+
+
+def _same_file(pf: ProcFile) -> bool:
+    """Whether ``pf``'s path still names the file it has open (sysfs gives a new node a new inode)."""
+    try:
+        held, now = os.fstat(pf.fd), os.stat(pf.path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+class Devices:
+    """The devices of one directory (``root``'s entries matching ``pattern``), each opened once by
+    ``build(name, path, open)`` and its files (opened through ``open``) kept until it goes away.
+
+    The directory is listed again every ``ctx.rescan_seconds``: new entries are built, vanished ones
+    closed and dropped.  At start an error propagates (the collector is unavailable, as in
+    node_exporter); later a device whose directory vanished while it was being built is skipped,
+    any other error propagates from ``current()`` (the sample fails, as node_exporter's scrape
+    does) and the next sample lists again.  ``build`` returns None for an entry that is no device
+    (no ``type`` file...).  ``missing_ok``: a missing ``root`` means no devices, not an error.
+    """
+
+    def __init__(self, ctx: Context, root: str, build: Callable[[str, str, Opener], object | None],
+                 pattern: str = "", missing_ok: bool = False):
+        self.root = root
+        self._build = build
+        self._pattern = re.compile(pattern) if pattern else None
+        self._missing_ok = missing_ok
+        self._every = ctx.rescan_seconds
+        self._open: dict[str, tuple[object, list[ProcFile]]] = {}
+        self._rows: list[tuple[str, object]] = []
+        self._listed = -math.inf
+        try:
+            self._scan(strict=True)
+        except BaseException:
+            self.close()
+            raise
+        self._listed = time.monotonic()
+
+    def current(self) -> list[tuple[str, object]]:
+        """(name, device) in name order, listed again when due."""
+        now = time.monotonic()
+        if now - self._listed >= self._every:
+            self._listed = now
+            try:
+                self._scan(strict=False)
+            except BaseException:
+                self._listed = -math.inf  # list again at the next sample
+                raise
+        return self._rows
+
+    def gone(self, name: str) -> bool:
+        """After a read error: whether the device went away or was replaced (its directory gone, or a
+        new device under its name: a driver reloaded, a chip plugged back as the same hwmonN, told by
+        the inode of its first kept file).  Then it is dropped, and the directory listed again (the
+        device built anew if it is there) at the next sample."""
+        held = self._open.get(name)
+        if held is None:
+            return True  # dropped already in this sample
+        files = held[1]
+        if _same_file(files[0]) if files else os.path.lexists(os.path.join(self.root, name)):
+            return False
+        self._drop(name)
+        self._listed = -math.inf
+        return True
+
+    def _names(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            if not self._missing_ok:
+                raise
+            names = []
+        if self._pattern is not None:
+            names = [n for n in names if self._pattern.fullmatch(n)]
+        return sorted(names)
+
+    def _scan(self, strict: bool) -> None:
+        try:
+            names = self._names()
+        except OSError:
+            self.close()  # the class directory went away (module unloaded): no stale devices
+            raise
+        for gone in self._open.keys() - set(names):
+            self._drop(gone)
+        for name in names:
+            if name not in self._open:
+                self._add(name, strict)
+        rows = [(name, self._open[name][0]) for name in names if name in self._open]
+        if rows != self._rows:  # a new list only on change: a collector may cache what it derives from it
+            self._rows = rows
+
+    def _add(self, name: str, strict: bool) -> None:
+        path = os.path.join(self.root, name)
+        files: list[ProcFile] = []
+
+        def opener(file: str) -> ProcFile:
+            pf = ProcFile(file)
+            files.append(pf)
+            return pf
+
+        try:
+            device = self._build(name, path, opener)
+        except (OSError, ValueError, LookupError):
+            for pf in files:
+                pf.close()
+            if strict or os.path.lexists(path):
+                raise
+            return  # removed while it was being read: as if listed a moment later
+        if device is None:
+            for pf in files:
+                pf.close()
+            return
+        self._open[name] = (device, files)
+
+    def _drop(self, name: str) -> None:
+        _, files = self._open.pop(name)
+        for pf in files:
+            pf.close()
+        self._rows = [row for row in self._rows if row[0] != name]
+
+    def close(self) -> None:
+        for name in list(self._open):
+            self._drop(name)
+        self._rows = []
 
 
 class Sample:

@@ -76,7 +76,12 @@ class Btrfs(Collector):
     def collect(self, out: Sample) -> None:
         series = []
         for path in glob.glob(f"{self._root}/*-*"):
-            devices = sorted(os.listdir(f"{path}/devices"))
+            try:
+                devices = sorted(os.listdir(f"{path}/devices"))
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    continue  # unmounted between the listing and the reads
+                raise
             uuid = _text(f"{path}/metadata_uuid") or os.path.basename(path)
             series.append((INFO, (uuid, _text(f"{path}/label")), 1))
             series.append((GLOBAL_RSV_SIZE, (uuid,), _number(f"{path}/allocation/global_rsv_size")))

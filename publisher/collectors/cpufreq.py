@@ -1,7 +1,8 @@
 """/sys/devices/system/cpu/cpu*/cpufreq: node_exporter's ``cpufreq`` collector (current, min and max frequency).
 
-Each CPU's frequency attributes are opened when the collector starts and
-re-read every sample (kHz in the files, Hz in the families).  An attribute
+Each CPU's frequency attributes are opened when the collector starts (and
+when the CPUs are listed again, every ``rescan_seconds``: one brought online)
+and re-read every sample (kHz in the files, Hz in the families).  An attribute
 that does not exist or that this user may not read (``cpuinfo_cur_freq`` is
 root-only) is left out, as there; a host without cpufreq gives no series
 and the collector still succeeds, as node_exporter's does.
@@ -9,7 +10,7 @@ and the collector still succeeds, as node_exporter's does.
 
 from __future__ import annotations
 
-import glob
+import errno
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
@@ -37,20 +38,33 @@ class Cpufreq(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._files: list[tuple[object, tuple[str], ProcFile]] = []
-        pattern = os.path.join(glob.escape(os.path.join(ctx.sysfs, "devices", "system", "cpu")), "cpu[0-9]*")
-        for path in sorted(glob.glob(pattern)):
-            labels = (os.path.basename(path).removeprefix("cpu"),)
-            for family, attribute in FREQUENCIES:
-                try:
-                    self._files.append((family, labels, self.open(os.path.join(path, "cpufreq", attribute))))
-                except OSError:  # no cpufreq, no such attribute, or root-only
-                    continue
+        self._cpus = self.devices(os.path.join(ctx.sysfs, "devices", "system", "cpu"), self._cpu, r"cpu[0-9]+",
+                                  missing_ok=True)
+
+    @staticmethod
+    def _cpu(entry: str, path: str, opener) -> list[tuple[object, tuple[str], ProcFile]]:
+        labels = (entry.removeprefix("cpu"),)
+        files = []
+        for family, attribute in FREQUENCIES:
+            try:
+                files.append((family, labels, opener(os.path.join(path, "cpufreq", attribute))))
+            except OSError:  # no cpufreq, no such attribute, or root-only
+                continue
+        return files
 
     def collect(self, out: Sample) -> None:
         add = out.add
-        for family, labels, pf in self._files:
-            khz = go_int(os.pread(pf.fd, SYSFS_READ_SIZE, 0).decode("ascii", "replace").strip())
-            if khz is None:
-                raise ValueError(f"{pf.path}: not an integer")
-            add(family, labels, khz * 1000.0)
+        for entry, files in self._cpus.current():
+            for family, labels, pf in files:
+                try:
+                    raw = os.pread(pf.fd, SYSFS_READ_SIZE, 0)
+                except OSError as exc:
+                    # Offline: its cpufreq directory went away, or its policy is inactive (EBUSY) until
+                    # the CPU comes back; either way no frequency now, and no failed sample.
+                    if exc.errno == errno.EBUSY or self._cpus.gone(entry):
+                        break
+                    raise
+                khz = go_int(raw.decode("ascii", "replace").strip())
+                if khz is None:
+                    raise ValueError(f"{pf.path}: not an integer")
+                add(family, labels, khz * 1000.0)

@@ -115,6 +115,7 @@ class Diskstats(Collector):
         add = out.add
         excluded = self.ctx.filters.disk_excluded
         udev_series = []
+        keys = []
         now = time.monotonic()
         for line in self._file.read().splitlines():
             v = line.split()
@@ -124,6 +125,7 @@ class Diskstats(Collector):
             rows.append({"device": device, "reads": int(v[3]), "writes": int(v[7]),
                          "read_bytes": int(v[5]) * _SECTOR, "written_bytes": int(v[9]) * _SECTOR,
                          "io_time_seconds": int(v[12]) / 1000.0})
+            keys.append((device, v[0], v[1]))
             info = self._info_series(device, v[0], v[1], now)
             add(*info[0])
             udev_series += info[1:]
@@ -131,6 +133,8 @@ class Diskstats(Collector):
             for (family, factor), raw in zip(_FIELDS, v[3:]):
                 add(family, labels, int(raw) * factor)
         out.series += udev_series
+        if len(self._info) > len(keys):  # disks gone (loop devices, pods' volumes): forget their udev data
+            self._info = {key: self._info[key] for key in keys if key in self._info}
         out.disks = rows
         out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
         out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)

@@ -1,11 +1,12 @@
 """/sys/devices/system/edac/mc: node_exporter's ``edac`` collector (memory controllers' ECC error counters).
 
 The controllers and their chip-select rows are found when the collector
-starts; their counter files stay open and are re-read every sample.  The
-errors a controller could not attribute to a row (``*_noinfo_count``) are
-the row "unknown".  A host without EDAC gives no series and the collector
-still succeeds, as node_exporter's does; a counter that cannot be read
-fails the sample, as there.
+starts and again every ``rescan_seconds`` (an EDAC driver loaded later);
+their counter files stay open and are re-read every sample.  The errors a
+controller could not attribute to a row (``*_noinfo_count``) are the row
+"unknown".  A host without EDAC gives no series and the collector still
+succeeds, as node_exporter's does; a counter that cannot be read fails the
+sample, as there, unless its controller went away (it is dropped).
 """
 
 from __future__ import annotations
@@ -32,24 +33,38 @@ class Edac(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._counters: list[tuple[object, tuple[str, ...], ProcFile]] = []
-        base = glob.escape(os.path.join(ctx.sysfs, "devices", "system", "edac", "mc"))
-        for controller in sorted(glob.glob(os.path.join(base, "mc[0-9]*"))):
-            number = os.path.basename(controller)[2:]
-            for family, labels, file in ((CORRECTABLE, (number,), "ce_count"),
-                                         (CSROW_CORRECTABLE, (number, "unknown"), "ce_noinfo_count"),
-                                         (UNCORRECTABLE, (number,), "ue_count"),
-                                         (CSROW_UNCORRECTABLE, (number, "unknown"), "ue_noinfo_count")):
-                self._counters.append((family, labels, self.open(os.path.join(controller, file))))
-            for row in sorted(glob.glob(os.path.join(glob.escape(controller), "csrow[0-9]*"))):
-                labels = (number, os.path.basename(row)[5:])
-                self._counters.append((CSROW_CORRECTABLE, labels, self.open(os.path.join(row, "ce_count"))))
-                self._counters.append((CSROW_UNCORRECTABLE, labels, self.open(os.path.join(row, "ue_count"))))
+        self._controllers = self.devices(os.path.join(ctx.sysfs, "devices", "system", "edac", "mc"),
+                                         self._controller, r"mc[0-9]+", missing_ok=True)
+
+    @staticmethod
+    def _controller(entry: str, path: str, opener) -> list[tuple[object, tuple[str, ...], ProcFile]]:
+        number = entry[2:]
+        counters = []
+        for family, labels, file in ((CORRECTABLE, (number,), "ce_count"),
+                                     (CSROW_CORRECTABLE, (number, "unknown"), "ce_noinfo_count"),
+                                     (UNCORRECTABLE, (number,), "ue_count"),
+                                     (CSROW_UNCORRECTABLE, (number, "unknown"), "ue_noinfo_count")):
+            counters.append((family, labels, opener(os.path.join(path, file))))
+        for row in sorted(glob.glob(os.path.join(glob.escape(path), "csrow[0-9]*"))):
+            labels = (number, os.path.basename(row)[5:])
+            counters.append((CSROW_CORRECTABLE, labels, opener(os.path.join(row, "ce_count"))))
+            counters.append((CSROW_UNCORRECTABLE, labels, opener(os.path.join(row, "ue_count"))))
+        return counters
 
     def collect(self, out: Sample) -> None:
         add = out.add
-        for family, labels, pf in self._counters:
-            value = go_int(pf.read().strip())
-            if value is None or value < 0:
-                raise ValueError(f"{pf.path}: not a count")
-            add(family, labels, value)
+        for entry, counters in self._controllers.current():
+            rows = []
+            for family, labels, pf in counters:
+                try:
+                    value = go_int(pf.read().strip())
+                except OSError:
+                    if self._controllers.gone(entry):
+                        break
+                    raise
+                if value is None or value < 0:
+                    raise ValueError(f"{pf.path}: not a count")
+                rows.append((family, labels, value))
+            else:
+                for row in rows:
+                    add(*row)

@@ -1,6 +1,7 @@
 """/sys/class/fc_host: node_exporter's ``fibrechannel`` collector (HBAs' identity and state, frame and error counters).
 
-The hosts and their files are found when the collector starts; the
+The hosts and their files are found when the collector starts and again
+every ``rescan_seconds``; the
 attributes that label node_fibrechannel_info (speed, port state...) and the
 ``statistics`` counters stay open and are re-read every sample (a port goes
 from Online to Linkdown).  A counter file the driver lacks counts 0 and a
@@ -72,39 +73,52 @@ class Fibrechannel(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        root = os.path.join(ctx.sysfs, "class", "fc_host")
-        self._hosts: list[_Host] = []
-        for host in sorted(os.listdir(root)):  # no fc_host class: unavailable, as there
-            path = os.path.join(root, host)
-            # node_name is read (a missing one fails, as there) though no label shows it.
-            identity = [(attr, self.open(os.path.join(path, attr))) for attr in ("node_name", *INFO_ATTRIBUTES)]
-            counters = {}
-            for entry in os.scandir(os.path.join(path, "statistics")):
+        # No fc_host class: unavailable, as there.
+        self._hosts = self.devices(os.path.join(ctx.sysfs, "class", "fc_host"), self._host)
+
+    @staticmethod
+    def _host(host: str, path: str, opener) -> _Host:
+        # node_name is read (a missing one fails, as there) though no label shows it.
+        identity = [(attr, opener(os.path.join(path, attr))) for attr in ("node_name", *INFO_ATTRIBUTES)]
+        counters = {}
+        with os.scandir(os.path.join(path, "statistics")) as entries:
+            for entry in entries:
                 if entry.name in COUNTERS and entry.is_file(follow_symlinks=False):
-                    counters[entry.name] = self.open(entry.path)
-            self._hosts.append(_Host(host, identity, counters))
+                    counters[entry.name] = opener(entry.path)
+        return _Host(host, identity, counters)
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for host in self._hosts:
-            values = {}
-            for attr, pf in host.identity:
-                text = _read(pf)
-                values[attr] = text[2:] if attr in _HEX_IDENTITIES and len(text) > 2 else text
-            add(INFO, (host.name, *(values[attr] for attr in INFO_ATTRIBUTES)), 1)
-            labels = (host.name,)
-            for attr, family in COUNTERS.items():
-                pf = host.counters.get(attr)
-                value = 0
-                if pf is not None:
-                    try:
-                        text = _read(pf)
-                    except OSError as exc:
-                        if exc.errno not in _SKIPPED_ERRORS:
-                            raise
-                        text = "0"
-                    value = go_uint0(text)
-                    if value is None:
-                        raise ValueError(f"{pf.path}: not a count: {text!r}")
-                if value != _NOT_SUPPORTED:
-                    add(family, labels, value)
+        for name, host in self._hosts.current():
+            try:
+                rows = self._read(host)
+            except OSError:
+                if self._hosts.gone(name):
+                    continue
+                raise
+            for row in rows:
+                out.add(*row)
+
+    @staticmethod
+    def _read(host: _Host) -> list[tuple]:
+        values = {}
+        for attr, pf in host.identity:
+            text = _read(pf)
+            values[attr] = text[2:] if attr in _HEX_IDENTITIES and len(text) > 2 else text
+        rows: list[tuple] = [(INFO, (host.name, *(values[attr] for attr in INFO_ATTRIBUTES)), 1)]
+        labels = (host.name,)
+        for attr, family in COUNTERS.items():
+            pf = host.counters.get(attr)
+            value = 0
+            if pf is not None:
+                try:
+                    text = _read(pf)
+                except OSError as exc:
+                    if exc.errno not in _SKIPPED_ERRORS:
+                        raise
+                    text = "0"
+                value = go_uint0(text)
+                if value is None:
+                    raise ValueError(f"{pf.path}: not a count: {text!r}")
+            if value != _NOT_SUPPORTED:
+                rows.append((family, labels, value))
+        return rows

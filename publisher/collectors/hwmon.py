@@ -5,11 +5,12 @@ chip's directory and in its ``device`` directory, becomes one series of a
 family named from the type and the property (``temp1_input`` ->
 node_hwmon_temp_celsius, ``fan2_min`` -> node_hwmon_fan_min_rpm, a property
 without a unit of its own -> node_hwmon_<type>_<property>).  The chips and
-their attribute files are found when the collector starts (the families are
-declared from them) and the files stay open: a sample is one pread per
+their attribute files are found when the collector starts and again every
+``rescan_seconds`` (a chip that appears declares the families no chip had:
+the catalog grows) and the files stay open: a sample is one pread per
 attribute.  The chip label is the stable name node_exporter derives (bus and
 device of the ``device`` link, else the ``name`` file, else ``hwmonN``);
-sensor labels (``*_label``) are read once, at start.
+sensor labels (``*_label``) are read once, when the chip is found.
 """
 
 from __future__ import annotations
@@ -138,6 +139,17 @@ def _sensor_files(path: str) -> dict[str, dict[str, str]]:
     return found
 
 
+class _Chip:
+    """One chip: its constant series (names, sensor labels) and its kept-open attribute files."""
+
+    __slots__ = ("constant", "readings")
+
+    def __init__(self) -> None:
+        self.constant: list[tuple[FamilyInfo, tuple[str, ...]]] = []
+        # (family, labels, file, factor, beep_enable?)
+        self.readings: list[tuple[FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
+
+
 @register
 class Hwmon(Collector):
     name = "hwmon"
@@ -149,71 +161,88 @@ class Hwmon(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        root = os.path.join(ctx.sysfs, "class", "hwmon")
-        entries = sorted(os.listdir(root))  # no hwmon class: not available, as there
-        # (family, labels, file, factor, beep_enable?) read every sample; constant series once.
-        self._readings: list[tuple[FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
+        # One HELP per name, the first sensor's (the Go client would refuse a second one); kept across
+        # rescans, so a chip plugged in later declares only the families no chip had.
+        self._by_name: dict[str, FamilyInfo] = {}
+        self._rows: list | None = None  # the chips the flattened lists below were built from
         self._constant: list[tuple[FamilyInfo, tuple[str, ...], float]] = []
-        by_name: dict[str, FamilyInfo] = {}
-        self._seen: set[tuple[str, tuple[str, ...]]] = set()  # two chips with one label: the first one's series
+        self._readings: list[tuple[str, FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
+        # No hwmon class: not available, as there.
+        self._chips = self.devices(os.path.join(ctx.sysfs, "class", "hwmon"), self._chip)
 
-        def declare(family: FamilyInfo) -> FamilyInfo:
-            # One HELP per name: the first sensor's (the Go client would refuse a second one).
-            return by_name.setdefault(family.name, family)
+    def _declare(self, family: FamilyInfo) -> FamilyInfo:
+        known = self._by_name.get(family.name)
+        if known is None:
+            known = self._by_name[family.name] = family
+            self.families = (*self.families, family)
+        return known
 
-        for entry in entries:
-            path = os.path.join(root, entry)
-            if not os.path.isdir(path):
-                continue
-            chip = chip_label(path)
-            if chip is None:
-                continue
-            human = read_once(os.path.join(path, "name"))
-            if human and clean_name(human):
-                self._constant_once(declare(CHIP_NAMES), (chip, clean_name(human)))
-            for sensor, props in _sensor_files(path).items():
-                sensor_type = split_filename(sensor)[0]
-                labels = (chip, sensor)
-                if "label" in props:
-                    raw = sys_read_raw(props["label"])
-                    if raw is not None:
-                        self._constant_once(declare(SENSOR_LABEL), (chip, sensor, go_text(raw).strip("\n")))
-                for element, file in sorted(props.items()):
-                    if element == "label":
-                        continue
-                    if sensor_type == "beep_enable":
-                        if element == "":
-                            self._keep(declare(BEEP_ENABLED), labels, file, 1.0, True)
-                        continue
-                    spec = sensor_family(sensor_type, element, "" in props)
-                    if spec is not None:
-                        self._keep(declare(spec[0]), labels, file, spec[1], False)
-        self.families = (*by_name.values(),)
+    def _chip(self, entry: str, path: str, opener) -> _Chip | None:
+        if not os.path.isdir(path):
+            return None
+        chip = chip_label(path)
+        if chip is None:
+            return None
+        found = _Chip()
+        human = read_once(os.path.join(path, "name"))
+        if human and clean_name(human):
+            found.constant.append((self._declare(CHIP_NAMES), (chip, clean_name(human))))
+        for sensor, props in _sensor_files(path).items():
+            sensor_type = split_filename(sensor)[0]
+            labels = (chip, sensor)
+            if "label" in props:
+                raw = sys_read_raw(props["label"])
+                if raw is not None:
+                    found.constant.append((self._declare(SENSOR_LABEL), (chip, sensor, go_text(raw).strip("\n"))))
+            for element, file in sorted(props.items()):
+                if element == "label":
+                    continue
+                if sensor_type == "beep_enable":
+                    if element == "":
+                        self._keep(found, opener, self._declare(BEEP_ENABLED), labels, file, 1.0, True)
+                    continue
+                spec = sensor_family(sensor_type, element, "" in props)
+                if spec is not None:
+                    self._keep(found, opener, self._declare(spec[0]), labels, file, spec[1], False)
+        return found
 
-    def _constant_once(self, family: FamilyInfo, labels: tuple[str, ...]) -> None:
-        if (family.name, labels) not in self._seen:
-            self._seen.add((family.name, labels))
-            self._constant.append((family, labels, 1))
-
-    def _keep(self, family: FamilyInfo, labels: tuple[str, str], path: str, factor: float, is_beep: bool) -> None:
-        if (family.name, labels) in self._seen:
-            return
-        self._seen.add((family.name, labels))
+    @staticmethod
+    def _keep(chip: _Chip, opener, family: FamilyInfo, labels: tuple[str, str], path: str, factor: float,
+              is_beep: bool) -> None:
         try:
-            pf = self.open(path)
+            pf = opener(path)
         except OSError:  # not readable (write-only attributes): never exported
             return
-        self._readings.append((family, labels, pf, factor, is_beep))
+        chip.readings.append((family, labels, pf, factor, is_beep))
+
+    def _flatten(self, rows: list[tuple[str, _Chip]]) -> None:
+        """The series of every chip in one list; two chips with one label: the first one's series."""
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        self._constant, self._readings = [], []
+        for entry, chip in rows:
+            for family, labels in chip.constant:
+                if (family.name, labels) not in seen:
+                    seen.add((family.name, labels))
+                    self._constant.append((family, labels, 1))
+            for family, labels, pf, factor, is_beep in chip.readings:
+                if (family.name, labels) not in seen:
+                    seen.add((family.name, labels))
+                    self._readings.append((entry, family, labels, pf, factor, is_beep))
+        self._rows = rows
 
     def collect(self, out: Sample) -> None:
+        rows = self._chips.current()
+        if rows is not self._rows:
+            self._flatten(rows)
         add = out.add
         for row in self._constant:
             add(*row)
-        for family, labels, pf, factor, is_beep in self._readings:
+        for entry, family, labels, pf, factor, is_beep in self._readings:
             try:
                 # One read of at most 128 bytes: broken drivers return EAGAIN rather than block.
                 text = os.pread(pf.fd, SYSFS_READ_SIZE, 0).decode("utf-8", "replace").strip("\n")
             except OSError:
+                self._chips.gone(entry)  # unplugged or reloaded: dropped, built again if it is there
                 continue
             if is_beep:
                 add(family, labels, 1 if text == "1" else 0)

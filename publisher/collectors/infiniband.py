@@ -1,7 +1,7 @@
 """/sys/class/infiniband: node_exporter's ``infiniband`` collector (HCAs' ports: state, rate, traffic and errors).
 
 The devices, their ports and counter files are found when the collector
-starts; a device's identity (board id, firmware, HCA type) is read then, the
+starts and again every ``rescan_seconds``; a device's identity (board id, firmware, HCA type) is read then, the
 port state, rate and every counter file stay open and are re-read every
 sample.  Data counters count 4-byte words: they are multiplied by 4 to bytes,
 as there.  A counter the HCA cannot report (``N/A (no PMA)``) is left out.
@@ -147,21 +147,23 @@ class Infiniband(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        root = os.path.join(ctx.sysfs, "class", "infiniband")
-        self._info: list[tuple[str, str, str, str]] = []
-        self._ports: list[_Port] = []
-        for device in sorted(os.listdir(root)):  # no infiniband class: unavailable, as there
-            path = os.path.join(root, device)
-            board, firmware = sys_read(os.path.join(path, "board_id")), sys_read(os.path.join(path, "fw_ver"))
-            if board is None or firmware is None:
-                raise OSError(f"{path}: no board_id or fw_ver")
-            self._info.append((device, board, firmware, sys_read(os.path.join(path, "hca_type")) or ""))
-            for port in sorted(os.listdir(os.path.join(path, "ports"))):
-                if go_int(port) is None:
-                    raise ValueError(f"{path}/ports/{port}: not a port number")
-                self._ports.append(self._open_port(device, port, os.path.join(path, "ports", port)))
+        # No infiniband class: unavailable, as there.
+        self._devices = self.devices(os.path.join(ctx.sysfs, "class", "infiniband"), self._device)
 
-    def _open_port(self, device: str, port: str, path: str) -> _Port:
+    def _device(self, device: str, path: str, opener) -> tuple[tuple[str, str, str, str], list[_Port]]:
+        board, firmware = sys_read(os.path.join(path, "board_id")), sys_read(os.path.join(path, "fw_ver"))
+        if board is None or firmware is None:
+            raise OSError(f"{path}: no board_id or fw_ver")
+        info = (device, board, firmware, sys_read(os.path.join(path, "hca_type")) or "")
+        ports = []
+        for port in sorted(os.listdir(os.path.join(path, "ports"))):
+            if go_int(port) is None:
+                raise ValueError(f"{path}/ports/{port}: not a port number")
+            ports.append(self._open_port(device, port, os.path.join(path, "ports", port), opener))
+        return info, ports
+
+    @staticmethod
+    def _open_port(device: str, port: str, path: str, opener) -> _Port:
         counters = []
         for directory in ("counters", "counters_ext"):
             try:
@@ -173,32 +175,42 @@ class Infiniband(Collector):
                 if spec is None or not entry.is_file(follow_symlinks=False):
                     continue
                 try:
-                    counters.append((spec[0], spec[1], self.open(entry.path)))
+                    counters.append((spec[0], spec[1], opener(entry.path)))
                 except OSError as exc:
                     if exc.errno not in _SKIPPED_ERRORS:
                         raise
-        return _Port((device, str(int(port))), self.open(os.path.join(path, "state")),
-                     self.open(os.path.join(path, "phys_state")), self.open(os.path.join(path, "rate")), counters)
+        return _Port((device, str(int(port))), opener(os.path.join(path, "state")),
+                     opener(os.path.join(path, "phys_state")), opener(os.path.join(path, "rate")), counters)
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for info in self._info:
-            add(INFO, info, 1)
-        for port in self._ports:
-            labels = port.labels
-            add(STATE, labels, parse_state(port.state.read()))
-            add(PHYSICAL_STATE, labels, parse_state(port.physical_state.read()))
-            add(RATE, labels, parse_rate(port.rate.read()))
-            for family, factor, pf in port.counters:
-                try:
-                    text = pf.read().strip()
-                except OSError as exc:
-                    if exc.errno in _SKIPPED_ERRORS:
-                        continue
-                    raise
-                value = go_int(text) if not text.startswith(("0x", "0X")) else int(text, 16)
-                if value is None or value < 0:
-                    if "N/A (no PMA)" in text:
-                        continue
-                    raise ValueError(f"{pf.path}: not a count: {text!r}")
-                add(family, labels, value * factor)
+        for device, (info, ports) in self._devices.current():
+            try:
+                rows = [(INFO, info, 1)]
+                for port in ports:
+                    self._read_port(port, rows)
+            except OSError:
+                if self._devices.gone(device):  # unplugged (SR-IOV functions come and go)
+                    continue
+                raise
+            for row in rows:
+                out.add(*row)
+
+    @staticmethod
+    def _read_port(port: _Port, rows: list[tuple]) -> None:
+        labels = port.labels
+        rows.append((STATE, labels, parse_state(port.state.read())))
+        rows.append((PHYSICAL_STATE, labels, parse_state(port.physical_state.read())))
+        rows.append((RATE, labels, parse_rate(port.rate.read())))
+        for family, factor, pf in port.counters:
+            try:
+                text = pf.read().strip()
+            except OSError as exc:
+                if exc.errno in _SKIPPED_ERRORS:
+                    continue
+                raise
+            value = go_int(text) if not text.startswith(("0x", "0X")) else int(text, 16)
+            if value is None or value < 0:
+                if "N/A (no PMA)" in text:
+                    continue
+                raise ValueError(f"{pf.path}: not a count: {text!r}")
+            rows.append((family, labels, value * factor))

@@ -3,16 +3,15 @@
 Each file (arp_cache, ndisc_cache, nf_conntrack, rt_cache...) has a header
 of counter names and one line of hexadecimal values per CPU:
 node_lnstat_<name>_total{subsystem=<file>, cpu=<line>}.  The names come
-from the headers, so the families are declared when the collector starts.
+from the headers, so the families are declared when a file is first read
+(at start, or when it appears: the directory is listed again every
+``rescan_seconds``).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 
 
 def parse_stat_file(text: str) -> dict[str, list[int]]:
@@ -36,21 +35,32 @@ class Lnstat(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._files: list[tuple[str, ProcFile]] = [
-            (os.path.basename(path), self.open(path)) for path in sorted(glob.glob(f"{ctx.procfs}/net/stat/*"))]
         self._families: dict[str, FamilyInfo] = {}
-        for _, pf in self._files:
-            for name in parse_stat_file(pf.read_to_end()):
-                if name not in self._families:
-                    self._families[name] = counter(f"node_lnstat_{name}_total", "linux network cache stats",
-                                                   "subsystem", "cpu")
-        self.families = tuple(self._families.values())
+        # Files appear with their module (nf_conntrack when conntrack is loaded): listed again every
+        # rescan_seconds, their counters declared when first seen.
+        self._files = self.devices(f"{ctx.procfs}/net/stat", lambda _, path, opener: opener(path), missing_ok=True)
+        for _, pf in self._files.current():
+            self._declare(parse_stat_file(pf.read_to_end()))
+
+    def _declare(self, stats: dict[str, list[int]]) -> None:
+        new = [name for name in stats if name not in self._families]
+        for name in new:
+            self._families[name] = counter(f"node_lnstat_{name}_total", "linux network cache stats",
+                                           "subsystem", "cpu")
+        if new:
+            self.families = tuple(self._families.values())
 
     def collect(self, out: Sample) -> None:
-        for subsystem, pf in self._files:
-            for name, values in parse_stat_file(pf.read_to_end()).items():
-                family = self._families.get(name)
-                if family is None:  # a counter the kernel did not have at start is not in the catalog
+        for subsystem, pf in self._files.current():
+            try:
+                stats = parse_stat_file(pf.read_to_end())
+            except OSError:
+                if self._files.gone(subsystem):  # its module unloaded
                     continue
+                raise
+            self._declare(stats)
+            families = self._families
+            for name, values in stats.items():
+                family = families[name]
                 for cpu, value in enumerate(values):
                     out.add(family, (subsystem, str(cpu)), value)

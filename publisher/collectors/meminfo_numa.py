@@ -3,19 +3,18 @@
 node_memory_numa_<Field> per NUMA node: each meminfo line (kB x 1024;
 ``Active(anon)`` becomes ``Active_anon``) as a gauge, each numastat line as
 a counter named ``<field>_total``.  The fields are the kernel's, so the
-families are declared from the files when the collector starts.
+families are declared from the files when a node is first read (at start,
+or when it comes online: the nodes are listed again every ``rescan_seconds``).
 """
 
 from __future__ import annotations
 
-import glob
 import re
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
 
 _PARENS = re.compile(r"\((.*)\)")
-_NODE_NUMBER = re.compile(r".*devices/system/node/node([0-9]*)")
 
 
 def parse_node_meminfo(text: str) -> list[tuple[str, str, float]]:
@@ -58,30 +57,39 @@ class MeminfoNuma(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._nodes: list[tuple[str, ProcFile, ProcFile]] = []
-        for path in sorted(glob.glob(f"{ctx.sysfs}/devices/system/node/node[0-9]*")):
-            number = _NODE_NUMBER.match(path)
-            if number is None:
-                raise ValueError(f"NUMA node path does not end in node<N>: {path}")
-            self._nodes.append((number.group(1), self.open(f"{path}/meminfo"), self.open(f"{path}/numastat")))
         self._families: dict[str, FamilyInfo] = {}
-        for _, meminfo, numastat in self._nodes:
-            for field, _, _ in parse_node_meminfo(meminfo.read()):
-                self._declare(field, gauge)
-            for field, _ in parse_numastat(numastat.read()):
-                self._declare(field, counter)
-        self.families = tuple(self._families.values())
+        # Nodes come online later (memory hot-add, CXL memory): listed again every rescan_seconds.
+        self._nodes = self.devices(f"{ctx.sysfs}/devices/system/node", self._node, r"node[0-9]+", missing_ok=True)
+        for _, (number, meminfo, numastat) in self._nodes.current():
+            self._rows(number, meminfo, numastat)  # declares the families
 
-    def _declare(self, field: str, kind) -> None:
-        if field not in self._families:
-            self._families[field] = kind(f"node_memory_numa_{field}", f"Memory information field {field}.", "node")
+    @staticmethod
+    def _node(entry: str, path: str, opener) -> tuple[str, ProcFile, ProcFile]:
+        return entry.removeprefix("node"), opener(f"{path}/meminfo"), opener(f"{path}/numastat")
+
+    def _declare(self, field: str, kind) -> FamilyInfo:
+        family = self._families.get(field)
+        if family is None:  # the families are the fields the kernel prints: a new one joins the catalog
+            family = self._families[field] = kind(f"node_memory_numa_{field}", f"Memory information field {field}.",
+                                                  "node")
+            self.families = tuple(self._families.values())
+        return family
+
+    def _rows(self, number: str, meminfo: ProcFile, numastat: ProcFile) -> list[tuple[FamilyInfo, str, float]]:
+        families, declare = self._families, self._declare
+        rows = [(families.get(field) or declare(field, gauge), node, value)
+                for field, node, value in parse_node_meminfo(meminfo.read())]
+        rows += [(families.get(field) or declare(field, counter), number, value)
+                 for field, value in parse_numastat(numastat.read())]
+        return rows
 
     def collect(self, out: Sample) -> None:
-        families = self._families
-        for number, meminfo, numastat in self._nodes:
-            rows = [(field, node, value) for field, node, value in parse_node_meminfo(meminfo.read())]
-            rows += [(field, number, value) for field, value in parse_numastat(numastat.read())]
-            for field, node, value in rows:
-                family = families.get(field)
-                if family is not None:  # a field the kernel did not have at start is not in the catalog
-                    out.add(family, (node,), value)
+        for entry, (number, meminfo, numastat) in self._nodes.current():
+            try:
+                rows = self._rows(number, meminfo, numastat)
+            except OSError:
+                if self._nodes.gone(entry):  # offlined
+                    continue
+                raise
+            for family, node, value in rows:
+                out.add(family, (node,), value)

@@ -126,8 +126,12 @@ class Netclass(Collector):
             iface = self._interfaces.get(name)
             if iface is None:
                 iface = self._interfaces[name] = _Interface(f"{self._root}/{name}")
+            operstate = iface.read("operstate")
+            if operstate is None and not os.path.lexists(iface.path):
+                self._interfaces.pop(name).close()  # deleted since the listing: no half-empty series
+                continue
             iface.refresh(now)
-            operstate = iface.read("operstate") or ""
+            operstate = operstate or ""
             labels = (name,)
             add(UP, labels, 1 if operstate == "up" else 0)
             s = iface.strings

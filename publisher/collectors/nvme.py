@@ -1,9 +1,9 @@
 """/sys/class/nvme: node_exporter's ``nvme`` collector (each controller's model, serial, firmware and state).
 
-The controllers are found when the collector starts and their four
-attributes stay open: every sample re-reads them (the state goes from
-``live`` to ``resetting`` or ``dead``; a firmware update changes the
-revision).  Without the nvme class the collector is unavailable, as there.
+The controllers are found when the collector starts (and again every
+``rescan_seconds``: hot-plugged ones) and their four attributes stay open:
+every sample re-reads them (the state goes from ``live`` to ``resetting`` or
+``dead``; a firmware update changes the revision).  Without the nvme class the collector is unavailable, as there.
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ class Nvme(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        root = os.path.join(ctx.sysfs, "class", "nvme")
-        self._devices: list[tuple[str, list[ProcFile]]] = []
-        for device in sorted(os.listdir(root)):  # no nvme class: unavailable, as there
-            self._devices.append((device, [self.open(os.path.join(root, device, a)) for a in _ATTRIBUTES]))
+        # No nvme class: unavailable, as there.
+        self._devices = self.devices(os.path.join(ctx.sysfs, "class", "nvme"), self._device)
+
+    @staticmethod
+    def _device(entry: str, path: str, opener) -> list[ProcFile]:
+        return [opener(os.path.join(path, a)) for a in _ATTRIBUTES]
 
     def collect(self, out: Sample) -> None:
-        for device, files in self._devices:
-            values = (go_text(os.pread(pf.fd, SYSFS_READ_SIZE, 0)).strip() for pf in files)
+        for device, files in self._devices.current():
+            try:
+                values = [go_text(os.pread(pf.fd, SYSFS_READ_SIZE, 0)).strip() for pf in files]
+            except OSError:
+                if self._devices.gone(device):
+                    continue
+                raise
             out.add(INFO, (device, *values), 1)

@@ -1,7 +1,7 @@
 """/sys/class/power_supply: node_exporter's ``powersupplyclass`` collector (batteries, AC adapters, UPS).
 
 Every sample lists the supplies and their attribute files (they come and go
-with USB supplies and docking) and reads them through files kept open while
+with USB supplies and docking; one unplugged while it is read is left out) and reads them through files kept open while
 they exist.  Numeric attributes become node_power_supply_<name> (micro-units
 as units, tenths of a degree as degrees); the text ones label
 node_power_supply_info, which carries only the labels a supply has, as
@@ -94,7 +94,13 @@ class PowerSupplyClass(Collector):
         rows = []
         try:
             for supply in os.listdir(self._root):
-                values = self._supply(os.path.join(self._root, supply))
+                path = os.path.join(self._root, supply)
+                try:
+                    values = self._supply(path)
+                except OSError:
+                    if not os.path.lexists(path):
+                        continue  # unplugged between the listing and the reads
+                    raise
                 if self._ignored.search(supply):
                     continue
                 labels = (supply,)

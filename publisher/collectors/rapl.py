@@ -1,7 +1,8 @@
 """/sys/class/powercap: node_exporter's ``rapl`` collector (Intel/AMD RAPL energy counters, in joules).
 
 The zones (``intel-rapl:0`` named ``package-0``, ``intel-rapl:0:0`` named
-``core``...) are found when the collector starts: one family per zone name,
+``core``...) are found when the collector starts and again every
+``rescan_seconds``: one family per zone name,
 node_rapl_<name>_joules_total{index, path}, or with ``rapl.enable-zone-label``
 one family node_rapl_joules_total{index, path, rapl_zone}.  ``energy_uj``
 stays open and is re-read every sample.  Without powercap, or when
@@ -45,32 +46,46 @@ class Rapl(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
+        self._zone_label = bool(ctx.option("rapl.enable-zone-label", False))
+        self._by_name: dict[str, FamilyInfo] = {}
+        self._rows: list | None = None
+        self._series: list[tuple[FamilyInfo, tuple[str, ...], ProcFile]] = []
         base = os.path.normpath(os.path.join(ctx.sysfs, "class", "powercap"))
-        zone_label = bool(ctx.option("rapl.enable-zone-label", False))
+        self._entries = self.devices(base, self._entry)
+        self._number(self._entries.current())
+
+    @staticmethod
+    def _entry(entry: str, path: str, opener) -> tuple[str, str, ProcFile] | None:
+        try:
+            with open(os.path.join(path, "name"), "rb") as f:
+                raw_name = f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return None  # the powercap control type directory itself has no name
+        # PermissionError here (energy_uj root-only since Linux 5.10): unavailable, as there.
+        return raw_name, path, opener(os.path.join(path, "energy_uj"))
+
+    def _number(self, rows: list) -> None:
+        """Each zone's index and family (a zone's index depends on the zones listed before it)."""
         used: dict[str, int] = {}
-        self._zones: list[tuple[FamilyInfo, tuple[str, ...], ProcFile]] = []
-        families: dict[str, FamilyInfo] = {}
-        for entry in sorted(os.listdir(base)):
-            path = os.path.join(base, entry)
-            try:
-                with open(os.path.join(path, "name"), "rb") as f:
-                    raw_name = f.read().decode("utf-8", "replace").strip()
-            except OSError:
-                continue  # the powercap control type directory itself has no name
+        self._series = []
+        for _, (raw_name, path, energy) in rows:
             index, zone_name = index_and_name(raw_name, used)
             used[zone_name] = index + 1
-            # PermissionError here (energy_uj root-only since Linux 5.10): unavailable, as there.
-            energy = self.open(os.path.join(path, "energy_uj"))
-            if zone_label:
+            if self._zone_label:
                 family, labels = ZONE_LABELLED, (str(index), path, zone_name)
             else:
                 family, labels = zone_family(zone_name), (str(index), path)
-            family = families.setdefault(family.name, family)
-            self._zones.append((family, labels, energy))
-        self.families = tuple(families.values())
+            if family.name not in self._by_name:  # a zone name no zone had: a new family
+                self._by_name[family.name] = family
+                self.families = (*self.families, family)
+            self._series.append((self._by_name[family.name], labels, energy))
+        self._rows = rows
 
     def collect(self, out: Sample) -> None:
-        for family, labels, energy in self._zones:
+        rows = self._entries.current()
+        if rows is not self._rows:
+            self._number(rows)
+        for family, labels, energy in self._series:
             microjoules = go_int(energy.read().strip())
             if microjoules is None or microjoules < 0:
                 raise ValueError(f"{energy.path}: not a count")

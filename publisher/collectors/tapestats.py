@@ -2,7 +2,7 @@
 
 The drives (``st<N>``: the rewinding device of each drive, not its
 ``nst``/mode aliases) and their ``stats`` files are found when the collector
-starts; the files stay open and are re-read every sample.  A counter file the
+starts and again every ``rescan_seconds``; the files stay open and are re-read every sample.  A counter file the
 kernel lacks counts 0, as there.  ``tapestats.ignored-devices`` (a regex,
 default ``^$``) leaves drives out.  Without the scsi_tape class the collector
 is unavailable, as there.
@@ -54,25 +54,38 @@ class Tapestats(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        root = os.path.join(ctx.sysfs, "class", "scsi_tape")
-        ignored = re.compile(str(ctx.option("tapestats.ignored-devices", "^$")))
-        self._drives: list[tuple[tuple[str], dict[str, ProcFile]]] = []
-        for drive in sorted(os.listdir(root)):  # no scsi_tape class: unavailable, as there
-            if not _DRIVE.match(drive) or ignored.search(drive):
-                continue
-            stats = os.path.join(root, drive, "stats")
-            files = {name: self.open(os.path.join(stats, name)) for name in sorted(os.listdir(stats)) if name in STATS}
-            self._drives.append(((drive,), files))
+        self._ignored = re.compile(str(ctx.option("tapestats.ignored-devices", "^$")))
+        # No scsi_tape class: unavailable, as there.
+        self._drives = self.devices(os.path.join(ctx.sysfs, "class", "scsi_tape"), self._drive, _DRIVE.pattern)
+
+    def _drive(self, drive: str, path: str, opener) -> dict[str, ProcFile] | None:
+        if self._ignored.search(drive):
+            return None
+        stats = os.path.join(path, "stats")
+        return {name: opener(os.path.join(stats, name)) for name in sorted(os.listdir(stats)) if name in STATS}
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for labels, files in self._drives:
-            for name, (family, factor) in STATS.items():
-                pf = files.get(name)
-                value = 0
-                if pf is not None:
-                    text = pf.read().strip()
-                    value = go_uint0(text)
-                    if value is None:
-                        raise ValueError(f"{pf.path}: not a count: {text!r}")
-                add(family, labels, value * factor if factor != 1 else value)
+        for drive, files in self._drives.current():
+            try:
+                rows = self._read(files)
+            except OSError:
+                if self._drives.gone(drive):
+                    continue
+                raise
+            labels = (drive,)
+            for family, value in rows:
+                out.add(family, labels, value)
+
+    @staticmethod
+    def _read(files: dict[str, ProcFile]) -> list[tuple[object, float]]:
+        rows = []
+        for name, (family, factor) in STATS.items():
+            pf = files.get(name)
+            value = 0
+            if pf is not None:
+                text = pf.read().strip()
+                value = go_uint0(text)
+                if value is None:
+                    raise ValueError(f"{pf.path}: not a count: {text!r}")
+            rows.append((family, value * factor if factor != 1 else value))
+        return rows

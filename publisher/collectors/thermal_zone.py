@@ -1,17 +1,17 @@
 """/sys/class/thermal: node_exporter's ``thermal_zone`` collector (zone temperatures, cooling devices' states).
 
-The zones and cooling devices are found when the collector starts; their
-``type`` is read then, and ``temp``, ``cur_state`` and ``max_state`` stay open
+The zones and cooling devices are found when the collector starts and
+again every ``rescan_seconds``; their ``type`` is read then, and ``temp``, ``cur_state`` and ``max_state`` stay open
 and are re-read every sample.  A host without thermal zones gives no series
 and the collector still succeeds, as node_exporter's does.  A zone whose
 temperature reads ENODATA (a sensor not ready) is skipped for that sample;
-any other read error fails the sample (success 0), as there.
+any other read error fails the sample (success 0), as there, unless the zone
+went away (it is dropped).
 """
 
 from __future__ import annotations
 
 import errno
-import glob
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
@@ -41,37 +41,47 @@ class ThermalZone(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         base = os.path.join(ctx.sysfs, "class", "thermal")
-        self._zones: list[tuple[tuple[str, str], ProcFile]] = []
-        for path in sorted(glob.glob(os.path.join(glob.escape(base), "thermal_zone[0-9]*"))):
-            zone_type = sys_read(os.path.join(path, "type"))
-            if zone_type is None:
-                continue
-            try:
-                temp = self.open(os.path.join(path, "temp"))
-            except OSError:
-                continue
-            self._zones.append(((os.path.basename(path).removeprefix("thermal_zone"), zone_type), temp))
-        self._cooling: list[tuple[tuple[str, str], ProcFile, ProcFile]] = []
-        for path in sorted(glob.glob(os.path.join(glob.escape(base), "cooling_device[0-9]*"))):
-            device_type = sys_read(os.path.join(path, "type"))
-            if device_type is None:
-                continue
-            try:
-                cur, top = self.open(os.path.join(path, "cur_state")), self.open(os.path.join(path, "max_state"))
-            except OSError:
-                continue
-            self._cooling.append(((os.path.basename(path).removeprefix("cooling_device"), device_type), cur, top))
+        self._zones = self.devices(base, self._zone, r"thermal_zone[0-9]+", missing_ok=True)
+        self._cooling = self.devices(base, self._cooling_device, r"cooling_device[0-9]+", missing_ok=True)
+
+    @staticmethod
+    def _zone(entry: str, path: str, opener) -> tuple[tuple[str, str], ProcFile] | None:
+        zone_type = sys_read(os.path.join(path, "type"))
+        if zone_type is None:
+            return None
+        try:
+            temp = opener(os.path.join(path, "temp"))
+        except OSError:
+            return None
+        return (entry.removeprefix("thermal_zone"), zone_type), temp
+
+    @staticmethod
+    def _cooling_device(entry: str, path: str, opener) -> tuple[tuple[str, str], ProcFile, ProcFile] | None:
+        device_type = sys_read(os.path.join(path, "type"))
+        if device_type is None:
+            return None
+        try:
+            cur, top = opener(os.path.join(path, "cur_state")), opener(os.path.join(path, "max_state"))
+        except OSError:
+            return None
+        return (entry.removeprefix("cooling_device"), device_type), cur, top
 
     def collect(self, out: Sample) -> None:
         add = out.add
-        for labels, temp in self._zones:
+        for entry, (labels, temp) in self._zones.current():
             try:
                 millidegrees = read_int(temp)
             except OSError as exc:
-                if exc.errno == errno.ENODATA:
+                if exc.errno == errno.ENODATA or self._zones.gone(entry):
                     continue
                 raise
             add(ZONE_TEMP, labels, millidegrees / 1000.0)
-        for labels, cur, top in self._cooling:
-            add(COOLING_CUR_STATE, labels, read_int(cur))
-            add(COOLING_MAX_STATE, labels, read_int(top))
+        for entry, (labels, cur, top) in self._cooling.current():
+            try:
+                rows = ((COOLING_CUR_STATE, labels, read_int(cur)), (COOLING_MAX_STATE, labels, read_int(top)))
+            except OSError:
+                if self._cooling.gone(entry):
+                    continue
+                raise
+            for row in rows:
+                add(*row)

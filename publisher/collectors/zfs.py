@@ -99,7 +99,7 @@ class Zfs(Collector):
                 if kind == KSTAT_UINT64:
                     self._family(f"node_{subsystem}_{_metric_name(stat)}", f"kstat.zfs.misc.{filename}.{stat}")
         # Pools come and go with imports: their files are globbed every sample, the families declared from
-        # the pools present now.
+        # the pools present now, and from a pool imported later when it has columns no pool had.
         for path in glob.glob(f"{self._base}/*/io"):
             for column, _ in io_values(read_once(path) or ""):
                 self._family(f"node_zfs_zpool_{_metric_name(column)}", f"kstat.zfs.misc.io.{column}", "zpool")
@@ -110,8 +110,13 @@ class Zfs(Collector):
                                  "zpool", "dataset")
         self.families = (*self._families.values(), POOL_STATE)
 
-    def _family(self, name: str, help_: str, *labels: str) -> None:
-        self._families.setdefault(name, untyped(name, help_, *labels))
+    def _family(self, name: str, help_: str, *labels: str) -> FamilyInfo:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = untyped(name, help_, *labels)
+            if self.families:  # after the constructor: the sampler sees a new tuple and grows the catalog
+                self.families = (*self.families, family)
+        return family
 
     def collect(self, out: Sample) -> None:
         families = self._families
@@ -125,9 +130,9 @@ class Zfs(Collector):
         for path in glob.glob(f"{self._base}/*/io"):
             pool = _pool_of(path)
             for column, value in io_values(read_once(path) or ""):
-                family = families.get(f"node_zfs_zpool_{_metric_name(column)}")
-                if family is not None:
-                    pool_series.append((family, (pool,), value))
+                name = f"node_zfs_zpool_{_metric_name(column)}"
+                family = families.get(name) or self._family(name, f"kstat.zfs.misc.io.{column}", "zpool")
+                pool_series.append((family, (pool,), value))
         for path in glob.glob(f"{self._base}/*/objset-*"):
             pool = _pool_of(path)
             dataset = ""
@@ -135,9 +140,12 @@ class Zfs(Collector):
                 if stat == "dataset_name":
                     dataset = data
                     continue
-                family = families.get(f"node_zfs_zpool_dataset_{_metric_name(stat)}")
-                if kind == KSTAT_UINT64 and family is not None:
-                    pool_series.append((family, (pool, dataset), int(data)))
+                if kind != KSTAT_UINT64:
+                    continue
+                name = f"node_zfs_zpool_dataset_{_metric_name(stat)}"
+                family = families.get(name) or self._family(name, f"kstat.zfs.misc.objset.{stat}", "zpool",
+                                                            "dataset")
+                pool_series.append((family, (pool, dataset), int(data)))
         for path in glob.glob(f"{self._base}/*/state"):
             pool = _pool_of(path)
             lines = (read_once(path) or "").splitlines()

@@ -5,10 +5,13 @@ One job per module:
 - ``source``: attach to the segment, re-attach after a publisher restart, read one snapshot per scrape;
 - ``collector``: the ``prometheus_client`` Collector (metric names, types, labels and HELP texts);
 - ``render``: the ``node_*`` text exposition (node_exporter's bytes), shared with ``shm-read``;
-- ``exposition``: the text exposition, with the ``node_*`` block cached per published sample;
+- ``exposition``: the text exposition, with the ``node_*`` block cached per published sample and ``collect[]`` filter;
+- ``owners``: which node_exporter collector each family belongs to (``collect[]``), and node_exporter's refusals;
+- ``selfmetrics``: the Go client's ``process_*`` and promhttp's ``promhttp_metric_handler_*``;
+- ``textfile``: node_exporter's textfile collector, read per scrape;
 - ``webconfig``: node_exporter's ``--web.config.file`` (TLS and bcrypt basic auth);
 - ``server``: the HTTP/1.1 server (one event loop for idle connections, a bounded worker pool; keep-alive,
-  TLS, auth, ``/`` and the metrics path; connection and scrape limits);
+  TLS, auth, ``/`` and the metrics path; connection and scrape limits; several listeners, or systemd's);
 - ``cli``: the command line.
 """
 

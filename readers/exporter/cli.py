@@ -1,7 +1,8 @@
 """``shm-exporter``: serve the segment's values to Prometheus, in node_exporter's names.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the listen address could not be
-bound; 2 bad arguments or an invalid --web.config.file (one line on stderr).
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 a listen address could not be
+bound (or, with --web.systemd-socket, systemd passed no socket); 2 bad
+arguments or an invalid --web.config.file (one line on stderr).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import socket
 import sys
 
 from shm_metrics import shm_layout as L
-from shm_metrics.readers.cliargs import OneLineParser, description_from, resolve_reader_options, segment_name
+from shm_metrics.readers.cliargs import (
+    OneLineParser,
+    add_log_arguments,
+    description_from,
+    resolve_reader_options,
+    segment_name,
+    setup_logging,
+)
 from shm_metrics.readers.exporter import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS,
@@ -82,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publisher-user", metavar="USER", default=None,
                    help="trust segments owned by USER (name or uid) besides root and the exporter's own user: "
                         f"the user shm-publisher runs as (env {PUBLISHER_USER_ENV})")
-    p.add_argument("--web.listen-address", "--listen", dest="listen", type=listen_address, default=DEFAULT_LISTEN,
-                   metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN}: loopback only; "
-                   "':19100' for every interface; port 0 picks a free one, logged at start)")
+    p.add_argument("--web.listen-address", "--listen", dest="listen", type=listen_address, action="append",
+                   metavar="HOST:PORT", help=f"address to listen on, repeatable for several (default "
+                   f"{DEFAULT_LISTEN}: loopback only; ':19100' for every interface; port 0 picks a free one, "
+                   "logged at start)")
+    p.add_argument("--web.systemd-socket", dest="systemd_socket", action="store_true",
+                   help="listen on the sockets systemd's socket activation passes (LISTEN_FDS, LISTEN_PID; see "
+                        "deploy/systemd/shm-exporter.socket) instead of --web.listen-address")
     p.add_argument("--web.telemetry-path", dest="telemetry_path", type=_telemetry_path,
                    default=DEFAULT_TELEMETRY_PATH, metavar="PATH",
                    help=f"path of the metrics (default {DEFAULT_TELEMETRY_PATH})")
@@ -106,11 +118,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collector.textfile.directory", dest="textfile_directory", default=None, metavar="DIR",
                    help="node_exporter's textfile collector: serve the *.prom files in DIR (or in the directories "
                         "a glob matches), read at every scrape, with node_textfile_mtime_seconds and "
-                        "node_textfile_scrape_error (default: none, no textfile families)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="default: %(default)s")
+                        "node_textfile_scrape_error (default: none: node_textfile_scrape_error 0 alone)")
+    add_log_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {L.__version__} (layout {L.LAYOUT_VERSION})")
     return p
+
+
+def _listeners(args: argparse.Namespace) -> list[socket.socket] | None:
+    """The listening sockets: systemd's with --web.systemd-socket (the listen addresses are then ignored, as
+    in node_exporter), else one per --web.listen-address; None (said on stderr, one line) when that fails."""
+    from shm_metrics.readers.exporter.server import SystemdSocketError, bind, resolve, systemd_listeners
+
+    if args.systemd_socket:
+        try:
+            sockets = systemd_listeners()
+        except SystemdSocketError as exc:
+            print(f"shm-exporter: error: --web.systemd-socket: {exc}", file=sys.stderr)
+            return None
+        if not sockets:
+            print("shm-exporter: error: --web.systemd-socket: no socket activation file descriptors found "
+                  "(LISTEN_FDS, LISTEN_PID)", file=sys.stderr)
+            return None
+        log.info("Listening on systemd activated listeners instead of port listeners.")
+        return sockets
+    sockets = []
+    for host, port in args.listen or [listen_address(DEFAULT_LISTEN)]:
+        try:
+            sockets.append(bind(*resolve(host, port)))
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            shown = f"[{host}]" if ":" in host else host
+            print(f"shm-exporter: error: cannot listen on {shown}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return None
+    return sockets
+
+
+def _shown(sock: socket.socket) -> str:
+    """HOST:PORT of a listener, an IPv6 host in brackets; a Unix socket's path."""
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return address if isinstance(address, str) else address.decode(errors="replace")
+    host = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
+    return f"{host}:{address[1]}"
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -121,42 +171,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_reader_options(parser, args)
-    logging.basicConfig(level=args.log_level.upper(), format="shm-exporter: %(levelname)s: %(message)s")
+    setup_logging(args)
 
     from shm_metrics.readers.exporter.exposition import build
-    from shm_metrics.readers.exporter.server import App, ExporterServer, connection_cap, raise_nofile_limit, resolve
+    from shm_metrics.readers.exporter.server import App, ExporterServer, connection_cap, raise_nofile_limit
     from shm_metrics.readers.exporter.source import SegmentSource
+    from shm_metrics.readers.exporter.textfile import Textfile
     from shm_metrics.readers.exporter.webconfig import WebConfigError, WebConfigWatcher
 
     try:
         web = WebConfigWatcher(args.web_config)
     except WebConfigError as exc:
         parser.error(" ".join(f"--web.config.file {args.web_config}: {exc}".split()))  # one line
-    source = SegmentSource(args.name, args.publisher_user)
-    from shm_metrics.readers.exporter.textfile import Textfile
-
-    textfile = Textfile(args.textfile_directory) if args.textfile_directory is not None else None
-    _, exposition = build(source, process_metrics=args.process_metrics, textfile=textfile)
-    host, port = args.listen
-    try:
-        address, family = resolve(host, port)
-        server = ExporterServer(address, family, App(exposition, args.telemetry_path, web, args.name),
-                                max_connections=args.max_connections, max_requests=args.max_requests,
-                                read_header_timeout=args.read_header_timeout)
-    except OSError as exc:
-        print(f"shm-exporter: error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    listeners = _listeners(args)
+    if listeners is None:
         return EXIT_LISTEN
+    source = SegmentSource(args.name, args.publisher_user)
+    textfile = Textfile(args.textfile_directory or "")  # on without a directory too, as in node_exporter
+    _, exposition = build(source, process_metrics=args.process_metrics, textfile=textfile)
+    server = ExporterServer(None, None, App(exposition, args.telemetry_path, web, args.name), listeners=listeners,
+                            max_connections=args.max_connections, max_requests=args.max_requests,
+                            read_header_timeout=args.read_header_timeout)
     # After the bind, so that "cannot listen" stays the only line on stderr when that fails.
     soft_nofile, _ = raise_nofile_limit()
     server.max_connections = connection_cap(args.max_connections, soft_nofile)
     if server.max_connections < args.max_connections:
         log.warning("--web.max-connections %d lowered to %d: the open files limit is %d (raise LimitNOFILE)",
                     args.max_connections, server.max_connections, soft_nofile)
-    shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
     scheme = "https" if web.tls_enabled else "http"
-    log.info("listening on %s://%s:%d%s for segment %s (TLS %s, basic auth %s, pid %d)", scheme, shown,
-             server.port, args.telemetry_path, args.name, "on" if web.tls_enabled else "off",
-             "on" if web.auth.enabled else "off", os.getpid())
+    for sock in server.sockets:
+        log.info("listening on %s://%s%s for segment %s (TLS %s, basic auth %s, pid %d%s)", scheme, _shown(sock),
+                 args.telemetry_path, args.name, "on" if web.tls_enabled else "off",
+                 "on" if web.auth.enabled else "off", os.getpid(), ", from systemd" if args.systemd_socket else "")
     log.info("at most %d connections, %s scrapes at once; request headers within %g s", server.max_connections,
              args.max_requests or "unlimited", args.read_header_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,35 +1,40 @@
-"""The text exposition a scrape returns, with the node_* block cached per sample.
+"""The text exposition a scrape returns, with the node_* block cached per sample and per filter.
 
 The node_* families change only when the publisher publishes a new sample,
 so their rendered text is kept for the current ``(instance_id, seq)`` and
-reused by every scrape of that sample.  Everything else is computed on every
-scrape: the snapshot is read, the staleness rule applied (a cached block is
-served only while its sample is fresh), and the own and process metrics
-rendered.  The result equals ``generate_latest`` over the exporter's registry
-but for the node_* values, written as node_exporter writes them (``3``, not
-prometheus_client's ``3.0``; the tests check this).
+reused by every scrape of that sample; with node_exporter's ``collect[]``
+filter, one text per filter (the last few filters used).  Everything else is
+computed on every scrape: the snapshot is read, the staleness rule applied (a
+cached block is served only while its sample is fresh), the textfile collector
+read (as node_exporter reads it, at scrape time), and the own, process and
+promhttp metrics rendered.  The result equals ``generate_latest`` over the
+exporter's registry, for the families the registry has, but for the node_*
+values, written as node_exporter writes them (``3``, not prometheus_client's
+``3.0``; the tests check this).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from shm_metrics.families import Family
-from shm_metrics.readers.exporter.collector import ShmCollector, own_families
-from shm_metrics.readers.exporter.render import render_families, render_node_text
+from shm_metrics.readers import Snapshot
+from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
+from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES, TEXTFILE, check_filter, owner
+from shm_metrics.readers.exporter.render import render_families
+from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics, process_families
 from shm_metrics.readers.exporter.textfile import Textfile
-
-# The families node_exporter reports each collector's scrape in: the textfile collector's row is added to
-# them at scrape time, so with a textfile directory they are rendered per scrape, not cached per sample.
-_SCRAPE_FAMILIES = ("node_scrape_collector_success", "node_scrape_collector_duration_seconds")
 
 # The text format generate_latest writes, and what node_exporter 1.5.0 serves by default.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_CACHED_FILTERS = 8  # node_* texts kept per sample: the unfiltered one and the last filters used
 
 
 class _Families:
@@ -42,71 +47,119 @@ class _Families:
         return iter(self._families)
 
 
-class Exposition:
-    """Renders the registry's text: own metrics, node_* (cached per sample), then the process metrics."""
+class _Block(NamedTuple):
+    """The node_* text of one sample for one filter, and what the scrape-time parts need of it."""
 
-    def __init__(self, shm: ShmCollector, extra: Collector | None = None, textfile: Textfile | None = None):
+    key: tuple[int, int]  # (instance_id, seq) of the sample
+    head: bytes  # the node_* families named before the scrape ones (the text is in name order, as node_exporter's)
+    tail: bytes  # and after them
+    scrape: list[Family]  # node_scrape_collector_*: the textfile collector's row is added per scrape
+    names: frozenset[str]  # every family name of the segment (a textfile cannot take them)
+
+
+def enabled_collectors(snap: Snapshot | None) -> frozenset[str] | None:
+    """node_exporter's collectors that run: the publisher's (each has a node_scrape_collector_success series,
+    as in node_exporter) and the exporter's textfile; None when no sample tells."""
+    if snap is None or not snap.seq:
+        return None
+    fam = snap.families.get(SCRAPE_FAMILIES[0])
+    return frozenset([TEXTFILE, *(values[0] for values, _ in fam.series)] if fam else [TEXTFILE])
+
+
+class Exposition:
+    """Renders a scrape: own metrics, node_* (cached per sample and filter), textfile, process and promhttp."""
+
+    def __init__(self, shm: ShmCollector, process_metrics: bool = True, textfile: Textfile | None = None,
+                 handler: HandlerMetrics | None = None):
         self.shm = shm
-        self.extra = extra
-        self.textfile = textfile
+        self.process_metrics = process_metrics
+        self.textfile = textfile if textfile is not None else Textfile("")  # on without a directory too
+        self.handler = handler if handler is not None else HandlerMetrics()
         self._lock = threading.Lock()
-        self._key: tuple[int, int] | None = None
-        self._node_text = b""
-        self._scrape: list[Family] = []  # with a textfile directory: the scrape families, completed per scrape
-        self._names: frozenset[str] = frozenset()  # the segment's family names (a textfile cannot take them)
+        self._blocks: collections.OrderedDict[frozenset[str] | None, _Block] = collections.OrderedDict()
         self.renders = 0  # node_* blocks rendered (cache misses), for tests and curiosity
 
-    def render(self) -> bytes:
+    def render(self, collect: list[str] | None = None) -> bytes:
+        """The exposition; with ``collect`` (node_exporter's ``collect[]`` values) only those collectors'
+        families and scrape rows.  FilterError (node_exporter's 400) for a name it would refuse."""
         reading = self.shm.source.read()
+        chosen = check_filter(collect, enabled_collectors(reading.snapshot)) if collect else None
         parts = [generate_latest(_Families(own_families(reading)))]
-        scrape: list[Family] = []
-        names: frozenset[str] = frozenset()
-        if reading.fresh:
-            snap = reading.snapshot
-            key = (snap.instance_id, snap.seq)
-            with self._lock:
-                text = self._node_text if key == self._key else None
-                scrape, names = self._scrape, self._names
-            if text is None:
-                if self.textfile is None:
-                    text = render_node_text(snap)
-                else:
-                    families = list(snap.families)
-                    scrape = [fam for fam in families if fam.name in _SCRAPE_FAMILIES]
-                    text = render_families(fam for fam in families if fam.name not in _SCRAPE_FAMILIES)
-                    names = frozenset(fam.name for fam in families)
-                with self._lock:
-                    self._key, self._node_text, self._scrape, self._names = key, text, scrape, names
-                    self.renders += 1
-            parts.append(text)
-        if self.textfile is not None:
+        block = self._block(reading.snapshot, chosen) if reading.fresh else None
+        if block is not None:
+            parts.append(block.head)
+        if chosen is None or TEXTFILE in chosen:
             # Read at scrape time, as node_exporter does; served even while the publisher is away (the files
             # are as fresh as they are), the textfile's scrape row only beside the segment's.
-            textfile = self.textfile.read(names)
-            parts.append(render_families(_with_textfile_row(fam, textfile.duration) for fam in scrape))
+            textfile = self.textfile.read(block.names if block is not None else frozenset())
+            if block is not None:
+                parts.append(render_families(_with_textfile_row(fam, textfile.duration) for fam in block.scrape))
+                parts.append(block.tail)
             parts.append(textfile.text)
-        if self.extra is not None:
-            parts.append(generate_latest(self.extra))
+        elif block is not None:
+            parts.append(render_families(block.scrape))
+            parts.append(block.tail)
+        own = process_families() if self.process_metrics else []
+        parts.append(render_families([*own, *self.handler.families(requests=self.process_metrics)]))
         return b"".join(parts)
+
+    def _block(self, snap: Snapshot, chosen: frozenset[str] | None) -> _Block:
+        key = (snap.instance_id, snap.seq)
+        with self._lock:
+            block = self._blocks.get(chosen)
+            if block is not None and block.key == key:
+                self._blocks.move_to_end(chosen)
+                return block
+        families = list(snap.families)
+        names = frozenset(fam.name for fam in families)
+        scrape = [fam for fam in families if fam.name in SCRAPE_FAMILIES]
+        if chosen is not None:
+            families = [fam for fam in families if owner(fam.name) in chosen]
+            scrape = [fam._replace(series=[s for s in fam.series if s[0][0] in chosen]) for fam in scrape]
+        first = min(SCRAPE_FAMILIES)
+        head = render_families(fam for fam in families if fam.name < first and fam.name not in SCRAPE_FAMILIES)
+        tail = render_families(fam for fam in families if fam.name > first and fam.name not in SCRAPE_FAMILIES)
+        block = _Block(key, head, tail, scrape, names)
+        with self._lock:
+            self._blocks[chosen] = block
+            self._blocks.move_to_end(chosen)
+            while len(self._blocks) > MAX_CACHED_FILTERS:
+                self._blocks.popitem(last=False)
+            self.renders += 1
+        return block
 
 
 def _with_textfile_row(fam: Family, duration: float) -> Family:
     """A scrape family with the textfile collector's row (success 1: node_exporter's textfile collector
     reports problems in node_textfile_scrape_error instead), series in the Go client's order."""
-    value = 1.0 if fam.name == _SCRAPE_FAMILIES[0] else duration
-    series = sorted([*(s for s in fam.series if s[0] != ("textfile",)), (("textfile",), value)])
+    value = 1.0 if fam.name == SCRAPE_FAMILIES[0] else duration
+    series = sorted([*(s for s in fam.series if s[0] != (TEXTFILE,)), ((TEXTFILE,), value)])
     return fam._replace(series=series)
 
 
-def build(source, process_metrics: bool = True, textfile: Textfile | None = None
-          ) -> tuple[CollectorRegistry, Exposition]:
-    """The exporter's own registry (our collector, plus the process collector) and its renderer; with
-    ``textfile``, the renderer adds node_exporter's textfile collector (read per scrape; not in the
-    registry, whose collect() stays the segment's view)."""
-    from prometheus_client.process_collector import ProcessCollector
+class ProcessCollector(Collector):
+    """The process_* families for a prometheus_client registry (the Go client's names and values)."""
 
+    def collect(self) -> Iterator[Metric]:
+        for fam in process_families():
+            kind = fam.type
+            metric = Metric(fam.name[:-6] if kind == "counter" else fam.name, fam.help, kind)
+            for values, value in fam.series:
+                metric.add_sample(fam.name, dict(zip(fam.labels, values)), value)
+            yield metric
+
+
+def build(source, process_metrics: bool = True, textfile: Textfile | None = None,
+          handler: HandlerMetrics | None = None) -> tuple[CollectorRegistry, Exposition]:
+    """The exporter's own registry (our collector, plus the process collector) and its renderer, which
+    adds node_exporter's textfile collector (read per scrape, ``textfile`` or one without a directory) and
+    promhttp's handler metrics (``handler``); the registry's collect() stays the segment's view."""
     registry = CollectorRegistry(auto_describe=False)
     shm = ShmCollector(source)
     registry.register(shm)
-    process = ProcessCollector(registry=registry) if process_metrics else None
-    return registry, Exposition(shm, process, textfile)
+    if process_metrics:
+        registry.register(ProcessCollector())
+    return registry, Exposition(shm, process_metrics, textfile, handler)
+
+
+__all__ = ["CONTENT_TYPE", "Exposition", "build", "enabled_collectors", "node_families"]

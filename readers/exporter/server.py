@@ -34,6 +34,7 @@ import errno
 import gzip
 import html
 import logging
+import os
 import re
 import resource
 import select
@@ -44,11 +45,12 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from shm_metrics import shm_layout as L
 from shm_metrics.readers.exporter import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_READ_HEADER_TIMEOUT
 from shm_metrics.readers.exporter.exposition import CONTENT_TYPE, Exposition
+from shm_metrics.readers.exporter.owners import FilterError, check_filter, refusal_body
 from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger("shm-exporter")
@@ -221,31 +223,60 @@ class Handler(BaseHTTPRequestHandler):
             headers["WWW-Authenticate"] = 'Basic realm="shm-exporter"'
             self._reply(401, b"Unauthorized\n", headers=headers, send_body=send_body)
             return
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         if path == app.telemetry_path:
-            # Held until the response is written, as promhttp's limit: a scrape in flight is one being sent too.
-            self.holds_scrape_slot = self.server.scrape_slots.acquire(blocking=False)
-            if not self.holds_scrape_slot:
-                limit = self.server.max_requests
-                self._reply(503, f"Limit of concurrent requests reached ({limit}), try again later.\n".encode(),
-                            headers=headers, send_body=send_body)
-                return
+            collect = collect_filters(url.query)
+            if collect:  # checked before the scrape limit and not counted, as node_exporter's outer handler
+                try:
+                    check_filter(collect, None)
+                except FilterError as exc:
+                    self._refuse_filter(exc, headers, send_body)
+                    return
+            metrics = app.exposition.handler
+            metrics.started()
+            status: int | None = 500
             try:
-                body = app.exposition.render()
-            except Exception:  # a bug, not a segment state: those are all handled as shm_metrics_up 0
-                log.exception("rendering the metrics failed")
-                self._reply(500, b"internal error rendering the metrics: see the exporter's log\n",
-                            headers=headers, send_body=send_body)
-                return
-            if accepts_gzip(self.headers.get("Accept-Encoding", "")):
-                body = gzip.compress(body, compresslevel=1)
-                headers["Content-Encoding"] = "gzip"
-            headers["Vary"] = "Accept-Encoding"
-            self._reply(200, body, CONTENT_TYPE, headers, send_body)
+                status = self._scrape(app, collect, headers, send_body)
+            finally:
+                metrics.finished(status)
         elif path == "/":
             self._reply(200, app.index, "text/html; charset=utf-8", headers, send_body)
         else:
             self._reply(404, b"404 page not found\n", headers=headers, send_body=send_body)
+
+    def _scrape(self, app: App, collect: list[str], headers: dict[str, str], send_body: bool) -> int | None:
+        """Answer the metrics path (promhttp's handler): the status code it answered, None for a refused
+        filter (node_exporter refuses it before promhttp's handler, which does not count it)."""
+        # Held until the response is written, as promhttp's limit: a scrape in flight is one being sent too.
+        self.holds_scrape_slot = self.server.scrape_slots.acquire(blocking=False)
+        if not self.holds_scrape_slot:
+            limit = self.server.max_requests
+            headers["X-Content-Type-Options"] = "nosniff"
+            self._reply(503, f"Limit of concurrent requests reached ({limit}), try again later.\n".encode(),
+                        headers=headers, send_body=send_body)
+            return 503
+        try:
+            body = app.exposition.render(collect)
+        except FilterError as exc:  # a collector the segment does not run (known only once it is read)
+            self._refuse_filter(exc, headers, send_body)
+            return None
+        except Exception:  # a bug, not a segment state: those are all handled as shm_metrics_up 0
+            log.exception("rendering the metrics failed")
+            app.exposition.handler.error("gathering")
+            self._reply(500, b"internal error rendering the metrics: see the exporter's log\n",
+                        headers=headers, send_body=send_body)
+            return 500
+        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+        self._reply(200, body, CONTENT_TYPE, headers, send_body)
+        return 200
+
+    def _refuse_filter(self, exc: FilterError, headers: dict[str, str], send_body: bool) -> None:
+        log.warning("Couldn't create filtered metrics handler: %s", exc)
+        self._reply(400, refusal_body(exc), headers=headers, send_body=send_body)
 
     def _discard_body(self) -> bool:
         """Drop a request body nobody needs, so the connection stays usable; False if that is not possible."""
@@ -368,6 +399,62 @@ class _WorkerPool:
             self._ready.notify_all()
 
 
+class _Listener:
+    """A listening socket, as the loop's selector knows it."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+
+def bind(address: tuple, family: socket.AddressFamily) -> socket.socket:
+    """A listening TCP socket on ``address`` (``resolve``'s), as Go's net.Listen makes it."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address[0] in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # ":PORT": IPv4 and IPv6
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)  # as Go: a burst waits in the kernel while the loop catches up
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+SD_LISTEN_FDS_START = 3
+
+
+class SystemdSocketError(Exception):
+    pass
+
+
+def systemd_listeners(environ: dict[str, str] | None = None) -> list[socket.socket]:
+    """The listening sockets systemd's socket activation passed (sd_listen_fds(3), as go-systemd's
+    ``activation.Listeners`` reads them): ``LISTEN_FDS`` descriptors from 3 on, when ``LISTEN_PID`` is this
+    process.  The variables are removed (not inherited further); the descriptors are close-on-exec.
+    SystemdSocketError when one of them is not a listening stream socket."""
+    env = os.environ if environ is None else environ
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    env.pop("LISTEN_FDNAMES", None)
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit()):
+        return []
+    out = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise SystemdSocketError(f"file descriptor {fd} from systemd: {exc.strerror or exc}") from None
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise SystemdSocketError(f"file descriptor {fd} from systemd is not a listening stream socket")
+        out.append(sock)
+    return out
+
+
 class ExporterServer:
     """The listener, the loop that owns idle connections, and the worker pool that answers requests.
 
@@ -376,25 +463,22 @@ class ExporterServer:
     every connection and the listener.
     """
 
-    def __init__(self, address: tuple, family: socket.AddressFamily, app: App, *,
+    def __init__(self, address: tuple | None, family: socket.AddressFamily | None, app: App, *,
+                 listeners: list[socket.socket] | None = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_requests: int = DEFAULT_MAX_REQUESTS,
                  read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT):
+        """Listens on ``address`` (bound here), or on ``listeners``: sockets already listening (one per
+        --web.listen-address, or handed over by systemd), which the server owns from now on."""
         self.app = app
         self.max_connections = max_connections
         self.max_requests = max_requests
         self.read_header_timeout = read_header_timeout
         self.scrape_slots = _ScrapeSlots(max_requests)
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and address[0] in ("::", ""):
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # ":PORT": IPv4 and IPv6
-            self.socket.bind(address)
-            self.socket.listen(socket.SOMAXCONN)  # as Go: a burst waits in the kernel while the loop catches up
-            self.socket.setblocking(False)
-        except OSError:
-            self.socket.close()
-            raise
+        self.sockets = list(listeners) if listeners is not None else [bind(address, family)]
+        for sock in self.sockets:
+            sock.setblocking(False)
+        self.socket = self.sockets[0]
+        self._listeners = [_Listener(sock) for sock in self.sockets]
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
@@ -418,6 +502,7 @@ class ExporterServer:
 
     @property
     def port(self) -> int:
+        """The first listener's port."""
         return self.socket.getsockname()[1]
 
     # ------------------------------------------------------------------ the loop
@@ -430,8 +515,8 @@ class ExporterServer:
                 for key, _ in self._selector.select(self._next_timeout(now)):
                     if key.data is None:
                         self._drain_wake()
-                    elif key.data is self:
-                        self._accept_ready()
+                    elif isinstance(key.data, _Listener):
+                        self._accept_ready(key.data.sock)
                     elif key.data.closed:
                         continue
                     elif key.data.busy:
@@ -455,7 +540,7 @@ class ExporterServer:
         for conn in [*self._pending, *self._idle]:
             self._close(conn)
         self._selector.close()
-        for sock in (self.socket, self._wake_reader, self._wake_writer):
+        for sock in (*self.sockets, self._wake_reader, self._wake_writer):
             sock.close()
 
     def _next_timeout(self, now: float) -> float | None:
@@ -469,9 +554,11 @@ class ExporterServer:
         evictable = self.open_connections < self.max_connections or self._idle or self._pending
         want = now >= self._resume_accept_at and bool(evictable)
         if want and not self._listening:
-            self._selector.register(self.socket, selectors.EVENT_READ, self)
+            for listener in self._listeners:
+                self._selector.register(listener.sock, selectors.EVENT_READ, listener)
         elif not want and self._listening:
-            self._selector.unregister(self.socket)
+            for listener in self._listeners:
+                self._selector.unregister(listener.sock)
         self._listening = want
 
     def _wake(self) -> None:
@@ -489,12 +576,12 @@ class ExporterServer:
 
     # ------------------------------------------------------------------ accept, evict, expire
 
-    def _accept_ready(self) -> None:
+    def _accept_ready(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             if self.open_connections >= self.max_connections and not self._evict_one():
                 return  # every connection is being answered: the listener pauses until one is done
             try:
-                sock, address = self.socket.accept()
+                sock, address = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -505,7 +592,7 @@ class ExporterServer:
                 self._update_listener(time.monotonic())
                 return
             self.backoff.succeeded()
-            self._adopt(sock, address)
+            self._adopt(sock, address if isinstance(address, tuple) and address else ("unix socket",))
 
     def _adopt(self, sock: socket.socket, address: tuple) -> None:
         sock.setblocking(False)
@@ -734,6 +821,22 @@ def connection_cap(requested: int, soft_nofile: int) -> int:
 
 def _limit(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def collect_filters(query: str) -> list[str]:
+    """The ``collect[]`` values of a query string, as Go's ``url.Query()`` finds them: pairs split on ``&``,
+    a pair with ``;`` or a bad ``%`` escape skipped, ``+`` a space."""
+    out = []
+    for pair in query.split("&"):
+        if not pair or ";" in pair or _BAD_ESCAPE.search(pair):
+            continue
+        key, _, value = pair.partition("=")
+        if unquote_plus(key) == "collect[]":
+            out.append(unquote_plus(value))
+    return out
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
