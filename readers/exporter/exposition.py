@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from shm_metrics.families import Family
-from shm_metrics.readers.exporter.collector import ShmCollector, own_families, render_families, render_node_text
+from shm_metrics.readers.exporter.collector import FamilyRenderer, ShmCollector, own_families, render_node_text
 from shm_metrics.readers.exporter.textfile import Textfile
 
 # The families node_exporter reports each collector's scrape in: the textfile collector's row is added to
@@ -54,6 +54,9 @@ class Exposition:
         self._scrape: list[Family] = []  # with a textfile directory: the scrape families, completed per scrape
         self._names: frozenset[str] = frozenset()  # the segment's family names (a textfile cannot take them)
         self.renders = 0  # node_* blocks rendered (cache misses), for tests and curiosity
+        # Each keeps the lines of its own stream of renders (the node block; the scrape families per scrape).
+        self.node_renderer = FamilyRenderer()
+        self._scrape_renderer = FamilyRenderer()
 
     def render(self) -> bytes:
         reading = self.shm.source.read()
@@ -68,11 +71,11 @@ class Exposition:
                 scrape, names = self._scrape, self._names
             if text is None:
                 if self.textfile is None:
-                    text = render_node_text(snap)
+                    text = render_node_text(snap, self.node_renderer)
                 else:
                     families = list(snap.families)
                     scrape = [fam for fam in families if fam.name in _SCRAPE_FAMILIES]
-                    text = render_families(fam for fam in families if fam.name not in _SCRAPE_FAMILIES)
+                    text = self.node_renderer.render(fam for fam in families if fam.name not in _SCRAPE_FAMILIES)
                     names = frozenset(fam.name for fam in families)
                 with self._lock:
                     self._key, self._node_text, self._scrape, self._names = key, text, scrape, names
@@ -82,7 +85,7 @@ class Exposition:
             # Read at scrape time, as node_exporter does; served even while the publisher is away (the files
             # are as fresh as they are), the textfile's scrape row only beside the segment's.
             textfile = self.textfile.read(names)
-            parts.append(render_families(_with_textfile_row(fam, textfile.duration) for fam in scrape))
+            parts.append(self._scrape_renderer.render(_with_textfile_row(fam, textfile.duration) for fam in scrape))
             parts.append(textfile.text)
         if self.extra is not None:
             parts.append(generate_latest(self.extra))
