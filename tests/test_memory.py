@@ -17,7 +17,7 @@ import tracemalloc
 from shm_metrics.families import Family
 from shm_metrics.readers.exporter.collector import FamilyRenderer, render_families
 from shm_metrics.readers.exporter.exposition import build
-from shm_metrics.readers.exporter.server import App, ExporterServer
+from shm_metrics.readers.exporter.server import App, ExporterServer, _WorkerPool
 from shm_metrics.readers.exporter.source import SegmentSource
 from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 
@@ -81,6 +81,31 @@ def test_exporter_retains_nothing_sample_after_sample(name, start_publisher):
         finally:
             conn.close()
     assert second - first < RETAINED_SLACK, f"the exporter kept {second - first} bytes more over {SAMPLES} samples"
+    assert server._workers.threads == 1  # one keep-alive client: one worker, however many scrapes
+
+
+def test_a_keep_alive_clients_next_request_needs_no_new_worker():
+    """A worker counts itself free before it hands its connection back, so the client's next request, dispatched
+    during the hand-back as the loop does when the client is quick, goes to that worker: no thread is started
+    per race, and the pool (a malloc arena per thread) does not creep up to its size under steady scraping."""
+    done = threading.Event()
+    names = set()
+
+    def work(job: int):
+        names.add(threading.current_thread().name)
+
+        def hand_back() -> None:
+            pool.submit(job + 1) if job < 100 else done.set()  # the next request is there at once
+
+        return hand_back
+
+    pool = _WorkerPool(8, work)
+    pool.submit(0)
+    try:
+        assert done.wait(30)
+    finally:
+        pool.stop()
+    assert pool.threads == 1 and names == {"shm-exporter-worker-1"}
 
 
 def _disks(names: range, value: float) -> list[Family]:
@@ -101,4 +126,3 @@ def test_renderer_writes_the_new_value_of_a_kept_line():
     for value in (1.0, 2.5, 2.5, 1234567.0, float("nan"), float("nan"), 0.0):
         assert renderer.render(_disks(range(1), value)) == render_families(_disks(range(1), value))
     assert b"sd0\"} 1.234567e+06\n" in renderer.render(_disks(range(1), 1234567.0))
-
