@@ -10,9 +10,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import http.client
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import tracemalloc
+from pathlib import Path
 
 from shm_metrics.families import Family
 from shm_metrics.readers.exporter.collector import FamilyRenderer, render_families
@@ -25,6 +30,7 @@ from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 # The cache of every value ever formatted that issue 15 removed kept ~430 KiB more per 60 samples at 100 Hz.
 RETAINED_SLACK = 128 * 1024
 SAMPLES = 60
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
@@ -126,3 +132,31 @@ def test_renderer_writes_the_new_value_of_a_kept_line():
     for value in (1.0, 2.5, 2.5, 1234567.0, float("nan"), float("nan"), 0.0):
         assert renderer.render(_disks(range(1), value)) == render_families(_disks(range(1), value))
     assert b"sd0\"} 1.234567e+06\n" in renderer.render(_disks(range(1), 1234567.0))
+
+
+def test_soak_prints_its_table_and_verdict_and_stops_everything():
+    """`make soak` in a few seconds: every process in the table and the verdict, all stopped by PID, the segment
+    gone.  Its bound is not judged here (a warm-up of 3 s is no warm-up): that is `make soak`'s business."""
+    soak = subprocess.Popen([sys.executable, "-m", "bench.soak", "--seconds", "6", "--every", "2", "--warmup", "3"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = soak.communicate(timeout=120)
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+            soak.communicate()
+    pids = {label: int(pid) for label, pid in re.findall(r"([\w-]+) (\d+)", out.split("PIDs ", 1)[1].split("\n")[0])}
+    assert list(pids) == SOAK_PROCESSES, out + err
+    rows = [line for line in out.splitlines() if re.match(r"^ +\d+ +\d+ +\d+ \|", line)]
+    assert len(rows) >= 3 and all(line.count("|") == len(SOAK_PROCESSES) for line in rows), out
+    verdict = out.split("\nprocess ", 1)[1]
+    assert all(re.search(rf"^{label} +\d", verdict, re.M) for label in SOAK_PROCESSES), out
+    assert "publisher: " in out and " of exited tasks" in out, out  # the --top scan's kept files were checked
+    assert "cleanup: clean:" in out, out + err
+    alive = [pid for pid in pids.values() if os.path.exists(f"/proc/{pid}") and
+             Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"soak processes still running: {alive}"
+    assert not [n for n in os.listdir("/dev/shm") if f"shmbench-{soak.pid}-" in n]
+
+
+SOAK_PROCESSES = ["publisher", "exporter", "scraper", "scraper-gz", "shm-read-f", "shm-read-json", "follow-api"]
