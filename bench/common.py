@@ -193,10 +193,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mib(pid: int) -> float:
+    return status_kib(pid, "VmRSS") / 1024
+
+
+def status_kib(pid: int, key: str) -> float:
+    """A kB line of /proc/PID/status (VmRSS, RssAnon, RssShmem...); NaN if absent."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     return float("nan")
 
 

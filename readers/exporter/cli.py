@@ -174,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     from shm_metrics.readers.exporter.exposition import build
-    from shm_metrics.readers.exporter.server import App, ExporterServer, connection_cap, raise_nofile_limit
+    from shm_metrics.readers.exporter.server import (
+        App,
+        ExporterServer,
+        connection_cap,
+        limit_malloc_arenas,
+        raise_nofile_limit,
+    )
     from shm_metrics.readers.exporter.source import SegmentSource
     from shm_metrics.readers.exporter.textfile import Textfile
     from shm_metrics.readers.exporter.webconfig import WebConfigError, WebConfigWatcher
@@ -194,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                             read_header_timeout=args.read_header_timeout)
     # After the bind, so that "cannot listen" stays the only line on stderr when that fails.
     soft_nofile, _ = raise_nofile_limit()
+    if limit_malloc_arenas():  # before the first worker thread: each would otherwise get an arena of its own
+        log.debug("malloc arenas limited to 1: the worker threads share the main heap")
     server.max_connections = connection_cap(args.max_connections, soft_nofile)
     if server.max_connections < args.max_connections:
         log.warning("--web.max-connections %d lowered to %d: the open files limit is %d (raise LimitNOFILE)",

@@ -28,7 +28,7 @@ from shm_metrics.families import Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
 from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES, TEXTFILE, check_filter, owner
-from shm_metrics.readers.exporter.render import render_families
+from shm_metrics.readers.exporter.render import FamilyRenderer, render_families
 from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics, process_families
 from shm_metrics.readers.exporter.textfile import Textfile
 
@@ -78,6 +78,9 @@ class Exposition:
         self._lock = threading.Lock()
         self._blocks: collections.OrderedDict[frozenset[str] | None, _Block] = collections.OrderedDict()
         self.renders = 0  # node_* blocks rendered (cache misses), for tests and curiosity
+        # One renderer per filter (the unfiltered one under None), kept as long as its block: each keeps the
+        # lines of its own stream of renders, bounded by the series it renders (issue 15).
+        self._renderers: dict[frozenset[str] | None, FamilyRenderer] = {}
 
     def render(self, collect: list[str] | None = None) -> bytes:
         """The exposition; with ``collect`` (node_exporter's ``collect[]`` values) only those collectors'
@@ -117,16 +120,23 @@ class Exposition:
             families = [fam for fam in families if owner(fam.name) in chosen]
             scrape = [fam._replace(series=[s for s in fam.series if s[0][0] in chosen]) for fam in scrape]
         first = min(SCRAPE_FAMILIES)
-        head = render_families(fam for fam in families if fam.name < first and fam.name not in SCRAPE_FAMILIES)
-        tail = render_families(fam for fam in families if fam.name > first and fam.name not in SCRAPE_FAMILIES)
+        with self._lock:
+            renderer = self._renderers.setdefault(chosen, FamilyRenderer())
+        head = renderer.render(fam for fam in families if fam.name < first and fam.name not in SCRAPE_FAMILIES)
+        tail = renderer.render(fam for fam in families if fam.name > first and fam.name not in SCRAPE_FAMILIES)
         block = _Block(key, head, tail, scrape, names)
         with self._lock:
             self._blocks[chosen] = block
             self._blocks.move_to_end(chosen)
             while len(self._blocks) > MAX_CACHED_FILTERS:
-                self._blocks.popitem(last=False)
+                gone, _ = self._blocks.popitem(last=False)
+                self._renderers.pop(gone, None)
             self.renders += 1
         return block
+
+    def node_renderer(self) -> FamilyRenderer | None:
+        """The unfiltered node_* renderer (for tests: what it keeps), once a scrape has used it."""
+        return self._renderers.get(None)
 
 
 def _with_textfile_row(fam: Family, duration: float) -> Family:

@@ -29,6 +29,8 @@ def go_float(value: float) -> str:
     prometheus_client writes 3 as ``3.0`` and 1234567 as ``1234567.0``; Go writes ``3`` and
     ``1.234567e+06``: the shortest digits that round-trip (Python's repr finds the same ones), in
     exponent form when the decimal exponent is below -4 or at least 6 (Go's rule for the shortest form).
+    No cache keyed by value: counters take a new value every sample, and such a cache grows for as long
+    as the exporter runs (issue 15); ``FamilyRenderer`` keeps each series' last line instead.
     """
     if value != value:
         return "NaN"
@@ -36,9 +38,6 @@ def go_float(value: float) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "0"  # expfmt writes 0 for -0 too
-    cached = _GO_FLOATS.get(value)
-    if cached is not None:
-        return cached
     text = repr(float(value))
     sign = "-" if text[0] == "-" else ""
     mantissa, _, exponent = text.lstrip("-").partition("e")
@@ -50,75 +49,102 @@ def go_float(value: float) -> str:
     exp10 = point - 1
     if exp10 < -4 or exp10 >= 6:
         rest = "." + digits[1:] if len(digits) > 1 else ""
-        out = f"{sign}{digits[0]}{rest}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
-    elif point <= 0:
-        out = f"{sign}0.{'0' * -point}{digits}"
-    elif point >= len(digits):
-        out = f"{sign}{digits}{'0' * (point - len(digits))}"
-    else:
-        out = f"{sign}{digits[:point]}.{digits[point:]}"
-    if len(_GO_FLOATS) > 100_000:  # counters move: do not grow without bound
-        _GO_FLOATS.clear()
-    _GO_FLOATS[value] = out
-    return out
+        return f"{sign}{digits[0]}{rest}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return f"{sign}{digits}{'0' * (point - len(digits))}"
+    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
-_GO_FLOATS: dict[float, str] = {}
+class FamilyRenderer:
+    """Renders families as node_exporter writes them, keeping what repeats from sample to sample.
+
+    A family's HELP/TYPE lines and each series' whole line are kept, the line with the value it was
+    written for: a new sample costs a lookup per series and formatting only the values that changed.
+    What is kept is bounded by the series rendered, never by the values seen (issue 15: a cache keyed
+    by value grew for as long as the exporter ran).  One renderer per stream of like renders (the bound
+    follows the size of the last render).
+    """
+
+    SLACK = 1024  # series that may go away before the kept lines are dropped and rebuilt
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
+        self._lines: dict[tuple[str, tuple[str, ...]], tuple[str, float, str]] = {}  # key -> (prefix, value, line)
+
+    def kept(self) -> int:
+        """Series lines kept (for tests: bounded by the series of the last render)."""
+        return len(self._lines)
+
+    def render(self, families: Iterable[Family]) -> bytes:
+        """The text exposition of ``families``: families sorted by name, series sorted by their label values
+        (in label-name order, as the Go client's registry sorts them), labels sorted by name, Go's float
+        format (``go_float``); without building a Metric per family.
+
+        ``generate_latest`` over ``collector.node_families`` gives the same lines but for prometheus_client's
+        float format (``3.0`` where node_exporter writes ``3``).
+        """
+        out: list[str] = []
+        series = 0
+        for fam in sorted(families, key=_by_name):
+            series += self._family_lines(fam, out, True)
+        if len(self._lines) > 2 * (series + self.SLACK):  # devices and mounts came and went: forget the gone ones
+            self._lines.clear()
+            self._heads.clear()
+        return "".join(out).encode()
+
+    def _family_lines(self, fam: Family, out: list[str], head_lines: bool) -> int:
+        append = out.append
+        lines = self._lines
+        name = fam.name
+        head, labels = self._head(fam)
+        if head_lines:
+            append(head)
+        n = 0
+        for values, value in sorted_series(fam):
+            n += 1
+            key = (name, values)
+            kept = lines.get(key)
+            if kept is not None and kept[1] == value:
+                append(kept[2])
+                continue
+            prefix = kept[0] if kept is not None else _prefix(name, labels, values)
+            line = f"{prefix}{go_float(value)}\n"
+            lines[key] = (prefix, value, line)
+            append(line)
+        return n
+
+    def _head(self, fam: Family) -> tuple[str, list[tuple[str, int]]]:
+        """The HELP and TYPE lines, and the label names in output order with their positions."""
+        head = self._heads.get(fam[:4])
+        if head is None:
+            help_ = fam.help.replace("\\", r"\\").replace("\n", r"\n")
+            order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
+            head = self._heads[fam[:4]] = (f"# HELP {fam.name} {help_}\n# TYPE {fam.name} {fam.type}\n",
+                                           [(fam.labels[i], i) for i in order])
+        return head
+
+
+def _prefix(name: str, labels: list[tuple[str, int]], values: tuple[str, ...]) -> str:
+    """``name{labels} ``: labels in ``labels``' order (by name), absent ones left out."""
+    if not labels:
+        return f"{name} "
+    pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels if values[i] != ABSENT_LABEL)
+    return f"{name}{{{pairs}}} "
 
 
 def render_families(families: Iterable[Family]) -> bytes:
-    """The text exposition of ``families`` as node_exporter writes it: families sorted by name, series
-    sorted by their label values (in label-name order, as the Go client's registry sorts them), labels
-    sorted by name, Go's float format (``go_float``); without building a Metric per family.
-
-    ``generate_latest`` over ``collector.node_families`` gives the same lines but for prometheus_client's
-    float format (``3.0`` where node_exporter writes ``3``).
-
-    A family's HELP/TYPE lines and each series' ``name{labels} `` prefix are the same from sample to
-    sample: they are kept (``_PREFIXES``), so a new sample costs little more than formatting its values.
-    """
-    out: list[str] = []
-    for fam in sorted(families, key=_by_name):
-        _family_lines(fam, out, True)
-    return "".join(out).encode()
+    """``FamilyRenderer().render(families)``, without keeping anything for the next sample."""
+    return FamilyRenderer().render(families)
 
 
 def render_series(fam: Family) -> str:
     """The series lines of one family (``name{labels} value``, no HELP or TYPE), exactly as
     ``render_families`` writes them, in the same order."""
     out: list[str] = []
-    _family_lines(fam, out, False)
+    FamilyRenderer()._family_lines(fam, out, False)
     return "".join(out)
-
-
-def _family_lines(fam: Family, out: list[str], head_lines: bool) -> None:
-    append = out.append
-    heads, prefixes = _HEADS, _PREFIXES
-    if len(prefixes) > 50_000:  # devices and mounts come and go: do not grow without bound
-        prefixes.clear()
-        heads.clear()
-    name = fam.name
-    head = heads.get(fam[:4])
-    if head is None:
-        help_ = fam.help.replace("\\", r"\\").replace("\n", r"\n")
-        order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
-        head = heads[fam[:4]] = (f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n",
-                                 [(fam.labels[i], i) for i in order])
-    if head_lines:
-        append(head[0])
-    labels = head[1]
-    for values, value in sorted_series(fam):
-        key = (name, values)
-        prefix = prefixes.get(key)
-        if prefix is None:
-            if labels:
-                pairs = ",".join(f'{n}="{_escape(values[i])}"' for n, i in labels if values[i] != ABSENT_LABEL)
-                prefix = prefixes[key] = f"{name}{{{pairs}}} "
-            else:
-                prefix = prefixes[key] = f"{name} "
-        append(prefix)
-        append(go_float(value))
-        append("\n")
 
 
 def _by_name(fam: Family) -> str:
@@ -134,10 +160,7 @@ def sorted_series(fam: Family) -> list[tuple[tuple[str, ...], float]]:
     return sorted(series, key=lambda row: [row[0][i] for i in order])
 
 
-_HEADS: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
-_PREFIXES: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
-def render_node_text(snap: Snapshot) -> bytes:
-    """The node_* block of one snapshot: what shm-exporter serves for it (when it is fresh)."""
-    return render_families(snap.families)
+def render_node_text(snap: Snapshot, renderer: FamilyRenderer | None = None) -> bytes:
+    """The node_* block of one snapshot: what shm-exporter serves for it (when it is fresh); through
+    ``renderer``, which keeps lines across samples."""
+    return (renderer or FamilyRenderer()).render(snap.families)
