@@ -78,6 +78,8 @@ def test_top_agrees_with_ps(name, start_publisher, hogs):
         user, comm, nlwp = ps(row["pid"], "user"), ps(row["pid"], "comm"), ps(row["pid"], "nlwp")
         if not comm:
             continue
+        if comm.startswith("kworker/") and row["name"].startswith("kworker/"):
+            continue  # a kernel worker renames itself after the work item it runs: no name is stable
         assert comm.startswith(row["name"][:15]) or row["name"].startswith(comm), (row, comm)
         assert user == row["user"] or (user.endswith("+") and row["user"].startswith(user[:-1])), (row, user)
         assert int(nlwp) == row["threads"] or row["pid"] not in (burner, holder)
