@@ -39,14 +39,17 @@ class Scraper(threading.Thread):
             while self.next < self.until:
                 time.sleep(max(0.0, self.next - time.monotonic()))
                 began = time.time()
+                self.next += self.period
                 try:
                     body = get(conn)
-                except OSError as exc:
-                    self.errors.append(repr(exc))
+                except OSError:  # an idle keep-alive connection the server closed: a new one, as Prometheus does
+                    conn.close()
                     conn = connect(self.port)
-                    continue
-                finally:
-                    self.next += self.period
+                    try:
+                        body = get(conn)
+                    except OSError as exc:
+                        self.errors.append(repr(exc))
+                        continue
                 self.count += 1
                 if self.ages is not None:
                     found = _NODE_TIME.search(body)
