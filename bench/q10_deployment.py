@@ -15,7 +15,7 @@ import re
 import threading
 import time
 
-from bench.common import Config, Shared, Table, connect, cpu_seconds, get, x
+from bench.common import Config, Shared, Table, connect, cpu_seconds, get, wait_running, x
 
 # (label, number of scrapers, period in seconds)
 ROWS = (("HA pair, every 15 s", 2, 15.0), ("one, every 15 s", 1, 15.0), ("HA pair, every 5 s", 2, 5.0),
@@ -58,9 +58,12 @@ class Scraper(threading.Thread):
             conn.close()
 
 
-def _window(shared: Shared, node, scrapers: int, period: float, seconds: float) -> dict[str, float]:
+def _window(shared: Shared, node, scrapers: int, period: float, seconds: float,
+            full=None) -> dict[str, float]:
     pub, exp = shared.publisher, shared.exporter
     pids = {"publisher": pub.pid, "exporter": exp.pid, "node": node.pid}
+    if full is not None:  # the design before sampling on demand, measured in the same window
+        pids["always_full"] = full.pid
     start = time.monotonic()
     until = start + seconds
     ages: list[float] = []
@@ -99,10 +102,16 @@ def run(cfg: Config, shared: Shared) -> Table:
     seconds = cfg.pick(90.0, 1.5)
     get(connect(shared.exporter.port))  # the 1 s publisher and its exporter started, and warm
     time.sleep(cfg.pick(5.0, 0.2))
+    lab = shared.lab
+    name = lab.segment_name("q10-always-full")
+    full = lab.start([*lab.script("shm-publisher", "shm_metrics.publisher"), "--name", name, "--interval", "1",
+                      "--always-full"], "publisher-always-full")
+    full.name = name
+    wait_running(name, full)
     results = {}
     for label, scrapers, period in ROWS:
         period = period if not cfg.quick else min(period, 1.0)
-        r = results[label] = _window(shared, node, scrapers, period, seconds)
+        r = results[label] = _window(shared, node, scrapers, period, seconds, full if not scrapers else None)
         ours = r["publisher"] + r["exporter"]
         table.add(label, f"{seconds:.0f} s", f"{r['scrapes']:.0f}", f"{100 * r['publisher']:.3f}",
                   f"{100 * r['exporter']:.3f}", f"{100 * ours:.3f}", f"{100 * r['node']:.3f}",
@@ -111,6 +120,12 @@ def run(cfg: Config, shared: Shared) -> Table:
     table.notes.append("shm-publisher with its defaults (1 s, --top 10, node_exporter's default collectors), "
                        "shm-exporter with its defaults, Debian's node_exporter with its defaults; every "
                        "scraper keeps one connection per target, and scrapes both targets at the same moments.")
+    alone = results["no scraper"]
+    table.notes.append(f"The alternatives, in the no-scraper window: the publisher as it is (tiers: every interval "
+                       f"what local readers show, the rest on demand) {1000 * alone['publisher']:.2f} ms of CPU "
+                       f"per second; the same with --always-full (every collector every second, the design "
+                       f"before) {1000 * alone['always_full']:.2f} ms/s.")
+    lab.stop(full)
     table.notes.append("Largest age: over every scrape of shm-exporter in the window, the scrape's start minus "
                        "the node_time_seconds it served (sampled on demand: at most max(interval, 1 s)).")
     ha = results["HA pair, every 15 s"]
