@@ -85,25 +85,22 @@ class StopSignals:
         return self.received is not None
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0.01 <= value <= 3600) or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"{text} is outside 0.01..3600 seconds")
-    return value
+def _seconds(low: float, high: float):
+    """An argparse type: a number of seconds within low..high (NaN refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (low <= value <= high) or math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} seconds")
+        return value
+
+    return parse
 
 
-def _period(text: str) -> float:
-    """A cadence in seconds, 0..86400 (0: every sample)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0 <= value <= 86400) or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"{text} is outside 0..86400 seconds")
-    return value
+_interval = _seconds(0.01, 3600)
+_period = _seconds(0, 86400)  # a cadence (0: every sample)
 
 
 def _mode(text: str) -> int:

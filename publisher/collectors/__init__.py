@@ -33,7 +33,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
 from shm_metrics.publisher.filters import Filters
@@ -264,6 +264,18 @@ class Devices:
                 self._listed = -math.inf  # list again at the next sample
                 raise
         return self._rows
+
+    def each(self, read: Callable[[object], object]) -> Iterator[tuple[str, object]]:
+        """(name, read(device)) for every current device; a device whose read fails because it went away
+        (``gone``) is skipped, any other read error propagates (the collector fails, as node_exporter's)."""
+        for name, device in self.current():
+            try:
+                result = read(device)
+            except OSError:
+                if self.gone(name):
+                    continue
+                raise
+            yield name, result
 
     def gone(self, name: str) -> bool:
         """After a read error: whether the device went away or was replaced (its directory gone, or a

@@ -88,13 +88,7 @@ class Fibrechannel(Collector):
         return _Host(host, identity, counters)
 
     def collect(self, out: Sample) -> None:
-        for name, host in self._hosts.current():
-            try:
-                rows = self._read(host)
-            except OSError:
-                if self._hosts.gone(name):
-                    continue
-                raise
+        for _, rows in self._hosts.each(self._read):
             for row in rows:
                 out.add(*row)
 

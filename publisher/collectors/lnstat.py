@@ -51,13 +51,7 @@ class Lnstat(Collector):
             self.families = tuple(self._families.values())
 
     def collect(self, out: Sample) -> None:
-        for subsystem, pf in self._files.current():
-            try:
-                stats = parse_stat_file(pf.read_to_end())
-            except OSError:
-                if self._files.gone(subsystem):  # its module unloaded
-                    continue
-                raise
+        for subsystem, stats in self._files.each(lambda pf: parse_stat_file(pf.read_to_end())):  # unloaded: skipped
             self._declare(stats)
             families = self._families
             for name, values in stats.items():

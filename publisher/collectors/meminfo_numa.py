@@ -84,12 +84,6 @@ class MeminfoNuma(Collector):
         return rows
 
     def collect(self, out: Sample) -> None:
-        for entry, (number, meminfo, numastat) in self._nodes.current():
-            try:
-                rows = self._rows(number, meminfo, numastat)
-            except OSError:
-                if self._nodes.gone(entry):  # offlined
-                    continue
-                raise
+        for _, rows in self._nodes.each(lambda node: self._rows(*node)):  # an offlined node is skipped
             for family, node, value in rows:
                 out.add(family, (node,), value)

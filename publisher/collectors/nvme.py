@@ -34,11 +34,6 @@ class Nvme(Collector):
         return [opener(os.path.join(path, a)) for a in _ATTRIBUTES]
 
     def collect(self, out: Sample) -> None:
-        for device, files in self._devices.current():
-            try:
-                values = [go_text(os.pread(pf.fd, SYSFS_READ_SIZE, 0)).strip() for pf in files]
-            except OSError:
-                if self._devices.gone(device):
-                    continue
-                raise
+        for device, values in self._devices.each(
+                lambda files: [go_text(os.pread(pf.fd, SYSFS_READ_SIZE, 0)).strip() for pf in files]):
             out.add(INFO, (device, *values), 1)

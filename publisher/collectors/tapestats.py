@@ -65,13 +65,7 @@ class Tapestats(Collector):
         return {name: opener(os.path.join(stats, name)) for name in sorted(os.listdir(stats)) if name in STATS}
 
     def collect(self, out: Sample) -> None:
-        for drive, files in self._drives.current():
-            try:
-                rows = self._read(files)
-            except OSError:
-                if self._drives.gone(drive):
-                    continue
-                raise
+        for drive, rows in self._drives.each(self._read):
             labels = (drive,)
             for family, value in rows:
                 out.add(family, labels, value)

@@ -76,12 +76,12 @@ class ThermalZone(Collector):
                     continue
                 raise
             add(ZONE_TEMP, labels, millidegrees / 1000.0)
-        for entry, (labels, cur, top) in self._cooling.current():
-            try:
-                rows = ((COOLING_CUR_STATE, labels, read_int(cur)), (COOLING_MAX_STATE, labels, read_int(top)))
-            except OSError:
-                if self._cooling.gone(entry):
-                    continue
-                raise
+        for _, rows in self._cooling.each(_cooling_rows):
             for row in rows:
                 add(*row)
+
+
+def _cooling_rows(device: tuple) -> tuple:
+    labels, cur, top = device
+    return (COOLING_CUR_STATE, labels, read_int(cur)), (COOLING_MAX_STATE, labels, read_int(top))
+
