@@ -649,8 +649,9 @@ class Reader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if self._pread:
-                time.sleep(min(0.002, remaining))
+            if self._pread:  # look at seq alone (8 bytes) until it moves, not at a copy of the whole segment
+                while self._file_seq() == snap.seq and time.monotonic() < deadline:
+                    time.sleep(0.002)
             else:
                 self.wait_for_sample(snap.seq, remaining)
             snap = self.read(arrays, check_alive=check_alive)
