@@ -177,6 +177,7 @@ def test_mounts_and_interfaces_appear_and_go_with_nothing_dropped(name, start_pu
     finally:
         scraper.stop.set()
         follower.stop.set()
+        scraper.join(10)  # before the exporter stops: a scrape cut by its stop is not a failed scrape
         cli_follower.terminate()
         cli_stdout, cli_stderr = cli_follower.communicate(timeout=10)
         oracle.stop()
