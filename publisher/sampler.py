@@ -100,6 +100,14 @@ class Sampler:
         # The families whose series date from the last full sample (flagged so in the catalog); grows when
         # such a collector brings a family it did not declare.
         self.on_demand: set[str] = {fam.name for c in self.collectors if c.tier != CORE for fam in c.families}
+        # node_exporter's node_scrape_collector_* of each collector in the latest full sample (what a scrape,
+        # which asks for one, reports); grid samples repeat them, so they are on demand too.
+        self.on_demand.update((SCRAPE_SUCCESS.name, SCRAPE_DURATION.name))
+        self._status: Sample | None = None
+        # Grid samples' plans (Sampler._grid), by what they depend on: changes of the cached outputs of the
+        # collectors outside the per-process scan ([0]) and of the scan's ([1]).
+        self._versions = [0, 0]
+        self._plans: dict[tuple[bool, int, int], tuple] = {}
         self.last_full_time = 0.0  # Unix time the latest full sample began
         # Family name -> function filling a Sample (the benchmark times each entry separately).
         self.families = {c.name: c.collect for c in self.collectors}
@@ -144,6 +152,8 @@ class Sampler:
             self._failed.discard(cls.name)
             started.append(cls.name)
             log.info("collector %s available now", cls.name)
+        if started:
+            self._versions[0] += 1  # grid samples run or replay it from now on
         self._update_catalog()
         return started
 
@@ -181,7 +191,15 @@ class Sampler:
         if full:
             self.last_full_time = time.time() if wall_time is None else wall_time
         out.full_time = self.last_full_time
-        series = out.series
+        if full or self._status is None:
+            self._full(out, scan)
+        else:
+            self._grid(out, scan)
+        self._update_catalog()
+        return out
+
+    def _full(self, out: Sample, scan: bool) -> None:
+        """Every collector (those with ``refresh_seconds`` when due), and node_scrape_collector_* for each."""
         clock = time.perf_counter
         now = time.monotonic()
         status = []
@@ -191,16 +209,58 @@ class Sampler:
                 ok = self._run(c, out)
                 duration = clock() - t0
             else:
-                ok, duration = self._run_or_replay(c, out, full, scan, now)
+                ok, duration = self._run_or_replay(c, out, True, scan, now)
             for name in c.reports:
                 status.append((name, ok, duration / len(c.reports)))
         for name in self.unavailable:
             status.append((name, 0, 0.0))
-        for name, ok, duration in status:
-            series.append((SCRAPE_SUCCESS, (name,), ok))
-            series.append((SCRAPE_DURATION, (name,), duration))
-        self._update_catalog()
-        return out
+        self._status = Sample(series=[row for name, ok, duration in status
+                                      for row in ((SCRAPE_SUCCESS, (name,), ok), (SCRAPE_DURATION, (name,), duration))])
+        out.series += self._status.series
+        self._versions[0] += 1
+
+    def _grid(self, out: Sample, scan: bool) -> None:
+        """The CORE collectors (and the per-process scan when ``scan``); the rest as the latest full sample
+        left it, through a plan that stays the same from sample to sample: a grid sample at 1 Hz runs with
+        cold caches, where each collector looked at costs microseconds even when it only replays."""
+        key = (scan, self._versions[0], 0 if scan else self._versions[1])
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 2:  # one with the scan (a top viewer asks), one without
+                self._plans.clear()
+            plan = self._plans[key] = self._grid_plan(scan)
+        run, due, scalars, arrays, block = plan
+        for c in run:
+            self._run(c, out)
+        if due:
+            now = time.monotonic()
+            for c in due:
+                self._run_or_replay(c, out, False, scan, now)
+        out.scalars.update(scalars)
+        for name, rows in arrays:
+            setattr(out, name, rows)
+        out.replayed = block
+
+    def _grid_plan(self, scan: bool) -> tuple:
+        """(collectors run every grid sample, collectors run when due, the scalars and arrays replayed,
+        the series replayed as one tuple: the publisher encodes it once)."""
+        run, due, parts = [], [], []
+        scalars: dict[str, float | int] = {}
+        arrays: dict[str, list[dict]] = {}
+        for c in self.collectors:
+            cached = self._cached.get(c.name)
+            if c.tier == CORE and not c.refresh_seconds:
+                run.append(c)
+            elif c.tier == CORE or (c.tier == PROCESS_SCAN and scan) or cached is None:
+                due.append(c)
+            else:
+                part = cached[1]
+                scalars.update(part.scalars)
+                if c.tier != PROCESS_SCAN:  # the per-process tables only from a scan of this very sample
+                    arrays.update((name, rows) for name in _ARRAYS if (rows := getattr(part, name)))
+                parts.append(part)
+        parts.append(self._status)
+        return run, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
 
     def _run(self, c: Collector, out: Sample) -> int:
         """Run one collector into ``out``: 1, or 0 when it failed (nothing of it kept)."""
@@ -226,6 +286,7 @@ class Sampler:
             ok = self._run(c, own)
             # A failure is tried again at the next chance, not only after refresh_seconds.
             cached = self._cached[c.name] = (now if ok else -math.inf, own, ok, time.perf_counter() - t0)
+            self._versions[c.tier == PROCESS_SCAN] += 1  # the grid samples' plans change with it
             if c.tier != CORE and own.series:
                 self.on_demand.update({fam.name for fam, _, _ in own.series})
         # The per-process tables are in a sample only when the scan ran for it: a reader seeing them knows
@@ -252,7 +313,7 @@ class Sampler:
             sample = self._pending = self.sample()
         _, strings = F.encode_catalog(self.catalog)
         index = {fam: i for i, fam in enumerate(self.catalog)}
-        _, labels, rows, _ = F.SeriesEncoder(index).encode(sample.series)
+        _, labels, rows, _ = F.SeriesEncoder(index).encode(sample.all_series())
         cap = 65536
         return {"metrics": len(self.catalog), "strings": F.chunks(len(strings)),
                 "series": min(cap, 2 * rows + 256), "labels": min(cap, 2 * F.chunks(len(labels)) + 256)}

@@ -462,7 +462,7 @@ class OwnedSegment:
         layout = self.layout
         s, lb = L.SECTION_INDEX["series"], L.SECTION_INDEX["labels"]
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
-                                                        layout.capacities[lb] * L.LABELS.size)
+                                                        layout.capacities[lb] * L.LABELS.size, sample.replayed)
         if dropped and short is not None:
             short["series"] = dropped  # more rows, more label bytes or new families: _grow finds out which
         elif dropped and "series" not in self._overflow_logged:
@@ -553,7 +553,7 @@ class OwnedSegment:
         names = {fam.name for fam in self.catalog}
         added: dict[str, F.FamilyInfo] = {}
         known = self._series.index
-        for fam, _, _ in sample.series:
+        for fam, _, _ in sample.all_series():
             if fam not in known and fam.name not in names and fam.name not in added:
                 added[fam.name] = fam
         return (*self.catalog, *added.values())
@@ -565,7 +565,7 @@ class OwnedSegment:
         caps = dict(zip((r.name for r in L.SECTIONS), self.layout.capacities))
         rows, strings = F.encode_catalog(catalog, self._on_demand)
         index = {fam: i for i, fam in enumerate(catalog)}
-        _, blob, n, _ = F.SeriesEncoder(index).encode(sample.series)
+        _, blob, n, _ = F.SeriesEncoder(index).encode(sample.all_series())
         needs = {name: found for name, found in short.items() if name != "series"}
         needs.update(series=n, labels=F.chunks(len(blob)))
         needs = {name: min(need, L.MAX_CAPACITY) for name, need in needs.items() if need > caps[name]}

@@ -121,3 +121,27 @@ def test_one_family_is_found_by_a_binary_search_equal_to_bisect():
         for value in range(14):
             for lo in {0, n // 2, n}:
                 assert F._search(column, value, lo) == bisect.bisect_left(column, value, lo), (n, value, lo)
+
+
+def test_a_replayed_block_spliced_between_fresh_series_decodes_as_one_encoding_of_all():
+    """Grid samples replay the families sampled on demand as one tuple, encoded once: the rows must come
+    out sorted by family whatever families the block and the fresh series share, change or lose."""
+    rows, strings = F.encode_catalog(CATALOG)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    index = {f: i for i, f in enumerate(CATALOG)}
+    spliced = F.SeriesEncoder(index)
+    block = ((INFO, ("eth0", "02:fc", ""), 1), (NET, ("lo",), 5), (VM, (), 7))
+    other = ((INFO, ("eth1", "", ""), 1),)
+    fresh = [[(LOAD, (), 0.5), (NET, ("eth0",), 10)], [(LOAD, (), 0.7), (NET, ("eth0",), 11)],
+             [(NET, ("eth0",), 12)], [], [(LOAD, (), 0.9), (VM, (), 8), (NET, ("eth9",), 1)]]
+    for replayed in (block, block, other, block):
+        for series in fresh:
+            data, blob, kept, dropped = spliced.encode(series, replayed=replayed)
+            alone = F.SeriesEncoder(index).encode([*replayed, *series])
+            assert (kept, dropped) == alone[2:] and len(data) == kept * L.SERIES.size
+            metrics = [row[0] for row in L.SERIES.struct.iter_unpack(data)]
+            assert metrics == sorted(metrics)
+            assert list(F.FamilyView(catalog, data, blob)) == list(F.FamilyView(catalog, *alone[:2]))
+    # Too little room for the block: everything encoded as one, and what is left out counted.
+    data, blob, kept, dropped = spliced.encode(fresh[0], max_rows=3, replayed=block)
+    assert (kept, dropped) == (3, 2) == F.SeriesEncoder(index).encode([*block, *fresh[0]], max_rows=3)[2:]

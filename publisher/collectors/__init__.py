@@ -361,13 +361,17 @@ class Sample:
     """
 
     __slots__ = ("scalars", "cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states",
-                 "series", "full_time")
+                 "series", "replayed", "full_time")
 
     def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
         self.scalars: dict[str, float | int] = {} if scalars is None else scalars
         self.series: list[tuple[FamilyInfo, tuple[str, ...], float]] = [] if series is None else series
-        # Unix time of the latest sample that ran every collector, when this one replays some (the tiers
-        # of Sampler.sample); None: this sample ran them all.
+        # Series this sample repeats from the latest full one (the tiers of Sampler.sample): one tuple,
+        # the same object from sample to sample while it holds the same series, so that the publisher
+        # encodes it once.  ``series`` holds what was sampled now.
+        self.replayed: tuple[tuple[FamilyInfo, tuple[str, ...], float], ...] = ()
+        # Unix time of the latest sample that ran every collector, when this one replays some; None: this
+        # sample ran them all.
         self.full_time: float | None = None
         for name in ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"):
             setattr(self, name, arrays.pop(name, []))
@@ -377,9 +381,13 @@ class Sample:
     def add(self, family: FamilyInfo, labels: tuple[str, ...], value: float) -> None:
         self.series.append((family, labels, value))
 
+    def all_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """Every series of the sample: those replayed and those sampled now."""
+        return [*self.replayed, *self.series] if self.replayed else self.series
+
     def values(self, family: FamilyInfo) -> dict[tuple[str, ...], float]:
         """The series of one family (tests, debugging)."""
-        return {labels: value for fam, labels, value in self.series if fam is family or fam == family}
+        return {labels: value for fam, labels, value in self.all_series() if fam is family or fam == family}
 
 
 _REGISTERED: list[type[Collector]] = []
