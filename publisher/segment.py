@@ -27,8 +27,10 @@ import os
 import re
 import secrets
 import stat
+import struct
 import time
 from collections.abc import Collection
+from operator import itemgetter
 
 import posix_ipc
 
@@ -683,21 +685,40 @@ def _row_packer(rec: L.Record):
     here, so a hostile or odd value never raises inside the write window.
     Rows often repeat from one sample to the next (idle processes, filesystem
     sizes, state counts): their bytes are remembered, keyed by their values.
+    A row whose numbers are already in range (the usual case) is packed as it
+    is, with its strings encoded: the per-field conversion is the fallback,
+    since at 1 Hz every bytecode per field runs with cold caches (issue 16).
     """
     keys = rec.names
     converters = [_converter(f) for f in rec.fields]
+    strings = [(i, converters[i]) for i, f in enumerate(rec.fields) if f.is_string]
+    pick = itemgetter(*keys) if len(keys) > 1 else (lambda row, key=keys[0]: (row[key],))
     pack = rec.struct.pack
     remembered: dict[tuple, bytes] = {}
 
+    def converted(values: tuple) -> bytes:
+        return pack(*[convert(v) for convert, v in zip(converters, values)])
+
     def packer(row: dict) -> bytes:
-        values = tuple([row.get(key, 0) for key in keys])
+        try:
+            values = pick(row)
+        except KeyError:
+            values = tuple([row.get(key, 0) for key in keys])
         try:
             return remembered[values]
         except KeyError:
             pass
         except TypeError:  # an unhashable value: convert it, do not remember
-            return pack(*[convert(v) for convert, v in zip(converters, values)])
-        packed = pack(*[convert(v) for convert, v in zip(converters, values)])
+            return converted(values)
+        fields = values
+        if strings:
+            fields = list(values)
+            for i, convert in strings:
+                fields[i] = convert(fields[i])
+        try:
+            packed = pack(*fields)  # struct refuses a float, a negative or a too large number for an integer
+        except (struct.error, TypeError, ValueError, OverflowError):
+            packed = converted(values)
         if len(remembered) >= _REMEMBERED_ROWS:
             remembered.clear()
         remembered[values] = packed

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from shm_metrics.publisher import filters as F
-from shm_metrics.publisher.sampler import USER_HZ, Sampler
+from shm_metrics.publisher.sampler import USER_HZ, Sample, Sampler
 
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -61,6 +61,66 @@ def test_procs_total_counts_numeric_proc_entries(sampler):
     churn = 5
     assert min(before, after) - churn <= procs <= max(before, after) + churn
     assert min(before_psutil, after_psutil) - churn <= procs <= max(before_psutil, after_psutil) + churn
+
+
+def test_procs_total_follows_processes_that_start_and_exit(sampler):
+    """The count is kept while /proc/loadavg's task number and last PID stand still: a child started or
+    reaped moves them, so the next sample counts again."""
+    import subprocess
+
+    first = sampler.sample().scalars["procs_total"]
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(20)]
+    try:
+        with_them = sampler.sample().scalars["procs_total"]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    without = sampler.sample().scalars["procs_total"]
+    # Other processes of the host may come and go meanwhile: a margin, far below the 20 children.
+    assert with_them - first >= 15 and with_them - without >= 15, (first, with_them, without)
+
+
+def test_procs_total_counts_again_only_when_tasks_changed(tmp_path):
+    """On a procfs showing this process's PID namespace, the listing is repeated when loadavg's task
+    number or last PID moved, and only then (a fixture tree: its ``self`` names this process)."""
+    from shm_metrics.publisher.collectors import Context
+    from shm_metrics.publisher.collectors.processes import Procs
+
+    root = tmp_path / "proc"
+    root.mkdir()
+    (root / "self").symlink_to(str(os.getpid()))
+    for pid in ("1", "42"):
+        (root / pid).mkdir()
+    write(root / "loadavg", "0.00 0.00 0.00 1/10 42\n")
+    procs = Procs(Context(procfs=str(root)))
+    try:
+        def count() -> int:
+            out = Sample()
+            procs.collect(out)
+            return out.scalars["procs_total"]
+
+        assert count() == 2
+        (root / "43").mkdir()
+        assert count() == 2  # nothing in loadavg moved: the listing is not repeated
+        write(root / "loadavg", "0.00 0.00 0.00 2/11 43\n")  # a new task, PID 43
+        assert count() == 3
+        (root / "42").rmdir()
+        write(root / "loadavg", "0.00 0.00 0.00 1/10 43\n")  # an exit: one task fewer, same last PID
+        assert count() == 2
+        (root / "self").unlink()
+        (root / "self").symlink_to("1")  # another namespace's procfs: listed every time
+        other = Procs(Context(procfs=str(root)))
+        try:
+            out = Sample()
+            other.collect(out)
+            (root / "44").mkdir()
+            other.collect(out)
+            assert out.scalars["procs_total"] == 3
+        finally:
+            other.close()
+    finally:
+        procs.close()
 
 
 def test_memory_matches_meminfo_and_psutil(sampler):

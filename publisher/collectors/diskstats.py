@@ -14,6 +14,8 @@ fills the layout's ``disks`` array and its byte totals.
 from __future__ import annotations
 
 import time
+from itertools import repeat
+from operator import mul
 
 from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, read_once, register
 
@@ -50,6 +52,9 @@ _FIELDS = (
     (counter("node_disk_flush_requests_time_seconds_total",
              "This is the total number of seconds spent by all flush requests.", "device"), _MS),
 )
+_FAMILIES = tuple(family for family, _ in _FIELDS)
+_FACTORS = tuple(factor for _, factor in _FIELDS)
+_MAX_REMEMBERED = 1024  # device names whose filter decision is kept (loop devices come and go)
 _UDEV_PROPERTIES = ("ID_PATH", "ID_WWN", "ID_MODEL", "ID_SERIAL_SHORT", "ID_REVISION")
 FILESYSTEM_INFO = gauge("node_disk_filesystem_info", "Info about disk filesystem.", "device", "type", "usage", "uuid",
                         "version")
@@ -95,6 +100,7 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
+        self._excluded: dict[str, bool] = {}
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
@@ -112,27 +118,35 @@ class Diskstats(Collector):
 
     def collect(self, out: Sample) -> None:
         rows = []
-        add = out.add
         excluded = self.ctx.filters.disk_excluded
         udev_series = []
         keys = []
         now = time.monotonic()
+        series = out.series
+        skip = self._excluded
         for line in self._file.read().splitlines():
             v = line.split()
-            if len(v) < 14 or excluded(v[2]):
+            if len(v) < 14:
                 continue
             device = v[2]
-            rows.append({"device": device, "reads": int(v[3]), "writes": int(v[7]),
-                         "read_bytes": int(v[5]) * _SECTOR, "written_bytes": int(v[9]) * _SECTOR,
-                         "io_time_seconds": int(v[12]) / 1000.0})
+            skipped = skip.get(device)
+            if skipped is None:  # the filter's regular expressions once per device name, not every sample
+                if len(skip) >= _MAX_REMEMBERED:
+                    skip.clear()
+                skipped = skip[device] = excluded(device)
+            if skipped:
+                continue
+            counts = list(map(int, v[3:3 + len(_FIELDS)]))
+            rows.append({"device": device, "reads": counts[0], "writes": counts[4],
+                         "read_bytes": counts[2] * _SECTOR, "written_bytes": counts[6] * _SECTOR,
+                         "io_time_seconds": counts[9] / 1000.0})
             keys.append((device, v[0], v[1]))
             info = self._info_series(device, v[0], v[1], now)
-            add(*info[0])
+            series.append(info[0])
             udev_series += info[1:]
-            labels = (device,)
-            for (family, factor), raw in zip(_FIELDS, v[3:]):
-                add(family, labels, int(raw) * factor)
-        out.series += udev_series
+            # zip/map in C: this runs every interval, with cold caches (issue 16).
+            series.extend(zip(_FAMILIES, repeat((device,)), map(mul, counts, _FACTORS)))
+        series += udev_series
         if len(self._info) > len(keys):  # disks gone (loop devices, pods' volumes): forget their udev data
             self._info = {key: self._info[key] for key in keys if key in self._info}
         out.disks = rows

@@ -17,6 +17,8 @@ does.  Devices: the publisher's ``Filters`` (``--net-exclude``, and node_exporte
 
 from __future__ import annotations
 
+from itertools import repeat
+
 from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, register
 
 # /proc/net/dev columns, in order, as node_exporter names them.
@@ -63,6 +65,7 @@ class Netdev(Collector):
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
+        series = out.series
         excluded = self.ctx.filters.net_excluded
         seen = set()
         for line in self._file.read().splitlines()[2:]:
@@ -70,13 +73,12 @@ class Netdev(Collector):
             name = name.strip()
             if not name or excluded(name):
                 continue
-            v = [int(x) for x in rest.split()]
+            v = list(map(int, rest.split()))
             rows.append({"device": name, "rx_bytes": v[0], "tx_bytes": v[8], "rx_packets": v[1],
                          "tx_packets": v[9], "rx_errors": v[2], "tx_errors": v[10],
                          "rx_dropped": v[3], "tx_dropped": v[11]})
             labels = (name,)
-            for family, value in zip(COLUMN_FAMILIES, v):
-                add(family, labels, value)
+            series.extend(zip(COLUMN_FAMILIES, repeat(labels), v))  # in C: every interval, cold caches
             seen.add(name)
             pf = self._nohandler_file(name)
             if pf is not None:

@@ -18,11 +18,15 @@ import glob
 import os
 import re
 import time
+from itertools import repeat
+from operator import truediv
 
 from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, gauge, register
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_HZ = (USER_HZ,) * len(CPU_MODES)
+_SCALAR_KEYS = tuple(f"cpu_seconds_{mode}" for mode in CPU_MODES)  # the layout's scalars of the "cpu" line
 
 CPU_SECONDS = counter("node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "cpu", "mode")
 CPU_GUEST = counter("node_cpu_guest_seconds_total", "Seconds the CPUs spent in guests (VMs) for each mode.",
@@ -171,27 +175,27 @@ class Stat(Collector):
     def collect(self, out: Sample) -> None:
         s = out.scalars
         add = out.add
+        series = out.series
         cpus = []
         for line in self._file.read().splitlines():
             key, _, rest = line.partition(" ")
             if key.startswith("cpu"):
                 values = rest.split()
-                ticks = tuple(int(v) / USER_HZ for v in values[:8])
+                # map/zip in C: this runs every interval with cold caches, where bytecodes cost (issue 16).
+                ticks = tuple(map(truediv, map(int, values[:8]), _HZ))
                 ticks += (0.0,) * (8 - len(ticks))
                 percent = busy_percent(ticks, self._prev.get(key))
                 self._prev[key] = ticks
                 if key == "cpu":
                     s["cpu_percent"] = percent
-                    for mode, value in zip(CPU_MODES, ticks):
-                        s[f"cpu_seconds_{mode}"] = value
+                    s.update(zip(_SCALAR_KEYS, ticks))
                     continue
                 number = key[3:]
                 cpus.append({"cpu": int(number), "percent": percent, **dict(zip(CPU_MODES, ticks))})
                 labels = self._mode_labels.get(number)
                 if labels is None:
                     labels = self._mode_labels[number] = [(number, mode) for mode in CPU_MODES]
-                for label, value in zip(labels, ticks):
-                    add(CPU_SECONDS, label, value)
+                series.extend(zip(repeat(CPU_SECONDS), labels, ticks))
                 if self._guest and len(values) >= 10:  # guest time is also in user and nice; shown apart
                     add(CPU_GUEST, labels[0], int(values[8]) / USER_HZ)
                     add(CPU_GUEST, labels[1], int(values[9]) / USER_HZ)
