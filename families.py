@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # typing (with re, enum, functools) costs milliseconds: shm-r
 GAUGE, COUNTER, UNTYPED = L.METRIC_TYPES
 _TYPE_CODE = {t: i for i, t in enumerate(L.METRIC_TYPES)}
 _SERIES = L.SERIES.struct
+ROW_SIZE = L.SERIES.size  # bytes of one series row
 # SeriesEncoder writes the rows column by column: metric, labels_offset, labels_length as u32 words 0-2,
 # the value as f64 word 2 of each 24-byte row.
 assert [L.SERIES.offsets[n] for n in L.SERIES.names] == [0, 4, 8, 16] and L.SERIES.size == 24
@@ -346,9 +347,38 @@ class FamilyView:
         return self[name] if name in self._catalog.index else None
 
     def _family(self, index: int, lo: int, hi: int) -> Family:
+        size = _SERIES.size
+        return self.decode(index, self._series[lo * size:hi * size])
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
+    def labels_raw(self) -> bytes:
+        """The sample's ``labels`` blob: rows equal in two views with equal blobs (and catalogs) are the
+        same series."""
+        return self._labels
+
+    def raw_families(self) -> Iterator[tuple[int, bytes]]:
+        """(catalog index, its raw ``series`` rows) of every family with series in this sample, in catalog
+        order, without decoding any: a renderer keyed by the raw rows decodes only what changed."""
+        from bisect import bisect_right
+
+        column = self._column()
+        size, raw, known = _SERIES.size, self._series, len(self._catalog.infos)
+        lo, n = 0, len(column)
+        while lo < n:
+            index = column[lo]
+            hi = max(bisect_right(column, index, lo), lo + 1)  # unsorted (corrupt) rows still advance
+            if index < known:
+                yield index, raw[lo * size:hi * size]
+            lo = hi
+
+    def decode(self, index: int, rows_raw: bytes) -> Family:
+        """The family at catalog ``index`` from its raw rows (as ``raw_families`` gives them)."""
         info = self._catalog.infos[index]
-        size, raw = _SERIES.size, self._series
-        rows = _SERIES.iter_unpack(raw[lo * size:hi * size])
+        rows = _SERIES.iter_unpack(rows_raw)
         nlabels = len(info.labels)
         if not nlabels:
             series = [((), value) for _, _, _, value in rows]

@@ -64,6 +64,10 @@ PUBLISHER_USER_ENV = "SHM_METRICS_PUBLISHER_USER"
 STATE_DEAD = "dead"
 
 
+# The header fields read_fresh looks at before copying the segment (pread mode).
+_HEAD_FIELD = {"state": struct.Struct("<I"), "seq": struct.Struct("<Q"), "sample_time": struct.Struct("<d"),
+               "full_sample_time": struct.Struct("<d")}
+
 class ReaderError(Exception):
     """Base of everything a reader can report about a segment."""
 
@@ -640,11 +644,14 @@ class Reader:
         """A snapshot whose families are all at most ``max_age`` seconds old: when the families sampled on
         demand are older, asks the publisher for a full sample and waits for it, at most ``timeout``
         seconds (then the snapshot it has: ``Snapshot.family_time`` says how old each family is)."""
-        snap = self.read(arrays, check_alive=check_alive)
         asked_at = time.time()
-        if asked_at - snap.full_sample_time <= max_age or not snap.is_fresh() or not self.ask(L.DEMAND_FULL):
-            return snap
         deadline = time.monotonic() + timeout
+        asked = self._pread and self._ask_early(asked_at - max_age, deadline)
+        snap = self.read(arrays, check_alive=check_alive)
+        if asked_at - snap.full_sample_time <= max_age or not snap.is_fresh():
+            return snap
+        if not asked and not self.ask(L.DEMAND_FULL):
+            return snap
         while asked_at - snap.full_sample_time > max_age:  # one begun just before we asked will do
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -656,6 +663,28 @@ class Reader:
                 self.wait_for_sample(snap.seq, remaining)
             snap = self.read(arrays, check_alive=check_alive)
         return snap
+
+    def _ask_early(self, oldest: float, deadline: float) -> bool:
+        """pread mode: when the header's ``full_sample_time`` is before ``oldest`` and the publisher lives,
+        ask for a full sample and wait (8-byte reads of ``seq``) until a sample ends, before the one copy
+        of the segment (not one copy to find it old, then another).  True when it asked."""
+        if self._fd is None:
+            return False
+        head = os.pread(self._fd, L.HEADER.size, 0)
+        if len(head) != L.HEADER.size:
+            return False
+        state, seq, latest, full = (_HEAD_FIELD[name].unpack_from(head, L.HEADER.offsets[name])[0]
+                                    for name in ("state", "seq", "sample_time", "full_sample_time"))
+        # Only a running publisher whose samples are fresh (Snapshot.is_fresh's rule) answers soon; for any
+        # other segment (stopped, replaced by a new generation), or an odd value, the usual path decides.
+        if not (state == L.STATE_RUNNING and seq & 1 == 0 and full < oldest
+                and 0 <= time.time() - latest <= 2 * self.interval + 1.0):
+            return False
+        if not self.publisher_alive() or not self.ask(L.DEMAND_FULL):
+            return False
+        while self._file_seq() == seq and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return True
 
     # --- history
     def history(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:

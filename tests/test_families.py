@@ -145,3 +145,29 @@ def test_a_replayed_block_spliced_between_fresh_series_decodes_as_one_encoding_o
     # Too little room for the block: everything encoded as one, and what is left out counted.
     data, blob, kept, dropped = spliced.encode(fresh[0], max_rows=3, replayed=block)
     assert (kept, dropped) == (3, 2) == F.SeriesEncoder(index).encode([*block, *fresh[0]], max_rows=3)[2:]
+
+
+def test_render_view_reuses_only_the_text_of_families_whose_rows_catalog_and_labels_are_the_same():
+    """The exporter renders a view family by family and keeps each family's text keyed by its raw rows:
+    every render must still equal a render of the decoded families from scratch."""
+    from shm_metrics.readers.exporter.render import FamilyRenderer
+
+    rows, strings = F.encode_catalog(CATALOG)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    other_catalog = F.Catalog(F.decode_catalog(*F.encode_catalog((LOAD, NET, VM, INFO))))  # VM, INFO swapped
+    index = {f: i for i, f in enumerate(CATALOG)}
+    renderer = FamilyRenderer()
+    samples = [
+        [(LOAD, (), 0.5), (NET, ("eth0",), 10), (VM, (), 7)],
+        [(LOAD, (), 0.5), (NET, ("eth0",), 11), (VM, (), 7)],  # one value changed
+        [(LOAD, (), 0.5), (NET, ("eth1",), 11), (VM, (), 7)],  # same rows bytes, other label text
+        [(LOAD, (), 0.5), (NET, ("eth1",), 11), (VM, (), 7), (INFO, ("eth1", "", ""), 1)],
+    ]
+    for cat in (catalog, catalog, other_catalog):
+        for series in samples:
+            data, blob, _, _ = F.SeriesEncoder(index).encode(series)
+            view = F.FamilyView(cat, data, blob)
+            texts, names = renderer.render_view(view, lambda name: name != VM.name)
+            expected = FamilyRenderer().render(f for f in view if f.name != VM.name).decode()
+            assert "".join(text for _, text in texts) == expected
+            assert names == {f.name for f in view}

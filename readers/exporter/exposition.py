@@ -28,7 +28,7 @@ from shm_metrics.families import Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
 from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES, TEXTFILE, check_filter, owner
-from shm_metrics.readers.exporter.render import FamilyRenderer, render_families
+from shm_metrics.readers.exporter.render import FamilyRenderer
 from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics, process_families
 from shm_metrics.readers.exporter.textfile import Textfile
 
@@ -81,6 +81,8 @@ class Exposition:
         # One renderer per filter (the unfiltered one under None), kept as long as its block: each keeps the
         # lines of its own stream of renders, bounded by the series it renders (issue 15).
         self._renderers: dict[frozenset[str] | None, FamilyRenderer] = {}
+        self._scrape_renderer = FamilyRenderer()
+        self._scrape_lock = threading.Lock()
 
     def render(self, collect: list[str] | None = None) -> bytes:
         """The exposition; with ``collect`` (node_exporter's ``collect[]`` values) only those collectors'
@@ -96,15 +98,23 @@ class Exposition:
             # are as fresh as they are), the textfile's scrape row only beside the segment's.
             textfile = self.textfile.read(block.names if block is not None else frozenset())
             if block is not None:
-                parts.append(render_families(_with_textfile_row(fam, textfile.duration) for fam in block.scrape))
+                parts.append(self._render_each_scrape(_with_textfile_row(fam, textfile.duration)
+                                                      for fam in block.scrape))
                 parts.append(block.tail)
             parts.append(textfile.text)
         elif block is not None:
-            parts.append(render_families(block.scrape))
+            parts.append(self._render_each_scrape(block.scrape))
             parts.append(block.tail)
         own = process_families() if self.process_metrics else []
-        parts.append(render_families([*own, *self.handler.families(requests=self.process_metrics)]))
+        parts.append(self._render_each_scrape([*own, *self.handler.families(requests=self.process_metrics)]))
         return b"".join(parts)
+
+    def _render_each_scrape(self, families: Iterable[Family]) -> bytes:
+        """Families whose values change at every scrape (node_scrape_collector_*, process_*, promhttp_*),
+        through one renderer that keeps their lines (each scrape formats only the values that changed)."""
+        families = list(families)
+        with self._scrape_lock:
+            return self._scrape_renderer.render(families)
 
     def _block(self, snap: Snapshot, chosen: frozenset[str] | None) -> _Block:
         key = (snap.instance_id, snap.seq)
@@ -113,18 +123,21 @@ class Exposition:
             if block is not None and block.key == key:
                 self._blocks.move_to_end(chosen)
                 return block
-        families = list(snap.families)
-        names = frozenset(fam.name for fam in families)
-        scrape = [fam for fam in families if fam.name in SCRAPE_FAMILIES]
+        view = snap.families
+        scrape = [fam for fam in map(view.get, SCRAPE_FAMILIES) if fam is not None and fam.series]
         if chosen is not None:
-            families = [fam for fam in families if owner(fam.name) in chosen]
             scrape = [fam._replace(series=[s for s in fam.series if s[0][0] in chosen]) for fam in scrape]
-        first = min(SCRAPE_FAMILIES)
+
+        def keep(name: str) -> bool:
+            return name not in SCRAPE_FAMILIES and (chosen is None or owner(name) in chosen)
+
         with self._lock:
             renderer = self._renderers.setdefault(chosen, FamilyRenderer())
-        head = renderer.render(fam for fam in families if fam.name < first and fam.name not in SCRAPE_FAMILIES)
-        tail = renderer.render(fam for fam in families if fam.name > first and fam.name not in SCRAPE_FAMILIES)
-        block = _Block(key, head, tail, scrape, names)
+        texts, names = renderer.render_view(view, keep)  # one stream of renders per renderer: not shared
+        first = min(SCRAPE_FAMILIES)
+        head = "".join([text for name, text in texts if name < first]).encode()
+        tail = "".join([text for name, text in texts if name > first]).encode()
+        block = _Block(key, head, tail, scrape, frozenset(names))
         with self._lock:
             self._blocks[chosen] = block
             self._blocks.move_to_end(chosen)

@@ -8,12 +8,13 @@ the standard library: ``shm-read`` imports this without prometheus_client.
 from __future__ import annotations
 
 from shm_metrics.families import ABSENT_LABEL
+from shm_metrics.families import ROW_SIZE as _ROW_SIZE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
-    from shm_metrics.families import Family
+    from shm_metrics.families import Family, FamilyView
     from shm_metrics.readers.reader import Snapshot
 
 _INF = float("inf")
@@ -72,6 +73,10 @@ class FamilyRenderer:
     def __init__(self) -> None:
         self._heads: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
         self._lines: dict[tuple[str, tuple[str, ...]], tuple[str, float, str]] = {}  # key -> (prefix, value, line)
+        # render_view's texts of the last view: catalog index -> (raw rows, text), valid for one catalog
+        # and one labels blob.
+        self._texts: dict[int, tuple[bytes, str]] = {}
+        self._texts_of: tuple[object, bytes] | None = None
 
     def kept(self) -> int:
         """Series lines kept (for tests: bounded by the series of the last render)."""
@@ -93,6 +98,40 @@ class FamilyRenderer:
             self._lines.clear()
             self._heads.clear()
         return "".join(out).encode()
+
+    def render_view(self, view: FamilyView, keep: Callable[[str], bool]) -> tuple[list[tuple[str, str]], set[str]]:
+        """The text of each family of ``view`` whose name ``keep`` accepts, as (name, text) sorted by name,
+        and the names of every family with series in it.  A family whose raw rows are those of the last
+        view's (same catalog, same labels blob) is not decoded again: between two full samples most of a
+        host's families do not change, and a scrape then renders only those that did."""
+        of = (view.catalog, view.labels_raw)
+        old = self._texts
+        if self._texts_of is None or self._texts_of[0] is not of[0] or self._texts_of[1] != of[1]:
+            old = {}
+        texts, new, names, series = [], {}, set(), 0
+        infos = view.catalog.infos
+        for index, rows in view.raw_families():
+            name = infos[index].name
+            names.add(name)
+            if not keep(name):
+                continue
+            series += len(rows)
+            kept = old.get(index)
+            if kept is not None and kept[0] == rows:
+                text = kept[1]
+            else:
+                out: list[str] = []
+                self._family_lines(view.decode(index, rows), out, True)
+                text = "".join(out)
+            new[index] = (rows, text)
+            texts.append((name, text))
+        self._texts, self._texts_of = new, of
+        series //= _ROW_SIZE
+        if len(self._lines) > 2 * (series + self.SLACK):  # as in render(): forget series that went away
+            self._lines.clear()
+            self._heads.clear()
+        texts.sort()
+        return texts, names
 
     def _family_lines(self, fam: Family, out: list[str], head_lines: bool) -> int:
         append = out.append
