@@ -95,6 +95,7 @@ class SeriesEncoder:
         self._keep = list(index)  # the ids stay valid while the objects live
         self._encoded: dict[tuple[str, ...], bytes] = {}  # label values repeat from sample to sample
         self._last: tuple | None = None  # the previous sample's keys and encoding
+        self._other: tuple | None = None  # the one before it with other keys (full and grid samples alternate)
         self._replayed: tuple | None = None  # the replayed block last encoded, and its encoding
         self._plan: tuple | None = None  # how the block's rows and the fresh rows interleave
 
@@ -133,8 +134,16 @@ class SeriesEncoder:
         if not series:
             return b"", b"", 0, 0
         families, labels, values = zip(*series)
+        limits = (max_rows, max_bytes, base)
         last = self._last
-        if last is not None and last[0] == families and last[1] == labels and last[2] == (max_rows, max_bytes, base):
+        if not _same_series(last, families, labels, limits):
+            if _same_series(self._other, families, labels, limits):
+                # A full sample between grid samples (or the other way round): two kinds of series alternate.
+                last, self._other = self._other, last
+                self._last = last
+            else:
+                last = None
+        if last is not None:
             # The same series as the previous sample (the usual case): only the values change, so the
             # rows' other columns and the label blob are reused and the values dropped into place.
             from array import array  # the publisher's side only: readers do not load the extension
@@ -147,7 +156,8 @@ class SeriesEncoder:
         rows, blob, order, dropped = self._encode(series, max_rows, max_bytes, base)
         n = len(order)
         pick = itemgetter(*order) if n > 1 else (lambda v, j=order[0] if order else 0: (v[j],))
-        self._last = (families, labels, (max_rows, max_bytes, base), pick, rows, blob, n, dropped)
+        self._other = self._last
+        self._last = (families, labels, limits, pick, rows, blob, n, dropped)
         return rows, blob, n, dropped
 
     def _encode(self, series: list, max_rows: int, max_bytes: int, base: int = 0,
@@ -200,6 +210,11 @@ class SeriesEncoder:
         words[0::6], words[1::6], words[2::6] = metrics, offsets, lengths
         memoryview(rows).cast("d")[2::3] = values
         return bytes(rows), bytes(blob), order, dropped
+
+
+def _same_series(kept: tuple | None, families: tuple, labels: tuple, limits: tuple) -> bool:
+    """Whether an encoding kept by SeriesEncoder was made for the same series (all but the values)."""
+    return kept is not None and kept[0] == families and kept[1] == labels and kept[2] == limits
 
 
 def _by_family(row: tuple) -> int:

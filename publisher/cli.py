@@ -57,6 +57,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.also_ready = False  # the last wait() ended with ``also`` readable
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for sig in _STOP_SIGNALS:
@@ -68,7 +69,9 @@ class StopSignals:
         self.received = signum
 
     def wait(self, timeout: float, also: DemandChannel | None = None) -> bool:
-        """Sleep up to ``timeout`` seconds, or until ``also`` is readable; True once a stop signal has arrived."""
+        """Sleep up to ``timeout`` seconds, or until ``also`` is readable (then ``also_ready`` is True);
+        True once a stop signal has arrived."""
+        self.also_ready = False
         if self.received is None and timeout > 0:
             # poll, not select: the collectors keep a descriptor per device open, and on a big host the
             # channel's number can pass select's limit of 1024.
@@ -76,13 +79,19 @@ class StopSignals:
             poller.register(self._read_fd, select.POLLIN)
             if also is not None:
                 poller.register(also.fileno(), select.POLLIN)
-            poller.poll(math.ceil(timeout * 1000))
-            try:
-                while os.read(self._read_fd, 512):
-                    pass
-            except BlockingIOError:
-                pass
+            for fd, _ in poller.poll(math.ceil(timeout * 1000)):
+                if fd == self._read_fd:
+                    self._drain()
+                else:
+                    self.also_ready = True
         return self.received is not None
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def _seconds(low: float, high: float):
@@ -330,7 +339,7 @@ def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: 
             watch = demand if demand is not None and not listened and not plan.full_pending else None
             if stop.wait(due - time.monotonic(), watch):
                 return
-            if watch is not None and not listened and _readable(watch):
+            if watch is not None and not listened and stop.also_ready:
                 plan.asked(demand.drain(), time.monotonic())
                 listened = True  # once between two samples: a flood cannot keep the publisher awake
             if time.monotonic() >= plan.due():
@@ -382,12 +391,6 @@ class _Plan:
             self.full_pending = True
         if L.DEMAND_SCAN in kinds:
             self.scan_until = now + 2 * self.interval + 1.0  # a viewer asks every interval
-
-
-def _readable(channel: DemandChannel) -> bool:
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def main(argv: list[str] | None = None) -> int:

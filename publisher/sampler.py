@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from operator import attrgetter, is_
 
 from shm_metrics import families as F
 from shm_metrics.families import FamilyInfo
@@ -49,6 +50,7 @@ _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
 # How often a collector unavailable at start (its files missing: a kernel module not loaded yet) is
 # tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
 RETRY_SECONDS = 30.0
+_FAMILIES = attrgetter("families")
 
 
 class Sampler:
@@ -161,8 +163,8 @@ class Sampler:
         """A new, larger ``catalog`` when a collector declares families it did not (cheap when nothing
         changed: one identity check per collector)."""
         declared = self._declared
-        if all(c.families is d for c, d in zip(self.collectors, declared)) and len(declared) == len(self.collectors):
-            return
+        if len(declared) == len(self.collectors) and all(map(is_, map(_FAMILIES, self.collectors), declared)):
+            return  # map() in C: this runs every sample
         self._declared = [c.families for c in self.collectors]
         known = {fam.name for fam in self.catalog}
         new = []

@@ -87,7 +87,7 @@ def test_repeated_series_reuse_the_previous_encoding_and_match_a_fresh_one():
 
     three = ("eth0", "lo", "eth1")
     for series in (sample([1, 2]), sample([3, 4]), sample([5, 6, 7], three), sample([8, 9, 10], three),
-                   [(LOAD, (), 1.5)], sample([11, 12])):
+                   [(LOAD, (), 1.5)], sample([11, 12]), [(LOAD, (), 2.5)], sample([13, 14]), [(LOAD, (), 3.5)]):
         assert reused.encode(series, max_rows=3) == F.SeriesEncoder(index).encode(series, max_rows=3)
     assert reused.encode([]) == (b"", b"", 0, 0)
 
