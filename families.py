@@ -98,6 +98,7 @@ class SeriesEncoder:
         self._other: tuple | None = None  # the one before it with other keys (full and grid samples alternate)
         self._replayed: tuple | None = None  # the replayed block last encoded, and its encoding
         self._plan: tuple | None = None  # how the block's rows and the fresh rows interleave
+        self._block_encoder: SeriesEncoder | None = None  # the replayed blocks' own encoder
 
     def encode(self, series: list[tuple[FamilyInfo, tuple[str, ...], float]], max_rows: int = 1 << 30,
                max_bytes: int = 1 << 30, replayed: Sequence[tuple[FamilyInfo, tuple[str, ...], float]] = (),
@@ -116,18 +117,24 @@ class SeriesEncoder:
             return self._encode_fresh(series, max_rows, max_bytes, 0)
         block = self._replayed
         if block is None or block[0] is not replayed or block[1] != (max_rows, max_bytes):
-            rows, blob, order, dropped = self._encode(list(replayed), max_rows, max_bytes)
-            block = self._replayed = (replayed, (max_rows, max_bytes), rows, blob, len(order), dropped)
-        _, _, block_rows, block_blob, block_n, block_dropped = block
+            # A new block (after each full sample): through an encoder of its own, whose fast path serves
+            # it when only its values changed since the last one.
+            if self._block_encoder is None:
+                self._block_encoder = SeriesEncoder(self.index)
+            encoder = self._block_encoder
+            block = self._replayed = (replayed, (max_rows, max_bytes),
+                                      *encoder._encode_fresh(list(replayed), max_rows, max_bytes, 0), encoder._last)
+        _, _, block_rows, block_blob, block_n, block_dropped, block_layout = block
         if block_dropped:  # does not fit: the publisher grows the segment; until then, one encoding of all
             return self._encode_fresh([*replayed, *series], max_rows, max_bytes, 0)
         rows, blob, n, dropped = self._encode_fresh(series, max_rows - block_n, max_bytes - len(block_blob),
                                                     len(block_blob))
-        plan = self._plan
-        if plan is None or plan[0] is not block or plan[1] is not self._last or plan[2] != len(rows):
-            plan = self._plan = (block, self._last, len(rows), _splice_plan(block_rows, rows))
-        pieces = [piece if piece.__class__ is bytes else rows[piece[0]:piece[1]] for piece in plan[3]]
-        return b"".join(pieces), block_blob + blob, block_n + n, dropped
+        plan = self._plan  # depends on where each side's families are, not on their values
+        if plan is None or plan[0] is not block_layout or plan[1] is not self._last or plan[2] != len(rows):
+            plan = self._plan = (block_layout, self._last, len(rows), _splice_plan(block_rows, rows))
+        sides = (rows, block_rows)
+        joined = b"".join([sides[side][start:end] for side, start, end in plan[3]])
+        return joined, block_blob + blob, block_n + n, dropped
 
     def _encode_fresh(self, series: list, max_rows: int, max_bytes: int, base: int) -> tuple[bytes, bytes, int, int]:
         """``encode`` without a replayed block; label offsets start at ``base``."""
@@ -221,25 +228,26 @@ def _by_family(row: tuple) -> int:
     return row[0]
 
 
-def _splice_plan(block_rows: bytes, rows: bytes) -> list[bytes | tuple[int, int]]:
-    """How two runs of rows, each sorted by family, merge into one: a list of byte strings (slices of
-    ``block_rows``, cut once) and (start, end) byte ranges of ``rows`` (whose values change per sample).
-    Rows of one family in both keep the block's first."""
+def _splice_plan(block_rows: bytes, rows: bytes) -> list[tuple[int, int, int]]:
+    """How two runs of rows, each sorted by family, merge into one: (side, start, end) byte ranges, side 1
+    of ``block_rows`` and 0 of ``rows``.  It depends only on where the families are, so it serves every
+    sample whose two sides keep their layouts, whatever their values.  Rows of one family in both keep
+    the block's first."""
     from bisect import bisect_left, bisect_right
 
     size = _SERIES.size
     block = memoryview(block_rows).cast("I")[0::size // 4].tolist()
     fresh = memoryview(rows).cast("I")[0::size // 4].tolist()
-    plan: list[bytes | tuple[int, int]] = []
+    plan: list[tuple[int, int, int]] = []
     i = j = 0
     while i < len(block) or j < len(fresh):
         if j < len(fresh) and (i == len(block) or fresh[j] < block[i]):
             end = len(fresh) if i == len(block) else bisect_left(fresh, block[i], j)
-            plan.append((j * size, end * size))
+            plan.append((0, j * size, end * size))
             j = end
         else:
             end = len(block) if j == len(fresh) else bisect_right(block, fresh[j], i)
-            plan.append(block_rows[i * size:end * size])
+            plan.append((1, i * size, end * size))
             i = end
     return plan
 

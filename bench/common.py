@@ -315,11 +315,11 @@ class Lab:
         path = BIN / name
         return [str(path)] if path.exists() else [sys.executable, "-m", module]
 
-    def publisher(self, interval: float, what: str = "pub") -> Launched:
-        """A real shm-publisher on a unique name, returned once its first sample is in."""
+    def publisher(self, interval: float, what: str = "pub", *options: str) -> Launched:
+        """A real shm-publisher on a unique name (with ``options``), returned once its first sample is in."""
         name = self.segment_name(what)
         pub = self.start([*self.script("shm-publisher", "shm_metrics.publisher"), "--name", name,
-                          "--interval", str(interval)], f"publisher-{interval}")
+                          "--interval", str(interval), *options], f"publisher-{interval}{''.join(options)}")
         pub.name = name
         wait_running(name, pub)
         return pub

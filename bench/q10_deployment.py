@@ -12,6 +12,7 @@ the served ``node_time_seconds`` (a family sampled on demand); the row shows the
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 
@@ -62,8 +63,9 @@ def _window(shared: Shared, node, scrapers: int, period: float, seconds: float,
             full=None) -> dict[str, float]:
     pub, exp = shared.publisher, shared.exporter
     pids = {"publisher": pub.pid, "exporter": exp.pid, "node": node.pid}
-    if full is not None:  # the design before sampling on demand, measured in the same window
+    if full is not None:  # the design before sampling on demand, and the floor, measured in the same window
         pids["always_full"] = full.pid
+        pids["floor"] = full.floor.pid
     start = time.monotonic()
     until = start + seconds
     ages: list[float] = []
@@ -107,6 +109,7 @@ def run(cfg: Config, shared: Shared) -> Table:
     full = lab.start([*lab.script("shm-publisher", "shm_metrics.publisher"), "--name", name, "--interval", "1",
                       "--always-full"], "publisher-always-full")
     full.name = name
+    full.floor = lab.start([sys.executable, "-m", "bench.floor"], "floor")
     wait_running(name, full)
     results = {}
     for label, scrapers, period in ROWS:
@@ -124,7 +127,11 @@ def run(cfg: Config, shared: Shared) -> Table:
     table.notes.append(f"The alternatives, in the no-scraper window: the publisher as it is (tiers: every interval "
                        f"what local readers show, the rest on demand) {1000 * alone['publisher']:.2f} ms of CPU "
                        f"per second; the same with --always-full (every collector every second, the design "
-                       f"before) {1000 * alone['always_full']:.2f} ms/s.")
+                       f"before) {1000 * alone['always_full']:.2f} ms/s; the floor (bench/floor.py: a Python "
+                       f"process that wakes every second and only reads the files of the every-interval sample, "
+                       f"statvfs of every mount included, parsing and publishing nothing) "
+                       f"{1000 * alone['floor']:.2f} ms/s.")
+    lab.stop(full.floor)
     lab.stop(full)
     table.notes.append("Largest age: over every scrape of shm-exporter in the window, the scrape's start minus "
                        "the node_time_seconds it served (sampled on demand: at most max(interval, 1 s)).")

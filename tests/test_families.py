@@ -132,9 +132,10 @@ def test_a_replayed_block_spliced_between_fresh_series_decodes_as_one_encoding_o
     spliced = F.SeriesEncoder(index)
     block = ((INFO, ("eth0", "02:fc", ""), 1), (NET, ("lo",), 5), (VM, (), 7))
     other = ((INFO, ("eth1", "", ""), 1),)
+    newer = ((INFO, ("eth0", "02:fc", ""), 2), (NET, ("lo",), 6), (VM, (), 9))  # the next full sample's block
     fresh = [[(LOAD, (), 0.5), (NET, ("eth0",), 10)], [(LOAD, (), 0.7), (NET, ("eth0",), 11)],
              [(NET, ("eth0",), 12)], [], [(LOAD, (), 0.9), (VM, (), 8), (NET, ("eth9",), 1)]]
-    for replayed in (block, block, other, block):
+    for replayed in (block, block, other, block, newer, other, newer):
         for series in fresh:
             data, blob, kept, dropped = spliced.encode(series, replayed=replayed)
             alone = F.SeriesEncoder(index).encode([*replayed, *series])
