@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from operator import attrgetter, is_
+from operator import attrgetter, is_, itemgetter
 
 from shm_metrics import families as F
 from shm_metrics.families import FamilyInfo
@@ -51,6 +51,7 @@ _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
 # tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
 RETRY_SECONDS = 30.0
 _FAMILIES = attrgetter("families")
+_FAMILY_OF = itemgetter(0)  # of a series row
 
 
 class Sampler:
@@ -289,8 +290,8 @@ class Sampler:
             # A failure is tried again at the next chance, not only after refresh_seconds.
             cached = self._cached[c.name] = (now if ok else -math.inf, own, ok, time.perf_counter() - t0)
             self._versions[c.tier == PROCESS_SCAN] += 1  # the grid samples' plans change with it
-            if c.tier != CORE and own.series:
-                self.on_demand.update({fam.name for fam, _, _ in own.series})
+            if c.tier != CORE and own.series:  # a family it did not declare is on demand too
+                self.on_demand.update(fam.name for fam in set(map(_FAMILY_OF, own.series)))  # one per family
         # The per-process tables are in a sample only when the scan ran for it: a reader seeing them knows
         # they are current (their families, like every on-demand family, carry full_sample_time).
         _merge(out, cached[1], arrays=ran or c.tier != PROCESS_SCAN)
