@@ -378,14 +378,20 @@ class FamilyView:
         return self._catalog
 
     @property
+    def rows_raw(self) -> bytes:
+        """The sample's raw ``series`` rows."""
+        return self._series
+
+    @property
     def labels_raw(self) -> bytes:
         """The sample's ``labels`` blob: rows equal in two views with equal blobs (and catalogs) are the
         same series."""
         return self._labels
 
-    def raw_families(self) -> Iterator[tuple[int, bytes]]:
-        """(catalog index, its raw ``series`` rows) of every family with series in this sample, in catalog
-        order, without decoding any: a renderer keyed by the raw rows decodes only what changed."""
+    def raw_families(self) -> Iterator[tuple[int, int, bytes]]:
+        """(catalog index, byte offset of its rows in ``rows_raw``, its raw rows) of every family with series
+        in this sample, in catalog order, without decoding any: a renderer keyed by the raw rows decodes
+        only what changed."""
         from bisect import bisect_right
 
         column = self._column()
@@ -395,7 +401,7 @@ class FamilyView:
             index = column[lo]
             hi = max(bisect_right(column, index, lo), lo + 1)  # unsorted (corrupt) rows still advance
             if index < known:
-                yield index, raw[lo * size:hi * size]
+                yield index, lo * size, raw[lo * size:hi * size]
             lo = hi
 
     def decode(self, index: int, rows_raw: bytes) -> Family:

@@ -161,6 +161,9 @@ def test_render_view_reuses_only_the_text_of_families_whose_rows_catalog_and_lab
     samples = [
         [(LOAD, (), 0.5), (NET, ("eth0",), 10), (VM, (), 7)],
         [(LOAD, (), 0.5), (NET, ("eth0",), 11), (VM, (), 7)],  # one value changed
+        [(LOAD, (), 0.5), (NET, ("eth0",), 11), (VM, (), 8)],  # one of a family left out changed
+        [(LOAD, (), float("nan")), (NET, ("eth0",), 11), (VM, (), 8)],  # NaN is never equal to itself
+        [(LOAD, (), float("nan")), (NET, ("eth0",), 12), (VM, (), 8)],
         [(LOAD, (), 0.5), (NET, ("eth1",), 11), (VM, (), 7)],  # same rows bytes, other label text
         [(LOAD, (), 0.5), (NET, ("eth1",), 11), (VM, (), 7), (INFO, ("eth1", "", ""), 1)],
     ]

@@ -77,6 +77,8 @@ class FamilyRenderer:
         # and one labels blob.
         self._texts: dict[int, tuple[bytes, str]] = {}
         self._texts_of: tuple[object, bytes] | None = None
+        # render_view's last view: (catalog, labels blob, row layout, rows, texts, names, where each family is)
+        self._last_view: tuple | None = None
 
     def kept(self) -> int:
         """Series lines kept (for tests: bounded by the series of the last render)."""
@@ -101,16 +103,26 @@ class FamilyRenderer:
 
     def render_view(self, view: FamilyView, keep: Callable[[str], bool]) -> tuple[list[tuple[str, str]], set[str]]:
         """The text of each family of ``view`` whose name ``keep`` accepts, as (name, text) sorted by name,
-        and the names of every family with series in it.  A family whose raw rows are those of the last
-        view's (same catalog, same labels blob) is not decoded again: between two full samples most of a
-        host's families do not change, and a scrape then renders only those that did."""
+        and the names of every family with series in it.  ``keep`` must answer alike for the renderer's
+        whole life (the exporter keeps one renderer per ``collect[]`` filter).
+
+        Between two full samples most of a host's families do not change.  When the view has the last
+        view's catalog, labels blob and rows but for their values, only the families with a changed value
+        are decoded and rendered again, found by comparing the two value columns in C; otherwise a family
+        whose raw rows are the last view's keeps its text (same catalog, same labels blob).
+        """
+        last = self._last_view
+        rows_raw = view.rows_raw
+        layout = _row_layout(rows_raw)
+        if (last is not None and last[0] is view.catalog and last[2] == layout and last[1] == view.labels_raw):
+            return self._render_changed(view, last, rows_raw, layout)
         of = (view.catalog, view.labels_raw)
         old = self._texts
         if self._texts_of is None or self._texts_of[0] is not of[0] or self._texts_of[1] != of[1]:
             old = {}
-        texts, new, names, series = [], {}, set(), 0
+        texts, new, names, series, spans = [], {}, set(), 0, {}
         infos = view.catalog.infos
-        for index, rows in view.raw_families():
+        for index, start, rows in view.raw_families():
             name = infos[index].name
             names.add(name)
             if not keep(name):
@@ -125,12 +137,40 @@ class FamilyRenderer:
                 text = "".join(out)
             new[index] = (rows, text)
             texts.append((name, text))
+            spans[index] = (start, start + len(rows))
         self._texts, self._texts_of = new, of
         series //= _ROW_SIZE
         if len(self._lines) > 2 * (series + self.SLACK):  # as in render(): forget series that went away
             self._lines.clear()
             self._heads.clear()
         texts.sort()
+        where = {index: (position, *spans[index]) for position, index in
+                 enumerate(sorted(spans, key=lambda i: infos[i].name))}
+        self._last_view = (view.catalog, view.labels_raw, layout, rows_raw, texts, names, where)
+        return texts, names
+
+    def _render_changed(self, view: FamilyView, last: tuple, rows_raw: bytes,
+                        layout: tuple) -> tuple[list[tuple[str, str]], set[str]]:
+        """render_view when only values may have changed: the families of the changed values, again."""
+        from itertools import compress, count
+        from operator import ne
+
+        catalog, labels, _, old_raw, texts, names, where = last
+        changed = list(compress(count(), map(ne, _values(rows_raw), _values(old_raw))))  # NaN: always
+        if changed:
+            texts = list(texts)
+            metric = memoryview(rows_raw).cast("I")[0::_ROW_SIZE // 4]
+            for index in set(map(metric.__getitem__, changed)):
+                spot = where.get(index)
+                if spot is not None:  # else a family ``keep`` leaves out
+                    position, start, end = spot
+                    rows = rows_raw[start:end]
+                    out: list[str] = []
+                    self._family_lines(view.decode(index, rows), out, True)
+                    text = "".join(out)
+                    texts[position] = (texts[position][0], text)
+                    self._texts[index] = (rows, text)  # the other path's table keeps the same texts
+        self._last_view = (catalog, labels, layout, rows_raw, texts, names, where)
         return texts, names
 
     def _family_lines(self, fam: Family, out: list[str], head_lines: bool) -> int:
@@ -163,6 +203,18 @@ class FamilyRenderer:
             head = self._heads[fam[:4]] = (f"# HELP {fam.name} {help_}\n# TYPE {fam.name} {fam.type}\n",
                                            [(fam.labels[i], i) for i in order])
         return head
+
+
+def _row_layout(rows_raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """Everything of the series rows but the values: each row's family, labels offset and length."""
+    words = memoryview(rows_raw).cast("I")
+    step = _ROW_SIZE // 4
+    return words[0::step].tobytes(), words[1::step].tobytes(), words[2::step].tobytes()
+
+
+def _values(rows_raw: bytes) -> memoryview:
+    """The value column of the series rows, in place."""
+    return memoryview(rows_raw).cast("d")[2::_ROW_SIZE // 8]
 
 
 def _prefix(name: str, labels: list[tuple[str, int]], values: tuple[str, ...]) -> str:
