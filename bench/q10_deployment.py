@@ -129,7 +129,7 @@ def run(cfg: Config, shared: Shared) -> Table:
                        f"per second; the same with --always-full (every collector every second, the design "
                        f"before) {1000 * alone['always_full']:.2f} ms/s; the floor (bench/floor.py: a Python "
                        f"process that wakes every second and only reads the files of the every-interval sample, "
-                       f"statvfs of every mount included, parsing and publishing nothing) "
+                       f"statvfs of the mounts the publisher keeps included, parsing and publishing nothing) "
                        f"{1000 * alone['floor']:.2f} ms/s.")
     lab.stop(full.floor)
     lab.stop(full)
