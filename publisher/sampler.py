@@ -191,10 +191,11 @@ class Sampler:
             self._next_retry = time.monotonic() + self.retry_seconds
             self.retry_unavailable()
         out = Sample()
+        full = full or self._status is None  # a grid sample replays a full one: the first one is full
         if full:
             self.last_full_time = time.time() if wall_time is None else wall_time
         out.full_time = self.last_full_time
-        if full or self._status is None:
+        if full:
             self._full(out, scan)
         else:
             self._grid(out, scan)

@@ -509,3 +509,20 @@ def test_custom_filters(name, fake_proc):
         assert not any(m.startswith(("/proc", "/sys", "/dev")) for m in mountpoints)
     finally:
         sampler.close()
+
+
+def test_grid_samples_replay_the_latest_full_sample_as_one_block(sampler):
+    """Between full samples the CORE collectors run and everything else is the latest full sample's, as one
+    tuple that stays the same object until the next full sample (the publisher encodes it once)."""
+    from shm_metrics.publisher.collectors import CORE
+
+    core = {fam for c in sampler.collectors if c.tier == CORE for fam in c.families}
+    full = sampler.sample(full=True, scan=False)
+    grid = sampler.sample(full=False, scan=False)
+    again = sampler.sample(full=False, scan=False)
+    assert grid.replayed and again.replayed is grid.replayed
+    assert {fam for fam, _, _ in grid.series} <= core
+    assert set(grid.replayed) == {row for row in full.series if row[0] not in core}
+    assert grid.full_time == full.full_time and set(grid.scalars) == set(full.scalars)
+    sampler.sample(full=True, scan=False)
+    assert sampler.sample(full=False, scan=False).replayed is not grid.replayed
