@@ -94,18 +94,28 @@ class StopSignals:
             pass
 
 
-def _seconds(low: float, high: float):
-    """An argparse type: a number of seconds within low..high (NaN refused)."""
-    def parse(text: str) -> float:
+def _within(convert: type, low: float, high: float, unit: str = ""):
+    """An argparse type: ``convert(text)`` (int or float) within low..high (NaN refused)."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(text: str) -> int | float:
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
         if not (low <= value <= high) or math.isnan(value):
-            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} seconds")
+            raise argparse.ArgumentTypeError(f"{text} is outside {low}..{high}{unit}")
         return value
 
     return parse
+
+
+def _seconds(low: float, high: float):
+    return _within(float, low, high, " seconds")
+
+
+def _bounded(low: int, high: int):
+    return _within(int, low, high)
 
 
 _interval = _seconds(0.01, 3600)
@@ -124,19 +134,6 @@ def _mode(text: str) -> int:
     if not mode & 0o600 == 0o600:
         raise argparse.ArgumentTypeError(f"{text}: the owner needs read and write")
     return mode
-
-
-def _bounded(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
 
 
 _capacity = _bounded(1, L.MAX_CAPACITY)
