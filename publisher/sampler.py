@@ -24,6 +24,7 @@ from operator import attrgetter, is_, itemgetter
 from shm_metrics import families as F
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import (
+    ARRAYS,
     CORE,
     ON_DEMAND,
     PROCESS_SCAN,
@@ -191,14 +192,12 @@ class Sampler:
             self._next_retry = time.monotonic() + self.retry_seconds
             self.retry_unavailable()
         out = Sample()
-        full = full or self._status is None  # a grid sample replays a full one: the first one is full
-        if full:
+        if full or self._status is None:  # a grid sample replays a full one: the first one is full
             self.last_full_time = time.time() if wall_time is None else wall_time
-        out.full_time = self.last_full_time
-        if full:
             self._full(out, scan)
         else:
             self._grid(out, scan)
+        out.full_time = self.last_full_time
         self._update_catalog()
         return out
 
@@ -261,7 +260,7 @@ class Sampler:
                 part = cached[1]
                 scalars.update(part.scalars)
                 if c.tier != PROCESS_SCAN:  # the per-process tables only from a scan of this very sample
-                    arrays.update((name, rows) for name in _ARRAYS if (rows := getattr(part, name)))
+                    arrays.update((name, rows) for name in ARRAYS if (rows := getattr(part, name)))
                 parts.append(part)
         parts.append(self._status)
         return run, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
@@ -357,11 +356,9 @@ def _merge(out: Sample, part: Sample, arrays: bool = True) -> None:
     if part.scalars:
         out.scalars.update(part.scalars)
     if arrays:
-        for name in _ARRAYS:
+        for name in ARRAYS:
             rows = getattr(part, name)
             if rows:
                 setattr(out, name, rows)
     out.series += part.series
 
-
-_ARRAYS = ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states")

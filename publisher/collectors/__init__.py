@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from shm_metrics import shm_layout as L
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
 from shm_metrics.publisher.filters import Filters
 
@@ -353,6 +354,9 @@ class Devices:
         self._rows = []
 
 
+ARRAYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS)  # a Sample's arrays, the layout's names
+
+
 class Sample:
     """One sample: scalars by layout name, arrays as lists of dicts, and the family series.
 
@@ -360,8 +364,7 @@ class Sample:
     each FamilyInfo to its index in the segment's catalog when it packs them.
     """
 
-    __slots__ = ("scalars", "cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states",
-                 "series", "replayed", "full_time")
+    __slots__ = ("scalars", *ARRAYS, "series", "replayed", "full_time")
 
     def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
         self.scalars: dict[str, float | int] = {} if scalars is None else scalars
@@ -373,7 +376,7 @@ class Sample:
         # Unix time of the latest sample that ran every collector, when this one replays some; None: this
         # sample ran them all.
         self.full_time: float | None = None
-        for name in ("cpus", "net", "disks", "filesystems", "top_cpu", "top_rss", "process_states"):
+        for name in ARRAYS:
             setattr(self, name, arrays.pop(name, []))
         if arrays:
             raise TypeError(f"unknown arrays {sorted(arrays)}")
