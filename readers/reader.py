@@ -50,10 +50,10 @@ _fence = None if L.STRONGLY_ORDERED else L.memory_fence
 
 # Generations a read follows at most (each one is a doubling: more in one read would be a publisher gone mad).
 _GENERATION_HOPS = 4
-BUSY_TIMEOUT_SECONDS = 0.25
+BUSY_TIMEOUT_SECONDS = 0.25  # a write takes tens of microseconds; this is far beyond
 # How long read_fresh waits for the full sample it asked for: one takes milliseconds; a publisher that
 # does not answer by then is reported through the families' age, not waited for.
-DEMAND_TIMEOUT_SECONDS = 2.0  # a write takes tens of microseconds; this is far beyond
+DEMAND_TIMEOUT_SECONDS = 2.0
 _SPIN_TRIES = 200
 # A sample stamped later than now by more than this is from the future: never fresh (a hostile or
 # broken clock would otherwise keep it fresh forever).  NTP steps are far smaller.
@@ -64,9 +64,9 @@ PUBLISHER_USER_ENV = "SHM_METRICS_PUBLISHER_USER"
 STATE_DEAD = "dead"
 
 
-# The header fields read_fresh looks at before copying the segment (pread mode).
-_HEAD_FIELD = {"state": struct.Struct("<I"), "seq": struct.Struct("<Q"), "sample_time": struct.Struct("<d"),
-               "full_sample_time": struct.Struct("<d")}
+def _max_age(interval: float) -> float:
+    """The staleness limit of a publisher sampling every ``interval``: 2 x interval + 1 s."""
+    return 2 * interval + 1.0
 
 class ReaderError(Exception):
     """Base of everything a reader can report about a segment."""
@@ -211,7 +211,7 @@ class Snapshot:
 
     def max_age(self) -> float:
         """The staleness limit: 2 x interval + 1 s."""
-        return 2 * self.interval + 1.0
+        return _max_age(self.interval)
 
     def is_fresh(self, max_age: float | None = None) -> bool:
         """Running (and, if checked, live) publisher, at least one sample, not older than ``max_age``
@@ -656,9 +656,8 @@ class Reader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if self._pread:  # look at seq alone (8 bytes) until it moves, not at a copy of the whole segment
-                while self._file_seq() == snap.seq and time.monotonic() < deadline:
-                    time.sleep(0.002)
+            if self._pread:
+                self._wait_seq_moves(snap.seq, deadline)
             else:
                 self.wait_for_sample(snap.seq, remaining)
             snap = self.read(arrays, check_alive=check_alive)
@@ -673,18 +672,22 @@ class Reader:
         head = os.pread(self._fd, L.HEADER.size, 0)
         if len(head) != L.HEADER.size:
             return False
-        state, seq, latest, full = (_HEAD_FIELD[name].unpack_from(head, L.HEADER.offsets[name])[0]
-                                    for name in ("state", "seq", "sample_time", "full_sample_time"))
+        hdr = dict(zip(L.HEADER.names, L.HEADER.struct.unpack(head)))  # outside the seqlock: only a hint
         # Only a running publisher whose samples are fresh (Snapshot.is_fresh's rule) answers soon; for any
         # other segment (stopped, replaced by a new generation), or an odd value, the usual path decides.
-        if not (state == L.STATE_RUNNING and seq & 1 == 0 and full < oldest
-                and 0 <= time.time() - latest <= 2 * self.interval + 1.0):
+        if not (hdr["state"] == L.STATE_RUNNING and hdr["seq"] & 1 == 0 and hdr["full_sample_time"] < oldest
+                and 0 <= time.time() - hdr["sample_time"] <= _max_age(self.interval)):
             return False
         if not self.publisher_alive() or not self.ask(L.DEMAND_FULL):
             return False
+        self._wait_seq_moves(hdr["seq"], deadline)
+        return True
+
+    def _wait_seq_moves(self, seq: int, deadline: float) -> None:
+        """pread mode: look at ``seq`` alone (8 bytes) until it moves or ``deadline`` (monotonic) passes,
+        not at a copy of the whole segment."""
         while self._file_seq() == seq and time.monotonic() < deadline:
             time.sleep(0.002)
-        return True
 
     # --- history
     def history(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
