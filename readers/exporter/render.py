@@ -73,10 +73,6 @@ class FamilyRenderer:
     def __init__(self) -> None:
         self._heads: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
         self._lines: dict[tuple[str, tuple[str, ...]], tuple[str, float, str]] = {}  # key -> (prefix, value, line)
-        # render_view's texts of the last view: catalog index -> (raw rows, text), valid for one catalog
-        # and one labels blob.
-        self._texts: dict[int, tuple[bytes, str]] = {}
-        self._texts_of: tuple[object, bytes] | None = None
         # render_view's last view: (catalog, labels blob, row layout, rows, texts, names, where each family is)
         self._last_view: tuple | None = None
 
@@ -96,9 +92,7 @@ class FamilyRenderer:
         series = 0
         for fam in sorted(families, key=_by_name):
             series += self._family_lines(fam, out, True)
-        if len(self._lines) > 2 * (series + self.SLACK):  # devices and mounts came and went: forget the gone ones
-            self._lines.clear()
-            self._heads.clear()
+        self._forget_gone(series)
         return "".join(out).encode()
 
     def render_view(self, view: FamilyView, keep: Callable[[str], bool]) -> tuple[list[tuple[str, str]], set[str]]:
@@ -108,54 +102,34 @@ class FamilyRenderer:
 
         Between two full samples most of a host's families do not change.  When the view has the last
         view's catalog, labels blob and rows but for their values, only the families with a changed value
-        are decoded and rendered again, found by comparing the two value columns in C; otherwise a family
-        whose raw rows are the last view's keeps its text (same catalog, same labels blob).
+        are decoded and rendered again, found by comparing the two value columns in C.
         """
         last = self._last_view
         rows_raw = view.rows_raw
         layout = _row_layout(rows_raw)
-        if (last is not None and last[0] is view.catalog and last[2] == layout and last[1] == view.labels_raw):
-            return self._render_changed(view, last, rows_raw, layout)
-        of = (view.catalog, view.labels_raw)
-        old = self._texts
-        if self._texts_of is None or self._texts_of[0] is not of[0] or self._texts_of[1] != of[1]:
-            old = {}
-        texts, new, names, series, spans = [], {}, set(), 0, {}
+        if last is not None and last[0] is view.catalog and last[2] == layout and last[1] == view.labels_raw:
+            return self._render_changed(view, last, rows_raw)
+        texts, names, spans = [], set(), {}
         infos = view.catalog.infos
         for index, start, rows in view.raw_families():
             name = infos[index].name
             names.add(name)
-            if not keep(name):
-                continue
-            series += len(rows)
-            kept = old.get(index)
-            if kept is not None and kept[0] == rows:
-                text = kept[1]
-            else:
-                out: list[str] = []
-                self._family_lines(view.decode(index, rows), out, True)
-                text = "".join(out)
-            new[index] = (rows, text)
-            texts.append((name, text))
-            spans[index] = (start, start + len(rows))
-        self._texts, self._texts_of = new, of
-        series //= _ROW_SIZE
-        if len(self._lines) > 2 * (series + self.SLACK):  # as in render(): forget series that went away
-            self._lines.clear()
-            self._heads.clear()
+            if keep(name):
+                texts.append((name, self._family_text(view, index, rows)))
+                spans[index] = (start, start + len(rows))
+        self._forget_gone(sum(end - start for start, end in spans.values()) // _ROW_SIZE)
         texts.sort()
         where = {index: (position, *spans[index]) for position, index in
                  enumerate(sorted(spans, key=lambda i: infos[i].name))}
         self._last_view = (view.catalog, view.labels_raw, layout, rows_raw, texts, names, where)
         return texts, names
 
-    def _render_changed(self, view: FamilyView, last: tuple, rows_raw: bytes,
-                        layout: tuple) -> tuple[list[tuple[str, str]], set[str]]:
+    def _render_changed(self, view: FamilyView, last: tuple, rows_raw: bytes) -> tuple[list[tuple[str, str]], set[str]]:
         """render_view when only values may have changed: the families of the changed values, again."""
         from itertools import compress, count
         from operator import ne
 
-        catalog, labels, _, old_raw, texts, names, where = last
+        catalog, labels, layout, old_raw, texts, names, where = last
         changed = list(compress(count(), map(ne, _values(rows_raw), _values(old_raw))))  # NaN: always
         if changed:
             texts = list(texts)
@@ -164,14 +138,21 @@ class FamilyRenderer:
                 spot = where.get(index)
                 if spot is not None:  # else a family ``keep`` leaves out
                     position, start, end = spot
-                    rows = rows_raw[start:end]
-                    out: list[str] = []
-                    self._family_lines(view.decode(index, rows), out, True)
-                    text = "".join(out)
-                    texts[position] = (texts[position][0], text)
-                    self._texts[index] = (rows, text)  # the other path's table keeps the same texts
+                    texts[position] = (texts[position][0], self._family_text(view, index, rows_raw[start:end]))
         self._last_view = (catalog, labels, layout, rows_raw, texts, names, where)
         return texts, names
+
+    def _family_text(self, view: FamilyView, index: int, rows: bytes) -> str:
+        out: list[str] = []
+        self._family_lines(view.decode(index, rows), out, True)
+        return "".join(out)
+
+    def _forget_gone(self, series: int) -> None:
+        """Drop the kept lines when they are far more than the ``series`` just rendered (devices and
+        mounts came and went): rebuilt from the next render on."""
+        if len(self._lines) > 2 * (series + self.SLACK):
+            self._lines.clear()
+            self._heads.clear()
 
     def _family_lines(self, fam: Family, out: list[str], head_lines: bool) -> int:
         append = out.append
