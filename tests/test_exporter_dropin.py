@@ -162,6 +162,29 @@ def test_collect_filter_cache_per_filter(name, start_publisher):
         source.close()
 
 
+def test_many_collect_filters_never_evict_the_unfiltered_text(name, start_publisher):
+    """Any local client may choose collect[] subsets: more than the cache holds push out the oldest filters,
+    never the plain scrape's text, and their renderers go with them."""
+    from shm_metrics.readers.exporter.exposition import MAX_CACHED_FILTERS
+
+    start_publisher(name, "--interval", "3600")
+    source = SegmentSource(name)
+    _, exposition = build(source, process_metrics=False)
+    try:
+        wait_for(lambda: b"shm_metrics_up 1.0" in exposition.render(), what="up 1")
+        plain = exposition.render()
+        renders = exposition.renders
+        names = ["loadavg", "meminfo", "cpu", "stat", "netdev", "diskstats", "filefd", "filesystem"]
+        filters = [[a, b] for a in names for b in names if a < b][:3 * MAX_CACHED_FILTERS]
+        for chosen in filters:
+            exposition.render(chosen)
+        assert exposition.renders == renders + len(filters)
+        assert stable(exposition.render()) == stable(plain) and exposition.renders == renders + len(filters)
+        assert len(exposition._renderers) <= MAX_CACHED_FILTERS and None in exposition._renderers
+    finally:
+        source.close()
+
+
 # ---------------------------------------------------------------- promhttp and process metrics
 
 def promhttp(text: str) -> dict[str, float]:

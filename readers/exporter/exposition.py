@@ -132,8 +132,11 @@ class Exposition:
             return name not in SCRAPE_FAMILIES and (chosen is None or owner(name) in chosen)
 
         with self._lock:
-            renderer = self._renderers.setdefault(chosen, FamilyRenderer())
-        texts, names = renderer.render_view(view, keep)  # one stream of renders per renderer: not shared
+            renderer = self._renderers.get(chosen)
+            if renderer is None:
+                renderer = self._renderers[chosen] = FamilyRenderer()
+        # Two scrapes of one filter that both miss render alike, twice (each view it keeps is whole).
+        texts, names = renderer.render_view(view, keep)
         first = min(SCRAPE_FAMILIES)
         head = "".join([text for name, text in texts if name < first]).encode()
         tail = "".join([text for name, text in texts if name > first]).encode()
@@ -142,8 +145,11 @@ class Exposition:
             self._blocks[chosen] = block
             self._blocks.move_to_end(chosen)
             while len(self._blocks) > MAX_CACHED_FILTERS:
-                gone, _ = self._blocks.popitem(last=False)
-                self._renderers.pop(gone, None)
+                # The oldest filter goes; never the unfiltered one: clients choosing collect[] subsets must
+                # not make the plain scrape render everything again.
+                del self._blocks[next(k for k in self._blocks if k is not None)]
+            for gone in [k for k in self._renderers if k not in self._blocks]:
+                del self._renderers[gone]  # its filter's block went (or its render failed)
             self.renders += 1
         return block
 
