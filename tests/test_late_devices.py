@@ -421,3 +421,25 @@ def test_publisher_publishes_an_interface_and_a_mount_that_appear_later(tmp_path
             subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         if mounted:
             subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+
+
+def test_a_cpu_whose_cpufreq_appears_later_is_published_then(tree):
+    """An offline CPU has no cpufreq link; when it comes online the link appears and its frequencies are
+    published from the next rescan (a CPU found without one is no device yet, not an empty one kept)."""
+    cpu = next(p for p in sorted((tree / "sys/devices/system/cpu").glob("cpu[0-9]*"))
+               if os.path.lexists(p / "cpufreq"))
+    aside = tree.parent / "aside" / "cpufreq"
+    os.rename(cpu / "cpufreq", aside)
+    sampler = start(tree, Cpufreq, rescan_seconds=0)
+    try:
+        number = cpu.name.removeprefix("cpu")
+
+        def its_series() -> list:
+            return [labels for fam, labels, _ in sampler.sample().series if labels == (number,)]
+
+        assert not its_series()
+        os.rename(aside, cpu / "cpufreq")
+        assert its_series()
+        assert published(sampler.sample()) == fresh(tree, Cpufreq)
+    finally:
+        sampler.close()

@@ -42,7 +42,7 @@ class Cpufreq(Collector):
                                   missing_ok=True)
 
     @staticmethod
-    def _cpu(entry: str, path: str, opener) -> list[tuple[object, tuple[str], ProcFile]]:
+    def _cpu(entry: str, path: str, opener) -> list[tuple[object, tuple[str], ProcFile]] | None:
         labels = (entry.removeprefix("cpu"),)
         files = []
         for family, attribute in FREQUENCIES:
@@ -50,7 +50,7 @@ class Cpufreq(Collector):
                 files.append((family, labels, opener(os.path.join(path, "cpufreq", attribute))))
             except OSError:  # no cpufreq, no such attribute, or root-only
                 continue
-        return files
+        return files or None  # none (an offline CPU has no cpufreq link): not a device yet, tried at each rescan
 
     def collect(self, out: Sample) -> None:
         add = out.add

@@ -84,8 +84,9 @@ class Netdev(Collector):
             if pf is not None:
                 try:
                     add(NOHANDLER, labels, int(pf.read_bytes()))
-                except (OSError, ValueError):  # the interface went away between the two reads
-                    pass
+                except (OSError, ValueError):  # the interface went away between the two reads, or was
+                    self._nohandler.pop(name)  # made again under its name: its file is opened anew next time
+                    pf.close()
         for gone in [d for d in self._nohandler if d not in seen]:
             pf = self._nohandler.pop(gone)
             if pf is not None:
