@@ -50,6 +50,29 @@ def test_a_hostile_file_sets_scrape_error_and_the_others_are_still_served(tmp_pa
     assert "good.prom" in mtimes and "bad.prom" not in mtimes and "stamped.prom" not in mtimes
 
 
+def test_a_fifo_or_a_device_named_prom_is_refused_without_blocking_and_problems_are_logged_once(tmp_path, caplog):
+    """A FIFO would block the scrape's worker for good and /dev/zero would never end: only regular files
+    are read.  A problem is logged when it appears, not at every scrape, and again after it went away."""
+    (tmp_path / "good.prom").write_text("ok 1\n")
+    os.mkfifo(tmp_path / "pipe.prom")
+    (tmp_path / "zero.prom").symlink_to("/dev/zero")
+    textfile = Textfile(str(tmp_path))
+    with caplog.at_level("WARNING", logger="shm-exporter"):
+        for _ in range(3):
+            reading = textfile.read()
+            assert reading.error and "ok 1\n" in reading.text.decode()
+    warned = [r.getMessage() for r in caplog.records if "textfile" in r.getMessage()]
+    assert len(warned) == 2 and all("not a regular file" in m for m in warned), warned
+    (tmp_path / "pipe.prom").unlink()
+    (tmp_path / "zero.prom").unlink()
+    assert not textfile.read().error
+    caplog.clear()
+    os.mkfifo(tmp_path / "pipe.prom")
+    with caplog.at_level("WARNING", logger="shm-exporter"):
+        textfile.read()
+    assert len([r for r in caplog.records if "pipe.prom" in r.getMessage()]) == 1
+
+
 def test_a_family_the_segment_has_is_not_taken_by_a_file(tmp_path):
     (tmp_path / "x.prom").write_text("node_load1 99\nmine 1\n")
     got = families(Textfile(str(tmp_path)).read(taken={"node_load1"}).text.decode())

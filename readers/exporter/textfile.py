@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -165,22 +166,38 @@ class TextfileReading:
     error: bool
 
 
+def _read_file(path: str) -> tuple[list[_Family], int]:
+    """A ``*.prom`` file's families and its mtime in whole seconds.  Only a regular file is read: a FIFO
+    would block the scrape's worker for good, a device (a link to /dev/zero) would never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return parse(f.read().decode("utf-8")), st.st_mtime_ns // 1_000_000_000
+
+
 class Textfile:
     """The ``*.prom`` files under ``directory`` (a directory, or a glob of directories), read per scrape."""
 
     def __init__(self, directory: str):
         self.directory = directory
+        # Problems of the last scrape and of this one: a problem is logged when it appears, not at every
+        # scrape, and problems that went away are forgotten (file names rotate: a set of every message
+        # ever seen would grow for as long as the exporter runs).
         self._logged: set[str] = set()
+        self._seen: set[str] = set()
 
     def _warn(self, message: str) -> None:
-        if message not in self._logged:  # every scrape would repeat it: once per distinct problem
-            self._logged.add(message)
+        self._seen.add(message)
+        if message not in self._logged:
             log.warning("textfile: %s", message)
 
     def read(self, taken: frozenset[str] | set[str] = frozenset()) -> TextfileReading:
         """One scrape's reading; families named in ``taken`` (the segment's) are left out, as node_exporter's
         registry refuses a second collector's family of the same name."""
         start = time.perf_counter()
+        self._seen = set()
         errored = False
         per_file: list[tuple[str, list[_Family]]] = []
         mtimes: dict[str, float] = {}
@@ -201,9 +218,7 @@ class Textfile:
                     continue
                 path = os.path.normpath(os.path.join(directory, name))  # as Go's filepath.Join cleans it
                 try:
-                    with open(path, "rb") as f:
-                        families = parse(f.read().decode("utf-8"))
-                        mtime = os.fstat(f.fileno()).st_mtime_ns // 1_000_000_000
+                    families, mtime = _read_file(path)
                 except (OSError, UnicodeDecodeError, TextfileError) as exc:
                     errored = True
                     self._warn(f"failed to collect textfile data from {path}: {exc}")
@@ -211,6 +226,7 @@ class Textfile:
                 per_file.append((path, families))
                 mtimes[path] = float(mtime)
         merged = self._merge(per_file, taken)
+        self._logged = self._seen  # (scrapes at once share these sets: at worst a line logged twice)
         out = [render(list(merged.values()))]
         if mtimes:
             out.append(f"# HELP node_textfile_mtime_seconds {MTIME_HELP}\n# TYPE node_textfile_mtime_seconds gauge\n")
