@@ -20,6 +20,7 @@ node_exporter; ``textfile`` runs in the exporter.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -50,29 +51,17 @@ _OWNERS = [(re.compile(pattern), owner) for pattern, owner in (
     (r"node_tcp_connection_states$", "tcpstat"),
 )]
 _SUBSYSTEM = re.compile(r"node_([a-z0-9]+)_")
-_CACHE: dict[str, str | None] = {}
 
 
+@functools.lru_cache(maxsize=8192)  # catalogs are a few thousand names at most
 def owner(family: str) -> str | None:
     """The node_exporter collector that exposes ``family``, or None (not a collector's: the scrape families,
     the exporter's own)."""
-    try:
-        return _CACHE[family]
-    except KeyError:
-        pass
-    found = None
     for pattern, name in _OWNERS:
         if pattern.match(family):
-            found = name
-            break
-    else:
-        match = _SUBSYSTEM.match(family)
-        if match and match[1] in NODE_EXPORTER_COLLECTORS:
-            found = match[1]
-    if len(_CACHE) > 50_000:  # catalogs are a few thousand names at most: never grows without bound
-        _CACHE.clear()
-    _CACHE[family] = found
-    return found
+            return name
+    match = _SUBSYSTEM.match(family)
+    return match[1] if match and match[1] in NODE_EXPORTER_COLLECTORS else None
 
 
 class FilterError(ValueError):
