@@ -7,7 +7,7 @@ it, so the exporter derives the owner from the name, as node_exporter names its
 families: ``node_<subsystem>_...``, where the subsystem is the collector's name
 but for the collectors listed in ``_OWNERS`` (cpufreq's ``node_cpu_frequency_*``,
 stat's ``node_forks_total``, netdev's ``node_network_receive_*`` beside
-netclass's ``node_network_*``...).  ``tests/test_exporter_filter.py`` checks the
+netclass's ``node_network_*``...).  ``tests/test_exporter_dropin.py`` checks the
 owner of every family the publisher's collectors declare (on node_exporter's
 end-to-end fixture, where every collector has data) against the collector that
 declared it, so a new family that breaks the rule fails there.
