@@ -189,6 +189,17 @@ class Collector:
         self._kept_open: list[ProcFile] = []
         self._device_sets: list[Devices] = []
 
+    def declare(self, family: FamilyInfo) -> FamilyInfo:
+        """The family this collector declared under ``family``'s name, or ``family``, declared now: a
+        collector that finds a sensor type, a zone or a counter after start grows ``families`` (a new,
+        longer tuple, which the sampler adds to the catalog at that sample)."""
+        by_name = self.__dict__.setdefault("_declared", {f.name: f for f in self.families})
+        known = by_name.get(family.name)
+        if known is None:
+            known = by_name[family.name] = family
+            self.families = (*self.families, family)
+        return known
+
     def open(self, path: str) -> ProcFile:
         """Open a kept-open file; OSError here means the collector is unavailable on this host."""
         pf = ProcFile(path)

@@ -163,19 +163,12 @@ class Hwmon(Collector):
         super().__init__(ctx)
         # One HELP per name, the first sensor's (the Go client would refuse a second one); kept across
         # rescans, so a chip plugged in later declares only the families no chip had.
-        self._by_name: dict[str, FamilyInfo] = {}
         self._rows: list | None = None  # the chips the flattened lists below were built from
         self._constant: list[tuple[FamilyInfo, tuple[str, ...], float]] = []
         self._readings: list[tuple[str, FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
         # No hwmon class: not available, as there.
         self._chips = self.devices(os.path.join(ctx.sysfs, "class", "hwmon"), self._chip)
 
-    def _declare(self, family: FamilyInfo) -> FamilyInfo:
-        known = self._by_name.get(family.name)
-        if known is None:
-            known = self._by_name[family.name] = family
-            self.families = (*self.families, family)
-        return known
 
     def _chip(self, entry: str, path: str, opener) -> _Chip | None:
         if not os.path.isdir(path):
@@ -186,24 +179,24 @@ class Hwmon(Collector):
         found = _Chip()
         human = read_once(os.path.join(path, "name"))
         if human and clean_name(human):
-            found.constant.append((self._declare(CHIP_NAMES), (chip, clean_name(human))))
+            found.constant.append((self.declare(CHIP_NAMES), (chip, clean_name(human))))
         for sensor, props in _sensor_files(path).items():
             sensor_type = split_filename(sensor)[0]
             labels = (chip, sensor)
             if "label" in props:
                 raw = sys_read_raw(props["label"])
                 if raw is not None:
-                    found.constant.append((self._declare(SENSOR_LABEL), (chip, sensor, go_text(raw).strip("\n"))))
+                    found.constant.append((self.declare(SENSOR_LABEL), (chip, sensor, go_text(raw).strip("\n"))))
             for element, file in sorted(props.items()):
                 if element == "label":
                     continue
                 if sensor_type == "beep_enable":
                     if element == "":
-                        self._keep(found, opener, self._declare(BEEP_ENABLED), labels, file, 1.0, True)
+                        self._keep(found, opener, self.declare(BEEP_ENABLED), labels, file, 1.0, True)
                     continue
                 spec = sensor_family(sensor_type, element, "" in props)
                 if spec is not None:
-                    self._keep(found, opener, self._declare(spec[0]), labels, file, spec[1], False)
+                    self._keep(found, opener, self.declare(spec[0]), labels, file, spec[1], False)
         return found
 
     @staticmethod

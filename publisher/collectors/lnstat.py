@@ -45,10 +45,8 @@ class Lnstat(Collector):
     def _declare(self, stats: dict[str, list[int]]) -> None:
         new = [name for name in stats if name not in self._families]
         for name in new:
-            self._families[name] = counter(f"node_lnstat_{name}_total", "linux network cache stats",
-                                           "subsystem", "cpu")
-        if new:
-            self.families = tuple(self._families.values())
+            self._families[name] = self.declare(counter(f"node_lnstat_{name}_total", "linux network cache stats",
+                                                        "subsystem", "cpu"))
 
     def collect(self, out: Sample) -> None:
         for subsystem, stats in self._files.each(lambda pf: parse_stat_file(pf.read_to_end())):  # unloaded: skipped

@@ -70,9 +70,8 @@ class MeminfoNuma(Collector):
     def _declare(self, field: str, kind) -> FamilyInfo:
         family = self._families.get(field)
         if family is None:  # the families are the fields the kernel prints: a new one joins the catalog
-            family = self._families[field] = kind(f"node_memory_numa_{field}", f"Memory information field {field}.",
-                                                  "node")
-            self.families = tuple(self._families.values())
+            family = self._families[field] = self.declare(
+                kind(f"node_memory_numa_{field}", f"Memory information field {field}.", "node"))
         return family
 
     def _rows(self, number: str, meminfo: ProcFile, numastat: ProcFile) -> list[tuple[FamilyInfo, str, float]]:

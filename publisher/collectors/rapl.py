@@ -47,7 +47,6 @@ class Rapl(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._zone_label = bool(ctx.option("rapl.enable-zone-label", False))
-        self._by_name: dict[str, FamilyInfo] = {}
         self._rows: list | None = None
         self._series: list[tuple[FamilyInfo, tuple[str, ...], ProcFile]] = []
         base = os.path.normpath(os.path.join(ctx.sysfs, "class", "powercap"))
@@ -75,10 +74,7 @@ class Rapl(Collector):
                 family, labels = ZONE_LABELLED, (str(index), path, zone_name)
             else:
                 family, labels = zone_family(zone_name), (str(index), path)
-            if family.name not in self._by_name:  # a zone name no zone had: a new family
-                self._by_name[family.name] = family
-                self.families = (*self.families, family)
-            self._series.append((self._by_name[family.name], labels, energy))
+            self._series.append((self.declare(family), labels, energy))  # a zone name no zone had: a new family
         self._rows = rows
 
     def collect(self, out: Sample) -> None:
