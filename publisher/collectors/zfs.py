@@ -108,14 +108,12 @@ class Zfs(Collector):
                 if kind == KSTAT_UINT64:
                     self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
                                  "zpool", "dataset")
-        self.families = (*self._families.values(), POOL_STATE)
+        self.declare(POOL_STATE)
 
     def _family(self, name: str, help_: str, *labels: str) -> FamilyInfo:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = untyped(name, help_, *labels)
-            if self.families:  # after the constructor: the sampler sees a new tuple and grows the catalog
-                self.families = (*self.families, family)
+            family = self._families[name] = self.declare(untyped(name, help_, *labels))
         return family
 
     def collect(self, out: Sample) -> None:
