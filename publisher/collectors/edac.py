@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 
+from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, register
 from shm_metrics.publisher.collectors.sysfs_util import go_int
 
@@ -52,19 +53,16 @@ class Edac(Collector):
         return counters
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for entry, counters in self._controllers.current():
-            rows = []
-            for family, labels, pf in counters:
-                try:
-                    value = go_int(pf.read().strip())
-                except OSError:
-                    if self._controllers.gone(entry):
-                        break
-                    raise
-                if value is None or value < 0:
-                    raise ValueError(f"{pf.path}: not a count")
-                rows.append((family, labels, value))
-            else:
-                for row in rows:
-                    add(*row)
+        for _, rows in self._controllers.each(_read_counters):  # a controller that went away: skipped
+            out.series += rows
+
+
+def _read_counters(counters: list[tuple[FamilyInfo, tuple[str, ...], ProcFile]]) -> list[tuple]:
+    """One controller's series, all or none (OSError when one of its files cannot be read)."""
+    rows = []
+    for family, labels, pf in counters:
+        value = go_int(pf.read().strip())
+        if value is None or value < 0:
+            raise ValueError(f"{pf.path}: not a count")
+        rows.append((family, labels, value))
+    return rows

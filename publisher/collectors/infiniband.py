@@ -183,17 +183,15 @@ class Infiniband(Collector):
                      opener(os.path.join(path, "phys_state")), opener(os.path.join(path, "rate")), counters)
 
     def collect(self, out: Sample) -> None:
-        for device, (info, ports) in self._devices.current():
-            try:
-                rows = [(INFO, info, 1)]
-                for port in ports:
-                    self._read_port(port, rows)
-            except OSError:
-                if self._devices.gone(device):  # unplugged (SR-IOV functions come and go)
-                    continue
-                raise
-            for row in rows:
-                out.add(*row)
+        for _, rows in self._devices.each(self._read_device):  # unplugged (SR-IOV functions come and go): skipped
+            out.series += rows
+
+    def _read_device(self, device: tuple) -> list[tuple]:
+        info, ports = device
+        rows = [(INFO, info, 1)]
+        for port in ports:
+            self._read_port(port, rows)
+        return rows
 
     @staticmethod
     def _read_port(port: _Port, rows: list[tuple]) -> None:
