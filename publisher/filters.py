@@ -45,14 +45,30 @@ class Filters:
         self._disk_in = _compile(self.disk_include)
         self._net_in = _compile(self.net_include)
 
+        # Device names repeat every sample (the filters run on each line of /proc/diskstats and net/dev):
+        # each name's decision is kept, bounded (loop devices and veths come and go).
+        self._disks_decided: dict[str, bool] = {}
+        self._nets_decided: dict[str, bool] = {}
+
     def disk_excluded(self, device: str) -> bool:
-        return bool((self._disk and self._disk.search(device))
-                    or (self._disk_in and not self._disk_in.search(device)))
+        return _decided(self._disks_decided, device, self._disk, self._disk_in)
 
     def fs_excluded(self, mountpoint: str, fstype: str) -> bool:
         return bool((self._mount and self._mount.search(mountpoint))
                     or (self._fstype and self._fstype.search(fstype)))
 
     def net_excluded(self, device: str) -> bool:
-        return bool((self._net and self._net.search(device))
-                    or (self._net_in and not self._net_in.search(device)))
+        return _decided(self._nets_decided, device, self._net, self._net_in)
+
+
+_REMEMBERED = 1024  # device names whose decision is kept
+
+
+def _decided(decisions: dict[str, bool], name: str, exclude: re.Pattern[str] | None,
+             include: re.Pattern[str] | None) -> bool:
+    decision = decisions.get(name)
+    if decision is None:
+        if len(decisions) >= _REMEMBERED:
+            decisions.clear()
+        decision = decisions[name] = bool((exclude and exclude.search(name)) or (include and not include.search(name)))
+    return decision

@@ -54,7 +54,6 @@ _FIELDS = (
 )
 _FAMILIES = tuple(family for family, _ in _FIELDS)
 _FACTORS = tuple(factor for _, factor in _FIELDS)
-_MAX_REMEMBERED = 1024  # device names whose filter decision is kept (loop devices come and go)
 _UDEV_PROPERTIES = ("ID_PATH", "ID_WWN", "ID_MODEL", "ID_SERIAL_SHORT", "ID_REVISION")
 FILESYSTEM_INFO = gauge("node_disk_filesystem_info", "Info about disk filesystem.", "device", "type", "usage", "uuid",
                         "version")
@@ -100,7 +99,6 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
-        self._excluded: dict[str, bool] = {}
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
@@ -123,18 +121,12 @@ class Diskstats(Collector):
         keys = []
         now = time.monotonic()
         series = out.series
-        skip = self._excluded
         for line in self._file.read().splitlines():
             v = line.split()
             if len(v) < 14:
                 continue
             device = v[2]
-            skipped = skip.get(device)
-            if skipped is None:  # the filter's regular expressions once per device name, not every sample
-                if len(skip) >= _MAX_REMEMBERED:
-                    skip.clear()
-                skipped = skip[device] = excluded(device)
-            if skipped:
+            if excluded(device):
                 continue
             counts = list(map(int, v[3:3 + len(_FIELDS)]))
             rows.append({"device": device, "reads": counts[0], "writes": counts[4],
