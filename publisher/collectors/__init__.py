@@ -257,7 +257,6 @@ class Devices:
         self._every = ctx.rescan_seconds
         self._open: dict[str, tuple[object, list[ProcFile]]] = {}
         self._rows: list[tuple[str, object]] = []
-        self._listed = -math.inf
         try:
             self._scan(strict=True)
         except BaseException:

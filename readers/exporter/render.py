@@ -232,7 +232,6 @@ def sorted_series(fam: Family) -> list[tuple[tuple[str, ...], float]]:
     return sorted(series, key=lambda row: [row[0][i] for i in order])
 
 
-def render_node_text(snap: Snapshot, renderer: FamilyRenderer | None = None) -> bytes:
-    """The node_* block of one snapshot: what shm-exporter serves for it (when it is fresh); through
-    ``renderer``, which keeps lines across samples."""
-    return (renderer or FamilyRenderer()).render(snap.families)
+def render_node_text(snap: Snapshot) -> bytes:
+    """The node_* block of one snapshot: what shm-exporter serves for it (when it is fresh)."""
+    return render_families(snap.families)
