@@ -19,6 +19,7 @@ is decoded only when asked for (``FamilyView``).
 
 from __future__ import annotations
 
+import operator
 from collections import namedtuple
 from operator import itemgetter
 
@@ -102,7 +103,7 @@ class SeriesEncoder:
 
     def encode(self, series: list[tuple[FamilyInfo, tuple[str, ...], float]], max_rows: int = 1 << 30,
                max_bytes: int = 1 << 30, replayed: Sequence[tuple[FamilyInfo, tuple[str, ...], float]] = (),
-               ) -> tuple[bytes, bytes, int, int]:
+               fixed: Sequence[tuple[object, bytes]] = ()) -> tuple[bytes, bytes, int, int]:
         """(series rows, labels blob padded to 8, rows kept, rows left out); rows sorted by family.
 
         Rows beyond ``max_rows``, whose label values would end beyond
@@ -112,9 +113,13 @@ class SeriesEncoder:
         its content stays (the families sampled on demand, replayed between full samples).  It is
         encoded once; later samples only splice its rows between the fresh ones, without touching
         its hundreds of series objects again (at 1 Hz that touch is a cache miss each).
+
+        ``fixed``: more series sampled now, as blocks of values: (an object with ``families`` and ``labels``,
+        the same object while they stay; the values as doubles in their order), a collector's fast path
+        (publisher/collectors/numbers.py): no tuple per series.
         """
         if not replayed:
-            return self._encode_fresh(series, max_rows, max_bytes, 0)
+            return self._encode_fresh(series, max_rows, max_bytes, 0, fixed)
         block = self._replayed
         if block is None or block[0] is not replayed or block[1] != (max_rows, max_bytes):
             # A new block (after each full sample): through an encoder of its own, whose fast path serves
@@ -126,9 +131,9 @@ class SeriesEncoder:
                                       *encoder._encode_fresh(list(replayed), max_rows, max_bytes, 0), encoder._last)
         _, _, block_rows, block_blob, block_n, block_dropped, block_layout = block
         if block_dropped:  # does not fit: the publisher grows the segment; until then, one encoding of all
-            return self._encode_fresh([*replayed, *series], max_rows, max_bytes, 0)
+            return self._encode_fresh([*replayed, *series], max_rows, max_bytes, 0, fixed)
         rows, blob, n, dropped = self._encode_fresh(series, max_rows - block_n, max_bytes - len(block_blob),
-                                                    len(block_blob))
+                                                    len(block_blob), fixed)
         plan = self._plan  # depends on where each side's families are, not on their values
         if plan is None or plan[0] is not block_layout or plan[1] is not self._last or plan[2] != len(rows):
             plan = self._plan = (block_layout, self._last, len(rows), _splice_plan(block_rows, rows))
@@ -136,15 +141,17 @@ class SeriesEncoder:
         joined = b"".join([sides[side][start:end] for side, start, end in plan[3]])
         return joined, block_blob + blob, block_n + n, dropped
 
-    def _encode_fresh(self, series: list, max_rows: int, max_bytes: int, base: int) -> tuple[bytes, bytes, int, int]:
+    def _encode_fresh(self, series: list, max_rows: int, max_bytes: int, base: int,
+                      fixed: Sequence[tuple[object, bytes]] = ()) -> tuple[bytes, bytes, int, int]:
         """``encode`` without a replayed block; label offsets start at ``base``."""
-        if not series:
+        if not series and not fixed:
             return b"", b"", 0, 0
-        families, labels, values = zip(*series)
+        families, labels, values = zip(*series) if series else ((), (), ())
+        blocks = tuple(block for block, _ in fixed)
         limits = (max_rows, max_bytes, base)
         last = self._last
-        if not _same_series(last, families, labels, limits):
-            if _same_series(self._other, families, labels, limits):
+        if not _same_series(last, families, labels, limits, blocks):
+            if _same_series(self._other, families, labels, limits, blocks):
                 # A full sample between grid samples (or the other way round): two kinds of series alternate.
                 last, self._other = self._other, last
                 self._last = last
@@ -155,16 +162,21 @@ class SeriesEncoder:
             # rows' other columns and the label blob are reused and the values dropped into place.
             from array import array  # the publisher's side only: readers do not load the extension
 
-            pick, template, blob, n, dropped = last[3:]
+            pick, template, blob, n, dropped = last[4:]
             rows = bytearray(template)
             if n:
+                if fixed:  # the tuples' values, then each block's: one run of doubles to pick from
+                    values = memoryview(b"".join([array("d", values).tobytes(), *(v for _, v in fixed)])).cast("d")
                 memoryview(rows).cast("d")[2::3] = array("d", pick(values))
             return bytes(rows), blob, n, dropped
+        if fixed:
+            series = [*series, *(row for block, v in fixed for row in zip(block.families, block.labels,
+                                                                            memoryview(v).cast("d").tolist()))]
         rows, blob, order, dropped = self._encode(series, max_rows, max_bytes, base)
         n = len(order)
         pick = itemgetter(*order) if n > 1 else (lambda v, j=order[0] if order else 0: (v[j],))
         self._other = self._last
-        self._last = (families, labels, limits, pick, rows, blob, n, dropped)
+        self._last = (families, labels, limits, blocks, pick, rows, blob, n, dropped)
         return rows, blob, n, dropped
 
     def _encode(self, series: list, max_rows: int, max_bytes: int, base: int = 0,
@@ -219,9 +231,11 @@ class SeriesEncoder:
         return bytes(rows), bytes(blob), order, dropped
 
 
-def _same_series(kept: tuple | None, families: tuple, labels: tuple, limits: tuple) -> bool:
-    """Whether an encoding kept by SeriesEncoder was made for the same series (all but the values)."""
-    return kept is not None and kept[0] == families and kept[1] == labels and kept[2] == limits
+def _same_series(kept: tuple | None, families: tuple, labels: tuple, limits: tuple, blocks: tuple) -> bool:
+    """Whether an encoding kept by SeriesEncoder was made for the same series (all but the values); blocks
+    of fixed series are compared by identity (the same object while their families and labels stay)."""
+    return (kept is not None and kept[0] == families and kept[1] == labels and kept[2] == limits
+            and len(kept[3]) == len(blocks) and all(map(operator.is_, kept[3], blocks)))
 
 
 def _by_family(row: tuple) -> int:

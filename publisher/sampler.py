@@ -234,7 +234,7 @@ class Sampler:
             plan = self._plans[key] = self._grid_plan(scan)
         run, due, scalars, arrays, block = plan
         for c in run:
-            self._run(c, out)
+            self._run(c, out, grid=True)
         if due:
             now = time.monotonic()
             for c in due:
@@ -265,15 +265,18 @@ class Sampler:
         parts.append(self._status)
         return run, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
 
-    def _run(self, c: Collector, out: Sample) -> int:
-        """Run one collector into ``out``: 1, or 0 when it failed (nothing of it kept)."""
-        series = out.series
-        start = len(series)
+    def _run(self, c: Collector, out: Sample, grid: bool = False) -> int:
+        """Run one collector into ``out`` (through its fast path when ``grid``): 1, or 0 when it failed
+        (nothing of it kept)."""
+        series, fixed = out.series, out.fixed
+        start, start_fixed = len(series), len(fixed)
         try:
-            c.collect(out)
+            if not (grid and c.grid(out)):
+                c.collect(out)
             return 1
         except _COLLECT_ERRORS as exc:
             del series[start:]  # no half-read family
+            del fixed[start_fixed:]
             if c.name not in self._failed:
                 self._failed.add(c.name)
                 log.warning("sampling %s failed: %s (further failures not logged)", c.name, exc)

@@ -464,7 +464,8 @@ class OwnedSegment:
         layout = self.layout
         s, lb = L.SECTION_INDEX["series"], L.SECTION_INDEX["labels"]
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
-                                                        layout.capacities[lb] * L.LABELS.size, sample.replayed)
+                                                        layout.capacities[lb] * L.LABELS.size, sample.replayed,
+                                                        sample.fixed)
         if dropped and short is not None:
             short["series"] = dropped  # more rows, more label bytes or new families: _grow finds out which
         elif dropped and "series" not in self._overflow_logged:

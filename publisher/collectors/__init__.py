@@ -34,10 +34,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from shm_metrics import shm_layout as L
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
 from shm_metrics.publisher.filters import Filters
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.collectors.numbers import FixedSeries
 
 _READ_SIZE = 1 << 16
 # How often a collector lists its devices' directory again (Context.rescan_seconds): a device that
@@ -216,6 +220,11 @@ class Collector:
     def collect(self, out: Sample) -> None:
         raise NotImplementedError
 
+    def grid(self, out: Sample) -> bool:
+        """A grid sample's fast path (collectors/numbers.py): fill ``out`` as ``collect`` would and return
+        True, or return False having added nothing (then ``collect`` runs)."""
+        return False
+
     def close(self) -> None:
         for pf in self._kept_open:
             pf.close()
@@ -374,11 +383,14 @@ class Sample:
     each FamilyInfo to its index in the segment's catalog when it packs them.
     """
 
-    __slots__ = ("scalars", *ARRAYS, "series", "replayed", "full_time")
+    __slots__ = ("scalars", *ARRAYS, "series", "fixed", "replayed", "full_time")
 
     def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
         self.scalars: dict[str, float | int] = {} if scalars is None else scalars
         self.series: list[tuple[FamilyInfo, tuple[str, ...], float]] = [] if series is None else series
+        # Series sampled now as blocks of values (collectors/numbers.py: a grid sample's fast path): each a
+        # FixedSeries (families and labels) and the values, doubles in its order.
+        self.fixed: list[tuple[FixedSeries, bytes]] = []
         # Series this sample repeats from the latest full one (the tiers of Sampler.sample): one tuple,
         # the same object from sample to sample while it holds the same series, so that the publisher
         # encodes it once.  ``series`` holds what was sampled now.
@@ -396,6 +408,8 @@ class Sample:
 
     def all_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """Every series of the sample: those replayed and those sampled now."""
+        if self.fixed:
+            return [*self.replayed, *self.series, *(row for fixed, values in self.fixed for row in fixed.rows(values))]
         return [*self.replayed, *self.series] if self.replayed else self.series
 
     def values(self, family: FamilyInfo) -> dict[tuple[str, ...], float]:

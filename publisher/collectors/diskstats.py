@@ -17,7 +17,17 @@ import time
 from itertools import repeat
 from operator import mul
 
-from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, read_once, register
+from shm_metrics.publisher.collectors import (
+    CORE,
+    Collector,
+    Context,
+    Sample,
+    counter,
+    gauge,
+    numbers,
+    read_once,
+    register,
+)
 
 INFO_REFRESH_SECONDS = 60.0
 _MS = 1 / 1000.0
@@ -99,6 +109,11 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
+        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        # The grid samples' program (collectors/numbers.py): the counters' values of every disk kept, then
+        # the disks array's five per disk; with the disks' names and their info series, as the Python path
+        # left them.
+        self._program: tuple[numbers.Program, list[str], list[tuple]] | None = None
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
@@ -121,7 +136,13 @@ class Diskstats(Collector):
         keys = []
         now = time.monotonic()
         series = out.series
-        for line in self._file.read().splitlines():
+        start = len(series)
+        if self._numbers is None:
+            text, signature = self._file.read(), None
+        else:
+            _, signature, raw = self._numbers.read(text=True)
+            text = raw.decode("utf-8", "replace")
+        for line in text.splitlines():
             v = line.split()
             if len(v) < 14:
                 continue
@@ -131,7 +152,7 @@ class Diskstats(Collector):
             counts = list(map(int, v[3:3 + len(_FIELDS)]))
             rows.append({"device": device, "reads": counts[0], "writes": counts[4],
                          "read_bytes": counts[2] * _SECTOR, "written_bytes": counts[6] * _SECTOR,
-                         "io_time_seconds": counts[9] / 1000.0})
+                         "io_time_seconds": counts[9] * 0.001})
             keys.append((device, v[0], v[1]))
             info = self._info_series(device, v[0], v[1], now)
             series.append(info[0])
@@ -141,6 +162,69 @@ class Diskstats(Collector):
         series += udev_series
         if len(self._info) > len(keys):  # disks gone (loop devices, pods' volumes): forget their udev data
             self._info = {key: self._info[key] for key in keys if key in self._info}
-        out.disks = rows
-        out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
-        out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)
+        _put_disks(out, rows)
+        if signature is not None and (self._program is None or self._program[0].signature != signature):
+            self._program = self._make_program(raw, signature, series[start:], rows)
+
+    def grid(self, out: Sample) -> bool:
+        """The same values from the numbers alone, while /proc/diskstats keeps its disks (collectors/numbers.py)."""
+        if self._program is None:
+            return False
+        program, devices, constant = self._program
+        values = program.values(self._numbers)
+        if values is None:
+            return False
+        split = 8 * len(program.fixed)
+        out.fixed.append((program.fixed, values[:split]))
+        out.series += constant
+        fields = memoryview(values)[split:].cast("d").tolist()
+        _put_disks(out, [{"device": device, "reads": int(fields[i]), "writes": int(fields[i + 1]),
+                          "read_bytes": int(fields[i + 2]), "written_bytes": int(fields[i + 3]),
+                          "io_time_seconds": fields[i + 4]} for i, device in zip(range(0, len(fields), 5), devices)])
+        return True
+
+    def _make_program(self, raw: bytes, signature: int, series: list[tuple], rows: list[dict],
+                      ) -> tuple[numbers.Program, list[str], list[tuple]] | None:
+        """Where each counter and each array field of the disks kept are among the file's numbers; None when
+        the Python path's values do not come out of them (the Python path then runs every sample)."""
+        lines = {}
+        count = 0
+        for line in numbers.tokens(raw):
+            count += sum(1 for _, index in line if index is not None)
+            if len(line) >= 14 and line[2][1] is None:
+                lines.setdefault(line[2][0].decode("utf-8", "replace"), line)
+        counted = [row for row in series if row[0] in _FACTOR_OF]
+        constant = [row for row in series if row[0] not in _FACTOR_OF]
+        positions, factors, expected = [], [], []
+        try:
+            for family, (device,), value in counted:
+                field = _FIELD_INDEX[family]
+                positions.append(lines[device][3 + field][1])
+                factors.append(_FACTOR_OF[family])
+                expected.append(value)
+            for row in rows:
+                line = lines[row["device"]]
+                for field, factor, key in _ARRAY_FIELDS:
+                    positions.append(line[3 + field][1])
+                    factors.append(factor)
+                    expected.append(row[key])
+        except (KeyError, IndexError, TypeError):
+            return None
+        fixed = numbers.FixedSeries([row[0] for row in counted], [row[1] for row in counted])
+        program = numbers.Program(signature, count, positions, factors, fixed)
+        if None in positions or not program.gives(self._numbers.values, expected):
+            return None
+        return program, [row["device"] for row in rows], constant
+
+
+def _put_disks(out: Sample, rows: list[dict]) -> None:
+    out.disks = rows
+    out.scalars["disk_read_bytes_total"] = sum(r["read_bytes"] for r in rows)
+    out.scalars["disk_written_bytes_total"] = sum(r["written_bytes"] for r in rows)
+
+
+_FIELD_INDEX = {family: i for i, family in enumerate(_FAMILIES)}
+_FACTOR_OF = dict(_FIELDS)
+# The disks array's fields: (index among a line's counters, factor, key of the array row).
+_ARRAY_FIELDS = ((0, 1, "reads"), (4, 1, "writes"), (2, _SECTOR, "read_bytes"), (6, _SECTOR, "written_bytes"),
+                 (9, 0.001, "io_time_seconds"))

@@ -13,7 +13,7 @@ from itertools import compress, repeat
 from operator import itemgetter, mul
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, numbers, register
 
 _PARENS = re.compile(r"\((.*)\)")
 _LINE = re.compile(r"^([^:\n]+):[ \t]*(\d+)( kB)?", re.M)  # key, value, unit
@@ -52,26 +52,74 @@ class Meminfo(Collector):
         self._keys: tuple[str, ...] = ()
         self._factors: list[int] = []
         self._families: list[FamilyInfo | None] = []
+        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._programs: numbers.Program | None = None  # the series' values, then the scalars' (_SCALARS)
 
     def collect(self, out: Sample) -> None:
         # One regular expression over the file and map/zip to the series, all in C: this runs every interval
         # with cold caches, where each bytecode per line costs (issue 16).
-        rows = _LINE.findall(self._file.read())
+        if self._numbers is None:
+            text, signature = self._file.read(), None
+        else:
+            _, signature, raw = self._numbers.read(text=True)
+            text = raw.decode("utf-8", "replace")
+        rows = _LINE.findall(text)
         keys = tuple(map(_KEY, rows))
         if keys != self._keys:
             self._plan(keys, rows)
         values = list(map(mul, map(int, map(_NUMBER, rows)), self._factors))
-        out.series.extend(compress(zip(self._families, repeat(()), values), self._families))
+        series = list(compress(zip(self._families, repeat(()), values), self._families))
+        out.series += series
         mem = dict(zip(keys, values))
-        total = mem["MemTotal"]
-        available = mem.get("MemAvailable", mem.get("MemFree", 0))
-        scalars = {field: mem.get(key, 0) for key, field in _SCALARS.items()}
-        scalars.update(mem_available_bytes=available, mem_used_bytes=max(0, total - available),
-                       swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
-        out.scalars.update(scalars)
+        _put_scalars(out, mem["MemTotal"], mem.get("MemAvailable", mem.get("MemFree", 0)),
+                     *(mem.get(key, 0) for key in _SCALARS))
+        if signature is not None and (self._programs is None or self._programs.signature != signature):
+            self._programs = self._program(raw, signature, series, mem)
+
+    def grid(self, out: Sample) -> bool:
+        """The same values from the numbers alone, while /proc/meminfo keeps its lines (collectors/numbers.py)."""
+        program = self._programs
+        if program is None:
+            return False
+        values = program.values(self._numbers)
+        if values is None:
+            return False
+        split = 8 * len(program.fixed)
+        out.fixed.append((program.fixed, values[:split]))
+        scalars = list(map(int, memoryview(values)[split:].cast("d").tolist()))
+        _put_scalars(out, scalars[0], scalars[2], *scalars)
+        return True
+
+    def _program(self, raw: bytes, signature: int, series: list, mem: dict[str, int]) -> numbers.Program | None:
+        """Where each series' value and each scalar's are among the file's numbers (None: a scalar's key is
+        missing, as MemAvailable on old kernels; the Python path then runs every sample)."""
+        where: dict[str, tuple[int, int]] = {}  # key -> (number index, factor)
+        lines = numbers.tokens(raw)
+        for line in lines:
+            if len(line) >= 2 and line[0][1] is None and line[1][1] is not None:
+                unit = len(line) > 2 and line[2][0] == b"kB"
+                where.setdefault(line[0][0].decode("utf-8", "replace"), (line[1][1], 1024 if unit else 1))
+        count = sum(1 for line in lines for _, index in line if index is not None)
+        if not all(key in where for key in _SCALARS):
+            return None
+        keys = [key for key, family in zip(self._keys, self._families) if family is not None]
+        fixed = numbers.FixedSeries([family for family in self._families if family is not None], [()] * len(keys))
+        program = numbers.Program(signature, count, [where[k][0] for k in (*keys, *_SCALARS)],
+                                  [where[k][1] for k in (*keys, *_SCALARS)], fixed)
+        if program.gives(self._numbers.values, [*(value for _, _, value in series), *(mem[k] for k in _SCALARS)]):
+            return program
+        return None
 
     def _plan(self, keys: tuple[str, ...], rows: list[tuple[str, str, str]]) -> None:
         """Each line's unit factor and family (None for a field the catalog lacks), for these lines."""
         self._keys = keys
         self._factors = [1024 if unit else 1 for _, _, unit in rows]
         self._families = [self._by_key.get(key) for key in keys]
+
+
+def _put_scalars(out: Sample, total: int, available: int, *by_key: int) -> None:
+    """The layout's memory scalars: ``by_key`` in _SCALARS' order."""
+    scalars = dict(zip(_SCALARS.values(), by_key))
+    scalars.update(mem_available_bytes=available, mem_used_bytes=max(0, total - available),
+                   swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
+    out.scalars.update(scalars)

@@ -1,0 +1,116 @@
+"""The every-interval fast path of the CORE collectors: a file's numbers re-read in place (issue 16).
+
+At 1 Hz the publisher runs with cold caches, and there every Python object made per value (a token, an int,
+a tuple per series) costs more than the kernel's work for the file: /proc/meminfo costs ~130 us of CPU
+through the Python parser and ~22 us through ``publisher/_scan.c``, ~17 us of which the kernel spends.
+
+So a CORE collector parses its file in Python (the meaning stays there, in one place) and, from that very
+read, makes a ``Program``: which of the file's numbers each of its values is.  Its grid samples then re-read
+only the numbers (``Numbers.read``), check that the file kept the structure the program was made for (the
+signature: its words and how many numbers stand where), and give the encoder one block of values for a
+``FixedSeries`` instead of a tuple per series.  When the structure moves (a disk, an interface, a CPU came
+or went), the grid sample takes the Python path, which makes a new program.  A program is kept only when,
+applied to the numbers of the read it was made from, it gives exactly the values the Python parse gave.
+
+Without the extension (not compiled on this host) ``AVAILABLE`` is False and collectors always take their
+Python path.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Sequence
+
+from shm_metrics.families import FamilyInfo
+
+try:
+    from shm_metrics.publisher import _scan
+except ImportError:  # built without a C compiler: the Python parsers alone
+    _scan = None
+
+AVAILABLE = _scan is not None
+
+_SEPARATORS = re.compile(rb"[ \t\r:]+")
+_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
+
+
+class FixedSeries:
+    """The series a collector's grid samples give values for: families and label values in the order of the
+    values.  The same object while the file keeps its structure (the encoder compares it by identity)."""
+
+    __slots__ = ("families", "labels")
+
+    def __init__(self, families: Sequence[FamilyInfo], labels: Sequence[tuple[str, ...]]):
+        self.families = tuple(families)
+        self.labels = tuple(labels)
+
+    def __len__(self) -> int:
+        return len(self.families)
+
+    def rows(self, values: bytes) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """The series as tuples (``Sample.all_series``, tests)."""
+        return list(zip(self.families, self.labels, memoryview(values).cast("d").tolist()))
+
+
+class Program:
+    """Where a collector's values are among its file's numbers, for one structure of the file."""
+
+    __slots__ = ("signature", "count", "positions", "factors", "fixed")
+
+    def __init__(self, signature: int, count: int, positions: Sequence[int], factors: Sequence[float],
+                 fixed: FixedSeries | None = None):
+        self.signature, self.count = signature, count
+        self.positions = array("I", positions)
+        self.factors = array("d", factors)
+        self.fixed = fixed
+
+    def values(self, numbers: Numbers) -> bytes | None:
+        """Read the file again: the values (doubles, scaled) at the positions, or None when the file has
+        another structure now (then the collector's Python parse runs and makes a new program)."""
+        return _scan.values(numbers.fd, numbers.values, self.signature, self.count, self.positions, self.factors)
+
+    def take(self, numbers: array) -> bytes:
+        """The values (doubles, scaled) at the positions of numbers already read."""
+        out = bytearray(8 * len(self.positions))
+        _scan.take(numbers, self.positions, self.factors, out, 8, 0)
+        return bytes(out)
+
+    def gives(self, numbers: array, values: Sequence[float]) -> bool:
+        """Whether the program reproduces ``values`` from ``numbers`` (the same read): else it is not kept."""
+        return len(values) == len(self.positions) and memoryview(self.take(numbers)).cast("d").tolist() == [
+            float(v) for v in values]
+
+
+class Numbers:
+    """The numbers of a kept-open file (``ProcFile``), re-read in place: ``values`` holds them after ``read``."""
+
+    def __init__(self, fd: int, capacity: int = 128):
+        self.fd = fd
+        self.values = array("d", bytes(8 * capacity))
+
+    def read(self, text: bool = False) -> tuple[int, int, bytes | None]:
+        """(how many numbers, the structure's signature, the file's bytes when ``text``)."""
+        count, signature, raw = _scan.numbers(self.fd, self.values, text)
+        if count > len(self.values):  # a larger file than last time: room for it and read again
+            self.values = array("d", bytes(8 * 2 * count))
+            count, signature, raw = _scan.numbers(self.fd, self.values, text)
+        return count, signature, raw
+
+
+def tokens(raw: bytes) -> list[list[tuple[bytes, int | None]]]:
+    """The file as ``numbers`` splits it: per line, its tokens with their index among the file's numbers
+    (None for a word).  For making programs: a collector finds its values' places here."""
+    lines, index = [], 0
+    for line in raw.split(b"\n"):
+        row = []
+        for token in _SEPARATORS.split(line):
+            if not token:
+                continue
+            if _NUMBER.fullmatch(token):
+                row.append((token, index))
+                index += 1
+            else:
+                row.append((token, None))
+        lines.append(row)
+    return lines
