@@ -17,7 +17,7 @@ from conftest import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 # Built from a copy (pip builds in the source tree: a build in the checkout would leave build/ in it).
 NOT_SOURCE = ("build", "dist", "*.egg-info", ".venv", "venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache",
-              "results")
+              "results", "*.so")
 
 
 def test_the_wheel_builds_cleanly_installs_one_package_and_its_commands_work(tmp_path, name, start_publisher):
@@ -34,7 +34,9 @@ def test_the_wheel_builds_cleanly_installs_one_package_and_its_commands_work(tmp
     (wheel,) = (tmp_path / "wheel").glob("shm_metrics-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert {n.split("/")[0] for n in names} == {"shm_metrics", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert {n.split("/")[0] for n in names} == {"shm_metrics", "-".join(wheel.name.split("-")[:2]) + ".dist-info"}
+    # The grid samples' C reader of numbers (publisher/_scan.c) is compiled in: a platform wheel.
+    assert any(n.startswith("shm_metrics/publisher/_scan.") and n.endswith(".so") for n in names), names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert (ROOT / "build").exists() == had_build_dir, "the build must not write into the checkout"
 
@@ -55,6 +57,10 @@ def test_the_wheel_builds_cleanly_installs_one_package_and_its_commands_work(tmp
     where = subprocess.run([str(python), "-c", "import shm_metrics; print(shm_metrics.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert where.startswith(str(venv)), where
+    fast = subprocess.run([str(python), "-c", "from shm_metrics.publisher.collectors import numbers as n; "
+                           "print(n.AVAILABLE, n._scan.__file__)"], capture_output=True, text=True, check=True,
+                          cwd=tmp_path).stdout
+    assert fast.startswith(f"True {venv}"), fast
     out = wait_for(lambda: (r := subprocess.run([str(venv / "bin" / "shm-read"), "--name", name, "--once", "--json",
                                                  "procs_total", "rates"], capture_output=True, text=True,
                                                 timeout=60)).returncode == 0 and json.loads(r.stdout)["rates"] and r,

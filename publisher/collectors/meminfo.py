@@ -92,7 +92,8 @@ class Meminfo(Collector):
 
     def _program(self, raw: bytes, signature: int, series: list, mem: dict[str, int]) -> numbers.Program | None:
         """Where each series' value and each scalar's are among the file's numbers (None: a scalar's key is
-        missing, as MemAvailable on old kernels; the Python path then runs every sample)."""
+        missing, or the program would not give the Python parse's values; the Python path then runs every
+        sample)."""
         where: dict[str, tuple[int, int]] = {}  # key -> (number index, factor)
         lines = numbers.tokens(raw)
         for line in lines:
@@ -100,13 +101,15 @@ class Meminfo(Collector):
                 unit = len(line) > 2 and line[2][0] == b"kB"
                 where.setdefault(line[0][0].decode("utf-8", "replace"), (line[1][1], 1024 if unit else 1))
         count = sum(1 for line in lines for _, index in line if index is not None)
-        if not all(key in where for key in _SCALARS):
+        # The scalars' keys as collect() reads them: MemAvailable falls back to MemFree (kernels before 3.14).
+        scalar_keys = [key if key in where or key != "MemAvailable" else "MemFree" for key in _SCALARS]
+        if not all(key in where for key in scalar_keys):
             return None
         keys = [key for key, family in zip(self._keys, self._families) if family is not None]
         fixed = numbers.FixedSeries([family for family in self._families if family is not None], [()] * len(keys))
-        program = numbers.Program(signature, count, [where[k][0] for k in (*keys, *_SCALARS)],
-                                  [where[k][1] for k in (*keys, *_SCALARS)], fixed)
-        if program.gives(self._numbers.values, [*(value for _, _, value in series), *(mem[k] for k in _SCALARS)]):
+        program = numbers.Program(signature, count, [where[k][0] for k in (*keys, *scalar_keys)],
+                                  [where[k][1] for k in (*keys, *scalar_keys)], fixed)
+        if program.gives(self._numbers.values, [*(value for _, _, value in series), *(mem[k] for k in scalar_keys)]):
             return program
         return None
 

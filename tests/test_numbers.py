@@ -1,0 +1,148 @@
+"""The grid samples' fast path (publisher/_scan.c, publisher/collectors/numbers.py): the numbers it reads are
+the ones the Python parse sees, its values are the Python parse's, and a file whose structure changed takes
+the Python path again, which makes a new program."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from array import array
+from pathlib import Path
+
+import pytest
+
+from shm_metrics.publisher.collectors import Context, Sample, numbers
+from shm_metrics.publisher.collectors.diskstats import Diskstats
+from shm_metrics.publisher.collectors.meminfo import Meminfo
+from shm_metrics.publisher.sampler import Sampler
+
+pytestmark = pytest.mark.skipif(not numbers.AVAILABLE, reason="publisher/_scan.c not compiled here")
+
+FIXTURE_PROC = Path(__file__).parent / "fixtures/node_exporter-1.5.0/collector/fixtures/proc"
+TRICKY = (b"Key_1:  12 kB\n  eth0:1 -2 3.25 0.5\nsda1 18446744073709551615 007 1. .5 - 4/5\n\n"
+          b"cpu0 99999999999999999999 1e5\nlast 42")
+
+
+def _scan_file(path: Path) -> tuple[int, int, array]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = array("d", bytes(8 * 4096))
+        count, signature, raw = numbers._scan.numbers(fd, out, True)
+        assert raw == path.read_bytes()
+        return count, signature, out[:count]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["meminfo", "diskstats", "stat", "loadavg", "vmstat", "tricky"])
+def test_numbers_are_the_tokens_python_sees(tmp_path, name):
+    path = tmp_path / "tricky" if name == "tricky" else FIXTURE_PROC / name
+    if name == "tricky":
+        path.write_bytes(TRICKY)
+    count, _, values = _scan_file(path)
+    expected = [float(token) for line in numbers.tokens(path.read_bytes()) for token, index in line
+                if index is not None]
+    assert count == len(expected) > 0
+    assert values.tolist() == expected
+    if name == "tricky":  # words: Key_1, kB, eth0, sda1, 1., .5, -, 4/5, cpu0, 1e5, last
+        assert expected == [12.0, 1.0, -2.0, 3.25, 0.5, 18446744073709551615.0, 7.0, 99999999999999999999.0, 42.0]
+
+
+def test_the_signature_follows_the_structure_not_the_values(tmp_path):
+    def signature(text: bytes) -> int:
+        path = tmp_path / "f"
+        path.write_bytes(text)
+        return _scan_file(path)[1]
+
+    base = signature(b"MemTotal: 10 kB\nMemFree: 5 kB\n")
+    assert signature(b"MemTotal: 99999 kB\nMemFree: 0 kB\n") == base  # values move, structure stays
+    assert signature(b"MemTotal: 10 kB\nMemFree: 5 kB\nNew: 1 kB\n") != base  # a line more
+    assert signature(b"MemTotal: 10 kB\nMemFrees: 5 kB\n") != base  # a word changed
+    assert signature(b"MemTotal: 10 11 kB\nMemFree: 5 kB\n") != base  # a number more on a line
+    assert signature(b"MemTotal: 10 kB 5\nMemFree: kB\n") != base  # a number moved to another line
+
+
+def test_take_and_values_check_every_position():
+    src = array("d", [1.0, 2.0, 3.0])
+    dst = bytearray(24)
+    numbers._scan.take(src, array("I", [2, 0]), array("d", [2.0, 10.0]), dst, 8, 0)
+    assert memoryview(dst).cast("d").tolist()[:2] == [6.0, 10.0]
+    with pytest.raises(ValueError):
+        numbers._scan.take(src, array("I", [3]), None, dst, 8, 0)  # beyond the source
+    with pytest.raises(ValueError):
+        numbers._scan.take(src, array("I", [0, 1, 2, 0]), None, dst, 8, 0)  # beyond the destination
+    with pytest.raises(ValueError):
+        numbers._scan.take(src, array("I", [0, 1]), array("d", [1.0]), dst, 8, 0)  # fewer factors
+
+
+@pytest.fixture
+def proc(tmp_path) -> Path:
+    root = tmp_path / "proc"
+    root.mkdir()
+    for name in ("meminfo", "diskstats"):
+        shutil.copyfile(FIXTURE_PROC / name, root / name)
+    return root
+
+
+def _series(sample: Sample, prefix: str) -> dict:
+    return {(fam.name, labels): float(value) for fam, labels, value in sample.all_series() if fam.name.startswith(prefix)}
+
+
+@pytest.mark.parametrize("cls, prefix", [(Meminfo, "node_memory_"), (Diskstats, "node_disk_")])
+def test_the_grid_gives_what_the_python_parse_gives(proc, tmp_path, cls, prefix):
+    collector = cls(Context(procfs=str(proc), udev_data=str(tmp_path / "udev")))
+    slow, fast = Sample(), Sample()
+    collector.collect(slow)
+    assert collector.grid(fast)
+    assert fast.fixed and len(fast.series) < len(slow.series)  # values in blocks, not a tuple per series
+    assert _series(fast, prefix) == _series(slow, prefix) and len(_series(slow, prefix)) > 10
+    assert fast.scalars == slow.scalars and fast.disks == slow.disks
+
+
+def test_a_changed_file_takes_the_python_path_and_a_new_program(proc, tmp_path):
+    disks = Diskstats(Context(procfs=str(proc), udev_data=str(tmp_path / "udev")))
+    mem = Meminfo(Context(procfs=str(proc)))
+    for collector in (disks, mem):
+        collector.collect(Sample())
+    with open(proc / "diskstats", "a") as f:
+        f.write(" 259       9 nvme9n1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n")
+    with open(proc / "meminfo", "a") as f:
+        f.write("Extra_field: 77 kB\n")  # not in the catalog: no series, but the numbers moved
+    assert not disks.grid(Sample()) and not mem.grid(Sample())
+    slow = Sample()
+    disks.collect(slow)
+    mem.collect(slow)
+    fast = Sample()
+    assert disks.grid(fast) and mem.grid(fast)
+    assert _series(fast, "node_disk_") == _series(slow, "node_disk_")
+    assert _series(fast, "node_disk_")[("node_disk_read_bytes_total", ("nvme9n1",))] == 3 * 512
+    assert fast.scalars == slow.scalars and fast.disks == slow.disks
+
+
+def test_without_the_extension_the_python_parse_serves_every_sample(monkeypatch, proc):
+    monkeypatch.setattr(numbers, "AVAILABLE", False)
+    sampler = Sampler(procfs=str(proc), collectors=[Meminfo, Diskstats])
+    full = sampler.sample(full=True)
+    grid = sampler.sample(full=False)
+    assert not grid.fixed and _series(grid, "node_") == _series(full, "node_")
+    sampler.close()
+
+
+def test_a_sampler_uses_the_fast_path_on_this_host():
+    sampler = Sampler(collectors=[Meminfo, Diskstats])
+    sampler.sample(full=True)
+    grid = sampler.sample(full=False)
+    assert len(grid.fixed) == 2
+    assert {fam.name for fam, _, _ in grid.all_series()} >= {"node_memory_MemTotal_bytes"}
+    sampler.close()
+
+
+def test_a_program_that_would_give_other_values_is_not_kept(proc):
+    """A planted meminfo with a key twice: the program would give the first value for both; the Python
+    path, which gives each line's own, serves every sample instead."""
+    with open(proc / "meminfo", "a") as f:
+        f.write("MemFree: 77 kB\n")
+    mem = Meminfo(Context(procfs=str(proc)))
+    slow = Sample()
+    mem.collect(slow)
+    assert not mem.grid(Sample())
