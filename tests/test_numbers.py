@@ -85,7 +85,8 @@ def proc(tmp_path) -> Path:
 
 
 def _series(sample: Sample, prefix: str) -> dict:
-    return {(fam.name, labels): float(value) for fam, labels, value in sample.all_series() if fam.name.startswith(prefix)}
+    return {(fam.name, labels): float(value) for fam, labels, value in sample.all_series()
+            if fam.name.startswith(prefix)}
 
 
 @pytest.mark.parametrize("cls, prefix", [(Meminfo, "node_memory_"), (Diskstats, "node_disk_")])
