@@ -24,6 +24,7 @@
  *
  * take(src, index, factors, dst, stride, offset) -> None
  *     dst[offset + r * stride] (a double) = src[index[r]] * factors[r], for every r; factors may be None (1).
+ *     A negative factor divides by its opposite (src[index[r]] / -factors[r]).
  *     src: buffer of doubles, index: buffer of unsigned 32-bit ints, dst: writable buffer.  Every position
  *     is checked: ValueError rather than a write out of bounds.
  */
@@ -48,6 +49,10 @@ static uint64_t fold(uint64_t h, const void *data, size_t n) {
     }
     return h;
 }
+
+/* A factor below zero divides by its opposite: x / 100 is not always x * 0.01, and the collectors' Python
+ * parsers divide (jiffies by USER_HZ). */
+static double scaled(double v, double factor) { return factor < 0 ? v / -factor : v * factor; }
 
 static int is_separator(char c) { return c == ' ' || c == '\t' || c == '\n' || c == ':' || c == '\r'; }
 
@@ -223,7 +228,7 @@ static PyObject *take(PyObject *self, PyObject *args) {
         }
         double v = from[at[r]];
         if (scale)
-            v *= scale[r];
+            v = scaled(v, scale[r]);
         memcpy(to + r * stride, &v, sizeof v);
     }
     result = Py_NewRef(Py_None);
@@ -276,7 +281,7 @@ static PyObject *values(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "position beyond the numbers");
             goto done;
         }
-        out[r] = nums[at[r]] * scale[r];
+        out[r] = scaled(nums[at[r]], scale[r]);
     }
 done:
     PyBuffer_Release(&work);

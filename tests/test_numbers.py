@@ -14,6 +14,8 @@ import pytest
 from shm_metrics.publisher.collectors import Context, Sample, numbers
 from shm_metrics.publisher.collectors.diskstats import Diskstats
 from shm_metrics.publisher.collectors.meminfo import Meminfo
+from shm_metrics.publisher.collectors.netdev import Netdev
+from shm_metrics.publisher.collectors.stat import Stat
 from shm_metrics.publisher.sampler import Sampler
 
 pytestmark = pytest.mark.skipif(not numbers.AVAILABLE, reason="publisher/_scan.c not compiled here")
@@ -75,13 +77,28 @@ def test_take_and_values_check_every_position():
         numbers._scan.take(src, array("I", [0, 1]), array("d", [1.0]), dst, 8, 0)  # fewer factors
 
 
+NET_DEV = b"""Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0
+  eth0:123456789 100 1 2 3 4 5 6 987654321 200 7 8 9 10 11 12
+docker0: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+"""
+
+
 @pytest.fixture
 def proc(tmp_path) -> Path:
     root = tmp_path / "proc"
     root.mkdir()
-    for name in ("meminfo", "diskstats"):
+    for name in ("meminfo", "diskstats", "stat"):
         shutil.copyfile(FIXTURE_PROC / name, root / name)
+    (root / "net").mkdir()
+    (root / "net/dev").write_bytes(NET_DEV)
     return root
+
+
+def _collector(cls, proc: Path, tmp_path: Path, **options):
+    return cls(Context(procfs=str(proc), sysfs=str(tmp_path / "sys"), udev_data=str(tmp_path / "udev"),
+                       options={"netdev.netlink": False, **options}))
 
 
 def _series(sample: Sample, prefix: str) -> dict:
@@ -89,15 +106,27 @@ def _series(sample: Sample, prefix: str) -> dict:
             if fam.name.startswith(prefix)}
 
 
-@pytest.mark.parametrize("cls, prefix", [(Meminfo, "node_memory_"), (Diskstats, "node_disk_")])
-def test_the_grid_gives_what_the_python_parse_gives(proc, tmp_path, cls, prefix):
-    collector = cls(Context(procfs=str(proc), udev_data=str(tmp_path / "udev")))
+@pytest.mark.parametrize("cls, prefix, options", [
+    (Meminfo, "node_memory_", {}), (Diskstats, "node_disk_", {}), (Netdev, "node_network_", {}),
+    (Stat, "node_", {}), (Stat, "node_", {"cpu.guest": False, "stat.softirq": True})])
+def test_the_grid_gives_what_the_python_parse_gives(proc, tmp_path, cls, prefix, options):
+    collector = _collector(cls, proc, tmp_path, **options)
     slow, fast = Sample(), Sample()
     collector.collect(slow)
+    if cls is Stat:  # its CPU shares are against the previous sample: both sides against the same one
+        collector._prev.clear()
+        slow = Sample()
+        collector.collect(slow)
+        collector._prev = {key: tuple(v - 1 for v in ticks) for key, ticks in collector._prev.items()}
+        before = dict(collector._prev)
+        slow = Sample()
+        collector.collect(slow)
+        collector._prev = before
     assert collector.grid(fast)
     assert fast.fixed and len(fast.series) < len(slow.series)  # values in blocks, not a tuple per series
     assert _series(fast, prefix) == _series(slow, prefix) and len(_series(slow, prefix)) > 10
-    assert fast.scalars == slow.scalars and fast.disks == slow.disks
+    assert fast.scalars == slow.scalars
+    assert (fast.disks, fast.net, fast.cpus) == (slow.disks, slow.net, slow.cpus)
 
 
 def test_a_changed_file_takes_the_python_path_and_a_new_program(proc, tmp_path):
@@ -147,3 +176,23 @@ def test_a_program_that_would_give_other_values_is_not_kept(proc):
     slow = Sample()
     mem.collect(slow)
     assert not mem.grid(Sample())
+
+
+def test_a_cpu_or_an_interface_that_comes_takes_the_python_path_once(proc, tmp_path):
+    stat, net = _collector(Stat, proc, tmp_path), _collector(Netdev, proc, tmp_path)
+    for collector in (stat, net):
+        collector.collect(Sample())
+    text = (proc / "stat").read_text().splitlines(keepends=True)
+    last_cpu = max(i for i, line in enumerate(text) if line.startswith("cpu"))
+    text.insert(last_cpu + 1, "cpu99 1 2 3 4 5 6 7 8 0 0\n")  # a CPU brought online
+    (proc / "stat").write_text("".join(text))
+    (proc / "net/dev").write_bytes(NET_DEV + b"  veth9: 5 6 0 0 0 0 0 0 7 8 0 0 0 0 0 0\n")
+    assert not stat.grid(Sample()) and not net.grid(Sample())
+    slow = Sample()
+    stat.collect(slow)
+    net.collect(slow)
+    fast = Sample()
+    assert stat.grid(fast) and net.grid(fast)
+    assert _series(fast, "node_cpu_seconds_total")[("node_cpu_seconds_total", ("99", "idle"))] == 4 / 100
+    assert _series(fast, "node_network_") == _series(slow, "node_network_")
+    assert [row["device"] for row in fast.net] == ["eth0", "docker0", "veth9"]  # lo: excluded by default

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from itertools import repeat
 
-from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, numbers, register
 
 # /proc/net/dev columns, in order, as node_exporter names them.
 _COLUMNS = ("receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
@@ -51,6 +51,10 @@ class Netdev(Collector):
         self._netlink = bool(ctx.option("netdev.netlink", True))
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
+        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        # The grid samples' program (collectors/numbers.py): the 16 columns of every interface kept, with
+        # their names in file order.
+        self._program: tuple[numbers.Program, list[str]] | None = None
 
     def _nohandler_file(self, device: str) -> ProcFile | None:
         if not self._netlink:
@@ -64,36 +68,82 @@ class Netdev(Collector):
 
     def collect(self, out: Sample) -> None:
         rows = []
-        add = out.add
         series = out.series
+        start = len(series)
         excluded = self.ctx.filters.net_excluded
-        seen = set()
-        for line in self._file.read().splitlines()[2:]:
+        if self._numbers is None:
+            text, signature = self._file.read(), None
+        else:
+            _, signature, raw = self._numbers.read(text=True)
+            text = raw.decode("utf-8", "replace")
+        for line in text.splitlines()[2:]:
             name, _, rest = line.partition(":")
             name = name.strip()
             if not name or excluded(name):
                 continue
             v = list(map(int, rest.split()))
-            rows.append({"device": name, "rx_bytes": v[0], "tx_bytes": v[8], "rx_packets": v[1],
-                         "tx_packets": v[9], "rx_errors": v[2], "tx_errors": v[10],
-                         "rx_dropped": v[3], "tx_dropped": v[11]})
-            labels = (name,)
-            series.extend(zip(COLUMN_FAMILIES, repeat(labels), v))  # in C: every interval, cold caches
-            seen.add(name)
+            rows.append(_row(name, v))
+            series.extend(zip(COLUMN_FAMILIES, repeat((name,)), v))  # in C: every interval, cold caches
+        if signature is not None and (self._program is None or self._program[0].signature != signature):
+            self._program = self._make_program(raw, signature, series[start:], rows)
+        self._put(out, rows)
+
+    def grid(self, out: Sample) -> bool:
+        """The same values from the numbers alone, while /proc/net/dev keeps its interfaces
+        (collectors/numbers.py)."""
+        if self._program is None:
+            return False
+        program, devices = self._program
+        values = program.values(self._numbers)
+        if values is None:
+            return False
+        out.fixed.append((program.fixed, values))
+        v = memoryview(values).cast("d").tolist()
+        self._put(out, [_row(device, list(map(int, v[i:i + 16])))
+                        for i, device in zip(range(0, len(v), 16), devices)])
+        return True
+
+    def _put(self, out: Sample, rows: list[dict]) -> None:
+        """The rows' receive_nohandler (sysfs), the net array and its totals."""
+        for row in rows:
+            name = row["device"]
             pf = self._nohandler_file(name)
             if pf is not None:
                 try:
-                    add(NOHANDLER, labels, int(pf.read_bytes()))
+                    out.add(NOHANDLER, (name,), int(pf.read_bytes()))
                 except (OSError, ValueError):  # the interface went away between the two reads, or was
                     self._nohandler.pop(name)  # made again under its name: its file is opened anew next time
                     pf.close()
-        for gone in [d for d in self._nohandler if d not in seen]:
-            pf = self._nohandler.pop(gone)
-            if pf is not None:
-                pf.close()
+        if len(self._nohandler) > len(rows):
+            seen = {row["device"] for row in rows}
+            for gone in [d for d in self._nohandler if d not in seen]:
+                pf = self._nohandler.pop(gone)
+                if pf is not None:
+                    pf.close()
         out.net = rows
         out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
         out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
+
+    def _make_program(self, raw: bytes, signature: int, series: list[tuple], rows: list[dict],
+                      ) -> tuple[numbers.Program, list[str]] | None:
+        """Where each interface's 16 columns are among the file's numbers; None when the Python path's values
+        do not come out of them (the Python path then runs every sample)."""
+        lines, count = {}, 0
+        for line in numbers.tokens(raw):
+            count += sum(1 for _, index in line if index is not None)
+            if line and line[0][1] is None:
+                lines.setdefault(line[0][0].decode("utf-8", "replace"), [index for _, index in line[1:]])
+        positions = []
+        for row in rows:
+            columns = lines.get(row["device"], [])
+            if len(columns) != len(COLUMN_FAMILIES) or None in columns:
+                return None
+            positions += columns
+        fixed = numbers.FixedSeries([family for family, _, _ in series], [labels for _, labels, _ in series])
+        program = numbers.Program(signature, count, positions, [1.0] * len(positions), fixed)
+        if len(series) != len(positions) or not program.gives(self._numbers.values, [v for _, _, v in series]):
+            return None
+        return program, [row["device"] for row in rows]
 
     def close(self) -> None:
         super().close()
@@ -101,3 +151,9 @@ class Netdev(Collector):
             if pf is not None:
                 pf.close()
         self._nohandler.clear()
+
+
+def _row(name: str, v: list[int]) -> dict:
+    """The net array's row of an interface, from its /proc/net/dev columns."""
+    return {"device": name, "rx_bytes": v[0], "tx_bytes": v[8], "rx_packets": v[1], "tx_packets": v[9],
+            "rx_errors": v[2], "tx_errors": v[10], "rx_dropped": v[3], "tx_dropped": v[11]}

@@ -21,7 +21,17 @@ import time
 from itertools import repeat
 from operator import truediv
 
-from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import (
+    CORE,
+    Collector,
+    Context,
+    ProcFile,
+    Sample,
+    counter,
+    gauge,
+    numbers,
+    register,
+)
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -60,6 +70,13 @@ _CPUINFO_LABELS = {"physical id": "package", "core id": "core", "vendor_id": "ve
                    "cpu family": "family", "model": "model", "model name": "model_name",
                    "microcode": "microcode", "stepping": "stepping", "cache size": "cachesize"}
 _INFO_REST = ("vendor", "family", "model", "model_name", "microcode", "stepping", "cachesize")
+
+
+# The lines of /proc/stat whose first number is a series and a layout scalar, in the program's order.
+_SCALAR_LINES = {"ctxt": CTXT, "intr": INTR, "btime": BTIME, "processes": FORKS, "procs_running": RUNNING,
+                 "procs_blocked": BLOCKED}
+_SCALAR_FIELDS = (("ctx_switches_total", int), ("interrupts_total", int), ("boot_time", float), ("forks_total", int),
+                  ("procs_running", int), ("procs_blocked", int))
 
 
 def busy_percent(now: tuple[float, ...], before: tuple[float, ...] | None) -> float:
@@ -171,13 +188,23 @@ class Stat(Collector):
         if self._isolated:
             families.append(ISOLATED)
         self.families = tuple(families)
+        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        # The grid samples' program (collectors/numbers.py): the series' values (every CPU's modes and guest
+        # times, then the scalar lines', then softirqs), then the "cpu" line's modes; with the CPUs' numbers.
+        self._program: tuple[numbers.Program, list[str], int] | None = None  # and each CPU's columns
 
     def collect(self, out: Sample) -> None:
         s = out.scalars
         add = out.add
         series = out.series
         cpus = []
-        for line in self._file.read().splitlines():
+        start = len(series)
+        if self._numbers is None:
+            text, signature = self._file.read(), None
+        else:
+            _, signature, raw = self._numbers.read(text=True)
+            text = raw.decode("utf-8", "replace")
+        for line in text.splitlines():
             key, _, rest = line.partition(" ")
             if key.startswith("cpu"):
                 values = rest.split()
@@ -222,7 +249,84 @@ class Stat(Collector):
                     add(SOFTIRQS, (vector,), int(count))
         s["cpu_count"] = len(cpus)
         out.cpus = cpus
+        if signature is not None and (self._program is None or self._program[0].signature != signature):
+            self._program = self._make_program(raw, signature, series[start:], s)
         self._cpu_extras(out)
+
+    def grid(self, out: Sample) -> bool:
+        """The same values from the numbers alone, while /proc/stat keeps its lines (collectors/numbers.py)."""
+        if self._program is None:
+            return False
+        program, cpus, width = self._program
+        values = program.values(self._numbers)
+        if values is None:
+            return False
+        out.fixed.append((program.fixed, values[:8 * len(program.fixed)]))
+        v = memoryview(values).cast("d").tolist()
+        prev, rows = self._prev, []
+        for i, number in enumerate(cpus):
+            ticks = tuple(v[i * width:i * width + 8])
+            key = "cpu" + number
+            rows.append({"cpu": int(number), "percent": busy_percent(ticks, prev.get(key)),
+                         **dict(zip(CPU_MODES, ticks))})
+            prev[key] = ticks
+        scalars = v[len(cpus) * width:len(cpus) * width + 6]
+        total = tuple(v[-8:])
+        s = out.scalars
+        s["cpu_percent"] = busy_percent(total, prev.get("cpu"))
+        prev["cpu"] = total
+        s.update(zip(_SCALAR_KEYS, total))
+        for (name, convert), value in zip(_SCALAR_FIELDS, scalars):
+            s[name] = convert(value)
+        s["cpu_count"] = len(cpus)
+        out.cpus = rows
+        self._cpu_extras(out)
+        return True
+
+    def _make_program(self, raw: bytes, signature: int, series: list[tuple], scalars: dict,
+                      ) -> tuple[numbers.Program, list[str], int] | None:
+        """Where each series' value and the "cpu" line's modes are among the file's numbers; None when the
+        file has a shape this does not cover (fewer than 8 modes, no scalar line) or the Python path's values
+        do not come out of them (the Python path then runs every sample)."""
+        lines, cpus, count = {}, [], 0
+        for line in numbers.tokens(raw):
+            count += sum(1 for _, index in line if index is not None)
+            if line and line[0][1] is None:
+                key = line[0][0].decode("utf-8", "replace")
+                lines.setdefault(key, [index for _, index in line[1:]])
+                if key.startswith("cpu") and key != "cpu":
+                    cpus.append(key[3:])
+        guest = self._guest and all(len(lines["cpu" + n]) >= 10 for n in cpus)
+        families, labels, positions, factors = [], [], [], []
+        try:
+            for number in cpus:
+                columns = lines["cpu" + number]
+                for mode, at in zip(CPU_MODES, columns[:8]):
+                    families.append(CPU_SECONDS), labels.append((number, mode)), positions.append(at)
+                    factors.append(-USER_HZ)
+                if guest:
+                    for mode, at in zip(("user", "nice"), columns[8:10]):
+                        families.append(CPU_GUEST), labels.append((number, mode)), positions.append(at)
+                        factors.append(-USER_HZ)
+            for (key, family), _ in zip(_SCALAR_LINES.items(), _SCALAR_FIELDS):
+                families.append(family), labels.append(()), positions.append(lines[key][0]), factors.append(1.0)
+            if self._softirq:
+                for vector, at in zip(SOFTIRQ_VECTORS, lines["softirq"][1:]):
+                    families.append(SOFTIRQS), labels.append((vector,)), positions.append(at), factors.append(1.0)
+            total = lines["cpu"][:8]
+        except (KeyError, IndexError):
+            return None
+        if len(total) < 8 or any(len(lines["cpu" + n]) < 8 for n in cpus) or None in positions or None in total:
+            return None
+        fixed = numbers.FixedSeries(families, labels)
+        program = numbers.Program(signature, count, [*positions, *total], [*factors, *(-USER_HZ,) * 8], fixed)
+        python = {(family, labels): value for family, labels, value in series}
+        expected = [python.get(key) for key in zip(families, labels)]
+        if len(python) != len(set(zip(families, labels))) or None in expected:
+            return None
+        if not program.gives(self._numbers.values, [*expected, *(scalars[k] for k in _SCALAR_KEYS)]):
+            return None
+        return program, cpus, 10 if guest else 8
 
     def _throttle_files(self, cpu_dir: str) -> tuple[list, list]:
         """Kept-open throttle counts: one per (package, core) and one per package, from the first CPU
