@@ -77,12 +77,12 @@ def test_take_and_values_check_every_position():
         numbers._scan.take(src, array("I", [0, 1]), array("d", [1.0]), dst, 8, 0)  # fewer factors
 
 
-NET_DEV = b"""Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0
+NET_DEV = (b"Inter-|   Receive                                                |  Transmit\n"
+           b" face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+           b"carrier compressed\n" + b"""    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0
   eth0:123456789 100 1 2 3 4 5 6 987654321 200 7 8 9 10 11 12
 docker0: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
-"""
+""")
 
 
 @pytest.fixture
