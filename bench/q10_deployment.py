@@ -11,6 +11,7 @@ the served ``node_time_seconds`` (a family sampled on demand); the row shows the
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -66,6 +67,7 @@ def _window(shared: Shared, node, scrapers: int, period: float, seconds: float,
     if full is not None:  # the design before sampling on demand, and the floor, measured in the same window
         pids["always_full"] = full.pid
         pids["floor"] = full.floor.pid
+        pids["python_only"] = full.python_only.pid
     start = time.monotonic()
     until = start + seconds
     ages: list[float] = []
@@ -111,6 +113,11 @@ def run(cfg: Config, shared: Shared) -> Table:
     full.name = name
     full.floor = lab.start([sys.executable, "-m", "bench.floor"], "floor")
     wait_running(name, full)
+    python_only = lab.segment_name("q10-python-only")  # the publisher as it is, without publisher/_scan.c
+    full.python_only = lab.start([*lab.script("shm-publisher", "shm_metrics.publisher"), "--name", python_only,
+                                  "--interval", "1"], "publisher-python-only",
+                                 env={**os.environ, "SHM_METRICS_NO_FAST_PATH": "1"})
+    wait_running(python_only, full.python_only)
     results = {}
     for label, scrapers, period in ROWS:
         period = period if not cfg.quick else min(period, 1.0)
@@ -127,11 +134,14 @@ def run(cfg: Config, shared: Shared) -> Table:
     table.notes.append(f"The alternatives, in the no-scraper window: the publisher as it is (tiers: every interval "
                        f"what local readers show, the rest on demand) {1000 * alone['publisher']:.2f} ms of CPU "
                        f"per second; the same with --always-full (every collector every second, the design "
-                       f"before) {1000 * alone['always_full']:.2f} ms/s; the floor (bench/floor.py: a Python "
+                       f"before) {1000 * alone['always_full']:.2f} ms/s; the same without its C reader of "
+                       f"numbers (SHM_METRICS_NO_FAST_PATH=1: the Python parsers every interval) "
+                       f"{1000 * alone['python_only']:.2f} ms/s; the floor (bench/floor.py: a Python "
                        f"process that wakes every second and only reads the files of the every-interval sample, "
                        f"statvfs of the mounts the publisher keeps included, parsing and publishing nothing) "
                        f"{1000 * alone['floor']:.2f} ms/s.")
     lab.stop(full.floor)
+    lab.stop(full.python_only)
     lab.stop(full)
     table.notes.append("Largest age: over every scrape of shm-exporter in the window, the scrape's start minus "
                        "the node_time_seconds it served (sampled on demand: at most max(interval, 1 s)).")

@@ -12,22 +12,26 @@ signature: its words and how many numbers stand where), and give the encoder one
 or went), the grid sample takes the Python path, which makes a new program.  A program is kept only when,
 applied to the numbers of the read it was made from, it gives exactly the values the Python parse gave.
 
-Without the extension (not compiled on this host) ``AVAILABLE`` is False and collectors always take their
-Python path.
+Without the extension (not compiled on this host), or with ``SHM_METRICS_NO_FAST_PATH=1`` in the
+environment (to compare, or to rule the fast path out), ``AVAILABLE`` is False and collectors always take
+their Python path.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from array import array
 from collections.abc import Sequence
 
 from shm_metrics.families import FamilyInfo
 
-try:
-    from shm_metrics.publisher import _scan
-except ImportError:  # built without a C compiler: the Python parsers alone
-    _scan = None
+_scan = None
+if not os.environ.get("SHM_METRICS_NO_FAST_PATH"):
+    try:
+        from shm_metrics.publisher import _scan
+    except ImportError:  # built without a C compiler: the Python parsers alone
+        pass
 
 AVAILABLE = _scan is not None
 
