@@ -22,7 +22,7 @@ import posix_ipc
 
 from shm_metrics import shm_layout as L
 from shm_metrics.publisher import switches
-from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, selected
+from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, numbers, selected
 from shm_metrics.publisher.demand import DemandChannel, open_channel
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import RETRY_SECONDS, Sampler
@@ -295,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot create segment %s: %s", args.name, exc)
         sampler.close()
         return EXIT_NAME_IN_USE
-    log.info("publishing %s every %gs (%d bytes, pid %d)", args.name, args.interval, layout.total_size, os.getpid())
+    log.info("publishing %s every %gs (%d bytes, pid %d; numbers read %s)", args.name, args.interval,
+             layout.total_size, os.getpid(), "in C" if numbers.AVAILABLE else "by the Python parsers alone")
     demand = None if args.always_full else open_channel(args.name, args.mode)
     current = [segment]  # the generation under the name: publish() may move to a larger one
     try:
