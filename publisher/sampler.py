@@ -209,7 +209,7 @@ class Sampler:
         for c in self.collectors:
             if c.tier == CORE and not c.refresh_seconds:
                 t0 = clock()
-                ok = self._run(c, out)
+                ok = self._run(c, out, fast=True)
                 duration = clock() - t0
             else:
                 ok, duration = self._run_or_replay(c, out, True, scan, now)
@@ -234,7 +234,7 @@ class Sampler:
             plan = self._plans[key] = self._grid_plan(scan)
         run, due, scalars, arrays, block = plan
         for c in run:
-            self._run(c, out, grid=True)
+            self._run(c, out, fast=True)
         if due:
             now = time.monotonic()
             for c in due:
@@ -265,13 +265,13 @@ class Sampler:
         parts.append(self._status)
         return run, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
 
-    def _run(self, c: Collector, out: Sample, grid: bool = False) -> int:
-        """Run one collector into ``out`` (through its fast path when ``grid``): 1, or 0 when it failed
-        (nothing of it kept)."""
+    def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
+        """Run one collector into ``out`` (through its fast path when ``fast``: the CORE collectors, whose
+        Python parse runs when their file's structure changed): 1, or 0 when it failed (nothing of it kept)."""
         series, fixed = out.series, out.fixed
         start, start_fixed = len(series), len(fixed)
         try:
-            if not (grid and c.grid(out)):
+            if not (fast and c.fast(out)):
                 c.collect(out)
             return 1
         except _COLLECT_ERRORS as exc:

@@ -122,7 +122,7 @@ def test_the_grid_gives_what_the_python_parse_gives(proc, tmp_path, cls, prefix,
         slow = Sample()
         collector.collect(slow)
         collector._prev = before
-    assert collector.grid(fast)
+    assert collector.fast(fast)
     assert fast.fixed and len(fast.series) < len(slow.series)  # values in blocks, not a tuple per series
     assert _series(fast, prefix) == _series(slow, prefix) and len(_series(slow, prefix)) > 10
     assert fast.scalars == slow.scalars
@@ -138,12 +138,12 @@ def test_a_changed_file_takes_the_python_path_and_a_new_program(proc, tmp_path):
         f.write(" 259       9 nvme9n1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n")
     with open(proc / "meminfo", "a") as f:
         f.write("Extra_field: 77 kB\n")  # not in the catalog: no series, but the numbers moved
-    assert not disks.grid(Sample()) and not mem.grid(Sample())
+    assert not disks.fast(Sample()) and not mem.fast(Sample())
     slow = Sample()
     disks.collect(slow)
     mem.collect(slow)
     fast = Sample()
-    assert disks.grid(fast) and mem.grid(fast)
+    assert disks.fast(fast) and mem.fast(fast)
     assert _series(fast, "node_disk_") == _series(slow, "node_disk_")
     assert _series(fast, "node_disk_")[("node_disk_read_bytes_total", ("nvme9n1",))] == 3 * 512
     assert fast.scalars == slow.scalars and fast.disks == slow.disks
@@ -175,7 +175,7 @@ def test_a_program_that_would_give_other_values_is_not_kept(proc):
     mem = Meminfo(Context(procfs=str(proc)))
     slow = Sample()
     mem.collect(slow)
-    assert not mem.grid(Sample())
+    assert not mem.fast(Sample())
 
 
 def test_a_cpu_or_an_interface_that_comes_takes_the_python_path_once(proc, tmp_path):
@@ -187,12 +187,34 @@ def test_a_cpu_or_an_interface_that_comes_takes_the_python_path_once(proc, tmp_p
     text.insert(last_cpu + 1, "cpu99 1 2 3 4 5 6 7 8 0 0\n")  # a CPU brought online
     (proc / "stat").write_text("".join(text))
     (proc / "net/dev").write_bytes(NET_DEV + b"  veth9: 5 6 0 0 0 0 0 0 7 8 0 0 0 0 0 0\n")
-    assert not stat.grid(Sample()) and not net.grid(Sample())
+    assert not stat.fast(Sample()) and not net.fast(Sample())
     slow = Sample()
     stat.collect(slow)
     net.collect(slow)
     fast = Sample()
-    assert stat.grid(fast) and net.grid(fast)
+    assert stat.fast(fast) and net.fast(fast)
     assert _series(fast, "node_cpu_seconds_total")[("node_cpu_seconds_total", ("99", "idle"))] == 4 / 100
     assert _series(fast, "node_network_") == _series(slow, "node_network_")
     assert [row["device"] for row in fast.net] == ["eth0", "docker0", "veth9"]  # lo: excluded by default
+
+
+def test_the_disks_udev_data_is_read_again_through_the_python_path(proc, tmp_path):
+    from shm_metrics.publisher.collectors.diskstats import INFO_REFRESH_SECONDS
+
+    disks = _collector(Diskstats, proc, tmp_path)
+    disks.collect(Sample())
+    assert disks.fast(Sample())
+    disks._program_made -= INFO_REFRESH_SECONDS + 1  # a minute on: the Python path reads it, and a new program
+    assert not disks.fast(Sample())
+    disks.collect(Sample())
+    assert disks.fast(Sample())
+
+
+def test_full_samples_take_the_fast_path_too(proc):
+    sampler = Sampler(procfs=str(proc), collectors=[Meminfo, Diskstats])
+    first = sampler.sample(full=True)  # the Python parse: it makes the programs
+    again = sampler.sample(full=True)
+    assert not first.fixed and len(again.fixed) == 2
+    assert _series(again, "node_memory_") == _series(first, "node_memory_")
+    assert _series(again, "node_disk_") == _series(first, "node_disk_")
+    sampler.close()

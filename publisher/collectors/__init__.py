@@ -220,9 +220,9 @@ class Collector:
     def collect(self, out: Sample) -> None:
         raise NotImplementedError
 
-    def grid(self, out: Sample) -> bool:
-        """A grid sample's fast path (collectors/numbers.py): fill ``out`` as ``collect`` would and return
-        True, or return False having added nothing (then ``collect`` runs)."""
+    def fast(self, out: Sample) -> bool:
+        """The fast path of a CORE collector (collectors/numbers.py): fill ``out`` as ``collect`` would and
+        return True, or return False having added nothing (then ``collect`` runs)."""
         return False
 
     def close(self) -> None:

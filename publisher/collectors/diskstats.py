@@ -114,6 +114,7 @@ class Diskstats(Collector):
         # the disks array's five per disk; with the disks' names and their info series, as the Python path
         # left them.
         self._program: tuple[numbers.Program, list[str], list[tuple]] | None = None
+        self._program_made = 0.0  # monotonic time
 
     def _info_series(self, device: str, major: str, minor: str, now: float) -> list[tuple]:
         key = (device, major, minor)
@@ -163,13 +164,14 @@ class Diskstats(Collector):
         if len(self._info) > len(keys):  # disks gone (loop devices, pods' volumes): forget their udev data
             self._info = {key: self._info[key] for key in keys if key in self._info}
         _put_disks(out, rows)
-        if signature is not None and (self._program is None or self._program[0].signature != signature):
+        if signature is not None:  # every time: the udev info rows it repeats may have been read again
             self._program = self._make_program(raw, signature, series[start:], rows)
+            self._program_made = now
 
-    def grid(self, out: Sample) -> bool:
+    def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/diskstats keeps its disks (collectors/numbers.py)."""
-        if self._program is None:
-            return False
+        if self._program is None or time.monotonic() - self._program_made > INFO_REFRESH_SECONDS:
+            return False  # the Python path reads the disks' udev data again, and makes a new program
         program, devices, constant = self._program
         values = program.values(self._numbers)
         if values is None:

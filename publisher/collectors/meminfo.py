@@ -76,7 +76,7 @@ class Meminfo(Collector):
         if signature is not None and (self._programs is None or self._programs.signature != signature):
             self._programs = self._program(raw, signature, series, mem)
 
-    def grid(self, out: Sample) -> bool:
+    def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/meminfo keeps its lines (collectors/numbers.py)."""
         program = self._programs
         if program is None:

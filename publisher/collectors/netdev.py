@@ -88,7 +88,7 @@ class Netdev(Collector):
             self._program = self._make_program(raw, signature, series[start:], rows)
         self._put(out, rows)
 
-    def grid(self, out: Sample) -> bool:
+    def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/net/dev keeps its interfaces
         (collectors/numbers.py)."""
         if self._program is None:

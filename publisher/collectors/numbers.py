@@ -1,15 +1,15 @@
-"""The every-interval fast path of the CORE collectors: a file's numbers re-read in place (issue 16).
+"""The fast path of the CORE collectors: a file's numbers re-read in place (issue 16).
 
 At 1 Hz the publisher runs with cold caches, and there every Python object made per value (a token, an int,
 a tuple per series) costs more than the kernel's work for the file: /proc/meminfo costs ~130 us of CPU
 through the Python parser and ~22 us through ``publisher/_scan.c``, ~17 us of which the kernel spends.
 
 So a CORE collector parses its file in Python (the meaning stays there, in one place) and, from that very
-read, makes a ``Program``: which of the file's numbers each of its values is.  Its grid samples then re-read
-only the numbers (``Numbers.read``), check that the file kept the structure the program was made for (the
-signature: its words and how many numbers stand where), and give the encoder one block of values for a
-``FixedSeries`` instead of a tuple per series.  When the structure moves (a disk, an interface, a CPU came
-or went), the grid sample takes the Python path, which makes a new program.  A program is kept only when,
+read, makes a ``Program``: which of the file's numbers each of its values is.  Its samples (grid and full
+alike) then re-read only the numbers (``Program.values``), check that the file kept the structure the program
+was made for (the signature: its words and how many numbers stand where), and give the encoder one block of
+values for a ``FixedSeries`` instead of a tuple per series.  When the structure moves (a disk, an interface,
+a CPU came or went), the sample takes the Python path, which makes a new program.  A program is kept only when,
 applied to the numbers of the read it was made from, it gives exactly the values the Python parse gave.
 
 Without the extension (not compiled on this host), or with ``SHM_METRICS_NO_FAST_PATH=1`` in the

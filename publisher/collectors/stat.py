@@ -253,7 +253,7 @@ class Stat(Collector):
             self._program = self._make_program(raw, signature, series[start:], s)
         self._cpu_extras(out)
 
-    def grid(self, out: Sample) -> bool:
+    def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/stat keeps its lines (collectors/numbers.py)."""
         if self._program is None:
             return False
