@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not numbers.AVAILABLE, reason="publisher/_scan.c
 
 FIXTURE_PROC = Path(__file__).parent / "fixtures/node_exporter-1.5.0/collector/fixtures/proc"
 TRICKY = (b"Key_1:  12 kB\n  eth0:1 -2 3.25 0.5\nsda1 18446744073709551615 007 1. .5 - 4/5\n\n"
-          b"cpu0 99999999999999999999 1e5\nlast 42")
+          b"cpu0 99999999999999999999 1e5\nlast 42 " + b"7" * 70)
 
 
 def _scan_file(path: Path) -> tuple[int, int, array]:
@@ -46,7 +46,7 @@ def test_numbers_are_the_tokens_python_sees(tmp_path, name):
                 if index is not None]
     assert count == len(expected) > 0
     assert values.tolist() == expected
-    if name == "tricky":  # words: Key_1, kB, eth0, sda1, 1., .5, -, 4/5, cpu0, 1e5, last
+    if name == "tricky":  # words: Key_1, kB, eth0, sda1, 1., .5, -, 4/5, cpu0, 1e5, last, 70 digits
         assert expected == [12.0, 1.0, -2.0, 3.25, 0.5, 18446744073709551615.0, 7.0, 99999999999999999999.0, 42.0]
 
 

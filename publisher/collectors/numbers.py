@@ -37,6 +37,7 @@ AVAILABLE = _scan is not None
 
 _SEPARATORS = re.compile(rb"[ \t\r:]+")
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
+_LONGEST_NUMBER = 64  # a longer token is a word for _scan.c too
 
 
 class FixedSeries:
@@ -82,8 +83,9 @@ class Program:
 
     def gives(self, numbers: array, values: Sequence[float]) -> bool:
         """Whether the program reproduces ``values`` from ``numbers`` (the same read): else it is not kept."""
-        return len(values) == len(self.positions) and memoryview(self.take(numbers)).cast("d").tolist() == [
-            float(v) for v in values]
+        if len(values) != len(self.positions) or self.count > len(numbers):
+            return False  # (the file grew between two reads: numbers holds only its beginning)
+        return memoryview(self.take(numbers)).cast("d").tolist() == [float(v) for v in values]
 
 
 class Numbers:
@@ -111,7 +113,7 @@ def tokens(raw: bytes) -> list[list[tuple[bytes, int | None]]]:
         for token in _SEPARATORS.split(line):
             if not token:
                 continue
-            if _NUMBER.fullmatch(token):
+            if len(token) < _LONGEST_NUMBER and _NUMBER.fullmatch(token):
                 row.append((token, index))
                 index += 1
             else:
