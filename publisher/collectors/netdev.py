@@ -52,7 +52,7 @@ class Netdev(Collector):
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
         self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
-        # The grid samples' program (collectors/numbers.py): the 16 columns of every interface kept, with
+        # The fast path's program (collectors/numbers.py): the 16 columns of every interface kept, with
         # their names in file order.
         self._program: tuple[numbers.Program, list[str]] | None = None
 

@@ -21,6 +21,7 @@ import time
 from itertools import repeat
 from operator import truediv
 
+from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import (
     CORE,
     Collector,
@@ -189,9 +190,10 @@ class Stat(Collector):
             families.append(ISOLATED)
         self.families = tuple(families)
         self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
-        # The grid samples' program (collectors/numbers.py): the series' values (every CPU's modes and guest
+        # The fast path's program (collectors/numbers.py): the series' values (every CPU's modes and guest
         # times, then the scalar lines', then softirqs), then the "cpu" line's modes; with the CPUs' numbers.
-        self._program: tuple[numbers.Program, list[str], int] | None = None  # and each CPU's columns
+        # With it: the CPUs' numbers, and how many columns each has in the program (8, or 10 with guest times).
+        self._program: tuple[numbers.Program, list[str], int] | None = None
 
     def collect(self, out: Sample) -> None:
         s = out.scalars
@@ -298,21 +300,26 @@ class Stat(Collector):
                     cpus.append(key[3:])
         guest = self._guest and all(len(lines["cpu" + n]) >= 10 for n in cpus)
         families, labels, positions, factors = [], [], [], []
+
+        def put(family: FamilyInfo, label_values: tuple[str, ...], at: int | None, factor: float) -> None:
+            families.append(family)
+            labels.append(label_values)
+            positions.append(at)
+            factors.append(factor)
+
         try:
             for number in cpus:
                 columns = lines["cpu" + number]
                 for mode, at in zip(CPU_MODES, columns[:8]):
-                    families.append(CPU_SECONDS), labels.append((number, mode)), positions.append(at)
-                    factors.append(-USER_HZ)
+                    put(CPU_SECONDS, (number, mode), at, -USER_HZ)  # divided, as the Python parse does
                 if guest:
                     for mode, at in zip(("user", "nice"), columns[8:10]):
-                        families.append(CPU_GUEST), labels.append((number, mode)), positions.append(at)
-                        factors.append(-USER_HZ)
-            for (key, family), _ in zip(_SCALAR_LINES.items(), _SCALAR_FIELDS):
-                families.append(family), labels.append(()), positions.append(lines[key][0]), factors.append(1.0)
+                        put(CPU_GUEST, (number, mode), at, -USER_HZ)
+            for key, family in _SCALAR_LINES.items():
+                put(family, (), lines[key][0], 1.0)
             if self._softirq:
                 for vector, at in zip(SOFTIRQ_VECTORS, lines["softirq"][1:]):
-                    families.append(SOFTIRQS), labels.append((vector,)), positions.append(at), factors.append(1.0)
+                    put(SOFTIRQS, (vector,), at, 1.0)
             total = lines["cpu"][:8]
         except (KeyError, IndexError):
             return None
