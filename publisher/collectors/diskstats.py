@@ -138,11 +138,7 @@ class Diskstats(Collector):
         now = time.monotonic()
         series = out.series
         start = len(series)
-        if self._numbers is None:
-            text, signature = self._file.read(), None
-        else:
-            _, signature, raw = self._numbers.read(text=True)
-            text = raw.decode("utf-8", "replace")
+        text, raw, signature = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines():
             v = line.split()
             if len(v) < 14:

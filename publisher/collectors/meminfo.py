@@ -58,11 +58,7 @@ class Meminfo(Collector):
     def collect(self, out: Sample) -> None:
         # One regular expression over the file and map/zip to the series, all in C: this runs every interval
         # with cold caches, where each bytecode per line costs (issue 16).
-        if self._numbers is None:
-            text, signature = self._file.read(), None
-        else:
-            _, signature, raw = self._numbers.read(text=True)
-            text = raw.decode("utf-8", "replace")
+        text, raw, signature = numbers.read_text(self._file, self._numbers)
         rows = _LINE.findall(text)
         keys = tuple(map(_KEY, rows))
         if keys != self._keys:

@@ -71,11 +71,7 @@ class Netdev(Collector):
         series = out.series
         start = len(series)
         excluded = self.ctx.filters.net_excluded
-        if self._numbers is None:
-            text, signature = self._file.read(), None
-        else:
-            _, signature, raw = self._numbers.read(text=True)
-            text = raw.decode("utf-8", "replace")
+        text, raw, signature = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines()[2:]:
             name, _, rest = line.partition(":")
             name = name.strip()

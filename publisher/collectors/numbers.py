@@ -23,8 +23,12 @@ import os
 import re
 from array import array
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shm_metrics.families import FamilyInfo
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.collectors import ProcFile
 
 _scan = None
 if not os.environ.get("SHM_METRICS_NO_FAST_PATH"):
@@ -102,6 +106,15 @@ class Numbers:
             self.values = array("d", bytes(8 * 2 * count))
             count, signature, raw = _scan.numbers(self.fd, self.values, text)
         return count, signature, raw
+
+
+def read_text(file: ProcFile, numbers: Numbers | None) -> tuple[str, bytes | None, int | None]:
+    """The file's text for a collector's Python parse, and, with the fast path on, the bytes and signature of
+    that very read (for its program: ``numbers.values`` then holds its numbers)."""
+    if numbers is None:
+        return file.read(), None, None
+    _, signature, raw = numbers.read(text=True)
+    return raw.decode("utf-8", "replace"), raw, signature
 
 
 def tokens(raw: bytes) -> list[list[tuple[bytes, int | None]]]:

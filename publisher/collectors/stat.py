@@ -201,11 +201,7 @@ class Stat(Collector):
         series = out.series
         cpus = []
         start = len(series)
-        if self._numbers is None:
-            text, signature = self._file.read(), None
-        else:
-            _, signature, raw = self._numbers.read(text=True)
-            text = raw.decode("utf-8", "replace")
+        text, raw, signature = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines():
             key, _, rest = line.partition(" ")
             if key.startswith("cpu"):
