@@ -218,3 +218,18 @@ def test_full_samples_take_the_fast_path_too(proc):
     assert _series(again, "node_memory_") == _series(first, "node_memory_")
     assert _series(again, "node_disk_") == _series(first, "node_disk_")
     sampler.close()
+
+
+def test_files_larger_than_the_stack_buffer_are_read_whole(tmp_path):
+    """/proc/stat's intr line on a large host runs to tens of KiB: read past the 16 KiB on the stack."""
+    path = tmp_path / "stat"
+    path.write_bytes(b"intr " + b" ".join(str(i).encode() for i in range(30000)) + b"\nctxt 5\n")
+    count, _, values = _scan_file(path)  # into 4096 doubles: the count says how many there are
+    assert count == 30001 and values.tolist() == [float(i) for i in range(4096)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        small = numbers.Numbers(fd, capacity=4)
+        assert small.read()[0] == 30001 and len(small.values) >= 30001  # grew, and read again
+        assert small.values[29999] == 29999.0 and small.values[30000] == 5.0
+    finally:
+        os.close(fd)
