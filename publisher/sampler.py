@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from operator import attrgetter, is_, itemgetter
 
 from shm_metrics import families as F
@@ -114,7 +115,7 @@ class Sampler:
         self._plans: dict[tuple[bool, int, int], tuple] = {}
         self.last_full_time = 0.0  # Unix time the latest full sample began
         # Family name -> function filling a Sample (the benchmark times each entry separately).
-        self.families = {c.name: c.collect for c in self.collectors}
+        self.families = {c.name: _filler(c) for c in self.collectors}
 
     def _start(self, cls: type[Collector], quiet: bool = False) -> Collector | None:
         """The collector, or None when its constructor fails (its name then in ``unavailable``, its
@@ -148,7 +149,7 @@ class Sampler:
             at = sum(1 for c in self.collectors if order.get(type(c), -1) < order[cls])
             self.collectors.insert(at, collector)
             self._declared.insert(at, ())  # its families are new to the catalog
-            self.families[collector.name] = collector.collect
+            self.families[collector.name] = _filler(collector)
             if collector.tier != CORE:
                 self.on_demand.update(fam.name for fam in collector.families)
             for name in cls.reports:
@@ -327,6 +328,11 @@ class Sampler:
     def close(self) -> None:
         for c in self.collectors:
             c.close()
+
+
+def _filler(c: Collector) -> Callable[[Sample], object]:
+    """What a sample runs of ``c``: a CORE collector's fast path, its Python parse when that declines."""
+    return (lambda out: c.fast(out) or c.collect(out)) if c.tier == CORE else c.collect
 
 
 def _close_partial(collector: Collector) -> None:

@@ -101,6 +101,17 @@ def _collector(cls, proc: Path, tmp_path: Path, **options):
                        options={"netdev.netlink": False, **options}))
 
 
+def _after_a_change(*collectors) -> tuple[Sample, Sample]:
+    """Their files changed shape: the fast path declines, the Python parse makes new programs, the fast path
+    serves again.  (The Python parse's sample, the fast path's.)"""
+    assert not any(collector.fast(Sample()) for collector in collectors)
+    slow, fast = Sample(), Sample()
+    for collector in collectors:
+        collector.collect(slow)
+    assert all(collector.fast(fast) for collector in collectors)
+    return slow, fast
+
+
 def _series(sample: Sample, prefix: str) -> dict:
     return {(fam.name, labels): float(value) for fam, labels, value in sample.all_series()
             if fam.name.startswith(prefix)}
@@ -138,12 +149,7 @@ def test_a_changed_file_takes_the_python_path_and_a_new_program(proc, tmp_path):
         f.write(" 259       9 nvme9n1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n")
     with open(proc / "meminfo", "a") as f:
         f.write("Extra_field: 77 kB\n")  # not in the catalog: no series, but the numbers moved
-    assert not disks.fast(Sample()) and not mem.fast(Sample())
-    slow = Sample()
-    disks.collect(slow)
-    mem.collect(slow)
-    fast = Sample()
-    assert disks.fast(fast) and mem.fast(fast)
+    slow, fast = _after_a_change(disks, mem)
     assert _series(fast, "node_disk_") == _series(slow, "node_disk_")
     assert _series(fast, "node_disk_")[("node_disk_read_bytes_total", ("nvme9n1",))] == 3 * 512
     assert fast.scalars == slow.scalars and fast.disks == slow.disks
@@ -187,12 +193,7 @@ def test_a_cpu_or_an_interface_that_comes_takes_the_python_path_once(proc, tmp_p
     text.insert(last_cpu + 1, "cpu99 1 2 3 4 5 6 7 8 0 0\n")  # a CPU brought online
     (proc / "stat").write_text("".join(text))
     (proc / "net/dev").write_bytes(NET_DEV + b"  veth9: 5 6 0 0 0 0 0 0 7 8 0 0 0 0 0 0\n")
-    assert not stat.fast(Sample()) and not net.fast(Sample())
-    slow = Sample()
-    stat.collect(slow)
-    net.collect(slow)
-    fast = Sample()
-    assert stat.fast(fast) and net.fast(fast)
+    slow, fast = _after_a_change(stat, net)
     assert _series(fast, "node_cpu_seconds_total")[("node_cpu_seconds_total", ("99", "idle"))] == 4 / 100
     assert _series(fast, "node_network_") == _series(slow, "node_network_")
     assert [row["device"] for row in fast.net] == ["eth0", "docker0", "veth9"]  # lo: excluded by default

@@ -138,7 +138,7 @@ class Diskstats(Collector):
         now = time.monotonic()
         series = out.series
         start = len(series)
-        text, raw, signature = numbers.read_text(self._file, self._numbers)
+        text, raw, shape = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines():
             v = line.split()
             if len(v) < 14:
@@ -160,8 +160,8 @@ class Diskstats(Collector):
         if len(self._info) > len(keys):  # disks gone (loop devices, pods' volumes): forget their udev data
             self._info = {key: self._info[key] for key in keys if key in self._info}
         _put_disks(out, rows)
-        if signature is not None:  # every time: the udev info rows it repeats may have been read again
-            self._program = self._make_program(raw, signature, series[start:], rows)
+        if shape is not None:  # every time: the udev info rows it repeats may have been read again
+            self._program = self._make_program(raw, shape, series[start:], rows)
             self._program_made = now
 
     def fast(self, out: Sample) -> bool:
@@ -181,14 +181,12 @@ class Diskstats(Collector):
                           "io_time_seconds": fields[i + 4]} for i, device in zip(range(0, len(fields), 5), devices)])
         return True
 
-    def _make_program(self, raw: bytes, signature: int, series: list[tuple], rows: list[dict],
+    def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], rows: list[dict],
                       ) -> tuple[numbers.Program, list[str], list[tuple]] | None:
         """Where each counter and each array field of the disks kept are among the file's numbers; None when
         the Python path's values do not come out of them (the Python path then runs every sample)."""
         lines = {}
-        count = 0
         for line in numbers.tokens(raw):
-            count += sum(1 for _, index in line if index is not None)
             if len(line) >= 14 and line[2][1] is None:
                 lines.setdefault(line[2][0].decode("utf-8", "replace"), line)
         counted = [row for row in series if row[0] in _FACTOR_OF]
@@ -209,7 +207,7 @@ class Diskstats(Collector):
         except (KeyError, IndexError, TypeError):
             return None
         fixed = numbers.FixedSeries([row[0] for row in counted], [row[1] for row in counted])
-        program = numbers.Program(signature, count, positions, factors, fixed)
+        program = numbers.Program(shape, positions, factors, fixed)
         if None in positions or not program.gives(self._numbers.values, expected):
             return None
         return program, [row["device"] for row in rows], constant

@@ -9,6 +9,7 @@ when the collector starts (a field the kernel lacks is never exported).
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from itertools import compress, repeat
 from operator import itemgetter, mul
 
@@ -53,12 +54,12 @@ class Meminfo(Collector):
         self._factors: list[int] = []
         self._families: list[FamilyInfo | None] = []
         self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
-        self._programs: numbers.Program | None = None  # the series' values, then the scalars' (_SCALARS)
+        self._program: numbers.Program | None = None  # the series' values, then the scalars' (_SCALARS)
 
     def collect(self, out: Sample) -> None:
         # One regular expression over the file and map/zip to the series, all in C: this runs every interval
         # with cold caches, where each bytecode per line costs (issue 16).
-        text, raw, signature = numbers.read_text(self._file, self._numbers)
+        text, raw, shape = numbers.read_text(self._file, self._numbers)
         rows = _LINE.findall(text)
         keys = tuple(map(_KEY, rows))
         if keys != self._keys:
@@ -67,14 +68,13 @@ class Meminfo(Collector):
         series = list(compress(zip(self._families, repeat(()), values), self._families))
         out.series += series
         mem = dict(zip(keys, values))
-        _put_scalars(out, mem["MemTotal"], mem.get("MemAvailable", mem.get("MemFree", 0)),
-                     *(mem.get(key, 0) for key in _SCALARS))
-        if signature is not None and (self._programs is None or self._programs.signature != signature):
-            self._programs = self._program(raw, signature, series, mem)
+        _put_scalars(out, [mem.get(key, 0) for key in _scalar_keys(mem)])
+        if shape is not None and (self._program is None or self._program.shape != shape):
+            self._program = self._make_program(raw, shape, series, mem)
 
     def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/meminfo keeps its lines (collectors/numbers.py)."""
-        program = self._programs
+        program = self._program
         if program is None:
             return False
         values = program.values(self._numbers)
@@ -82,11 +82,11 @@ class Meminfo(Collector):
             return False
         split = 8 * len(program.fixed)
         out.fixed.append((program.fixed, values[:split]))
-        scalars = list(map(int, memoryview(values)[split:].cast("d").tolist()))
-        _put_scalars(out, scalars[0], scalars[2], *scalars)
+        _put_scalars(out, list(map(int, memoryview(values)[split:].cast("d").tolist())))
         return True
 
-    def _program(self, raw: bytes, signature: int, series: list, mem: dict[str, int]) -> numbers.Program | None:
+    def _make_program(self, raw: bytes, shape: numbers.Shape, series: list, mem: dict[str, int],
+                      ) -> numbers.Program | None:
         """Where each series' value and each scalar's are among the file's numbers (None: a scalar's key is
         missing, or the program would not give the Python parse's values; the Python path then runs every
         sample)."""
@@ -96,14 +96,12 @@ class Meminfo(Collector):
             if len(line) >= 2 and line[0][1] is None and line[1][1] is not None:
                 unit = len(line) > 2 and line[2][0] == b"kB"
                 where.setdefault(line[0][0].decode("utf-8", "replace"), (line[1][1], 1024 if unit else 1))
-        count = sum(1 for line in lines for _, index in line if index is not None)
-        # The scalars' keys as collect() reads them: MemAvailable falls back to MemFree (kernels before 3.14).
-        scalar_keys = [key if key in where or key != "MemAvailable" else "MemFree" for key in _SCALARS]
+        scalar_keys = _scalar_keys(where)
         if not all(key in where for key in scalar_keys):
             return None
         keys = [key for key, family in zip(self._keys, self._families) if family is not None]
         fixed = numbers.FixedSeries([family for family in self._families if family is not None], [()] * len(keys))
-        program = numbers.Program(signature, count, [where[k][0] for k in (*keys, *scalar_keys)],
+        program = numbers.Program(shape, [where[k][0] for k in (*keys, *scalar_keys)],
                                   [where[k][1] for k in (*keys, *scalar_keys)], fixed)
         if program.gives(self._numbers.values, [*(value for _, _, value in series), *(mem[k] for k in scalar_keys)]):
             return program
@@ -116,9 +114,16 @@ class Meminfo(Collector):
         self._families = [self._by_key.get(key) for key in keys]
 
 
-def _put_scalars(out: Sample, total: int, available: int, *by_key: int) -> None:
-    """The layout's memory scalars: ``by_key`` in _SCALARS' order."""
+def _scalar_keys(present: Collection[str]) -> list[str]:
+    """The meminfo keys of the layout's scalars, in _SCALARS' order: MemAvailable falls back to MemFree
+    (kernels before 3.14)."""
+    return [key if key in present or key != "MemAvailable" else "MemFree" for key in _SCALARS]
+
+
+def _put_scalars(out: Sample, by_key: list[int]) -> None:
+    """The layout's memory scalars from the values of ``_scalar_keys``."""
     scalars = dict(zip(_SCALARS.values(), by_key))
-    scalars.update(mem_available_bytes=available, mem_used_bytes=max(0, total - available),
+    total, available = by_key[0], by_key[2]
+    scalars.update(mem_used_bytes=max(0, total - available),
                    swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
     out.scalars.update(scalars)

@@ -71,7 +71,7 @@ class Netdev(Collector):
         series = out.series
         start = len(series)
         excluded = self.ctx.filters.net_excluded
-        text, raw, signature = numbers.read_text(self._file, self._numbers)
+        text, raw, shape = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines()[2:]:
             name, _, rest = line.partition(":")
             name = name.strip()
@@ -80,8 +80,8 @@ class Netdev(Collector):
             v = list(map(int, rest.split()))
             rows.append(_row(name, v))
             series.extend(zip(COLUMN_FAMILIES, repeat((name,)), v))  # in C: every interval, cold caches
-        if signature is not None and (self._program is None or self._program[0].signature != signature):
-            self._program = self._make_program(raw, signature, series[start:], rows)
+        if shape is not None and (self._program is None or self._program[0].shape != shape):
+            self._program = self._make_program(raw, shape, series[start:], rows)
         self._put(out, rows)
 
     def fast(self, out: Sample) -> bool:
@@ -120,13 +120,12 @@ class Netdev(Collector):
         out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
         out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
 
-    def _make_program(self, raw: bytes, signature: int, series: list[tuple], rows: list[dict],
+    def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], rows: list[dict],
                       ) -> tuple[numbers.Program, list[str]] | None:
         """Where each interface's 16 columns are among the file's numbers; None when the Python path's values
         do not come out of them (the Python path then runs every sample)."""
-        lines, count = {}, 0
+        lines = {}
         for line in numbers.tokens(raw):
-            count += sum(1 for _, index in line if index is not None)
             if line and line[0][1] is None:
                 lines.setdefault(line[0][0].decode("utf-8", "replace"), [index for _, index in line[1:]])
         positions = []
@@ -136,7 +135,7 @@ class Netdev(Collector):
                 return None
             positions += columns
         fixed = numbers.FixedSeries([family for family, _, _ in series], [labels for _, labels, _ in series])
-        program = numbers.Program(signature, count, positions, [1.0] * len(positions), fixed)
+        program = numbers.Program(shape, positions, [1.0] * len(positions), fixed)
         if len(series) != len(positions) or not program.gives(self._numbers.values, [v for _, _, v in series]):
             return None
         return program, [row["device"] for row in rows]

@@ -23,12 +23,13 @@ import os
 import re
 from array import array
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shm_metrics.families import FamilyInfo
 
 if TYPE_CHECKING:
     from shm_metrics.publisher.collectors import ProcFile
+
 
 _scan = None
 if not os.environ.get("SHM_METRICS_NO_FAST_PATH"):
@@ -44,8 +45,15 @@ _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
 _LONGEST_NUMBER = 64  # a longer token is a word for _scan.c too
 
 
+class Shape(NamedTuple):
+    """What one read of a file says of its structure (``_scan.numbers``): a program is made for one shape."""
+
+    signature: int  # of its words and of how many numbers stand where
+    count: int  # how many numbers it has
+
+
 class FixedSeries:
-    """The series a collector's grid samples give values for: families and label values in the order of the
+    """The series a collector's fast path gives values for: families and label values in the order of the
     values.  The same object while the file keeps its structure (the encoder compares it by identity)."""
 
     __slots__ = ("families", "labels")
@@ -65,11 +73,11 @@ class FixedSeries:
 class Program:
     """Where a collector's values are among its file's numbers, for one structure of the file."""
 
-    __slots__ = ("signature", "count", "positions", "factors", "fixed")
+    __slots__ = ("shape", "positions", "factors", "fixed")
 
-    def __init__(self, signature: int, count: int, positions: Sequence[int], factors: Sequence[float],
+    def __init__(self, shape: Shape, positions: Sequence[int], factors: Sequence[float],
                  fixed: FixedSeries | None = None):
-        self.signature, self.count = signature, count
+        self.shape = shape
         self.positions = array("I", positions)
         self.factors = array("d", factors)
         self.fixed = fixed
@@ -77,7 +85,7 @@ class Program:
     def values(self, numbers: Numbers) -> bytes | None:
         """Read the file again: the values (doubles, scaled) at the positions, or None when the file has
         another structure now (then the collector's Python parse runs and makes a new program)."""
-        return _scan.values(numbers.fd, numbers.values, self.signature, self.count, self.positions, self.factors)
+        return _scan.values(numbers.fd, numbers.values, *self.shape, self.positions, self.factors)
 
     def take(self, numbers: array) -> bytes:
         """The values (doubles, scaled) at the positions of numbers already read."""
@@ -87,7 +95,7 @@ class Program:
 
     def gives(self, numbers: array, values: Sequence[float]) -> bool:
         """Whether the program reproduces ``values`` from ``numbers`` (the same read): else it is not kept."""
-        if len(values) != len(self.positions) or self.count > len(numbers):
+        if len(values) != len(self.positions) or self.shape.count > len(numbers):
             return False  # (the file grew between two reads: numbers holds only its beginning)
         return memoryview(self.take(numbers)).cast("d").tolist() == [float(v) for v in values]
 
@@ -108,13 +116,13 @@ class Numbers:
         return count, signature, raw
 
 
-def read_text(file: ProcFile, numbers: Numbers | None) -> tuple[str, bytes | None, int | None]:
-    """The file's text for a collector's Python parse, and, with the fast path on, the bytes and signature of
+def read_text(file: ProcFile, numbers: Numbers | None) -> tuple[str, bytes | None, Shape | None]:
+    """The file's text for a collector's Python parse, and, with the fast path on, the bytes and shape of
     that very read (for its program: ``numbers.values`` then holds its numbers)."""
     if numbers is None:
         return file.read(), None, None
-    _, signature, raw = numbers.read(text=True)
-    return raw.decode("utf-8", "replace"), raw, signature
+    count, signature, raw = numbers.read(text=True)
+    return raw.decode("utf-8", "replace"), raw, Shape(signature, count)
 
 
 def tokens(raw: bytes) -> list[list[tuple[bytes, int | None]]]:

@@ -201,7 +201,7 @@ class Stat(Collector):
         series = out.series
         cpus = []
         start = len(series)
-        text, raw, signature = numbers.read_text(self._file, self._numbers)
+        text, raw, shape = numbers.read_text(self._file, self._numbers)
         for line in text.splitlines():
             key, _, rest = line.partition(" ")
             if key.startswith("cpu"):
@@ -247,8 +247,8 @@ class Stat(Collector):
                     add(SOFTIRQS, (vector,), int(count))
         s["cpu_count"] = len(cpus)
         out.cpus = cpus
-        if signature is not None and (self._program is None or self._program[0].signature != signature):
-            self._program = self._make_program(raw, signature, series[start:], s)
+        if shape is not None and (self._program is None or self._program[0].shape != shape):
+            self._program = self._make_program(raw, shape, series[start:], s)
         self._cpu_extras(out)
 
     def fast(self, out: Sample) -> bool:
@@ -281,14 +281,13 @@ class Stat(Collector):
         self._cpu_extras(out)
         return True
 
-    def _make_program(self, raw: bytes, signature: int, series: list[tuple], scalars: dict,
+    def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], scalars: dict,
                       ) -> tuple[numbers.Program, list[str], int] | None:
         """Where each series' value and the "cpu" line's modes are among the file's numbers; None when the
         file has a shape this does not cover (fewer than 8 modes, no scalar line) or the Python path's values
         do not come out of them (the Python path then runs every sample)."""
-        lines, cpus, count = {}, [], 0
+        lines, cpus = {}, []
         for line in numbers.tokens(raw):
-            count += sum(1 for _, index in line if index is not None)
             if line and line[0][1] is None:
                 key = line[0][0].decode("utf-8", "replace")
                 lines.setdefault(key, [index for _, index in line[1:]])
@@ -322,7 +321,7 @@ class Stat(Collector):
         if len(total) < 8 or any(len(lines["cpu" + n]) < 8 for n in cpus) or None in positions or None in total:
             return None
         fixed = numbers.FixedSeries(families, labels)
-        program = numbers.Program(signature, count, [*positions, *total], [*factors, *(-USER_HZ,) * 8], fixed)
+        program = numbers.Program(shape, [*positions, *total], [*factors, *(-USER_HZ,) * 8], fixed)
         python = {(family, labels): value for family, labels, value in series}
         expected = [python.get(key) for key in zip(families, labels)]
         if len(python) != len(set(zip(families, labels))) or None in expected:
