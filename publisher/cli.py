@@ -361,7 +361,7 @@ class _Plan:
     def next_sample(self, now: float) -> tuple[bool, bool]:
         """(full, scan) for a sample taken now."""
         full = self.always_full or (self.full_pending and now >= self.last_full + self.interval)
-        return full, full or now < self.scan_until
+        return full, self.always_full or now < self.scan_until
 
     def done(self, taken: float, full: bool, now: float) -> None:
         self.samples += 1

@@ -306,7 +306,7 @@ class Sampler:
         if c.refresh_seconds and now - last_run < c.refresh_seconds:
             return False  # rarely changing: the last reading stands
         if c.tier == PROCESS_SCAN:
-            return full or scan
+            return scan  # asked for by a top viewer: no family of a full sample needs it
         return full or c.tier != ON_DEMAND
 
     def family_capacities(self, sample: Sample | None = None) -> dict[str, int]:

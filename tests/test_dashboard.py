@@ -87,7 +87,8 @@ def test_filesystem_use_is_dfs_figure(tmp_path):
 
 def test_every_query_returns_data_from_a_real_prometheus(name, start_publisher):
     binary = need("prometheus", "prometheus")
-    start_publisher(name, "--interval", "0.5")
+    # --collector.processes: the process-state panels show node_exporter's processes collector (off by default).
+    start_publisher(name, "--interval", "0.5", "--collector.processes")
     exporter = Exporter(name)
     prom = None
     with tempfile.TemporaryDirectory(prefix="shm-dashboard-prometheus-") as tmp:

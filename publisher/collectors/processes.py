@@ -1,14 +1,15 @@
-"""Processes: node_exporter's ``processes`` collector (off by default there), and the layout's own counts.
+"""Processes: node_exporter's ``processes`` collector (off by default there and here), and the layout's own.
 
 * ``NodeProcesses`` is node_exporter's collector, switched on with ``--collector.processes``: every
   ``/proc/PID/stat`` (processes by state, threads allocated) and every ``/proc/PID/task/TID/stat``
   (threads by state), and the limits in ``/proc/sys/kernel``.  It reads a stat file per thread, so
-  it costs what it costs in node_exporter, and only when asked for.
+  it costs what it costs in node_exporter, and only in full samples (a scrape).
 * Without it, the layout's own collectors still count: every interval the numeric entries of /proc are
-  counted (``Procs``), and with ``--top`` the publisher's per-process scan (publisher/processes.py) fills
-  the top tables and the counts by state when something reads them (a scrape, ``shm-read top``).  They
-  show what they count as node_processes_* (extras node_exporter's default set does not have); when
-  ``NodeProcesses`` runs, those families are its own and the layout collectors fill only the layout.
+  counted (``Procs``, shown as node_processes_pids, an extra node_exporter's default set does not have),
+  and with ``--top`` the publisher's per-process scan (publisher/processes.py) fills the top tables and
+  the counts by state while a local viewer asks for them (``shm-read top``).  The scan declares no
+  family: a scrape never pays for it (it cost a full sample about 2 ms of its 3, issue 16), and
+  node_processes_state and _threads_state come from ``NodeProcesses``, as in node_exporter.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ _STAT_READ_BYTES = 4096  # a stat line is ~300 bytes; comm is at most 64
 
 @register
 class Processes(Collector):
-    """With --top: the per-process scan for the layout's top tables and state counts."""
+    """With --top: the per-process scan for the layout's top tables and state counts (no family)."""
 
     name = "processes"
-    families = (STATE, THREADS_STATE)
     tier = PROCESS_SCAN
 
     def __init__(self, ctx: Context):
@@ -42,20 +42,10 @@ class Processes(Collector):
         from shm_metrics.publisher.processes import ProcessTable
 
         self._table = ProcessTable(top_n=ctx.top_n, procfs=ctx.procfs)
-        self._families = "processes" not in ctx.enabled
-        if not self._families:
-            self.families = ()
 
     def collect(self, out: Sample) -> None:
         scan = self._table.scan()
         out.top_cpu, out.top_rss, out.process_states = scan.by_cpu, scan.by_rss, scan.states
-        if not self._families:
-            return
-        for row in scan.states:  # node_exporter shows only the states it saw
-            if row["processes"]:
-                out.add(STATE, (row["state"],), row["processes"])
-            if row["threads"]:
-                out.add(THREADS_STATE, (row["state"],), row["threads"])
 
     def close(self) -> None:
         self._table.close()
