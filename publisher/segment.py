@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
+_HISTORY_INDEX, _SERIES_INDEX, _LABELS_INDEX = (L.SECTION_INDEX[n] for n in ("history", "series", "labels"))
 
 
 class NameInUse(Exception):
@@ -359,6 +360,15 @@ class OwnedSegment:
         self._counts_index = [(self.layout.section_entry_offset(i) + L.SECTION.offsets["count"]) // 4
                               for i in range(len(L.SECTIONS))]
         self._packers = {rec.name: _row_packer(rec) for rec in L.SECTIONS}
+        # What _prepare does per section, worked out once: (directory index, record, offset, capacity, packer)
+        # of the scalars and arrays; the other sections' counts are set on their own.
+        layout = self.layout
+        self._row_sections = [(i, rec, layout.offsets[i], layout.capacities[i], self._packers[rec.name])
+                              for i, rec in enumerate(L.SECTIONS)
+                              if rec not in L.STATIC_SECTIONS and rec not in (L.HISTORY, L.SERIES, L.LABELS)]
+        self._counts_template = [(layout.capacities[i], 0) if rec in L.STATIC_SECTIONS else (0, 0)
+                                 for i, rec in enumerate(L.SECTIONS)]
+        self._written_counts: list[tuple[int, int]] | None = None  # what the directory holds (ours alone)
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
     @property
@@ -412,7 +422,8 @@ class OwnedSegment:
     # --- sampling
     def _prepare(self, sample: Sample, wall_time: float, short: dict[str, int] | None = None,
                  ) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
-        """Turn a Sample into (offset, bytes) stores, outside the write window.
+        """Turn a Sample into (offset, bytes) stores and the directory's (count, overflow) per section,
+        outside the write window.
 
         Conversion, clamping and packing happen here so that nothing can raise
         while seq is odd (an exception there would leave readers 'busy'
@@ -420,49 +431,42 @@ class OwnedSegment:
         the sections whose rows did not all fit (name -> rows found).
         """
         stores: list[tuple[int, bytes]] = []
-        counts: list[tuple[int, int]] = []
-        layout = self.layout
-        for i, rec in enumerate(L.SECTIONS):
-            if rec is L.HISTORY:
-                continue  # below: it needs the packed scalars
-            if rec in L.STATIC_SECTIONS:
-                counts.append((layout.capacities[i], 0))
-                continue
-            if rec is L.SERIES:
-                self._prepare_series(sample, stores, counts, short)
-                continue
-            if rec is L.LABELS:
-                continue  # with the series
+        counts = self._counts_template.copy()
+        scalars = b""
+        for i, rec, offset, cap, pack in self._row_sections:
             rows = [sample.scalars] if rec is L.SCALARS else getattr(sample, rec.name)
-            cap = layout.capacities[i]
-            kept, overflow = rows[:cap], max(0, len(rows) - cap)
-            if overflow and short is not None:
-                short[rec.name] = len(rows)
-            elif overflow and rec.name not in self._overflow_logged:
-                self._overflow_logged.add(rec.name)
-                log.warning("%d %s entries beyond capacity %d left out (counted in the header; "
-                            "raise the capacity option to keep them)", overflow, rec.name, cap)
-            pack = self._packers[rec.name]
-            packed = b"".join(pack(row) for row in kept)
-            if rec is L.SCALARS:
-                scalars = packed
-            if packed:
-                stores.append((layout.offsets[i], packed))
-            counts.append((len(kept), min(overflow, _U32_MAX)))
+            if len(rows) > cap:
+                overflow = len(rows) - cap
+                rows = rows[:cap]
+                if short is not None:
+                    short[rec.name] = cap + overflow
+                elif rec.name not in self._overflow_logged:
+                    self._overflow_logged.add(rec.name)
+                    log.warning("%d %s entries beyond capacity %d left out (counted in the header; "
+                                "raise the capacity option to keep them)", overflow, rec.name, cap)
+                counts[i] = (cap, min(overflow, _U32_MAX))
+            else:
+                counts[i] = (len(rows), 0)
+            if rows:
+                packed = b"".join([pack(row) for row in rows])
+                stores.append((offset, packed))
+                if rec is L.SCALARS:
+                    scalars = packed
+        self._prepare_series(sample, stores, counts, short)
         # The ring slot of this sample: the only writer knows the seq it will end with.
         seq_after = (self._q[self._seq_index] | 1) + 1
-        h = L.SECTION_INDEX["history"]
-        capacity = layout.capacities[h]
-        slot = layout.offsets[h] + ((seq_after // 2 - 1) % capacity) * L.HISTORY.size
+        h = _HISTORY_INDEX
+        capacity = self.layout.capacities[h]
+        slot = self.layout.offsets[h] + ((seq_after // 2 - 1) % capacity) * L.HISTORY.size
         stores.append((slot, _HISTORY_STAMP.pack(seq_after, wall_time) + scalars))
-        counts.insert(h, (min(seq_after // 2, capacity), 0))
+        counts[h] = (min(seq_after // 2, capacity), 0)
         return stores, counts
 
     def _prepare_series(self, sample: Sample, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]],
                         short: dict[str, int] | None = None) -> None:
         """The family series and their label blob (sections series and labels), within capacity."""
         layout = self.layout
-        s, lb = L.SECTION_INDEX["series"], L.SECTION_INDEX["labels"]
+        s, lb = _SERIES_INDEX, _LABELS_INDEX
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
                                                         layout.capacities[lb] * L.LABELS.size, sample.replayed,
                                                         sample.fixed)
@@ -475,8 +479,8 @@ class OwnedSegment:
             stores.append((layout.offsets[s], rows))
         if blob:
             stores.append((layout.offsets[lb], blob))
-        counts.append((kept, min(dropped, _U32_MAX)))
-        counts.append((len(blob) // L.LABELS.size, 0))
+        counts[s] = (kept, min(dropped, _U32_MAX))
+        counts[lb] = (len(blob) // L.LABELS.size, 0)
 
     def publish(self, sample: Sample, wall_time: float, monotonic: float, duration: float,
                 overruns: int) -> OwnedSegment:
@@ -507,9 +511,11 @@ class OwnedSegment:
             L.memory_fence()
             for offset, data in stores:
                 raw[offset:offset + len(data)] = data
-            for idx, (count, overflow) in zip(counts_index, counts):
-                i[idx] = count
-                i[idx + 1] = overflow
+            if counts != self._written_counts:  # a grid sample after another: the same rows, nothing to write
+                for idx, (count, overflow) in zip(counts_index, counts):
+                    i[idx] = count
+                    i[idx + 1] = overflow
+                self._written_counts = counts
             d[t_wall] = wall_time
             d[t_mono] = monotonic
             d[t_duration] = duration
