@@ -53,6 +53,12 @@ _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
 # tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
 RETRY_SECONDS = 30.0
 _FAMILIES = attrgetter("families")
+
+
+class _Declined(Exception):
+    """A fast path declined (its file changed shape): the grid sample runs collector by collector."""
+
+
 _FAMILY_OF = itemgetter(0)  # of a series row
 
 
@@ -233,9 +239,20 @@ class Sampler:
             if len(self._plans) >= 2:  # one with the scan (a top viewer asks), one without
                 self._plans.clear()
             plan = self._plans[key] = self._grid_plan(scan)
-        run, due, scalars, arrays, block = plan
-        for c in run:
-            self._run(c, out, fast=True)
+        run, fills, due, scalars, arrays, block = plan
+        try:
+            # Each CORE collector's fast path (or its parse, for those without one), called straight: no
+            # bookkeeping per collector while every one of them succeeds, the usual case.
+            for fill in fills:
+                if fill(out) is False:
+                    raise _Declined
+        except (_Declined, *_COLLECT_ERRORS):
+            # A file changed its shape (a disk, an interface, a CPU came or went) or a read failed: the
+            # sample again, collector by collector, as a full sample runs them (new programs, failures
+            # logged and left out).
+            out.__init__()  # nothing of the attempt kept
+            for c in run:
+                self._run(c, out, fast=True)
         if due:
             now = time.monotonic()
             for c in due:
@@ -246,8 +263,9 @@ class Sampler:
         out.replayed = block
 
     def _grid_plan(self, scan: bool) -> tuple:
-        """(collectors run every grid sample, collectors run when due, the scalars and arrays replayed,
-        the series replayed as one tuple: the publisher encodes it once)."""
+        """(collectors run every grid sample, what each of them runs: its fast path or its parse,
+        collectors run when due, the scalars and arrays replayed, the series replayed as one tuple: the
+        publisher encodes it once)."""
         run, due, parts = [], [], []
         scalars: dict[str, float | int] = {}
         arrays: dict[str, list[dict]] = {}
@@ -264,7 +282,8 @@ class Sampler:
                     arrays.update((name, rows) for name in ARRAYS if (rows := getattr(part, name)))
                 parts.append(part)
         parts.append(self._status)
-        return run, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
+        fills = [c.fast if type(c).fast is not Collector.fast else c.collect for c in run]
+        return run, fills, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
 
     def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
         """Run one collector into ``out`` (through its fast path when ``fast``: the CORE collectors, whose

@@ -234,3 +234,22 @@ def test_files_larger_than_the_stack_buffer_are_read_whole(tmp_path):
         assert small.values[29999] == 29999.0 and small.values[30000] == 5.0
     finally:
         os.close(fd)
+
+
+def test_a_grid_sample_in_which_a_file_changed_shape_is_whole(proc):
+    """A grid sample calls the fast paths straight; when one declines (a disk came), the sample is taken
+    again collector by collector: nothing of the attempt kept twice, nothing missing."""
+    sampler = Sampler(procfs=str(proc), collectors=[Meminfo, Diskstats])
+    sampler.sample(full=True)
+    before = sampler.sample(full=False)
+    assert len(before.fixed) == 2
+    with open(proc / "diskstats", "a") as f:
+        f.write(" 259       9 nvme9n1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n")
+    grid = sampler.sample(full=False)
+    keys = [(fam.name, labels) for fam, labels, _ in grid.all_series()]
+    assert len(keys) == len(set(keys))
+    assert _series(grid, "node_disk_")[("node_disk_read_bytes_total", ("nvme9n1",))] == 3 * 512
+    assert _series(grid, "node_memory_") == _series(before, "node_memory_")
+    assert grid.disks[-1]["device"] == "nvme9n1" and grid.scalars == {**before.scalars, **grid.scalars}
+    assert len(sampler.sample(full=False).fixed) == 2  # the new programs serve the next one
+    sampler.close()
