@@ -79,10 +79,10 @@ def test_staleness_is_checked_on_every_scrape_despite_the_cache(name, start_publ
     source = SegmentSource(name)
     _, exposition = build(source, process_metrics=False)
     try:
-        wait_for(lambda: b"shm_metrics_up 1.0" in exposition.render(), what="up 1")
+        wait_for(lambda: b"shm_metrics_up 1\n" in exposition.render(), what="up 1")
         os.kill(pub.pid, signal.SIGSTOP)
         try:
-            text = wait_for(lambda: (t := exposition.render()) and b"shm_metrics_up 0.0" in t and t,
+            text = wait_for(lambda: (t := exposition.render()) and b"shm_metrics_up 0\n" in t and t,
                             what="up 0 while SIGSTOPped")
             # No node_* series of the segment's; the textfile collector runs in the exporter, at scrape time.
             assert b"\nnode_" not in text.replace(b"\nnode_textfile_scrape_error 0\n", b"\n")
@@ -90,7 +90,7 @@ def test_staleness_is_checked_on_every_scrape_despite_the_cache(name, start_publ
         finally:
             os.kill(pub.pid, signal.SIGCONT)
         renders = exposition.renders
-        wait_for(lambda: b"shm_metrics_up 1.0" in exposition.render(), what="up 1 after SIGCONT")
+        wait_for(lambda: b"shm_metrics_up 1\n" in exposition.render(), what="up 1 after SIGCONT")
         assert exposition.renders > renders  # a new sample, a new block
     finally:
         source.close()

@@ -144,7 +144,7 @@ def test_collect_filter_cache_per_filter(name, start_publisher):
     source = SegmentSource(name)
     _, exposition = build(source, process_metrics=False)
     try:
-        wait_for(lambda: b"shm_metrics_up 1.0" in exposition.render(), what="up 1")
+        wait_for(lambda: b"shm_metrics_up 1\n" in exposition.render(), what="up 1")
         renders = exposition.renders
         exposition.render()
         load, both = exposition.render(["loadavg"]), exposition.render(["meminfo", "loadavg"])
@@ -171,7 +171,7 @@ def test_many_collect_filters_never_evict_the_unfiltered_text(name, start_publis
     source = SegmentSource(name)
     _, exposition = build(source, process_metrics=False)
     try:
-        wait_for(lambda: b"shm_metrics_up 1.0" in exposition.render(), what="up 1")
+        wait_for(lambda: b"shm_metrics_up 1\n" in exposition.render(), what="up 1")
         plain = exposition.render()
         renders = exposition.renders
         names = ["loadavg", "meminfo", "cpu", "stat", "netdev", "diskstats", "filefd", "filesystem"]

@@ -96,7 +96,7 @@ class Scraper(threading.Thread):
                 self.bad.append(repr(exc))
                 continue
             self.count += 1
-            if status != 200 or "\nshm_metrics_up 1.0\n" not in body or not body.endswith("\n"):
+            if status != 200 or "\nshm_metrics_up 1\n" not in body or not body.endswith("\n"):
                 self.bad.append(f"{status}: {body[-300:]}")
             time.sleep(0.05)  # as often as 20 Prometheus servers at 1 s: leaves the followers a CPU
 

@@ -8,9 +8,9 @@ computed on every scrape: the snapshot is read, the staleness rule applied (a
 cached block is served only while its sample is fresh), the textfile collector
 read (as node_exporter reads it, at scrape time), and the own, process and
 promhttp metrics rendered.  The result equals ``generate_latest`` over the
-exporter's registry, for the families the registry has, but for the node_*
-values, written as node_exporter writes them (``3``, not prometheus_client's
-``3.0``; the tests check this).
+exporter's registry, for the families the registry has, but for the values,
+written as node_exporter writes them (``3``, not prometheus_client's ``3.0``;
+the tests check this).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from shm_metrics.families import Family
 from shm_metrics.readers import Snapshot
-from shm_metrics.readers.exporter.collector import ShmCollector, node_families, own_families
+from shm_metrics.readers.exporter.collector import ShmCollector, as_metric, node_families, own_families
 from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES, TEXTFILE, check_filter, owner
 from shm_metrics.readers.exporter.render import FamilyRenderer
 from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics, process_families
@@ -35,16 +34,6 @@ from shm_metrics.readers.exporter.textfile import Textfile
 # The text format generate_latest writes, and what node_exporter 1.5.0 serves by default.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_CACHED_FILTERS = 8  # node_* texts kept per sample: the unfiltered one and the last filters used
-
-
-class _Families:
-    """A one-off collector over ready families (generate_latest wants .collect())."""
-
-    def __init__(self, families: Iterable[Metric]):
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
 
 
 class _Block(NamedTuple):
@@ -83,13 +72,16 @@ class Exposition:
         self._renderers: dict[frozenset[str] | None, FamilyRenderer] = {}
         self._scrape_renderer = FamilyRenderer()
         self._scrape_lock = threading.Lock()
+        self._own_renderer = FamilyRenderer()  # shm_metrics_*: their lines change at every sample
+        self._own_lock = threading.Lock()
 
     def render(self, collect: list[str] | None = None) -> bytes:
         """The exposition; with ``collect`` (node_exporter's ``collect[]`` values) only those collectors'
         families and scrape rows.  FilterError (node_exporter's 400) for a name it would refuse."""
         reading = self.shm.source.read()
         chosen = check_filter(collect, enabled_collectors(reading.snapshot)) if collect else None
-        parts = [generate_latest(_Families(own_families(reading)))]
+        with self._own_lock:
+            parts = [self._own_renderer.render(own_families(reading))]
         block = self._block(reading.snapshot, chosen) if reading.fresh else None
         if block is not None:
             parts.append(block.head)
@@ -170,12 +162,7 @@ class ProcessCollector(Collector):
     """The process_* families for a prometheus_client registry (the Go client's names and values)."""
 
     def collect(self) -> Iterator[Metric]:
-        for fam in process_families():
-            kind = fam.type
-            metric = Metric(fam.name[:-6] if kind == "counter" else fam.name, fam.help, kind)
-            for values, value in fam.series:
-                metric.add_sample(fam.name, dict(zip(fam.labels, values)), value)
-            yield metric
+        return map(as_metric, process_families())
 
 
 def build(source, process_metrics: bool = True, textfile: Textfile | None = None,
