@@ -110,7 +110,8 @@ class Sampler:
         self._cached: dict[str, tuple[float, Sample, int, float]] = {}
         # The families whose series date from the last full sample (flagged so in the catalog); grows when
         # such a collector brings a family it did not declare.
-        self.on_demand: set[str] = {fam.name for c in self.collectors if c.tier != CORE for fam in c.families}
+        self.on_demand: set[str] = {fam.name for c in self.collectors for fam in
+                                    (c.families if c.tier != CORE else c.on_demand)}
         # node_exporter's node_scrape_collector_* of each collector in the latest full sample (what a scrape,
         # which asks for one, reports); grid samples repeat them, so they are on demand too.
         self.on_demand.update((SCRAPE_SUCCESS.name, SCRAPE_DURATION.name))
@@ -156,8 +157,8 @@ class Sampler:
             self.collectors.insert(at, collector)
             self._declared.insert(at, ())  # its families are new to the catalog
             self.families[collector.name] = _filler(collector)
-            if collector.tier != CORE:
-                self.on_demand.update(fam.name for fam in collector.families)
+            self.on_demand.update(fam.name for fam in (collector.families if collector.tier != CORE
+                                                       else collector.on_demand))
             for name in cls.reports:
                 self.unavailable.pop(name, None)
             self._failed.discard(cls.name)
@@ -201,8 +202,10 @@ class Sampler:
         out = Sample()
         if full or self._status is None:  # a grid sample replays a full one: the first one is full
             self.last_full_time = time.time() if wall_time is None else wall_time
+            self._ctx.full = True
             self._full(out, scan)
         else:
+            self._ctx.full = False
             self._grid(out, scan)
         out.full_time = self.last_full_time
         self._update_catalog()

@@ -157,3 +157,28 @@ def test_a_socket_planted_by_another_user_is_neither_used_nor_trusted(name, star
     finally:
         planted.close()
         os.unlink(path)
+
+
+def test_a_core_collectors_per_device_sysfs_family_is_read_in_full_samples_only(monkeypatch):
+    """netdev's receive_nohandler is a sysfs file per interface: read in full samples, repeated in the
+    others (and flagged on demand in the catalog, so readers date it from full_sample_time)."""
+    from shm_metrics.publisher.collectors.netdev import NOHANDLER, Netdev
+    from shm_metrics.publisher.sampler import Sampler
+
+    sampler = Sampler(collectors=[Netdev])
+    try:
+        assert NOHANDLER.name in sampler.on_demand
+        full = sampler.sample(full=True)
+        read = full.values(NOHANDLER)
+        if not read:
+            pytest.skip("no interface with an rx_nohandler file here")
+        (net,) = sampler.collectors
+
+        def not_in_a_grid_sample(rows):
+            raise AssertionError("a grid sample read the sysfs files")
+
+        monkeypatch.setattr(net, "_read_nohandler", not_in_a_grid_sample)
+        grid = sampler.sample(full=False)
+        assert grid.values(NOHANDLER) == read and grid.net
+    finally:
+        sampler.close()

@@ -126,6 +126,9 @@ class Context:
         # node_exporter's collectors this sampler runs (the Sampler sets it): a collector whose families
         # another one owns when that one runs (loadavg's node_processes_threads, processes) leaves them out.
         self.enabled: frozenset[str] = frozenset()
+        # Whether the sample being taken runs every collector (the Sampler sets it before each one): a CORE
+        # collector reads the files of its families sampled on demand (``Collector.on_demand``) only then.
+        self.full = True
 
     def option(self, name: str, default: object = None) -> object:
         return self.options.get(name, default)
@@ -187,6 +190,9 @@ class Collector:
     described: tuple[tuple[str, str, str, str], ...] = ()
     refresh_seconds: float = 0.0
     tier: str = ON_DEMAND  # CORE, ON_DEMAND or PROCESS_SCAN (above)
+    # Of a CORE collector, the families it reads only in full samples (``ctx.full``) and repeats in the others:
+    # those no local reader is promised every interval, from files read one per device (sysfs).
+    on_demand: tuple[FamilyInfo, ...] = ()
 
     def __init__(self, ctx: Context):
         self.ctx = ctx

@@ -45,12 +45,14 @@ class Netdev(Collector):
     tier = CORE  # the layout's scalars and arrays: every interval
     reports = ("netdev",)
     families = (*COLUMN_FAMILIES, NOHANDLER)
+    on_demand = (NOHANDLER,)  # a sysfs file per interface: read in full samples only
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._netlink = bool(ctx.option("netdev.netlink", True))
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
+        self._nohandler_series: list[tuple] = []  # of the latest full sample, repeated in the others
         self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
         # The fast path's program (collectors/numbers.py): the 16 columns of every interface kept, with
         # their names in file order.
@@ -82,7 +84,7 @@ class Netdev(Collector):
             series.extend(zip(COLUMN_FAMILIES, repeat((name,)), v))  # in C: every interval, cold caches
         if shape is not None and (self._program is None or self._program[0].shape != shape):
             self._program = self._make_program(raw, shape, series[start:], rows)
-        self._put(out, rows)
+        self._put(out, rows, same_devices=False)
 
     def fast(self, out: Sample) -> bool:
         """The same values from the numbers alone, while /proc/net/dev keeps its interfaces
@@ -99,14 +101,27 @@ class Netdev(Collector):
                         for i, device in zip(range(0, len(v), 16), devices)])
         return True
 
-    def _put(self, out: Sample, rows: list[dict]) -> None:
-        """The rows' receive_nohandler (sysfs), the net array and its totals."""
+    def _put(self, out: Sample, rows: list[dict], same_devices: bool = True) -> None:
+        """The rows' receive_nohandler (sysfs: read in full samples, repeated in the others, without the
+        interfaces gone since), the net array and its totals."""
+        if self.ctx.full:
+            self._nohandler_series = self._read_nohandler(rows)
+        elif not same_devices:
+            seen = {row["device"] for row in rows}
+            self._nohandler_series = [row for row in self._nohandler_series if row[1][0] in seen]
+        out.series += self._nohandler_series
+        out.net = rows
+        out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
+        out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
+
+    def _read_nohandler(self, rows: list[dict]) -> list[tuple]:
+        series = []
         for row in rows:
             name = row["device"]
             pf = self._nohandler_file(name)
             if pf is not None:
                 try:
-                    out.add(NOHANDLER, (name,), int(pf.read_bytes()))
+                    series.append((NOHANDLER, (name,), int(pf.read_bytes())))
                 except (OSError, ValueError):  # the interface went away between the two reads, or was
                     self._nohandler.pop(name)  # made again under its name: its file is opened anew next time
                     pf.close()
@@ -116,9 +131,7 @@ class Netdev(Collector):
                 pf = self._nohandler.pop(gone)
                 if pf is not None:
                     pf.close()
-        out.net = rows
-        out.scalars["net_rx_bytes_total"] = sum(r["rx_bytes"] for r in rows)
-        out.scalars["net_tx_bytes_total"] = sum(r["tx_bytes"] for r in rows)
+        return series
 
     def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], rows: list[dict],
                       ) -> tuple[numbers.Program, list[str]] | None:

@@ -189,6 +189,9 @@ class Stat(Collector):
         if self._isolated:
             families.append(ISOLATED)
         self.families = tuple(families)
+        # A sysfs file per core and per package: read in full samples only, repeated in the others.
+        self.on_demand = tuple(fam for fam in (CORE_THROTTLES, PACKAGE_THROTTLES) if fam in families)
+        self._throttles: list[tuple] = []  # their series in the latest full sample
         self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
         # The fast path's program (collectors/numbers.py): the series' values (every CPU's modes and guest
         # times, then the scalar lines', then softirqs), then the "cpu" line's modes; with the CPUs' numbers.
@@ -351,10 +354,11 @@ class Stat(Collector):
 
     def _cpu_extras(self, out: Sample) -> None:
         add = out.add
-        for key, pf in self._core_throttles:
-            add(CORE_THROTTLES, key, int(pf.read_bytes()))
-        for package, pf in self._package_throttles:
-            add(PACKAGE_THROTTLES, (package,), int(pf.read_bytes()))
+        if self.on_demand and self.ctx.full:
+            self._throttles = [*((CORE_THROTTLES, key, int(pf.read_bytes())) for key, pf in self._core_throttles),
+                               *((PACKAGE_THROTTLES, (package,), int(pf.read_bytes()))
+                                 for package, pf in self._package_throttles)]
+        out.series += self._throttles
         for cpu in self._isolated:
             add(ISOLATED, (str(cpu),), 1)
         if self._cpuinfo is None:
