@@ -204,11 +204,11 @@ class Sampler:
             self.last_full_time = time.time() if wall_time is None else wall_time
             self._ctx.full = True
             self._full(out, scan)
+            self._update_catalog()
         else:
             self._ctx.full = False
             self._grid(out, scan)
         out.full_time = self.last_full_time
-        self._update_catalog()
         return out
 
     def _full(self, out: Sample, scan: bool) -> None:
@@ -260,6 +260,7 @@ class Sampler:
             now = time.monotonic()
             for c in due:
                 self._run_or_replay(c, out, False, scan, now)
+            self._update_catalog()  # the CORE collectors' families are theirs from the start: only these may add
         out.scalars.update(scalars)
         for name, rows in arrays:
             setattr(out, name, rows)

@@ -526,3 +526,17 @@ def test_grid_samples_replay_the_latest_full_sample_as_one_block(sampler):
     assert grid.full_time == full.full_time and set(grid.scalars) == set(full.scalars)
     sampler.sample(full=True, scan=False)
     assert sampler.sample(full=False, scan=False).replayed is not grid.replayed
+
+
+def test_core_collectors_declare_their_families_at_start():
+    """A grid sample looks for new families only among the collectors that add them later (not CORE ones)."""
+    from shm_metrics.publisher.collectors import CORE
+
+    sampler = Sampler(top_n=3)
+    try:
+        declared = {c.name: c.families for c in sampler.collectors if c.tier == CORE}
+        for full in (True, False, True, False):
+            sampler.sample(full=full)
+        assert all(c.families is declared[c.name] for c in sampler.collectors if c.tier == CORE)
+    finally:
+        sampler.close()
