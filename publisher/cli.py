@@ -59,6 +59,12 @@ class StopSignals:
         self.received: int | None = None
         self.also_ready = False  # the last wait() ended with ``also`` readable
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # poll, not select: the collectors keep a descriptor per device open, and on a big host the demand
+        # channel's number can pass select's limit of 1024.  One poller without the channel and one with it,
+        # made once: the loop waits every interval.
+        self._poller = select.poll()
+        self._poller.register(self._read_fd, select.POLLIN)
+        self._with: tuple[DemandChannel, select.poll] | None = None  # the channel, and the poller with it
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for sig in _STOP_SIGNALS:
             if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
@@ -73,18 +79,21 @@ class StopSignals:
         True once a stop signal has arrived."""
         self.also_ready = False
         if self.received is None and timeout > 0:
-            # poll, not select: the collectors keep a descriptor per device open, and on a big host the
-            # channel's number can pass select's limit of 1024.
-            poller = select.poll()
-            poller.register(self._read_fd, select.POLLIN)
-            if also is not None:
-                poller.register(also.fileno(), select.POLLIN)
+            poller = self._poller if also is None else self._poller_with(also)
             for fd, _ in poller.poll(math.ceil(timeout * 1000)):
                 if fd == self._read_fd:
                     self._drain()
                 else:
                     self.also_ready = True
         return self.received is not None
+
+    def _poller_with(self, also: DemandChannel) -> select.poll:
+        if self._with is None or self._with[0] is not also:
+            poller = select.poll()
+            poller.register(self._read_fd, select.POLLIN)
+            poller.register(also.fileno(), select.POLLIN)
+            self._with = (also, poller)
+        return self._with[1]
 
     def _drain(self) -> None:
         try:
