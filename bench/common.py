@@ -315,18 +315,22 @@ class Lab:
         path = BIN / name
         return [str(path)] if path.exists() else [sys.executable, "-m", module]
 
-    def publisher(self, interval: float, what: str = "pub", *options: str) -> Launched:
-        """A real shm-publisher on a unique name (with ``options``), returned once its first sample is in."""
+    def publisher(self, interval: float, what: str = "pub", *options: str, python: str | None = None) -> Launched:
+        """A real shm-publisher on a unique name (with ``options``), returned once its first sample is in;
+        ``python``: the interpreter of another checkout's venv, to run that one's."""
         name = self.segment_name(what)
-        pub = self.start([*self.script("shm-publisher", "shm_metrics.publisher"), "--name", name,
-                          "--interval", str(interval), *options], f"publisher-{interval}{''.join(options)}")
+        command = [python, "-m", "shm_metrics.publisher"] if python else self.script("shm-publisher",
+                                                                                    "shm_metrics.publisher")
+        pub = self.start([*command, "--name", name, "--interval", str(interval), *options],
+                         f"publisher-{interval}{''.join(options)}")
         pub.name = name
         wait_running(name, pub)
         return pub
 
-    def shm_exporter(self, name: str) -> Launched:
-        exp = self.start([*self.script("shm-exporter", "shm_metrics.readers.exporter"), "--name", name,
-                          "--web.listen-address", "127.0.0.1:0"], "shm-exporter")
+    def shm_exporter(self, name: str, python: str | None = None) -> Launched:
+        command = [python, "-m", "shm_metrics.readers.exporter"] if python else self.script(
+            "shm-exporter", "shm_metrics.readers.exporter")
+        exp = self.start([*command, "--name", name, "--web.listen-address", "127.0.0.1:0"], "shm-exporter")
         exp.name = name
         deadline = time.monotonic() + 30
         while exp.port is None:

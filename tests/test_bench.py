@@ -55,3 +55,24 @@ def test_quick_benchmark_prints_every_table_and_cleans_up(tmp_path):
     # Only this run's names (they carry its PID): other checkouts on the same host may be benchmarking now.
     left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{bench.pid}-" in n]
     assert not left, f"benchmark left segments in /dev/shm: {left}"
+
+
+def test_side_by_side_compares_checkouts_in_one_window_and_cleans_up():
+    """bench/sidebyside.py: this checkout twice (the second with --top 0), a few seconds: one row each."""
+    shm_before = set(os.listdir("/dev/shm"))
+    done = subprocess.run([sys.executable, "-m", "bench.sidebyside", ".", ".::--top 0", "--seconds", "2",
+                           "--warmup", "0.5", "--scrapers", "1", "--period", "0.5"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| .")]
+    assert [cells[0].strip() for cells in rows] == [".", ".::--top 0"], done.stdout
+    assert all(float(cells[1]) > 0 and float(cells[2]) > 0 for cells in rows), done.stdout  # both scraped
+    assert "cleanup: clean:" in done.stderr, done.stderr
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if "shmbench-" in n and "-side-" in n]
+    assert not left, left
+
+
+def test_side_by_side_refuses_a_checkout_without_a_venv(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench.sidebyside", str(tmp_path), "--seconds", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no .venv/bin/python" in done.stderr and "Traceback" not in done.stderr
