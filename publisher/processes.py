@@ -391,8 +391,9 @@ class ProcessTable:
         """How many fds the table keeps open (stat files of processes and threads, /proc/uptime)."""
         return self._kept_count + (self._uptime_fd is not None)
 
-    def close(self) -> None:
-        """Close every kept fd; the table must not be scanned afterwards."""
+    def release(self) -> None:
+        """Close every kept stat fd and forget the previous scan (nobody asks for scans any more: the fds of
+        processes that exit meanwhile would stay open until the next one).  The next scan starts afresh."""
         for rec in self._procs.values():
             if rec[0] is not None:
                 os.close(rec[0])
@@ -402,6 +403,11 @@ class ProcessTable:
             os.close(fd)
         self._task_fds = {}
         self._kept_count = 0
+        self._last_scan_monotonic = None
+
+    def close(self) -> None:
+        """Close every kept fd; the table must not be scanned afterwards."""
+        self.release()
         if self._uptime_fd is not None:
             os.close(self._uptime_fd)
             self._uptime_fd = None

@@ -53,12 +53,6 @@ _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
 # tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
 RETRY_SECONDS = 30.0
 _FAMILIES = attrgetter("families")
-
-
-class _Declined(Exception):
-    """A fast path declined (its file changed shape): the grid sample runs collector by collector."""
-
-
 _FAMILY_OF = itemgetter(0)  # of a series row
 
 
@@ -244,15 +238,14 @@ class Sampler:
             plan = self._plans[key] = self._grid_plan(scan)
         run, fills, due, scalars, arrays, block = plan
         try:
-            # Each CORE collector's fast path (or its parse, for those without one), called straight: no
-            # bookkeeping per collector while every one of them succeeds, the usual case.
-            for fill in fills:
-                if fill(out) is False:
-                    raise _Declined
-        except (_Declined, *_COLLECT_ERRORS):
-            # A file changed its shape (a disk, an interface, a CPU came or went) or a read failed: the
-            # sample again, collector by collector, as a full sample runs them (new programs, failures
-            # logged and left out).
+            # Each CORE collector's fast path, or its parse when it has none or it declines (its file changed
+            # shape), called straight: no bookkeeping per collector while every one succeeds, the usual case.
+            for fast, collect in fills:
+                if fast is None or not fast(out):
+                    collect(out)
+        except _COLLECT_ERRORS:
+            # A read failed: the sample again, collector by collector, as a full sample runs them (the
+            # failure logged, that collector's series left out).
             out.__init__()  # nothing of the attempt kept
             for c in run:
                 self._run(c, out, fast=True)
@@ -267,13 +260,15 @@ class Sampler:
         out.replayed = block
 
     def _grid_plan(self, scan: bool) -> tuple:
-        """(collectors run every grid sample, what each of them runs: its fast path or its parse,
-        collectors run when due, the scalars and arrays replayed, the series replayed as one tuple: the
-        publisher encodes it once)."""
+        """(collectors run every grid sample, their fast paths (None: none) and parses, collectors run when
+        due, the scalars and arrays replayed, the series replayed as one tuple: the publisher encodes it
+        once)."""
         run, due, parts = [], [], []
         scalars: dict[str, float | int] = {}
         arrays: dict[str, list[dict]] = {}
         for c in self.collectors:
+            if c.tier == PROCESS_SCAN and not scan:
+                c.release()  # nobody asks for the scan (any more): what it keeps between scans goes
             cached = self._cached.get(c.name)
             if c.tier == CORE and not c.refresh_seconds:
                 run.append(c)
@@ -286,7 +281,7 @@ class Sampler:
                     arrays.update((name, rows) for name in ARRAYS if (rows := getattr(part, name)))
                 parts.append(part)
         parts.append(self._status)
-        fills = [c.fast if type(c).fast is not Collector.fast else c.collect for c in run]
+        fills = [(c.fast if type(c).fast is not Collector.fast else None, c.collect) for c in run]
         return run, fills, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
 
     def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
@@ -309,6 +304,8 @@ class Sampler:
     def _run_or_replay(self, c: Collector, out: Sample, full: bool, scan: bool, now: float) -> tuple[int, float]:
         """A collector that does not run every sample: run it when due, else replay its last output."""
         cached = self._cached.get(c.name)
+        if cached is None and c.tier == PROCESS_SCAN and not scan:
+            return 1, 0.0  # not asked for yet: no tables to show
         ran = cached is None or self._due(c, cached[0], full, scan, now)
         if ran:
             own = Sample()

@@ -176,3 +176,24 @@ def test_collector_processes_counts_states_like_the_scan(name, start_publisher):
 def test_top_usage_errors(name, args):
     out = run_reader("top", "--name", name, *args)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_the_scan_keeps_its_files_only_while_asked_for():
+    """Its stat files stay open between scans (cheaper for a viewer at 1 Hz), and are closed once nobody asks
+    any more: a process that exits meanwhile is not held open for hours; nothing is opened before a viewer."""
+    from shm_metrics.publisher.sampler import Sampler
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    sampler = Sampler(top_n=3)
+    try:
+        sampler.sample(full=True, scan=False)  # a full sample (a scrape): no scan
+        idle = open_fds()
+        scanned = sampler.sample(full=False, scan=True)  # a viewer asks
+        assert scanned.process_states and open_fds() > idle + 10
+        after = sampler.sample(full=False, scan=False)  # it went away
+        assert not after.process_states and open_fds() <= idle
+        assert sampler.sample(full=False, scan=True).process_states  # and came back: a scan afresh
+    finally:
+        sampler.close()

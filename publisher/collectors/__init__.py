@@ -231,6 +231,10 @@ class Collector:
         return True, or return False having added nothing (then ``collect`` runs)."""
         return False
 
+    def release(self) -> None:
+        """Of a PROCESS_SCAN collector: nobody asks for its tables any more; let go of what it keeps between
+        runs (the next run starts afresh)."""
+
     def close(self) -> None:
         for pf in self._kept_open:
             pf.close()

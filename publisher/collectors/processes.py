@@ -47,6 +47,9 @@ class Processes(Collector):
         scan = self._table.scan()
         out.top_cpu, out.top_rss, out.process_states = scan.by_cpu, scan.by_rss, scan.states
 
+    def release(self) -> None:
+        self._table.release()
+
     def close(self) -> None:
         self._table.close()
 
