@@ -27,7 +27,9 @@ scrape.
   processes missing from the listing are closed at the end of the scan.  At
   most half the soft RLIMIT_NOFILE is kept (the soft limit is raised to the
   hard one the first time that budget runs out); beyond it, processes fall
-  back to open/read/close.  (With the limit raised, fds above 1023 exist in
+  back to open/read/close.  When nobody asks for scans any more (a viewer
+  quit), ``release()`` closes them all: a process that exits meanwhile is not
+  held open until some later scan.  (With the limit raised, fds above 1023 exist in
   this process: select() cannot wait on fds opened after them.)
 * A stat line byte for byte equal to the previous scan's (most sleeping
   processes: nothing in it moved) is not parsed again: same process (the
