@@ -256,7 +256,9 @@ def verdict(soak: Soak) -> bool:
           f" follow-api saw {soak.counters['follow-api'].read()[0]} samples, "
           + ", ".join(f"{label} printed {n} lines" for label, n in soak.lines.items()))
     ok = not failed and not soak.dead()
-    stale = {label: stale_stat_fds(p.pid) for label, p in soak.procs.items() if rows[-1].usage[label][2]}
+    # The publisher's always (none kept while no viewer asks for the --top scan), any other's that keeps some.
+    stale = {label: stale_stat_fds(p.pid) for label, p in soak.procs.items()
+             if label == "publisher" or rows[-1].usage[label][2]}
     for label, paths in stale.items():
         print(f"{label}: {rows[-1].usage[label][2]} /proc stat files kept, {len(paths)} of exited tasks"
               + (f": {', '.join(paths[:5])}" if paths else ""))
