@@ -113,6 +113,7 @@ class Sampler:
         # Grid samples' plans (Sampler._grid), by what they depend on: changes of the cached outputs of the
         # collectors outside the per-process scan ([0]) and of the scan's ([1]).
         self._versions = [0, 0]
+        self._scanning = False  # whether the latest sample ran the per-process scan (a viewer asked)
         self._plans: dict[tuple[bool, int, int], tuple] = {}
         self.last_full_time = 0.0  # Unix time the latest full sample began
         # Family name -> function filling a Sample (the benchmark times each entry separately).
@@ -193,6 +194,12 @@ class Sampler:
         if self._retry and time.monotonic() >= self._next_retry:
             self._next_retry = time.monotonic() + self.retry_seconds
             self.retry_unavailable()
+        if scan != self._scanning:
+            self._scanning = scan
+            if not scan:  # nobody asks for the per-process scan any more: what it keeps between scans goes
+                for c in self.collectors:
+                    if c.tier == PROCESS_SCAN:
+                        c.release()
         out = Sample()
         if full or self._status is None:  # a grid sample replays a full one: the first one is full
             self.last_full_time = time.time() if wall_time is None else wall_time
@@ -267,8 +274,6 @@ class Sampler:
         scalars: dict[str, float | int] = {}
         arrays: dict[str, list[dict]] = {}
         for c in self.collectors:
-            if c.tier == PROCESS_SCAN and not scan:
-                c.release()  # nobody asks for the scan (any more): what it keeps between scans goes
             cached = self._cached.get(c.name)
             if c.tier == CORE and not c.refresh_seconds:
                 run.append(c)
@@ -337,7 +342,7 @@ class Sampler:
         shares of the first published sample then still span the time since boot, as before.
         """
         if sample is None:
-            sample = self._pending = self.sample()
+            sample = self._pending = self.sample(scan=False)  # no viewer has asked for the scan yet
         _, strings = F.encode_catalog(self.catalog)
         index = {fam: i for i, fam in enumerate(self.catalog)}
         _, labels, rows, _ = F.SeriesEncoder(index).encode(sample.all_series())

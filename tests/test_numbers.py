@@ -77,6 +77,24 @@ def test_take_and_values_check_every_position():
         numbers._scan.take(src, array("I", [0, 1]), array("d", [1.0]), dst, 8, 0)  # fewer factors
 
 
+def test_values_checks_every_position_and_the_structure(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"a 1 2\nb 3\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        work = array("d", bytes(8 * 8))
+        count, signature, _ = numbers._scan.numbers(fd, work)
+        got = numbers._scan.values(fd, work, signature, count, array("I", [2, 0]), array("d", [2.0, -4.0]))
+        assert memoryview(got).cast("d").tolist() == [6.0, 0.25]  # a negative factor divides
+        assert numbers._scan.values(fd, work, signature + 1, count, array("I", [0]), array("d", [1.0])) is None
+        with pytest.raises(ValueError):
+            numbers._scan.values(fd, work, signature, count, array("I", [3]), array("d", [1.0]))  # beyond
+        with pytest.raises(ValueError):
+            numbers._scan.values(fd, work, signature, count, array("I", [0, 1]), array("d", [1.0]))  # factors
+    finally:
+        os.close(fd)
+
+
 NET_DEV = (b"Inter-|   Receive                                                |  Transmit\n"
            b" face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
            b"carrier compressed\n" + b"""    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0

@@ -123,7 +123,6 @@ def _scalar_keys(present: Collection[str]) -> list[str]:
 def _put_scalars(out: Sample, by_key: list[int]) -> None:
     """The layout's memory scalars from the values of ``_scalar_keys``."""
     scalars = dict(zip(_SCALARS.values(), by_key))
-    total, available = by_key[0], by_key[2]
-    scalars.update(mem_used_bytes=max(0, total - available),
+    scalars.update(mem_used_bytes=max(0, scalars["mem_total_bytes"] - scalars["mem_available_bytes"]),
                    swap_used_bytes=max(0, scalars["swap_total_bytes"] - scalars["swap_free_bytes"]))
     out.scalars.update(scalars)
