@@ -59,6 +59,7 @@ HEADER_KEYS = ("seq", "sample_time", "full_sample_time", "interval", "publisher_
                "layout_version")
 FAMILIES_KEY = "families"  # node_exporter's families, as --json prints them
 ARRAY_KEYS = tuple(rec.name for rec in L.SAMPLE_ARRAYS) + (FAMILIES_KEY,)  # keys that need the arrays read
+PROCESS_TABLES = ("top_cpu", "top_rss", "process_states")  # the --top scan's, filled while a reader asks
 RATES_KEY = "rates"  # every rate in one object, as --json prints it
 # Every key of --json, by name: header, scalars, single rates, the rates object, arrays.
 FIELDS = HEADER_KEYS + L.SCALARS.names + RATE_KEYS + (RATES_KEY,) + ARRAY_KEYS
@@ -375,12 +376,23 @@ def _shows_on_demand_families(args: argparse.Namespace | _OneShot, snap: Snapsho
     return any(view.on_demand(selector.name) for selector in args.selectors.values())
 
 
+def _shows_process_tables(args: argparse.Namespace | _OneShot, reader: Reader) -> bool:
+    """This output shows the --top scan's tables, which the publisher fills only while a reader asks."""
+    if args.prometheus or args.selectors or not reader.capacities.get("top_cpu"):
+        return False
+    return not args.fields or any(f in PROCESS_TABLES for f in args.fields)
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     with _attach(args.name, args.publisher_user) as reader:
         snap = _first_sample(reader, _needs_arrays(args))
         if _shows_on_demand_families(args, snap):
             # Families the publisher samples on demand are asked for when older than an interval.
             snap = reader.read_fresh(_family_max_age(reader), arrays=True, check_alive=True)
+        if _shows_process_tables(args, reader):
+            from shm_metrics.readers.top import with_process_tables
+
+            snap = with_process_tables(reader, snap)  # asked for, and waited for (bounded)
         rates = None
         if _needs_rates(args):
             rates = recent_rates(reader, snap)
@@ -500,8 +512,12 @@ def cmd_follow(args: argparse.Namespace) -> int:
     output = _Output(args)
     seen = 0
     printed = None
+    next_ask = 0.0  # for the --top scan's tables, when they are shown: asked for at most once a second
     try:
         for snap in reader.follow(on_status=_warn, max_age=args.max_age, arrays=_needs_arrays(args)):
+            if time.monotonic() >= next_ask and _shows_process_tables(args, reader):
+                reader.ask(L.DEMAND_SCAN)  # the publisher scans for the next intervals, as for a top viewer
+                next_ask = time.monotonic() + max(reader.interval, 1.0)
             fresh = _family_max_age(reader)
             if (not args.json and _since(snap.full_sample_time) > fresh and _shows_on_demand_families(args, snap)):
                 # Text and the exposition carry no time (JSON has each family's): a family the publisher

@@ -102,7 +102,7 @@ def _check_tables(reader: Reader) -> None:
         raise IncompatibleSegment(f"{reader.name}: the publisher runs with --top 0, so there are no process tables")
 
 
-def _scanned(reader: Reader, snap: Snapshot) -> Snapshot:
+def with_process_tables(reader: Reader, snap: Snapshot) -> Snapshot:
     """A snapshot with the process tables: the publisher scans processes only when asked (docs/LAYOUT.md,
     "Demand"), so ask and wait for the next samples, bounded; the tables are in a sample only when the
     scan ran for it."""
@@ -120,7 +120,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     with _attach(args.name, args.publisher_user) as reader:
         _check_tables(reader)
-        snap = _scanned(reader, _first_sample(reader, arrays=True))
+        snap = with_process_tables(reader, _first_sample(reader, arrays=True))
         if args.json:
             import json
 

@@ -182,3 +182,21 @@ def test_a_core_collectors_per_device_sysfs_family_is_read_in_full_samples_only(
         assert grid.values(NOHANDLER) == read and grid.net
     finally:
         sampler.close()
+
+
+def test_one_shots_and_followers_that_show_the_process_tables_ask_for_the_scan(name, start_publisher):
+    """Full samples no longer scan processes: a reader printing the --top tables asks for them (t), a
+    one-shot waiting for them, a follower once a second, so its later samples carry them."""
+    start_publisher(name, "--interval", "0.2")
+    time.sleep(0.6)  # past the first samples: nobody has asked for the scan
+    with Reader(name) as reader:
+        assert not reader.read().process_states
+    once = run_reader("--name", name, "--once", "--json", "process_states", "top_cpu")
+    assert once.returncode == 0, once.stderr
+    out = json.loads(once.stdout)
+    assert out["process_states"] and out["top_cpu"]
+    time.sleep(2 * 0.2 + 1.5)  # the one-shot's ask has run out
+    follow = run_reader("--name", name, "-f", "--count", "8", "--json", "process_states")
+    assert follow.returncode == 0, follow.stderr
+    rows = [json.loads(line)["process_states"] for line in follow.stdout.splitlines()]
+    assert len(rows) == 8 and rows[-1], rows
