@@ -207,7 +207,7 @@ class SeriesEncoder:
             if spot is None:
                 raw = encoded.get(labels)
                 if raw is None:
-                    raw = encoded[labels] = "\0".join(v.replace("\0", "") for v in labels).encode("utf-8", "replace")
+                    raw = encoded[labels] = label_bytes(labels)
                 if len(blob) + len(raw) > max_bytes:
                     dropped += 1
                     continue
@@ -229,6 +229,11 @@ class SeriesEncoder:
         words[0::6], words[1::6], words[2::6] = metrics, offsets, lengths
         memoryview(rows).cast("d")[2::3] = values
         return bytes(rows), bytes(blob), order, dropped
+
+
+def label_bytes(labels: tuple[str, ...]) -> bytes:
+    """A series' label values as the ``labels`` blob holds them: joined by NUL (a NUL inside a value left out)."""
+    return "\0".join(v.replace("\0", "") for v in labels).encode("utf-8", "replace")
 
 
 def _same_series(kept: tuple | None, families: tuple, labels: tuple, limits: tuple, blocks: tuple) -> bool:

@@ -19,4 +19,4 @@ class _BuildPy(build_py):
 
 setup(cmdclass={"build_py": _BuildPy},
       ext_modules=[Extension("shm_metrics.publisher._scan", ["publisher/_scan.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+                             extra_compile_args=["-O2", "-ffp-contract=off"])])

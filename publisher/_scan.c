@@ -27,10 +27,42 @@
  *     A negative factor divides by its opposite (src[index[r]] / -factors[r]).
  *     src: buffer of doubles, index: buffer of unsigned 32-bit ints, dst: writable buffer.  Every position
  *     is checked: ValueError rather than a write out of bounds.
+ *
+ * run(sources, ops, registers, read) -> bool
+ *     A compiled grid sample (publisher/compiled.py): reads its sources, then runs ops over the registers
+ *     (doubles).  False, with nothing computed, when a source says the host's structure changed (a file's
+ *     signature or count, a failed statvfs, a signalled poll): the Python path then samples and compiles
+ *     anew.  With read false nothing is read: the sources' work buffers hold what the Python path just read
+ *     (the check of a new program against the Python path's result).  Sources, each a tuple:
+ *       (FILE, fd, work, signature, count)  numbers() into work, the structure checked
+ *       (STATVFS, path, work)               work[0..5] = f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree
+ *       (POLL, fd)                          a poll() for POLLPRI/POLLERR that returns at once (mountinfo)
+ *       (DIR, path, work)                   work[0] = how many names of the directory are all digits (/proc),
+ *                                           counted by a PIDS op only when its marks moved
+ *     Ops, five int64 each (op, a, b, c, d), every register index checked before anything runs:
+ *       TAKE   dst src pos factor  R[dst] = work_src[pos] scaled by R[factor] (negative: divides)
+ *       SUBPOS dst a b             R[dst] = max(0, R[a] - R[b])
+ *       SUM    dst a n stride      R[dst] = R[a] + R[a + stride] + ... (n terms, in that order)
+ *       BUSY   dst now prev        R[dst] = CPU busy percent between the 8 ticks at now and at prev (stat.py's
+ *                                  busy_percent), then the 8 at prev = the 8 at now
+ *       PIDS   dst marks prev src  when R[marks], R[marks+1] differ from R[prev], R[prev+1] (or marks < 0: no
+ *                                  marks, every sample): (reading) count DIR source src, and R[prev..] = R[marks..];
+ *                                  then R[dst] = work_src[0]
+ *       MUL    dst a b             R[dst] = R[a] * R[b]
+ *       SAME   dst a b             stop (false) unless R[a] == R[b]: a value whose bytes stay as the Python path
+ *                                  wrote them (an integer a double cannot hold exactly) while it does not move
+ *
+ * store(registers, sinks, buffer) -> None
+ *     buffer[offset] = R[reg] for each sink, three int64 (reg, kind, offset): kind 0 a double, 1 an unsigned
+ *     64-bit integer, 2 an unsigned 32-bit one (truncated toward zero, clamped into range, NaN as 0: the
+ *     segment's own conversion).  Every offset is checked against the buffer first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <sys/statvfs.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +86,11 @@ static uint64_t fold(uint64_t h, const void *data, size_t n) {
  * parsers divide (jiffies by USER_HZ). */
 static double scaled(double v, double factor) { return factor < 0 ? v / -factor : v * factor; }
 
-static int is_separator(char c) { return c == ' ' || c == '\t' || c == '\n' || c == ':' || c == '\r'; }
+/* A slash separates too: /proc/loadavg's "1/123" is two numbers (running and all tasks), not a word that
+ * changes the file's signature every sample. */
+static int is_separator(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == ':' || c == '\r' || c == '/';
+}
 
 /* The token [p, end) as a number, or 0 when it is a word. */
 static int parse_number(const char *p, const char *end, double *out) {
@@ -290,10 +326,312 @@ done:
     return result;
 }
 
+
+enum { SRC_FILE, SRC_STATVFS, SRC_POLL, SRC_DIR };
+enum { OP_TAKE = 1, OP_SUBPOS, OP_SUM, OP_BUSY, OP_PIDS, OP_MUL, OP_SAME };
+#define MAX_SOURCES 4096
+
+typedef struct {
+    long kind;
+    Py_buffer work; /* .obj NULL when the source has none */
+    double *nums;
+    Py_ssize_t cap; /* doubles in work */
+    Py_ssize_t count; /* numbers the last read found (FILE) */
+} Source;
+
+static int count_digit_names(const char *path, double *out) {
+    DIR *dir = opendir(path);
+    if (dir == NULL)
+        return -1;
+    long n = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        const char *c = entry->d_name;
+        if (*c == 0)
+            continue;
+        while (*c >= '0' && *c <= '9')
+            c++;
+        n += *c == 0;
+    }
+    closedir(dir);
+    *out = (double)n;
+    return 0;
+}
+
+/* Reads one source; 1 when it kept its structure, 0 when not, -1 with an exception set. */
+static int read_source(PyObject *spec, Source *src) {
+    if (src->kind == SRC_FILE) {
+        int fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(spec, 1));
+        unsigned long long expected = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(spec, 3));
+        Py_ssize_t expected_count = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 4));
+        if (PyErr_Occurred())
+            return -1;
+        char stack[STACK_BYTES], *buf;
+        Py_ssize_t len;
+        if (read_all(fd, stack, sizeof stack, &buf, &len) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError))
+                return -1;
+            PyErr_Clear(); /* a file that cannot be read now: the Python path says why */
+            return 0;
+        }
+        uint64_t h;
+        Py_ssize_t count = scan_buffer(buf, len, src->nums, src->cap, &h);
+        if (buf != stack)
+            PyMem_RawFree(buf);
+        src->count = count;
+        return h == expected && count == expected_count && count <= src->cap;
+    }
+    if (src->kind == SRC_STATVFS) {
+        const char *path = PyBytes_AsString(PyTuple_GET_ITEM(spec, 1));
+        if (path == NULL)
+            return -1;
+        if (src->cap < 6)
+            return 0;
+        struct statvfs st;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = statvfs(path, &st);
+        Py_END_ALLOW_THREADS
+        if (rc != 0)
+            return 0; /* the Python path reports the mount's device error */
+        double *w = src->nums;
+        w[0] = (double)st.f_bsize, w[1] = (double)st.f_blocks, w[2] = (double)st.f_bfree;
+        w[3] = (double)st.f_bavail, w[4] = (double)st.f_files, w[5] = (double)st.f_ffree;
+        return 1;
+    }
+    if (src->kind == SRC_POLL) {
+        struct pollfd p = {.fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(spec, 1)), .events = POLLPRI | POLLERR};
+        if (PyErr_Occurred())
+            return -1;
+        return poll(&p, 1, 0) == 0;
+    }
+    return 1; /* DIR: counted by its PIDS op */
+}
+
+static double busy(const double *now, const double *before) {
+    double deltas[8], total = 0.0;
+    for (int i = 0; i < 8; i++) {
+        double d = now[i] - before[i];
+        deltas[i] = d > 0.0 ? d : 0.0;
+        total += deltas[i];
+    }
+    if (total <= 0.0)
+        return 0.0;
+    double idle = deltas[3] + deltas[4];
+    double share = 100.0 * (total - idle) / total;
+    return share > 100.0 ? 100.0 : share < 0.0 ? 0.0 : share;
+}
+
+/* Every register and source index an op names, checked before any op runs. */
+static int check_ops(const int64_t *op, Py_ssize_t n, Py_ssize_t nregs, Source *src, Py_ssize_t nsrc) {
+#define REG(x, width) ((x) >= 0 && (x) + (width) <= nregs)
+    for (Py_ssize_t i = 0; i < n; i++, op += 5) {
+        int64_t a = op[2], b = op[3], c = op[4];
+        int ok = REG(op[1], 1);
+        switch (op[0]) {
+        case OP_TAKE:
+            ok = ok && a >= 0 && a < nsrc && (src[a].kind == SRC_FILE || src[a].kind == SRC_STATVFS);
+            ok = ok && b >= 0 && b < src[a].cap && REG(c, 1);
+            break;
+        case OP_SUBPOS:
+        case OP_MUL:
+        case OP_SAME:
+            ok = ok && REG(a, 1) && REG(b, 1);
+            break;
+        case OP_SUM:
+            ok = ok && b >= 0 && c >= 0 && REG(a, 1) && (b == 0 || REG(a + (b - 1) * c, 1));
+            break;
+        case OP_BUSY:
+            ok = ok && REG(a, 8) && REG(b, 8);
+            break;
+        case OP_PIDS:
+            ok = ok && (a < 0 || (REG(a, 2) && REG(b, 2))) && c >= 0 && c < nsrc && src[c].kind == SRC_DIR &&
+                 src[c].cap >= 1;
+            break;
+        default:
+            ok = 0;
+        }
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "op %zd names a register or source out of range", i);
+            return -1;
+        }
+    }
+    return 0;
+#undef REG
+}
+
+static int run_ops(const int64_t *op, Py_ssize_t n, double *R, Source *src, PyObject *sources, int read) {
+    for (Py_ssize_t i = 0; i < n; i++, op += 5) {
+        int64_t d = op[1], a = op[2], b = op[3], c = op[4];
+        switch (op[0]) {
+        case OP_TAKE:
+            if (src[a].kind == SRC_FILE && b >= src[a].count)
+                return 0; /* fewer numbers than the program was made for */
+            R[d] = scaled(src[a].nums[b], R[c]);
+            break;
+        case OP_SUBPOS: {
+            double v = R[a] - R[b];
+            R[d] = v > 0.0 ? v : 0.0;
+            break;
+        }
+        case OP_SUM: {
+            double total = 0.0;
+            for (int64_t k = 0; k < b; k++)
+                total += R[a + k * c];
+            R[d] = total;
+            break;
+        }
+        case OP_BUSY:
+            R[d] = busy(R + a, R + b);
+            memcpy(R + b, R + a, 8 * sizeof(double));
+            break;
+        case OP_PIDS:
+            if (a < 0 || R[a] != R[b] || R[a + 1] != R[b + 1]) {
+                if (read) {
+                    const char *path = PyBytes_AsString(PyTuple_GET_ITEM(PyTuple_GET_ITEM(sources, c), 1));
+                    if (path == NULL)
+                        return -1;
+                    if (count_digit_names(path, src[c].nums) < 0)
+                        return 0;
+                }
+                if (a >= 0)
+                    R[b] = R[a], R[b + 1] = R[a + 1];
+            }
+            R[d] = src[c].nums[0];
+            break;
+        case OP_MUL:
+            R[d] = R[a] * R[b];
+            break;
+        case OP_SAME:
+            if (R[a] != R[b])
+                return 0; /* a value kept as the Python path wrote it changed: that path writes it again */
+            break;
+        }
+    }
+    return 1;
+}
+
+static PyObject *run(PyObject *self, PyObject *args) {
+    PyObject *sources;
+    Py_buffer ops, regs;
+    int read;
+    if (!PyArg_ParseTuple(args, "O!y*w*p:run", &PyTuple_Type, &sources, &ops, &regs, &read))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t nsrc = PyTuple_GET_SIZE(sources), got = 0;
+    Source *src = NULL;
+    if (nsrc > MAX_SOURCES) {
+        PyErr_SetString(PyExc_ValueError, "too many sources");
+        goto done;
+    }
+    src = PyMem_Calloc(nsrc ? (size_t)nsrc : 1, sizeof(Source));
+    if (src == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < nsrc; got++) {
+        PyObject *spec = PyTuple_GET_ITEM(sources, got);
+        if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 2) {
+            PyErr_SetString(PyExc_TypeError, "a source is a tuple (kind, ...)");
+            goto done;
+        }
+        Source *s = &src[got];
+        s->kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
+        static const Py_ssize_t sizes[] = {5, 3, 2, 3};
+        if (s->kind < SRC_FILE || s->kind > SRC_DIR || PyTuple_GET_SIZE(spec) != sizes[s->kind]) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "unknown source kind or arity");
+            goto done;
+        }
+        if (s->kind != SRC_POLL) {
+            PyObject *work = PyTuple_GET_ITEM(spec, 2);
+            if (PyObject_GetBuffer(work, &s->work, PyBUF_WRITABLE) < 0)
+                goto done;
+            s->nums = s->work.buf;
+            s->cap = s->work.len / (Py_ssize_t)sizeof(double);
+            s->count = s->cap;
+        }
+    }
+    Py_ssize_t nops = ops.len / (Py_ssize_t)(5 * sizeof(int64_t));
+    if (check_ops(ops.buf, nops, regs.len / (Py_ssize_t)sizeof(double), src, nsrc) < 0)
+        goto done;
+    int ok = 1;
+    for (Py_ssize_t i = 0; read && ok && i < nsrc; i++) {
+        ok = read_source(PyTuple_GET_ITEM(sources, i), &src[i]);
+        if (ok < 0)
+            goto done;
+    }
+    if (!read) /* the Python path's read: its counts are the ones its programs were checked against */
+        for (Py_ssize_t i = 0; i < nsrc; i++)
+            if (src[i].kind == SRC_FILE)
+                src[i].count = PyLong_AsSsize_t(PyTuple_GET_ITEM(PyTuple_GET_ITEM(sources, i), 4));
+    if (PyErr_Occurred())
+        goto done;
+    if (ok)
+        ok = run_ops(ops.buf, nops, regs.buf, src, sources, read);
+    if (ok < 0)
+        goto done;
+    result = PyBool_FromLong(ok);
+done:
+    for (Py_ssize_t i = 0; src != NULL && i < got; i++)
+        if (src[i].work.obj != NULL)
+            PyBuffer_Release(&src[i].work);
+    PyMem_Free(src);
+    PyBuffer_Release(&ops);
+    PyBuffer_Release(&regs);
+    return result;
+}
+
+static PyObject *store(PyObject *self, PyObject *args) {
+    Py_buffer regs, sinks, buffer;
+    if (!PyArg_ParseTuple(args, "y*y*w*:store", &regs, &sinks, &buffer))
+        return NULL;
+    PyObject *result = NULL;
+    const int64_t *s = sinks.buf;
+    Py_ssize_t n = sinks.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    Py_ssize_t nregs = regs.len / (Py_ssize_t)sizeof(double);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t reg = s[3 * i], kind = s[3 * i + 1], offset = s[3 * i + 2];
+        int64_t width = kind == 2 ? 4 : 8;
+        if (reg < 0 || reg >= nregs || kind < 0 || kind > 2 || offset < 0 || offset + width > buffer.len) {
+            PyErr_Format(PyExc_ValueError, "sink %zd out of range", i);
+            goto done;
+        }
+    }
+    const double *R = regs.buf;
+    char *to = buffer.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = R[s[3 * i]];
+        char *at = to + s[3 * i + 2];
+        switch (s[3 * i + 1]) {
+        case 0:
+            memcpy(at, &v, 8);
+            break;
+        case 1: {
+            uint64_t u = !(v > 0.0) ? 0 : v >= 18446744073709551616.0 ? UINT64_MAX : (uint64_t)v;
+            memcpy(at, &u, 8);
+            break;
+        }
+        default: {
+            uint32_t u = !(v > 0.0) ? 0 : v >= 4294967296.0 ? UINT32_MAX : (uint32_t)v;
+            memcpy(at, &u, 4);
+        }
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&regs);
+    PyBuffer_Release(&sinks);
+    PyBuffer_Release(&buffer);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"numbers", numbers, METH_VARARGS, "numbers(fd, out, text=False) -> (count, signature, bytes or None): a file's numbers, in order."},
     {"values", values, METH_VARARGS,
      "values(fd, work, signature, count, index, factors) -> bytes or None: numbers() and take() in one call."},
+    {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
+    {"store", store, METH_VARARGS, "store(registers, sinks, buffer): the registers into the buffer's bytes."},
     {"take", take, METH_VARARGS, "take(src, index, factors, dst, stride, offset): dst slots = src[index] * factors."},
     {NULL, NULL, 0, NULL},
 };

@@ -23,6 +23,7 @@ import posix_ipc
 from shm_metrics import shm_layout as L
 from shm_metrics.publisher import switches
 from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, numbers, selected
+from shm_metrics.publisher.compiled import CompiledGrid
 from shm_metrics.publisher.demand import DemandChannel, open_channel
 from shm_metrics.publisher.filters import Filters
 from shm_metrics.publisher.sampler import RETRY_SECONDS, Sampler
@@ -324,6 +325,7 @@ def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: 
     """Sample on a drift-free grid start + k*interval until a stop signal; ``current[0]`` is the
     segment's generation under the name (replaced in place when a sample makes it grow).
 
+    Grid samples run compiled (publisher/compiled.py) while a program holds, else in Python.
     With a demand channel, grid samples run the CORE collectors (and the per-process scan while a top
     viewer asks); a full sample runs when a reader asks, at once if the last full one is an interval
     old, and the grid then restarts from it: whatever readers send, at most one sample per interval is
@@ -331,12 +333,17 @@ def _loop(current: list[OwnedSegment], sampler: Sampler, interval: float, stop: 
     """
     plan = _Plan(interval, always_full=demand is None)
     segment = current[0]
+    compiled = CompiledGrid(sampler)
     while True:
         full, scan = plan.next_sample(time.monotonic())
         wall, t0 = time.time(), time.monotonic()
-        sample = sampler.sample(full=full, scan=scan, wall_time=wall)
-        t1 = time.monotonic()
-        segment = current[0] = segment.publish(sample, wall, t0, t1 - t0, plan.overruns)
+        grid = not full and not scan
+        if not (grid and compiled.sample(segment, wall, t0, plan.overruns)):
+            compiled.before_python()
+            sample = sampler.sample(full=full, scan=scan, wall_time=wall)
+            t1 = time.monotonic()
+            segment = current[0] = segment.publish(sample, wall, t0, t1 - t0, plan.overruns)
+            compiled.after_python(segment, grid)
         if plan.samples == 0:
             segment.set_state(L.STATE_RUNNING)  # only after the first sample is in
         plan.done(t0, full, time.monotonic())

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from operator import attrgetter, is_, itemgetter
+from typing import TYPE_CHECKING
 
 from shm_metrics import families as F
 from shm_metrics.families import FamilyInfo
@@ -42,6 +43,9 @@ from shm_metrics.publisher.collectors import (
 from shm_metrics.publisher.collectors.stat import CPU_MODES, USER_HZ
 from shm_metrics.publisher.collectors.stat import busy_percent as _busy_percent
 from shm_metrics.publisher.filters import Filters
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 log = logging.getLogger(__name__)
 
@@ -217,33 +221,32 @@ class Sampler:
         clock = time.perf_counter
         now = time.monotonic()
         status = []
+        rest = Sample()  # the collectors a grid sample replays: their series go in one block, as there
         for c in self.collectors:
             if c.tier == CORE and not c.refresh_seconds:
                 t0 = clock()
                 ok = self._run(c, out, fast=True)
                 duration = clock() - t0
             else:
-                ok, duration = self._run_or_replay(c, out, True, scan, now)
+                ok, duration = self._run_or_replay(c, out if c.tier == CORE else rest, True, scan, now)
             for name in c.reports:
                 status.append((name, ok, duration / len(c.reports)))
         for name in self.unavailable:
             status.append((name, 0, 0.0))
         self._status = Sample(series=[row for name, ok, duration in status
                                       for row in ((SCRAPE_SUCCESS, (name,), ok), (SCRAPE_DURATION, (name,), duration))])
-        out.series += self._status.series
+        # Encoded as the grid samples after it encode theirs (replayed block first): the segment's series and
+        # label bytes keep their places from a full sample to the grid samples, and a compiled grid sample's
+        # program stays valid across scrapes (publisher/compiled.py).
+        _merge(out, rest, series=False)
+        out.replayed = (*rest.series, *self._status.series)
         self._versions[0] += 1
 
     def _grid(self, out: Sample, scan: bool) -> None:
         """The CORE collectors (and the per-process scan when ``scan``); the rest as the latest full sample
         left it, through a plan that stays the same from sample to sample: a grid sample at 1 Hz runs with
         cold caches, where each collector looked at costs microseconds even when it only replays."""
-        key = (scan, self._versions[0], 0 if scan else self._versions[1])
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= 2:  # one with the scan (a top viewer asks), one without
-                self._plans.clear()
-            plan = self._plans[key] = self._grid_plan(scan)
-        run, fills, due, scalars, arrays, block = plan
+        run, fills, due, scalars, arrays, block = self._plan_for(scan)
         try:
             # Each CORE collector's fast path, or its parse when it has none or it declines (its file changed
             # shape), called straight: no bookkeeping per collector while every one succeeds, the usual case.
@@ -266,6 +269,16 @@ class Sampler:
             setattr(out, name, rows)
         out.replayed = block
 
+    def _plan_for(self, scan: bool) -> tuple:
+        """The grid samples' plan as things stand (made when they changed)."""
+        key = (scan, self._versions[0], 0 if scan else self._versions[1])
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 2:  # one with the scan (a top viewer asks), one without
+                self._plans.clear()
+            plan = self._plans[key] = self._grid_plan(scan)
+        return plan
+
     def _grid_plan(self, scan: bool) -> tuple:
         """(collectors run every grid sample, their fast paths (None: none) and parses, collectors run when
         due, the scalars and arrays replayed, the series replayed as one tuple: the publisher encodes it
@@ -277,6 +290,8 @@ class Sampler:
             cached = self._cached.get(c.name)
             if c.tier == CORE and not c.refresh_seconds:
                 run.append(c)
+            elif c.tier == PROCESS_SCAN and not scan and cached is None:
+                continue  # not asked for yet: nothing to run or replay
             elif c.tier == CORE or (c.tier == PROCESS_SCAN and scan) or cached is None:
                 due.append(c)
             else:
@@ -334,6 +349,25 @@ class Sampler:
             return scan  # asked for by a top viewer: no family of a full sample needs it
         return full or c.tier != ON_DEMAND
 
+    def grid_compilable(self, now: float) -> bool:
+        """Whether a grid sample without the scan may skip this object (publisher/compiled.py): it would run
+        the CORE collectors alone, no collector is due for a retry, none is due to run."""
+        if self._retry and now >= self._next_retry or self._status is None or self._pending is not None:
+            return False
+        return not self._plan_for(False)[2]
+
+    def compile(self, built: Builder) -> str | None:
+        """The CORE collectors' grid sample described to ``built`` (publisher/compiled.py); None, or why
+        it cannot be."""
+        for c in self.collectors:
+            if c.tier == CORE and not c.refresh_seconds:
+                try:
+                    if not c.compile(built):
+                        return f"collector {c.name} has no compiled form in this configuration"
+                except (OSError, ValueError, LookupError) as exc:  # its file changed shape meanwhile
+                    return f"collector {c.name}: {exc}"
+        return None
+
     def family_capacities(self, sample: Sample | None = None) -> dict[str, int]:
         """Capacities of the four family sections for this host: the catalog exactly, and room for
         twice the series (and label bytes) of one sample (interfaces, disks and mounts come and go).
@@ -385,7 +419,7 @@ def time_families(sampler: Sampler, rounds: int) -> dict[str, float]:
     return result
 
 
-def _merge(out: Sample, part: Sample, arrays: bool = True) -> None:
+def _merge(out: Sample, part: Sample, arrays: bool = True, series: bool = True) -> None:
     """Add one collector's output to a sample (each scalar and array has one collector: no conflicts)."""
     if part.scalars:
         out.scalars.update(part.scalars)
@@ -394,5 +428,6 @@ def _merge(out: Sample, part: Sample, arrays: bool = True) -> None:
             rows = getattr(part, name)
             if rows:
                 setattr(out, name, rows)
-    out.series += part.series
+    if series:
+        out.series += part.series
 

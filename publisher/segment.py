@@ -29,7 +29,8 @@ import secrets
 import stat
 import struct
 import time
-from collections.abc import Collection
+from array import array
+from collections.abc import Collection, Sequence
 from operator import itemgetter
 
 import posix_ipc
@@ -369,6 +370,11 @@ class OwnedSegment:
         self._counts_template = [(layout.capacities[i], 0) if rec in L.STATIC_SECTIONS else (0, 0)
                                  for i, rec in enumerate(L.SECTIONS)]
         self._written_counts: list[tuple[int, int]] | None = None  # what the directory holds (ours alone)
+        # The series rows and label blob last written, and what of them and of the directory a compiled
+        # grid sample's places depend on (publisher/compiled.py): shape_version counts its changes.
+        self._series_written: tuple[bytes, bytes] = (b"", b"")
+        self._shape: tuple | None = None
+        self.shape_version = 0
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
     @property
@@ -455,12 +461,17 @@ class OwnedSegment:
         self._prepare_series(sample, stores, counts, short)
         # The ring slot of this sample: the only writer knows the seq it will end with.
         seq_after = (self._q[self._seq_index] | 1) + 1
-        h = _HISTORY_INDEX
-        capacity = self.layout.capacities[h]
-        slot = self.layout.offsets[h] + ((seq_after // 2 - 1) % capacity) * L.HISTORY.size
+        slot, filled = self._history_slot(seq_after)
         stores.append((slot, _HISTORY_STAMP.pack(seq_after, wall_time) + scalars))
-        counts[h] = (min(seq_after // 2, capacity), 0)
+        counts[_HISTORY_INDEX] = (filled, 0)
         return stores, counts
+
+    def _history_slot(self, seq_after: int) -> tuple[int, int]:
+        """The offset of the history ring's slot for the sample whose seq ends at ``seq_after``, and how
+        many slots are filled then."""
+        capacity = self.layout.capacities[_HISTORY_INDEX]
+        return (self.layout.offsets[_HISTORY_INDEX] + ((seq_after // 2 - 1) % capacity) * L.HISTORY.size,
+                min(seq_after // 2, capacity))
 
     def _prepare_series(self, sample: Sample, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]],
                         short: dict[str, int] | None = None) -> None:
@@ -470,6 +481,7 @@ class OwnedSegment:
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
                                                         layout.capacities[lb] * L.LABELS.size, sample.replayed,
                                                         sample.fixed)
+        self._series_written = (rows, blob)
         if dropped and short is not None:
             short["series"] = dropped  # more rows, more label bytes or new families: _grow finds out which
         elif dropped and "series" not in self._overflow_logged:
@@ -496,7 +508,99 @@ class OwnedSegment:
             stores, counts = self._prepare(sample, wall_time)  # as it is, what does not fit counted
         self._write(stores, counts, wall_time, monotonic, duration, overruns,
                     wall_time if sample.full_time is None else sample.full_time)
+        self._note_shape(counts)
         return self
+
+    # --- compiled grid samples (publisher/compiled.py)
+    def _note_shape(self, counts: list[tuple[int, int]]) -> None:
+        """Count a change of what a compiled sample's places rest on: the series rows but for their values,
+        the label blob, the directory's counts but the history ring's."""
+        rows, blob = self._series_written
+        words = memoryview(rows).cast("Q")
+        shape = (counts[:_HISTORY_INDEX], counts[_HISTORY_INDEX + 1:], words[0::3].tobytes(), words[1::3].tobytes(),
+                 blob)
+        if shape != self._shape:
+            self._shape = shape
+            self.shape_version += 1
+
+    def locate(self, places: Sequence[tuple[int, tuple]]) -> array | None:
+        """The sinks of a compiled grid sample: (register, kind, offset) for ``_scan.store`` per place, a
+        place being ("scalar", field), ("row", section, index, field) or ("series", family, labels) of the
+        latest sample written.  None when a place is not there (a row beyond what was written, a series
+        left out or written twice): that program is not used."""
+        layout, counts = self.layout, self._written_counts or []
+        rows, blob = self._series_written
+        words = memoryview(rows).cast("I")
+        found: dict[tuple[int, bytes], int | None] = {}
+        for row, (metric, start, length) in enumerate(zip(words[0::6], words[1::6], words[2::6])):
+            key = (metric, blob[start:start + length])
+            found[key] = None if key in found else row
+        series_at = layout.offsets[_SERIES_INDEX] + L.SERIES.offsets["value"]
+        index = self._series.index
+        sinks = array("q")
+        for register, place in places:
+            if place[0] == "series":
+                metric = index.get(place[1])
+                row = None if metric is None else found.get((metric, F.label_bytes(place[2])))
+                if row is None:
+                    return None
+                sinks.extend((register, 0, series_at + row * L.SERIES.size))
+                continue
+            section, row_index, name = ("scalars", 0, place[1]) if place[0] == "scalar" else place[1:]
+            i = L.SECTION_INDEX.get(section)
+            field = None if i is None else L.SECTIONS[i].by_name.get(name)
+            if field is None or field.is_string or row_index >= (counts[i][0] if i < len(counts) else 0):
+                return None
+            kind = {"f64": 0, "u64": 1, "u32": 2}.get(field.ctype)
+            if kind is None:
+                return None
+            sinks.extend((register, kind, layout.offset_of(section, name, row_index)))
+        if any(offset + 8 > layout.total_size for offset in sinks[2::3]):
+            return None
+        return sinks
+
+    def sample_image(self) -> bytearray:
+        """A copy of the segment but for its header, directory and history ring (zeros there): the bytes a
+        grid sample decides, for checking a compiled program against the Python path."""
+        image = bytearray(self._bytes)
+        image[:self.layout.header_size] = bytes(self.layout.header_size)
+        start = self.layout.offsets[_HISTORY_INDEX]
+        end = start + self.layout.capacities[_HISTORY_INDEX] * L.HISTORY.size
+        image[start:end] = bytes(end - start)
+        return image
+
+    def publish_registers(self, registers: array, sinks: array, wall_time: float, monotonic: float,
+                          duration: float, overruns: int, full_time: float) -> None:
+        """A compiled grid sample under the seqlock: its registers into their places, the scalars into the
+        history ring, the header; every other byte stays as the latest sample left it."""
+        from shm_metrics.publisher import _scan  # only a publisher with the extension compiles
+
+        t_wall, t_mono, t_duration, t_overruns, t_full = self._header_indexes
+        d, q, i, raw = self._d, self._q, self._i, self._bytes
+        scalars_at, size = self.layout.offsets[L.SECTION_INDEX["scalars"]], L.SCALARS.size
+        if not self._acquire():
+            return
+        try:
+            seq = q[self._seq_index]
+            q[self._seq_index] = seq + 1 if seq % 2 == 0 else seq  # odd: write in progress
+            L.memory_fence()
+            _scan.store(registers, sinks, raw)  # every offset checked by locate(): nothing raises here
+            seq_after = (seq | 1) + 1
+            slot, filled = self._history_slot(seq_after)
+            stamp = _HISTORY_STAMP.size
+            raw[slot:slot + stamp] = _HISTORY_STAMP.pack(seq_after, wall_time)
+            raw[slot + stamp:slot + stamp + size] = raw[scalars_at:scalars_at + size]
+            i[self._counts_index[_HISTORY_INDEX]] = filled
+            d[t_wall] = wall_time
+            d[t_mono] = monotonic
+            d[t_duration] = duration
+            q[t_overruns] = min(overruns, _U64_MAX)
+            d[t_full] = full_time
+            L.memory_fence()
+            q[self._seq_index] = seq_after  # even: done
+        finally:
+            self.sem.release()
+        self.wake_readers()
 
     def _write(self, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]], wall_time: float,
                monotonic: float, duration: float, overruns: int, full_time: float) -> None:

@@ -230,15 +230,16 @@ def test_missing_files_mean_absent_families_and_success_zero(tmp_path):
         sample = sampler.sample()
     finally:
         sampler.close()
-    names = {fam.name for fam, _, _ in sample.series}
+    names = {fam.name for fam, _, _ in sample.all_series()}
     assert "node_load1" in names and "node_boot_time_seconds" in names
     assert not any(n.startswith(("node_pressure_", "node_nf_conntrack", "node_memory_", "node_sockstat_"))
                    for n in names)
-    success = {labels[0]: value for fam, labels, value in sample.series if fam.name == "node_scrape_collector_success"}
+    success = {labels[0]: value for fam, labels, value in sample.all_series()
+               if fam.name == "node_scrape_collector_success"}
     assert success["loadavg"] == 1 and success["cpu"] == 1 and success["stat"] == 1
     for collector in ("pressure", "conntrack", "meminfo", "sockstat", "netdev", "os"):
         assert success[collector] == 0, collector
-    durations = [v for fam, _, v in sample.series if fam.name == "node_scrape_collector_duration_seconds"]
+    durations = [v for fam, _, v in sample.all_series() if fam.name == "node_scrape_collector_duration_seconds"]
     assert len(durations) == len(success) and all(d >= 0 for d in durations)
 
 

@@ -119,7 +119,7 @@ def test_collector_on_this_host(cls):
     success = sample.values(SCRAPE_SUCCESS)[(name,)]
     assert success == (1 if HOST_HAS[name]() else 0), sampler.unavailable
     declared = set(sampler.catalog)
-    for family, labels, value in sample.series:
+    for family, labels, value in sample.all_series():
         assert family in declared and len(labels) == len(family.labels), family
         assert isinstance(value, (int, float))
     if name == "btrfs":

@@ -143,7 +143,7 @@ def test_collector_on_this_host(collector):
         success = sample.values(SCRAPE_SUCCESS)
         if sampler.collectors:
             declared = set(sampler.collectors[0].families)
-            published = {family for family, _, _ in sample.series if family not in (SCRAPE_SUCCESS,)
+            published = {family for family, _, _ in sample.all_series() if family not in (SCRAPE_SUCCESS,)
                          and family.name != "node_scrape_collector_duration_seconds"}
             assert published <= declared
             assert success[(collector,)] == 1
@@ -213,7 +213,7 @@ def test_absent_labels_are_left_out_by_the_python_api_too(fixture_root):
         layout = L.Layout.for_capacities(64, 64, 64, 64, history=2, top=0, **sampler.family_capacities())
         segment = OwnedSegment(name, layout, 0o600, 1.0, sampler.catalog)
         sample = sampler.sample()
-        raw = {labels for family, labels, _ in sample.series if family.name == "node_power_supply_info"}
+        raw = {labels for family, labels, _ in sample.all_series() if family.name == "node_power_supply_info"}
         assert any(ABSENT_LABEL in labels for labels in raw)  # what the publisher writes for a missing label
         segment.set_state(L.STATE_RUNNING)
         segment.publish(sample, time.time(), time.monotonic(), 0.0, 0)

@@ -73,7 +73,7 @@ def test_every_declared_family_belongs_to_the_collector_that_declares_it(tmp_pat
         wrong, checked = [], 0
         for collector in sampler.collectors:
             declared = {fam.name for fam in collector.families}
-            declared |= {fam.name for fam, _, _ in sample.series if fam in collector.families}
+            declared |= {fam.name for fam, _, _ in sample.all_series() if fam in collector.families}
             for name in declared:
                 checked += 1
                 want = collector.reports or ("processes",)  # the layout's own: node_exporter's processes names

@@ -69,7 +69,7 @@ def start(tree: Path, cls, **kwargs) -> Sampler:
 def published(sample) -> set[tuple[str, tuple[str, ...], str]]:
     """Every series but the durations (they change); values as the repr of the float the segment holds
     (and NaN equals NaN)."""
-    return {(fam.name, labels, repr(float(value))) for fam, labels, value in sample.series
+    return {(fam.name, labels, repr(float(value))) for fam, labels, value in sample.all_series()
             if fam is not SCRAPE_DURATION}
 
 
@@ -146,7 +146,7 @@ def test_collector_starts_when_its_files_appear_and_drops_devices_that_go_away(t
         assert published(after) == fresh(tree, cls)
         assert len(published(after)) > 1
         declared = {fam.name for fam in sampler.catalog}
-        assert {fam.name for fam, _, _ in after.series} <= declared, "a series whose family the catalog lacks"
+        assert {fam.name for fam, _, _ in after.all_series()} <= declared, "a series whose family the catalog lacks"
         if not available_without:  # its families joined the catalog: a new, larger tuple, the old one first
             assert sampler.catalog_version == version + 1
             assert len(sampler.catalog) > len(catalog) and sampler.catalog[:len(catalog)] == catalog
@@ -177,7 +177,7 @@ def test_thermal_zone_found_later_and_dropped(tree):
             os.rename(staged, tree / "sys/class/thermal" / name)
         sample = sampler.sample()
         assert sample.values(ZONE_TEMP)[("3", "x86_pkg_temp")] == 45.5
-        assert {fam.name: value for fam, labels, value in sample.series if labels == ("1", "Fan")} == {
+        assert {fam.name: value for fam, labels, value in sample.all_series() if labels == ("1", "Fan")} == {
             "node_cooling_device_cur_state": 2, "node_cooling_device_max_state": 10}
         assert published(sample) == fresh(tree, ThermalZone)
         shutil.rmtree(tree / "sys/class/thermal/thermal_zone3")
@@ -218,7 +218,7 @@ def test_a_retried_collector_joins_in_registry_order(tree):
         sample = sampler.sample()
         assert [c.name for c in sampler.collectors] == ["bonding", "hwmon", "nvme"]
         assert not sampler.unavailable and "hwmon" in sampler.families
-        assert {labels[0] for fam, labels, value in sample.series if fam is SCRAPE_SUCCESS and value == 1} == {
+        assert {labels[0] for fam, labels, value in sample.all_series() if fam is SCRAPE_SUCCESS and value == 1} == {
             "bonding", "hwmon", "nvme"}
     finally:
         sampler.close()
@@ -240,7 +240,7 @@ def test_nothing_is_retried_or_listed_again_before_its_time(tree):
     sampler = start(tree, Nvme, rescan_seconds=3600)
     try:
         shutil.copytree(tree / "sys/class/nvme/nvme0", tree / "sys/class/nvme/nvme1")
-        assert {labels[0] for _, labels, _ in sampler.sample().series if labels} == {"nvme0", "nvme"}
+        assert {labels[0] for _, labels, _ in sampler.sample().all_series() if labels} == {"nvme0", "nvme"}
     finally:
         sampler.close()
 
@@ -261,7 +261,7 @@ def test_retrying_leaks_no_descriptor(tree):
 
 
 def _temperatures(sample) -> dict:
-    return {labels: value for fam, labels, value in sample.series if fam.name == "node_hwmon_temp_celsius"}
+    return {labels: value for fam, labels, value in sample.all_series() if fam.name == "node_hwmon_temp_celsius"}
 
 
 def test_a_device_replaced_under_its_name_is_built_again(tree):
@@ -435,7 +435,7 @@ def test_a_cpu_whose_cpufreq_appears_later_is_published_then(tree):
         number = cpu.name.removeprefix("cpu")
 
         def its_series() -> list:
-            return [labels for fam, labels, _ in sampler.sample().series if labels == (number,)]
+            return [labels for fam, labels, _ in sampler.sample().all_series() if labels == (number,)]
 
         assert not its_series()
         os.rename(aside, cpu / "cpufreq")

@@ -522,7 +522,7 @@ def test_grid_samples_replay_the_latest_full_sample_as_one_block(sampler):
     again = sampler.sample(full=False, scan=False)
     assert grid.replayed and again.replayed is grid.replayed
     assert {fam for fam, _, _ in grid.series} <= core
-    assert set(grid.replayed) == {row for row in full.series if row[0] not in core}
+    assert set(grid.replayed) == {row for row in full.all_series() if row[0] not in core}
     assert grid.full_time == full.full_time and set(grid.scalars) == set(full.scalars)
     sampler.sample(full=True, scan=False)
     assert sampler.sample(full=False, scan=False).replayed is not grid.replayed

@@ -42,6 +42,7 @@ from shm_metrics.publisher.filters import Filters
 
 if TYPE_CHECKING:
     from shm_metrics.publisher.collectors.numbers import FixedSeries
+    from shm_metrics.publisher.compiled import Builder
 
 _READ_SIZE = 1 << 16
 # How often a collector lists its devices' directory again (Context.rescan_seconds): a device that
@@ -229,6 +230,11 @@ class Collector:
     def fast(self, out: Sample) -> bool:
         """The fast path of a CORE collector (collectors/numbers.py): fill ``out`` as ``collect`` would and
         return True, or return False having added nothing (then ``collect`` runs)."""
+        return False
+
+    def compile(self, built: Builder) -> bool:
+        """A CORE collector's grid sample as sources, registers and places (publisher/compiled.py), as its
+        latest sample read it; False when it has none (the grid sample then stays in Python)."""
         return False
 
     def release(self) -> None:

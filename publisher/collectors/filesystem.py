@@ -13,9 +13,14 @@ from __future__ import annotations
 import os
 import re
 import select
+from array import array
+from typing import TYPE_CHECKING
 
-from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, gauge, register
+from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, gauge, numbers, register
 from shm_metrics.publisher.filters import Filters
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 _LABELS = ("device", "fstype", "mountpoint")
 SIZE = gauge("node_filesystem_size_bytes", "Filesystem size in bytes.", *_LABELS)
@@ -38,17 +43,29 @@ class Filesystem(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._mounts = MountTable(ctx.procfs, ctx.filters)
+        # Each mount's latest statvfs numbers (f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree; None
+        # when it failed), for a compiled program: its check runs over what this read.
+        self._statvfs: dict[str, array | None] = {}
 
     def collect(self, out: Sample) -> None:
         rows = []
         add = out.add
-        for mount in self._mounts.current():
+        mounts = self._mounts.current()
+        kept = self._statvfs if numbers.AVAILABLE else None
+        if kept is not None and len(kept) > len(mounts):
+            kept.clear()  # mounts gone
+        for mount in mounts:
             labels = mount["labels"]
             try:
                 st = os.statvfs(mount["mountpoint"])
             except OSError:
                 add(DEVICE_ERROR, labels, 1)
+                if kept is not None:
+                    kept[mount["mountpoint"]] = None
                 continue
+            if kept is not None:
+                kept[mount["mountpoint"]] = array("d", (st.f_bsize, st.f_blocks, st.f_bfree, st.f_bavail,
+                                                        st.f_files, st.f_ffree))
             row = {"mountpoint": mount["mountpoint"], "device": mount["device"], "fstype": mount["fstype"],
                    "size_bytes": st.f_blocks * st.f_bsize, "free_bytes": st.f_bfree * st.f_bsize,
                    "avail_bytes": st.f_bavail * st.f_bsize}
@@ -61,6 +78,23 @@ class Filesystem(Collector):
             add(FILES_FREE, labels, st.f_ffree)
             add(READONLY, labels, mount["ro"])
         out.filesystems = rows
+
+    def compile(self, built: Builder) -> bool:
+        """A statvfs per mount, while mountinfo signals no change (publisher/compiled.py); not while a
+        mount's statvfs fails (its device error would have to come and go)."""
+        mounts = self._mounts.last
+        if mounts is None or any(self._statvfs.get(m["mountpoint"]) is None for m in mounts):
+            return False
+        built.poll(self._mounts.fd)
+        for i, mount in enumerate(mounts):
+            source = built.statvfs(mount["mountpoint"], self._statvfs[mount["mountpoint"]])
+            bsize, blocks, bfree, bavail, files, ffree = built.take(source, range(6), (1.0,) * 6)
+            size, free, avail = (built.multiply(n, bsize) for n in (blocks, bfree, bavail))
+            for field, reg in (("size_bytes", size), ("free_bytes", free), ("avail_bytes", avail)):
+                built.row("filesystems", i, field, reg)
+            built.series((SIZE, FREE, AVAIL, FILES, FILES_FREE), (mount["labels"],) * 5,
+                         (size, free, avail, files, ffree))
+        return True
 
     def close(self) -> None:
         self._mounts.close()
@@ -98,6 +132,16 @@ class MountTable:
         self._poll = select.poll()
         self._poll.register(self._file.fd, select.POLLPRI | select.POLLERR)
         self._mounts: list[dict] | None = None
+
+    @property
+    def fd(self) -> int:
+        """mountinfo's descriptor: POLLPRI/POLLERR on it say the mounts changed."""
+        return self._file.fd
+
+    @property
+    def last(self) -> list[dict] | None:
+        """The mounts ``current`` gave last, without looking for a change."""
+        return self._mounts
 
     def current(self) -> list[dict]:
         if self._mounts is None or self._poll.poll(0):

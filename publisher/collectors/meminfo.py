@@ -12,9 +12,13 @@ import re
 from collections.abc import Collection
 from itertools import compress, repeat
 from operator import itemgetter, mul
+from typing import TYPE_CHECKING
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, counter, gauge, numbers, register
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 _PARENS = re.compile(r"\((.*)\)")
 _LINE = re.compile(r"^([^:\n]+):[ \t]*(\d+)( kB)?", re.M)  # key, value, unit
@@ -83,6 +87,21 @@ class Meminfo(Collector):
         split = 8 * len(program.fixed)
         out.fixed.append((program.fixed, values[:split]))
         _put_scalars(out, list(map(int, memoryview(values)[split:].cast("d").tolist())))
+        return True
+
+    def compile(self, built: Builder) -> bool:
+        """The fast path's values, and used memory and swap (publisher/compiled.py)."""
+        program = self._program
+        if program is None:
+            return False
+        regs = built.program(built.file(self._numbers, program.shape), program)
+        n = len(program.fixed)
+        built.series(program.fixed.families, program.fixed.labels, regs[:n])
+        scalars = dict(zip(_SCALARS.values(), regs[n:]))
+        for name, reg in scalars.items():
+            built.scalar(name, reg)
+        built.scalar("mem_used_bytes", built.subtract(scalars["mem_total_bytes"], scalars["mem_available_bytes"]))
+        built.scalar("swap_used_bytes", built.subtract(scalars["swap_total_bytes"], scalars["swap_free_bytes"]))
         return True
 
     def _make_program(self, raw: bytes, shape: numbers.Shape, series: list, mem: dict[str, int],

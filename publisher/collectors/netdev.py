@@ -18,8 +18,12 @@ does.  Devices: the publisher's ``Filters`` (``--net-exclude``, and node_exporte
 from __future__ import annotations
 
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 from shm_metrics.publisher.collectors import CORE, Collector, Context, ProcFile, Sample, counter, numbers, register
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 # /proc/net/dev columns, in order, as node_exporter names them.
 _COLUMNS = ("receive_bytes", "receive_packets", "receive_errs", "receive_drop", "receive_fifo", "receive_frame",
@@ -101,6 +105,20 @@ class Netdev(Collector):
                         for i, device in zip(range(0, len(v), 16), devices)])
         return True
 
+    def compile(self, built: Builder) -> bool:
+        """The fast path's values, the net array and its totals (publisher/compiled.py)."""
+        if self._program is None:
+            return False
+        program, devices = self._program
+        regs = built.program(built.file(self._numbers, program.shape), program)
+        built.series(program.fixed.families, program.fixed.labels, regs)
+        for i in range(len(devices)):
+            for key, column in _ROW_COLUMNS:
+                built.row("net", i, key, regs[16 * i + column])
+        built.scalar("net_rx_bytes_total", built.total(regs[0::16]))
+        built.scalar("net_tx_bytes_total", built.total(regs[8::16]))
+        return True
+
     def _put(self, out: Sample, rows: list[dict], same_devices: bool = True) -> None:
         """The rows' receive_nohandler (sysfs: read in full samples, repeated in the others, without the
         interfaces gone since), the net array and its totals."""
@@ -161,7 +179,11 @@ class Netdev(Collector):
         self._nohandler.clear()
 
 
+# The net array's fields and their columns of /proc/net/dev.
+_ROW_COLUMNS = (("rx_bytes", 0), ("tx_bytes", 8), ("rx_packets", 1), ("tx_packets", 9), ("rx_errors", 2),
+                ("tx_errors", 10), ("rx_dropped", 3), ("tx_dropped", 11))
+
+
 def _row(name: str, v: list[int]) -> dict:
     """The net array's row of an interface, from its /proc/net/dev columns."""
-    return {"device": name, "rx_bytes": v[0], "tx_bytes": v[8], "rx_packets": v[1], "tx_packets": v[9],
-            "rx_errors": v[2], "tx_errors": v[10], "rx_dropped": v[3], "tx_dropped": v[11]}
+    return {"device": name, **{key: v[column] for key, column in _ROW_COLUMNS}}

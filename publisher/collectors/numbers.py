@@ -40,7 +40,7 @@ if not os.environ.get("SHM_METRICS_NO_FAST_PATH"):
 
 AVAILABLE = _scan is not None
 
-_SEPARATORS = re.compile(rb"[ \t\r:]+")
+_SEPARATORS = re.compile(rb"[ \t\r:/]+")
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
 _LONGEST_NUMBER = 64  # a longer token is a word for _scan.c too
 

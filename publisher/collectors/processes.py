@@ -15,8 +15,23 @@
 from __future__ import annotations
 
 import os
+from array import array
+from typing import TYPE_CHECKING
 
-from shm_metrics.publisher.collectors import CORE, PROCESS_SCAN, Collector, Context, ProcFile, Sample, gauge, register
+from shm_metrics.publisher.collectors import (
+    CORE,
+    PROCESS_SCAN,
+    Collector,
+    Context,
+    ProcFile,
+    Sample,
+    gauge,
+    numbers,
+    register,
+)
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 PIDS = gauge("node_processes_pids", "Number of PIDs")
 STATE = gauge("node_processes_state", "Number of processes in each state.", "state")
@@ -70,8 +85,10 @@ class Procs(Collector):
         if not self._families:
             self.families = ()
         self._loadavg = self._tasks_file()
-        self._tasks: bytes | None = None  # the task mark of the latest listing
-        self._count = 0
+        self._numbers = numbers.Numbers(self._loadavg.fd) if self._loadavg and numbers.AVAILABLE else None
+        self._shape: numbers.Shape | None = None  # of the latest read of /proc/loadavg, for a compiled program
+        self._tasks: tuple | bytes | None = None  # the task mark of the latest listing
+        self._count = array("d", [0.0])  # of that listing (a compiled program's directory source counts into it)
 
     def _tasks_file(self) -> ProcFile | None:
         """/proc/loadavg when ``procfs`` shows this process's own PID namespace (then its last PID is
@@ -88,14 +105,39 @@ class Procs(Collector):
         # 1 Hz.  /proc/loadavg ends with the number of tasks and the last PID given out: a new task
         # changes the PID, an exit without one the number; when neither moved, no process came or
         # went, and the count stands.
-        mark = self._loadavg.read_bytes().rpartition(b"/")[2] if self._loadavg is not None else None
+        mark = self._mark()
         if mark is None or mark != self._tasks:
             # map() and sum() count in C: at 1 Hz the caches are cold and every bytecode per entry costs.
-            self._count = sum(map(str.isdigit, os.listdir(self.ctx.procfs)))
+            self._count[0] = sum(map(str.isdigit, os.listdir(self.ctx.procfs)))
             self._tasks = mark
-        out.scalars["procs_total"] = n = self._count
+        out.scalars["procs_total"] = n = int(self._count[0])
         if self._families:
             out.add(PIDS, (), n)
+
+    def _mark(self) -> tuple | bytes | None:
+        """The tasks' count and last PID: (all tasks, last PID) through the C reader, else the bytes after
+        the slash; None without /proc/loadavg."""
+        if self._numbers is not None:
+            count, signature, _ = self._numbers.read()
+            self._shape = numbers.Shape(signature, count)
+            return tuple(self._numbers.values[4:6]) if count == 6 else None
+        return self._loadavg.read_bytes().rpartition(b"/")[2] if self._loadavg is not None else None
+
+    def compile(self, built: Builder) -> bool:
+        """/proc counted again in C when the marks moved (publisher/compiled.py)."""
+        directory = built.directory(self.ctx.procfs, self._count)
+        if self._loadavg is None:  # another PID namespace's /proc: counted every sample
+            count = built.pids(None, directory)
+        elif self._shape is None or self._shape.count != 6 or not isinstance(self._tasks, tuple):
+            return False
+        else:
+            marks = built.take(built.file(self._numbers, self._shape), (4, 5), (1.0, 1.0))
+            count = built.pids(marks, directory, lambda: self._tasks,
+                               lambda marks: setattr(self, "_tasks", tuple(marks)))
+        built.scalar("procs_total", count)
+        if self._families:
+            built.series((PIDS,), ((),), (count,))
+        return True
 
 
 def _read(path: str) -> bytes | None:

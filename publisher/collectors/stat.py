@@ -20,6 +20,7 @@ import re
 import time
 from itertools import repeat
 from operator import truediv
+from typing import TYPE_CHECKING
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import (
@@ -33,6 +34,9 @@ from shm_metrics.publisher.collectors import (
     numbers,
     register,
 )
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -89,7 +93,9 @@ def busy_percent(now: tuple[float, ...], before: tuple[float, ...] | None) -> fl
     if before is None:
         before = (0.0,) * len(now)
     deltas = [max(0.0, a - b) for a, b in zip(now, before)]
-    total = sum(deltas)
+    total = 0.0
+    for delta in deltas:  # added in order, as _scan.c's BUSY does (sum() adds floats otherwise from 3.12 on)
+        total += delta
     if total <= 0:
         return 0.0
     idle = deltas[3] + deltas[4]
@@ -283,6 +289,31 @@ class Stat(Collector):
         out.cpus = rows
         self._cpu_extras(out)
         return True
+
+    def compile(self, built: Builder) -> bool:
+        """The fast path's values, each CPU's busy share and the layout's scalars (publisher/compiled.py);
+        not with ``cpu.info``, whose rows are read again every minute."""
+        if self._program is None or self._cpuinfo is not None:
+            return False
+        program, cpus, width = self._program
+        regs = built.program(built.file(self._numbers, program.shape), program)
+        built.series(program.fixed.families, program.fixed.labels, regs[:len(program.fixed)])
+        for i, number in enumerate(cpus):
+            ticks = regs[i * width:i * width + 8]
+            built.row("cpus", i, "percent", built.busy(ticks, *self._prev_state("cpu" + number)))
+            for mode, reg in zip(CPU_MODES, ticks):
+                built.row("cpus", i, mode, reg)
+        for (name, _), reg in zip(_SCALAR_FIELDS, regs[len(cpus) * width:len(cpus) * width + 6]):
+            built.scalar(name, reg)
+        total = regs[-8:]
+        built.scalar("cpu_percent", built.busy(total, *self._prev_state("cpu")))
+        for name, reg in zip(_SCALAR_KEYS, total):
+            built.scalar(name, reg)
+        return True
+
+    def _prev_state(self, key: str) -> tuple:
+        """A cpu line's previous ticks, as a compiled program takes and gives them back."""
+        return (lambda: self._prev.get(key)), (lambda ticks: self._prev.__setitem__(key, tuple(ticks)))
 
     def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], scalars: dict,
                       ) -> tuple[numbers.Program, list[str], int] | None:

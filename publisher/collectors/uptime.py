@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, register
+from typing import TYPE_CHECKING
+
+from shm_metrics.publisher.collectors import CORE, Collector, Context, Sample, numbers, register
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.compiled import Builder
 
 
 @register
@@ -13,6 +18,16 @@ class Uptime(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/uptime")
+        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._shape: numbers.Shape | None = None  # of the latest read, for a compiled program
 
     def collect(self, out: Sample) -> None:
-        out.scalars["uptime_seconds"] = float(self._file.read().split()[0])
+        text, _, self._shape = numbers.read_text(self._file, self._numbers)
+        out.scalars["uptime_seconds"] = float(text.split()[0])
+
+    def compile(self, built: Builder) -> bool:
+        """The first number (publisher/compiled.py)."""
+        if self._shape is None or self._shape.count < 1:
+            return False
+        built.scalar("uptime_seconds", built.take(built.file(self._numbers, self._shape), (0,), (1.0,))[0])
+        return True

@@ -1,0 +1,229 @@
+"""Compiled grid samples (publisher/compiled.py, _scan.run and _scan.store): a segment published through a
+program holds, byte for byte, what the Python path would have written, across changed values, full samples
+and a host that changes shape; a program that would write anything else is never used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+import pytest
+
+from shm_metrics import shm_layout as L
+from shm_metrics.publisher import compiled
+from shm_metrics.publisher.collectors import CORE, SCRAPE_DURATION, registry
+from shm_metrics.publisher.collectors.meminfo import Meminfo
+from shm_metrics.publisher.collectors.stat import USER_HZ
+from shm_metrics.publisher.collectors.vmstat import Vmstat
+from shm_metrics.publisher.filters import Filters
+from shm_metrics.publisher.sampler import Sampler
+from shm_metrics.publisher.segment import OwnedSegment
+from shm_metrics.readers import Reader
+
+pytestmark = pytest.mark.skipif(not compiled.AVAILABLE, reason="publisher/_scan.c not compiled here")
+
+# /proc and /sys as the only mounts: their statvfs numbers do not move between the two stacks' reads.
+FILTERS = Filters(mount_point_exclude="^/nothing$", fs_type_exclude="^nothing$")
+COLLECTORS = [cls for cls in registry() if cls.tier == CORE] + [Vmstat]
+
+
+def _tree(root: Path, step: int, disks: int = 2, pids: int = 3) -> None:
+    """A /proc whose every number moves with ``step``, keeping its structure (but for ``disks``, ``pids``)."""
+    k = step * 7
+
+    def write(name: str, text: str) -> None:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    cpus = "".join(f"cpu{n} {100 + k * (n + 1)} {n} {50 + k} {800 + 3 * k} {10 + n * k} 1 2 0 0 0\n"
+                   for n in range(2))
+    write("stat", f"cpu  {300 + 3 * k} 1 {100 + 2 * k} {1600 + 6 * k} {10 + k} 2 4 0 0 0\n{cpus}"
+                  f"intr {12345 + k} 1 2 3\nctxt {67890 + k}\nbtime 1700000000\nprocesses {4242 + step}\n"
+                  f"procs_running {1 + step % 3}\nprocs_blocked {step % 2}\nsoftirq {99 + k} 1 2 3 4 5 6 7 8 9 10\n")
+    write("meminfo", "".join(f"{key}: {value + 13 * k} kB\n" for key, value in (
+        ("MemTotal", 16000000), ("MemFree", 2000000), ("MemAvailable", 9000000), ("Buffers", 300000),
+        ("Cached", 4000000), ("SwapTotal", 1000000), ("SwapFree", 400000), ("Dirty", 12))) + "HugePages_Total: 0\n")
+    write("loadavg", f"{0.5 + step / 100:.2f} 0.75 0.25 {1 + step % 2}/{321 + step} {9000 + pids}\n")
+    write("uptime", f"{12345.67 + step:.2f} 23456.78\n")
+    write("sys/fs/file-nr", f"{2048 + k}\t0\t9223372036854775807\n")
+    write("net/dev", "Inter-|   Receive\n face |bytes    packets errs drop fifo frame compressed multicast|\n"
+          + "".join(f"  eth{n}: {1000 * n + k} {n + k} 0 1 0 0 0 0 {2000 + k} {k} 0 0 0 0 0 0\n" for n in range(2)))
+    write("diskstats", "".join(f" 8 {16 * n} sd{chr(97 + n)} {100 + k} 0 {2000 + k} 5 {200 + k} 0 {4000 + 2 * k} 9 0 "
+                               f"{1500 + k} 20\n" for n in range(disks)))
+    write("vmstat", f"nr_free_pages {1000 + k}\npgfault {55 + k}\n")
+    write("1/mountinfo", "22 1 0:5 / /proc rw - proc proc rw\n23 1 0:6 / /sys rw - sysfs sysfs rw\n")
+    for pid in range(2, 2 + pids):
+        (root / str(pid)).mkdir(exist_ok=True)
+
+
+class _Stack:
+    """A sampler and its segment over the tree, sampled as the publisher loop does (with or without a program)."""
+
+    def __init__(self, root: Path, tmp_path: Path, name: str, compile_: bool):
+        self.sampler = Sampler(procfs=str(root), sysfs=str(tmp_path / "sys"), udev_data=str(tmp_path / "udev"),
+                               filters=FILTERS, collectors=COLLECTORS, options={"netdev.netlink": False},
+                               retry_seconds=3600)
+        layout = L.Layout.for_capacities(2, 8, 8, 8, history=16, top=0, **self.sampler.family_capacities())
+        self.segment = OwnedSegment(name, layout, 0o600, 1.0, self.sampler.catalog, on_demand=self.sampler.on_demand)
+        self.grid = compiled.CompiledGrid(self.sampler) if compile_ else None
+
+    def sample(self, full: bool, wall: float) -> None:
+        now = time.monotonic()
+        if self.grid is not None and not full and self.grid.sample(self.segment, wall, now, 0):
+            return
+        if self.grid is not None:
+            self.grid.before_python()
+        sample = self.sampler.sample(full=full, scan=False, wall_time=wall)
+        self.segment = self.segment.publish(sample, wall, now, 0.0, 0)
+        if self.grid is not None:
+            self.grid.after_python(self.segment, not full)
+
+    def image(self) -> bytearray:
+        """The bytes a sample decides, but for node_scrape_collector_duration_seconds' values (timings)."""
+        image = self.segment.sample_image()
+        duration = self.segment._series.index[SCRAPE_DURATION]
+        rows = memoryview(self.segment._series_written[0]).cast("I")[0::L.SERIES.size // 4]
+        start = self.segment.layout.offsets[L.SECTION_INDEX["series"]] + L.SERIES.offsets["value"]
+        for row, metric in enumerate(rows):
+            if metric == duration:
+                image[start + row * L.SERIES.size:start + row * L.SERIES.size + 8] = bytes(8)
+        return image
+
+    def history(self) -> bytes:
+        h = L.SECTION_INDEX["history"]
+        start = self.segment.layout.offsets[h]
+        return bytes(self.segment._bytes[start:start + self.segment.layout.capacities[h] * L.HISTORY.size])
+
+    def close(self) -> None:
+        self.segment.close(unlink=True)
+        self.sampler.close()
+
+
+@pytest.fixture
+def stacks(tmp_path, name):
+    root = tmp_path / "proc"
+    _tree(root, 0)
+    made = []
+    try:
+        for tag, compile_ in (("p", False), ("c", True)):
+            made.append(_Stack(root, tmp_path, f"{name}{tag}", compile_))
+        yield root, made[0], made[1]
+    finally:
+        for stack in made:
+            stack.close()
+
+
+def test_compiled_grid_samples_write_what_the_python_path_writes(stacks):
+    root, python, fast = stacks
+    used = []
+    for step in range(14):
+        disks = 3 if step >= 9 else 2  # a disk comes: its program no longer holds
+        _tree(root, step, disks=disks, pids=4 if step >= 7 else 3)
+        full = step in (0, 5)  # a scrape's full sample between grid samples
+        wall = 1_700_000_000.0 + step
+        before = fast.grid.compiled_samples
+        python.sample(full, wall)
+        fast.sample(full, wall)
+        used.append(fast.grid.compiled_samples > before)
+        assert fast.image() == python.image(), f"step {step}"
+        assert fast.history() == python.history(), f"step {step}"
+    # Python at 0-2 (full, compile, check), compiled 3-4, full at 5, compiled again at once (the program
+    # outlives a full sample), the new disk at 9 takes the Python path twice (compile, check).
+    assert used == [False, False, False, True, True, False, True, True, True, False, False, True, True, True]
+    # What a reader sees of a compiled sample: the values of the tree's last step.
+    with Reader(fast.segment.name) as reader:
+        snap = reader.read()
+    assert snap.uptime_seconds == pytest.approx(12345.67 + 13)
+    assert snap.procs_total == 1 + 4  # 1 (mountinfo's) and 2..5
+    assert snap.threads_total == 321 + 13
+    assert [d["device"] for d in snap.disks] == ["sda", "sdb", "sdc"]
+    assert snap.mem_used_bytes == (16000000 - 9000000) * 1024
+    assert snap.filefd_maximum == 9223372036854775807  # exactly: no double holds it
+    assert snap.families["node_disk_reads_completed_total"].series[2] == (("sdc",), 100.0 + 13 * 7)
+
+
+def test_the_cpu_share_carries_across_python_and_compiled_samples(stacks):
+    root, python, fast = stacks
+    for step in range(8):
+        _tree(root, step)
+        python.sample(step == 4, 1_700_000_000.0 + step)
+        fast.sample(step == 4, 1_700_000_000.0 + step)
+    with Reader(fast.segment.name) as reader:
+        snap = reader.read()
+    # Between two steps the "cpu" line moves 3k user + 2k system + 6k idle + k iowait (k = 7): 5/12 busy.
+    assert snap.cpu_percent == pytest.approx(100 * 5 / 12)
+    assert snap.cpu_seconds_user == pytest.approx((300 + 3 * 49) / USER_HZ)
+    assert fast.grid.compiled_samples >= 3
+
+
+def test_a_program_that_would_write_other_bytes_is_never_used(stacks, monkeypatch, caplog):
+    root, _, fast = stacks
+    original = Meminfo.compile
+
+    def wrong(self, built):  # free memory where used memory goes
+        ok = original(self, built)
+        built.places = [(reg, ("scalar", "mem_free_bytes") if place == ("scalar", "mem_used_bytes") else place)
+                        for reg, place in built.places]
+        return ok
+
+    monkeypatch.setattr(Meminfo, "compile", wrong)
+    caplog.set_level("INFO", logger="shm_metrics.publisher.compiled")
+    for step in range(10):
+        _tree(root, step)
+        fast.sample(step == 0, 1_700_000_000.0 + step)
+    assert fast.grid.compiled_samples == 0
+    assert "did not reproduce the Python path" in caplog.text
+
+
+def test_run_and_store_check_every_index_before_anything():
+    regs = array("d", [1.5, 2.0, 0.0])
+    work = array("d", [4.0])
+    ops = array("q", [compiled.TAKE, 2, 0, 0, 1])  # R[2] = work[0] * R[1]
+    assert compiled._scan.run(((compiled.STATVFS, b"/", work),), ops, regs, False)
+    assert regs[2] == 8.0
+    for bad in ([compiled.TAKE, 3, 0, 0, 1], [compiled.TAKE, 2, 1, 0, 1], [compiled.TAKE, 2, 0, 1, 1],
+                [compiled.SUM, 2, 0, 5, 1], [compiled.BUSY, 0, 0, 0, 0], [99, 0, 0, 0, 0]):
+        with pytest.raises(ValueError):
+            compiled._scan.run(((compiled.STATVFS, b"/", work),), array("q", bad), regs, False)
+    with pytest.raises((TypeError, ValueError)):
+        compiled._scan.run(((7, 1),), array("q"), regs, True)
+    buffer = bytearray(16)
+    with pytest.raises(ValueError):
+        compiled._scan.store(regs, array("q", [0, 0, 0, 2, 1, 12]), buffer)  # the second sink ends past 16
+    assert buffer == bytearray(16)  # nothing written: every sink is checked first
+    compiled._scan.store(array("d", [-3.0, 2.0**70, float("nan"), 7.9]), array("q", [0, 1, 0, 1, 2, 8, 3, 1, 8]),
+                         buffer)
+    assert array("Q", bytes(buffer)).tolist() == [0, 7]  # negative clamps to 0; the last one truncates
+    compiled._scan.store(array("d", [2.0**70]), array("q", [0, 1, 0]), buffer)
+    assert array("Q", bytes(buffer[:8]))[0] == 2**64 - 1
+
+
+def test_the_publisher_samples_compiled_on_this_host(name):
+    """A real shm-publisher with its defaults: its grid samples go through a program after the first few."""
+    proc = subprocess.Popen([sys.executable, "-m", "shm_metrics.publisher", "--name", name, "--interval", "0.2",
+                             "--log.level", "debug"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # generous: a loaded test machine
+        seen = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if "grid samples compiled" in line or not line:
+                break
+        assert any("grid samples compiled" in line for line in seen), "".join(seen[-5:])
+        with Reader(name) as reader:
+            first = reader.read()
+            time.sleep(1.0)
+            later = reader.read()
+        assert later.uptime_seconds > first.uptime_seconds
+        assert later.sample_time > first.sample_time
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()
+    assert not os.path.exists(f"/dev/shm/{name.lstrip('/')}")
