@@ -68,12 +68,18 @@ class Builder:
         self.valid_until = math.inf
         self.states: list[tuple[int, int, Callable[[], Sequence[float] | None], Callable[[list[float]], None]]] = []
         self._constants: dict[float, int] = {}
+        self._files: dict[tuple, int] = {}
 
     # --- sources
     def file(self, numbers_: numbers.Numbers, shape: numbers.Shape) -> int:
-        """A kept-open file read by ``Numbers``, expected to keep ``shape``."""
-        self.sources.append((FILE, numbers_.fd, numbers_.values, shape.signature, shape.count))
-        return len(self.sources) - 1
+        """A kept-open file read by ``Numbers``, expected to keep ``shape``; read once when two collectors
+        read the same file (loadavg and the process count: /proc/loadavg)."""
+        st = os.fstat(numbers_.fd)
+        key = (st.st_dev, st.st_ino, shape)
+        if key not in self._files:
+            self.sources.append((FILE, numbers_.fd, numbers_.values, shape.signature, shape.count))
+            self._files[key] = len(self.sources) - 1
+        return self._files[key]
 
     def statvfs(self, path: str, work: array) -> int:
         """statvfs(path) into work[0..5]: f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree."""
@@ -211,9 +217,9 @@ class Program:
 
     def reproduces(self, segment: OwnedSegment) -> bool:
         """Run over the numbers the Python path just read: are its bytes that sample's?"""
-        if not _scan.run(self.sources, self.ops, self.registers, False):
+        image, self.image = self.image, None  # a copy of the segment: not kept for the program's life
+        if image is None or not _scan.run(self.sources, self.ops, self.registers, False):
             return False
-        image = self.image
         _scan.store(self.registers, self.sinks, image)
         return image == segment.sample_image()
 
@@ -238,8 +244,7 @@ class CompiledGrid:
             return False
         if not _scan.run(p.sources, p.ops, p.registers, True):
             self.program = None  # the host changed shape: the Python path, and a new program from it
-            p.ran = True
-            p.hand_back()
+            p.hand_back()  # what the program carried since the last Python sample, if it ran since
             return False
         p.ran = True
         segment.publish_registers(p.registers, p.sinks, wall_time, monotonic, time.monotonic() - monotonic,
@@ -257,7 +262,9 @@ class CompiledGrid:
         if not AVAILABLE:
             return
         p = self.program
-        if p is not None and p.segment is segment and segment.shape_version == p.shape_version:
+        now = time.monotonic()
+        if (p is not None and p.segment is segment and segment.shape_version == p.shape_version
+                and now < p.valid_until):
             if p.checked or not grid:
                 p.load_states()
                 return
@@ -274,7 +281,6 @@ class CompiledGrid:
                 log.info("the compiled grid sample did not reproduce the Python path %d times in a row: "
                          "not tried for %g s", FAILURES_BEFORE_BACKOFF, BACKOFF_SECONDS)
         self.program = None
-        now = time.monotonic()
         if grid and now >= self._backoff_until and self.sampler.grid_compilable(now):
             self.program = self._compile(segment)
 

@@ -227,3 +227,22 @@ def test_the_publisher_samples_compiled_on_this_host(name):
         proc.wait(10)
         proc.stderr.close()
     assert not os.path.exists(f"/dev/shm/{name.lstrip('/')}")
+
+
+def test_a_program_past_its_deadline_gives_way_to_a_new_one(stacks, monkeypatch):
+    """diskstats re-reads its disks' udev data every INFO_REFRESH_SECONDS: its program ends then, and the next
+    one takes over (a program that expired and was never replaced left a publisher in Python for good)."""
+    from shm_metrics.publisher.collectors import diskstats
+
+    monkeypatch.setattr(diskstats, "INFO_REFRESH_SECONDS", 0.5)
+    root, _, fast = stacks
+    programs, used = set(), []
+    for step in range(16):
+        _tree(root, step)
+        before = fast.grid.compiled_samples
+        fast.sample(step == 0, 1_700_000_000.0 + step)
+        used.append(fast.grid.compiled_samples > before)
+        if fast.grid.program is not None:
+            programs.add(id(fast.grid.program))
+        time.sleep(0.1)
+    assert len(programs) >= 2 and sum(used[8:]) >= 2, used  # compiled again after the first one ended

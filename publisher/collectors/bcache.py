@@ -19,6 +19,7 @@ import os
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.sysfs_util import entries
 
 _MULTIPLIERS = {letter: float(1 << (10 * (i + 1))) for i, letter in enumerate("kMGTPEZY")}
 
@@ -187,7 +188,7 @@ class Bcache(Collector):
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in glob.glob(f"{self._root}/*-*"):
+        for path in entries(self._root, "*-*"):
             uuid = os.path.basename(path)
             for family, name, scale in _SET:
                 value = value_of(f"{path}/{name}")

@@ -16,11 +16,11 @@ fail, as on its end-to-end fixture).
 
 from __future__ import annotations
 
-import glob
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.sysfs_util import entries
 
 SECTOR_BYTES = 512
 BLOCK_GROUP_TYPES = ("data", "metadata", "system")
@@ -75,7 +75,7 @@ class Btrfs(Collector):
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in glob.glob(f"{self._root}/*-*"):
+        for path in entries(self._root, "*-*"):
             try:
                 devices = sorted(os.listdir(f"{path}/devices"))
             except FileNotFoundError:

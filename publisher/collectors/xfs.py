@@ -10,11 +10,11 @@ is exported and the collector succeeds, as node_exporter's does.
 
 from __future__ import annotations
 
-import glob
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, read_once, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.sysfs_util import entries
 
 # (category, index in its line, metric name without node_xfs_, HELP)
 _COUNTERS = (
@@ -105,12 +105,14 @@ class Xfs(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._pattern = f"{ctx.sysfs}/fs/xfs/*/stats/stats"
+        self._root = f"{ctx.sysfs}/fs/xfs"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without XFS just has no filesystems
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in glob.glob(self._pattern):
+        for path in [f"{device}/stats/stats" for device in entries(self._root)]:
+            if not os.path.exists(path):
+                continue  # the module's own stats directory, no device's
             text = read_once(path)
             if text is None:
                 raise OSError(f"cannot read {path}")
