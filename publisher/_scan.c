@@ -52,6 +52,14 @@
  *       SAME   dst a b             stop (false) unless R[a] == R[b]: a value whose bytes stay as the Python path
  *                                  wrote them (an integer a double cannot hold exactly) while it does not move
  *
+ * publish(registers, sinks, buffer, plan, wall, monotonic, duration, overruns, full) -> None
+ *     A compiled grid sample's whole write under the seqlock (the caller holds the semaphore): seq made odd,
+ *     store(), the history ring's slot of the sample (its stamp, a copy of the scalars) and filled count, the
+ *     header's times, seq made even.  plan: 13 int64 byte offsets and sizes of the layout (seq, scalars,
+ *     scalars' size, history, its capacity, its record size, the stamp's size, the history's count in the
+ *     directory, sample_time, sample_monotonic, sample_duration_seconds, overruns_total,
+ *     full_sample_time), all checked before the first write.
+ *
  * store(registers, sinks, buffer) -> None
  *     buffer[offset] = R[reg] for each sink, three int64 (reg, kind, offset): kind 0 a double, 1 an unsigned
  *     64-bit integer, 2 an unsigned 32-bit one (truncated toward zero, clamped into range, NaN as 0: the
@@ -582,24 +590,20 @@ done:
     return result;
 }
 
-static PyObject *store(PyObject *self, PyObject *args) {
-    Py_buffer regs, sinks, buffer;
-    if (!PyArg_ParseTuple(args, "y*y*w*:store", &regs, &sinks, &buffer))
-        return NULL;
-    PyObject *result = NULL;
-    const int64_t *s = sinks.buf;
-    Py_ssize_t n = sinks.len / (Py_ssize_t)(3 * sizeof(int64_t));
-    Py_ssize_t nregs = regs.len / (Py_ssize_t)sizeof(double);
+/* Sinks checked against the buffer and the registers; -1 with ValueError set. */
+static int check_sinks(const int64_t *s, Py_ssize_t n, Py_ssize_t nregs, Py_ssize_t len) {
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t reg = s[3 * i], kind = s[3 * i + 1], offset = s[3 * i + 2];
         int64_t width = kind == 2 ? 4 : 8;
-        if (reg < 0 || reg >= nregs || kind < 0 || kind > 2 || offset < 0 || offset + width > buffer.len) {
+        if (reg < 0 || reg >= nregs || kind < 0 || kind > 2 || offset < 0 || offset + width > len) {
             PyErr_Format(PyExc_ValueError, "sink %zd out of range", i);
-            goto done;
+            return -1;
         }
     }
-    const double *R = regs.buf;
-    char *to = buffer.buf;
+    return 0;
+}
+
+static void store_sinks(const double *R, const int64_t *s, Py_ssize_t n, char *to) {
     for (Py_ssize_t i = 0; i < n; i++) {
         double v = R[s[3 * i]];
         char *at = to + s[3 * i + 2];
@@ -618,8 +622,79 @@ static PyObject *store(PyObject *self, PyObject *args) {
         }
         }
     }
+}
+
+enum { P_SEQ, P_SCALARS, P_SCALARS_SIZE, P_HISTORY, P_HISTORY_CAP, P_HISTORY_REC, P_STAMP, P_HISTORY_COUNT, P_WALL,
+       P_MONO, P_DURATION, P_OVERRUNS, P_FULL, P_COUNT };
+
+static PyObject *publish(PyObject *self, PyObject *args) {
+    Py_buffer regs, sinks, buffer, plan;
+    double wall, mono, duration, full;
+    unsigned long long overruns;
+    if (!PyArg_ParseTuple(args, "y*y*w*y*dddKd:publish", &regs, &sinks, &buffer, &plan, &wall, &mono, &duration,
+                          &overruns, &full))
+        return NULL;
+    PyObject *result = NULL;
+    const int64_t *p = plan.buf;
+    Py_ssize_t len = buffer.len, n = sinks.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    if (plan.len != P_COUNT * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "a publish plan is 13 int64");
+        goto done;
+    }
+    int ok = p[P_HISTORY_CAP] > 0 && p[P_STAMP] >= 16 && p[P_HISTORY_REC] >= p[P_STAMP] + p[P_SCALARS_SIZE] &&
+             p[P_SCALARS_SIZE] >= 0 && p[P_SEQ] % 8 == 0 && p[P_HISTORY_COUNT] % 4 == 0;
+    const int64_t eight[] = {P_SEQ, P_WALL, P_MONO, P_DURATION, P_OVERRUNS, P_FULL};
+    for (int i = 0; ok && i < 6; i++)
+        ok = p[eight[i]] >= 0 && p[eight[i]] % 8 == 0 && p[eight[i]] + 8 <= len;
+    ok = ok && p[P_SCALARS] >= 0 && p[P_SCALARS] + p[P_SCALARS_SIZE] <= len && p[P_HISTORY] >= 0 &&
+         p[P_HISTORY_CAP] <= (len - p[P_HISTORY]) / p[P_HISTORY_REC] && p[P_HISTORY_COUNT] >= 0 &&
+         p[P_HISTORY_COUNT] + 4 <= len;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "a publish plan beyond the buffer");
+        goto done;
+    }
+    if (check_sinks(sinks.buf, n, regs.len / (Py_ssize_t)sizeof(double), len) < 0)
+        goto done;
+    char *b = buffer.buf;
+    uint64_t *seqp = (uint64_t *)(b + p[P_SEQ]);
+    uint64_t seq = __atomic_load_n(seqp, __ATOMIC_RELAXED);
+    __atomic_store_n(seqp, seq % 2 == 0 ? seq + 1 : seq, __ATOMIC_RELAXED); /* odd: write in progress */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    store_sinks(regs.buf, sinks.buf, n, b);
+    uint64_t after = (seq | 1) + 1, cap = (uint64_t)p[P_HISTORY_CAP];
+    char *slot = b + p[P_HISTORY] + (int64_t)((after / 2 - 1) % cap) * p[P_HISTORY_REC];
+    memcpy(slot, &after, 8);
+    memcpy(slot + 8, &wall, 8);
+    memcpy(slot + p[P_STAMP], b + p[P_SCALARS], (size_t)p[P_SCALARS_SIZE]);
+    uint32_t filled = (uint32_t)(after / 2 < cap ? after / 2 : cap);
+    memcpy(b + p[P_HISTORY_COUNT], &filled, 4);
+    memcpy(b + p[P_WALL], &wall, 8);
+    memcpy(b + p[P_MONO], &mono, 8);
+    memcpy(b + p[P_DURATION], &duration, 8);
+    uint64_t over = overruns;
+    memcpy(b + p[P_OVERRUNS], &over, 8);
+    memcpy(b + p[P_FULL], &full, 8);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(seqp, after, __ATOMIC_RELEASE); /* even: done */
     result = Py_NewRef(Py_None);
 done:
+    PyBuffer_Release(&regs);
+    PyBuffer_Release(&sinks);
+    PyBuffer_Release(&buffer);
+    PyBuffer_Release(&plan);
+    return result;
+}
+
+static PyObject *store(PyObject *self, PyObject *args) {
+    Py_buffer regs, sinks, buffer;
+    if (!PyArg_ParseTuple(args, "y*y*w*:store", &regs, &sinks, &buffer))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = sinks.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    if (check_sinks(sinks.buf, n, regs.len / (Py_ssize_t)sizeof(double), buffer.len) == 0) {
+        store_sinks(regs.buf, sinks.buf, n, buffer.buf);
+        result = Py_NewRef(Py_None);
+    }
     PyBuffer_Release(&regs);
     PyBuffer_Release(&sinks);
     PyBuffer_Release(&buffer);
@@ -631,6 +706,7 @@ static PyMethodDef methods[] = {
     {"values", values, METH_VARARGS,
      "values(fd, work, signature, count, index, factors) -> bytes or None: numbers() and take() in one call."},
     {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
+    {"publish", publish, METH_VARARGS, "publish(registers, sinks, buffer, plan, ...): a compiled sample's write."},
     {"store", store, METH_VARARGS, "store(registers, sinks, buffer): the registers into the buffer's bytes."},
     {"take", take, METH_VARARGS, "take(src, index, factors, dst, stride, offset): dst slots = src[index] * factors."},
     {NULL, NULL, 0, NULL},

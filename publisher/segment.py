@@ -375,6 +375,7 @@ class OwnedSegment:
         self._series_written: tuple[bytes, bytes] = (b"", b"")
         self._shape: tuple | None = None
         self.shape_version = 0
+        self._publish_plan: array | None = None
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
     @property
@@ -575,32 +576,26 @@ class OwnedSegment:
         history ring, the header; every other byte stays as the latest sample left it."""
         from shm_metrics.publisher import _scan  # only a publisher with the extension compiles
 
-        t_wall, t_mono, t_duration, t_overruns, t_full = self._header_indexes
-        d, q, i, raw = self._d, self._q, self._i, self._bytes
-        scalars_at, size = self.layout.offsets[L.SECTION_INDEX["scalars"]], L.SCALARS.size
+        plan = self._publish_plan
+        if plan is None:
+            plan = self._publish_plan = self._compiled_plan()
         if not self._acquire():
             return
-        try:
-            seq = q[self._seq_index]
-            q[self._seq_index] = seq + 1 if seq % 2 == 0 else seq  # odd: write in progress
-            L.memory_fence()
-            _scan.store(registers, sinks, raw)  # every offset checked by locate(): nothing raises here
-            seq_after = (seq | 1) + 1
-            slot, filled = self._history_slot(seq_after)
-            stamp = _HISTORY_STAMP.size
-            raw[slot:slot + stamp] = _HISTORY_STAMP.pack(seq_after, wall_time)
-            raw[slot + stamp:slot + stamp + size] = raw[scalars_at:scalars_at + size]
-            i[self._counts_index[_HISTORY_INDEX]] = filled
-            d[t_wall] = wall_time
-            d[t_mono] = monotonic
-            d[t_duration] = duration
-            q[t_overruns] = min(overruns, _U64_MAX)
-            d[t_full] = full_time
-            L.memory_fence()
-            q[self._seq_index] = seq_after  # even: done
+        try:  # checks everything before its first write: it raises, if ever, with seq untouched
+            _scan.publish(registers, sinks, self._bytes, plan, wall_time, monotonic, duration,
+                          min(overruns, _U64_MAX), full_time)
         finally:
             self.sem.release()
         self.wake_readers()
+
+    def _compiled_plan(self) -> array:
+        """Where _scan.publish writes, as _write and _prepare do: the layout's offsets it needs."""
+        layout, h = self.layout, _HISTORY_INDEX
+        header = [L.HEADER.offsets[n] for n in ("sample_time", "sample_monotonic", "sample_duration_seconds",
+                                                "overruns_total", "full_sample_time")]
+        return array("q", [L.HEADER_SEQ_OFFSET, layout.offsets[L.SECTION_INDEX["scalars"]], L.SCALARS.size,
+                           layout.offsets[h], layout.capacities[h], L.HISTORY.size, _HISTORY_STAMP.size,
+                           self._counts_index[h] * 4, *header])
 
     def _write(self, stores: list[tuple[int, bytes]], counts: list[tuple[int, int]], wall_time: float,
                monotonic: float, duration: float, overruns: int, full_time: float) -> None:

@@ -94,6 +94,11 @@ class _Stack:
                 image[start + row * L.SERIES.size:start + row * L.SERIES.size + 8] = bytes(8)
         return image
 
+    def directory(self) -> bytes:
+        """The section directory: counts and overflows (the history ring's count moves every sample)."""
+        layout = self.segment.layout
+        return bytes(self.segment._bytes[layout.sections_offset:layout.header_size])
+
     def history(self) -> bytes:
         h = L.SECTION_INDEX["history"]
         start = self.segment.layout.offsets[h]
@@ -132,6 +137,7 @@ def test_compiled_grid_samples_write_what_the_python_path_writes(stacks):
         used.append(fast.grid.compiled_samples > before)
         assert fast.image() == python.image(), f"step {step}"
         assert fast.history() == python.history(), f"step {step}"
+        assert fast.directory() == python.directory(), f"step {step}"
     # Python at 0-2 (full, compile, check), compiled 3-4, full at 5, compiled again at once (the program
     # outlives a full sample), the new disk at 9 takes the Python path twice (compile, check).
     assert used == [False, False, False, True, True, False, True, True, True, False, False, True, True, True]
