@@ -39,6 +39,7 @@
  *       (POLL, fd)                          a poll() for POLLPRI/POLLERR that returns at once (mountinfo)
  *       (DIR, path, work)                   work[0] = how many names of the directory are all digits (/proc),
  *                                           counted by a PIDS op only when its marks moved
+ *       (BOOTTIME, work)                    work[0] = CLOCK_BOOTTIME as /proc/uptime prints it (centiseconds)
  *     Ops, five int64 each (op, a, b, c, d), every register index checked before anything runs:
  *       TAKE   dst src pos factor  R[dst] = work_src[pos] scaled by R[factor] (negative: divides)
  *       SUBPOS dst a b             R[dst] = max(0, R[a] - R[b])
@@ -72,6 +73,8 @@
 #include <poll.h>
 #include <sys/statvfs.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -335,7 +338,7 @@ done:
 }
 
 
-enum { SRC_FILE, SRC_STATVFS, SRC_POLL, SRC_DIR };
+enum { SRC_FILE, SRC_STATVFS, SRC_POLL, SRC_DIR, SRC_BOOTTIME };
 enum { OP_TAKE = 1, OP_SUBPOS, OP_SUM, OP_BUSY, OP_PIDS, OP_MUL, OP_SAME };
 #define MAX_SOURCES 4096
 
@@ -413,6 +416,15 @@ static int read_source(PyObject *spec, Source *src) {
             return -1;
         return poll(&p, 1, 0) == 0;
     }
+    if (src->kind == SRC_BOOTTIME) {
+        struct timespec ts;
+        if (src->cap < 1 || clock_gettime(CLOCK_BOOTTIME, &ts) != 0)
+            return 0;
+        char text[48]; /* the kernel's "%lu.%02lu", then strtod: the very double Python's float() makes */
+        snprintf(text, sizeof text, "%lu.%02lu", (unsigned long)ts.tv_sec, (unsigned long)(ts.tv_nsec / 10000000));
+        src->nums[0] = strtod(text, NULL);
+        return 1;
+    }
     return 1; /* DIR: counted by its PIDS op */
 }
 
@@ -438,7 +450,7 @@ static int check_ops(const int64_t *op, Py_ssize_t n, Py_ssize_t nregs, Source *
         int ok = REG(op[1], 1);
         switch (op[0]) {
         case OP_TAKE:
-            ok = ok && a >= 0 && a < nsrc && (src[a].kind == SRC_FILE || src[a].kind == SRC_STATVFS);
+            ok = ok && a >= 0 && a < nsrc && src[a].kind != SRC_POLL && src[a].kind != SRC_DIR;
             ok = ok && b >= 0 && b < src[a].cap && REG(c, 1);
             break;
         case OP_SUBPOS:
@@ -545,14 +557,14 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         Source *s = &src[got];
         s->kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
-        static const Py_ssize_t sizes[] = {5, 3, 2, 3};
-        if (s->kind < SRC_FILE || s->kind > SRC_DIR || PyTuple_GET_SIZE(spec) != sizes[s->kind]) {
+        static const Py_ssize_t sizes[] = {5, 3, 2, 3, 2};
+        if (s->kind < SRC_FILE || s->kind > SRC_BOOTTIME || PyTuple_GET_SIZE(spec) != sizes[s->kind]) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "unknown source kind or arity");
             goto done;
         }
         if (s->kind != SRC_POLL) {
-            PyObject *work = PyTuple_GET_ITEM(spec, 2);
+            PyObject *work = PyTuple_GET_ITEM(spec, s->kind == SRC_BOOTTIME ? 1 : 2);
             if (PyObject_GetBuffer(work, &s->work, PyBUF_WRITABLE) < 0)
                 goto done;
             s->nums = s->work.buf;

@@ -47,7 +47,7 @@ _scan = numbers._scan
 AVAILABLE = numbers.AVAILABLE and not os.environ.get("SHM_METRICS_NO_COMPILED")
 
 # _scan.c's source kinds and ops
-FILE, STATVFS, POLL, DIRECTORY = range(4)
+FILE, STATVFS, POLL, DIRECTORY, BOOTTIME = range(5)
 TAKE, SUBPOS, SUM, BUSY, PIDS, MUL, SAME = range(1, 8)
 # How long compiling is not tried again after programs that failed their check in a row.
 FAILURES_BEFORE_BACKOFF = 3
@@ -89,6 +89,11 @@ class Builder:
     def poll(self, fd: int) -> None:
         """A descriptor whose POLLPRI/POLLERR means the structure changed (mountinfo: a mount came or went)."""
         self.sources.append((POLL, fd))
+
+    def boottime(self, work: array) -> int:
+        """CLOCK_BOOTTIME into work[0], as /proc/uptime prints it (what its first number is, without a read)."""
+        self.sources.append((BOOTTIME, work))
+        return len(self.sources) - 1
 
     def directory(self, path: str, work: array) -> int:
         """A directory whose all-digit names a ``pids`` op counts into work[0]."""

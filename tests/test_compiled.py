@@ -252,3 +252,18 @@ def test_a_program_past_its_deadline_gives_way_to_a_new_one(stacks, monkeypatch)
             programs.add(id(fast.grid.program))
         time.sleep(0.1)
     assert len(programs) >= 2 and sum(used[8:]) >= 2, used  # compiled again after the first one ended
+
+
+def test_uptime_is_the_boottime_clock_as_proc_uptime_prints_it():
+    """On the running kernel's /proc the uptime collector reads CLOCK_BOOTTIME, in /proc/uptime's own format:
+    a value between two reads of the file, to the centisecond (and the C source gives the same)."""
+    from shm_metrics.publisher.collectors.uptime import boottime_seconds
+
+    def file() -> float:
+        return float(Path("/proc/uptime").read_text().split()[0])
+
+    before, clock, after = file(), boottime_seconds(), file()
+    assert before <= clock <= after and clock == round(clock, 2)
+    work = array("d", [0.0])
+    assert compiled._scan.run(((compiled.BOOTTIME, work),), array("q"), array("d"), True)
+    assert clock <= work[0] <= file() and work[0] == float(f"{work[0]:.2f}")
