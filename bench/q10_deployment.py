@@ -68,6 +68,7 @@ def _window(shared: Shared, node, scrapers: int, period: float, seconds: float,
         pids["always_full"] = full.pid
         pids["floor"] = full.floor.pid
         pids["python_only"] = full.python_only.pid
+        pids["grid_python"] = full.grid_python.pid
     start = time.monotonic()
     until = start + seconds
     ages: list[float] = []
@@ -118,6 +119,11 @@ def run(cfg: Config, shared: Shared) -> Table:
                                   "--interval", "1"], "publisher-python-only",
                                  env={**os.environ, "SHM_METRICS_NO_FAST_PATH": "1"})
     wait_running(python_only, full.python_only)
+    grid_python = lab.segment_name("q10-grid-python")  # the publisher as it is, its grid samples not compiled
+    full.grid_python = lab.start([*lab.script("shm-publisher", "shm_metrics.publisher"), "--name", grid_python,
+                                  "--interval", "1"], "publisher-grid-python",
+                                 env={**os.environ, "SHM_METRICS_NO_COMPILED": "1"})
+    wait_running(grid_python, full.grid_python)
     results = {}
     for label, scrapers, period in ROWS:
         period = period if not cfg.quick else min(period, 1.0)
@@ -134,7 +140,9 @@ def run(cfg: Config, shared: Shared) -> Table:
     table.notes.append(f"The alternatives, in the no-scraper window: the publisher as it is (tiers: every interval "
                        f"what local readers show, the rest on demand) {1000 * alone['publisher']:.2f} ms of CPU "
                        f"per second; the same with --always-full (every collector every second, the design "
-                       f"before) {1000 * alone['always_full']:.2f} ms/s; the same without its C reader of "
+                       f"before) {1000 * alone['always_full']:.2f} ms/s; the same with its grid samples not "
+                       f"compiled (SHM_METRICS_NO_COMPILED=1: the C reader of numbers, the rest in Python) "
+                       f"{1000 * alone['grid_python']:.2f} ms/s; the same without its C reader of "
                        f"numbers (SHM_METRICS_NO_FAST_PATH=1: the Python parsers every interval) "
                        f"{1000 * alone['python_only']:.2f} ms/s; the floor (bench/floor.py: a Python "
                        f"process that wakes every second and only reads the files of the every-interval sample, "
@@ -142,6 +150,7 @@ def run(cfg: Config, shared: Shared) -> Table:
                        f"{1000 * alone['floor']:.2f} ms/s.")
     lab.stop(full.floor)
     lab.stop(full.python_only)
+    lab.stop(full.grid_python)
     lab.stop(full)
     table.notes.append("Largest age: over every scrape of shm-exporter in the window, the scrape's start minus "
                        "the node_time_seconds it served (sampled on demand: at most max(interval, 1 s)).")
