@@ -225,7 +225,7 @@ class Program:
         image, self.image = self.image, None  # a copy of the segment: not kept for the program's life
         if image is None or not _scan.run(self.sources, self.ops, self.registers, False):
             return False
-        _scan.store(self.registers, self.sinks, image)
+        _scan.store(self.registers, segment.image_sinks(self.sinks), image)
         return image == segment.sample_image()
 
 

@@ -556,19 +556,33 @@ class OwnedSegment:
             if kind is None:
                 return None
             sinks.extend((register, kind, layout.offset_of(section, name, row_index)))
-        if any(offset + 8 > layout.total_size for offset in sinks[2::3]):
+        start, end = self._history_bounds()
+        if any(offset + 8 > layout.total_size or start - 8 < offset < end for offset in sinks[2::3]):
             return None
         return sinks
 
     def sample_image(self) -> bytearray:
-        """A copy of the segment but for its header, directory and history ring (zeros there): the bytes a
-        grid sample decides, for checking a compiled program against the Python path."""
-        image = bytearray(self._bytes)
+        """A copy of the bytes a grid sample decides, for checking a compiled program against the Python path:
+        the segment but for its header and directory (zeros there) and its history ring (left out: at 100 Hz
+        it is most of the segment).  ``image_sinks`` places sinks in it."""
+        start, end = self._history_bounds()
+        image = bytearray(self._bytes[:start])
         image[:self.layout.header_size] = bytes(self.layout.header_size)
-        start = self.layout.offsets[_HISTORY_INDEX]
-        end = start + self.layout.capacities[_HISTORY_INDEX] * L.HISTORY.size
-        image[start:end] = bytes(end - start)
+        image += self._bytes[end:]
         return image
+
+    def image_sinks(self, sinks: array) -> array:
+        """``sinks`` (of ``locate``) with their offsets in ``sample_image``'s bytes."""
+        start, end = self._history_bounds()
+        moved = array("q", sinks)
+        for k in range(2, len(moved), 3):
+            if moved[k] >= end:
+                moved[k] -= end - start
+        return moved
+
+    def _history_bounds(self) -> tuple[int, int]:
+        start = self.layout.offsets[_HISTORY_INDEX]
+        return start, start + self.layout.capacities[_HISTORY_INDEX] * L.HISTORY.size
 
     def publish_registers(self, registers: array, sinks: array, wall_time: float, monotonic: float,
                           duration: float, overruns: int, full_time: float) -> None:

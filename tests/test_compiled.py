@@ -88,7 +88,9 @@ class _Stack:
         image = self.segment.sample_image()
         duration = self.segment._series.index[SCRAPE_DURATION]
         rows = memoryview(self.segment._series_written[0]).cast("I")[0::L.SERIES.size // 4]
-        start = self.segment.layout.offsets[L.SECTION_INDEX["series"]] + L.SERIES.offsets["value"]
+        h = L.SECTION_INDEX["history"]  # left out of the image, before the series
+        start = (self.segment.layout.offsets[L.SECTION_INDEX["series"]] + L.SERIES.offsets["value"]
+                 - self.segment.layout.capacities[h] * L.HISTORY.size)
         for row, metric in enumerate(rows):
             if metric == duration:
                 image[start + row * L.SERIES.size:start + row * L.SERIES.size + 8] = bytes(8)
