@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = Sampler(procfs=args.procfs, sysfs=args.sysfs, rootfs=args.rootfs, udev_data=args.udev_data,
                       filters=args.filters, top_n=args.top, collectors=selected(args.enabled),
                       options=args.collector_options, retry_seconds=args.retry_interval,
-                      rescan_seconds=args.rescan_interval)
+                      rescan_seconds=args.rescan_interval, grid_samples=not args.always_full)
     log.info("collectors: %s", ", ".join(sorted(args.enabled)))
     # The family sections are sized from this host's catalog and one trial sample.
     layout = L.Layout.for_capacities(args.max_cpus or possible_cpus(args.sysfs), args.max_interfaces,

@@ -73,12 +73,15 @@ class Sampler:
     def __init__(self, procfs: str = "/proc", filters: Filters | None = None, top_n: int = 0,
                  sysfs: str = "/sys", rootfs: str = "/", collectors: list[type[Collector]] | None = None,
                  udev_data: str = "/run/udev/data", options: dict[str, object] | None = None,
-                 retry_seconds: float = RETRY_SECONDS, rescan_seconds: float = RESCAN_SECONDS):
+                 retry_seconds: float = RETRY_SECONDS, rescan_seconds: float = RESCAN_SECONDS,
+                 grid_samples: bool = True):
         """``top_n`` > 0 adds the per-process scan (``--top``): the top tables and
         the counts by state (``procs_total`` is counted every sample whatever ``top_n``).  ``collectors``: the classes
         to run (default: ``selected()``, node_exporter's default set and the layout's own).
         ``retry_seconds``: how often a collector unavailable at start is tried again;
-        ``rescan_seconds``: how often collectors list their devices again (``Context``)."""
+        ``rescan_seconds``: how often collectors list their devices again (``Context``);
+        ``grid_samples``: False when every sample is full (``--always-full``): full samples then write their
+        series in one run, as no grid sample follows to share their layout."""
         self.procfs = procfs
         self.filters = filters or Filters()
         self._ctx = ctx = Context(procfs=procfs, sysfs=sysfs, filters=self.filters, top_n=top_n, rootfs=rootfs,
@@ -96,6 +99,7 @@ class Sampler:
             for name in c.reports:
                 self.unavailable.pop(name, None)
         self.retry_seconds = retry_seconds
+        self._grid_samples = grid_samples
         self._next_retry = time.monotonic() + retry_seconds
         self.catalog: tuple[FamilyInfo, ...] = (
             *(fam for c in self.collectors for fam in c.families), SCRAPE_SUCCESS, SCRAPE_DURATION)
@@ -238,8 +242,12 @@ class Sampler:
         # Encoded as the grid samples after it encode theirs (replayed block first): the segment's series and
         # label bytes keep their places from a full sample to the grid samples, and a compiled grid sample's
         # program stays valid across scrapes (publisher/compiled.py).
-        _merge(out, rest, series=False)
-        out.replayed = (*rest.series, *self._status.series)
+        if self._grid_samples:
+            _merge(out, rest, series=False)
+            out.replayed = (*rest.series, *self._status.series)
+        else:
+            _merge(out, rest)
+            out.series += self._status.series
         self._versions[0] += 1
 
     def _grid(self, out: Sample, scan: bool) -> None:

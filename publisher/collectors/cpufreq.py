@@ -44,6 +44,8 @@ class Cpufreq(Collector):
     @staticmethod
     def _cpu(entry: str, path: str, opener) -> list[tuple[object, tuple[str], ProcFile]] | None:
         labels = (entry.removeprefix("cpu"),)
+        if not os.path.isdir(os.path.join(path, "cpufreq")):
+            return None  # one stat, not a failed open per attribute: a VM's CPUs have none, at every rescan
         files = []
         for family, attribute in FREQUENCIES:
             try:
