@@ -271,6 +271,8 @@ class CompiledGrid:
         if (p is not None and p.segment is segment and segment.shape_version == p.shape_version
                 and now < p.valid_until):
             if p.checked or not grid:
+                if not p.checked:  # a full sample before the check: the check starts from its bytes
+                    p.image = segment.sample_image()
                 p.load_states()
                 return
             if p.reproduces(segment):

@@ -269,3 +269,17 @@ def test_uptime_is_the_boottime_clock_as_proc_uptime_prints_it():
     work = array("d", [0.0])
     assert compiled._scan.run(((compiled.BOOTTIME, work),), array("q"), array("d"), True)
     assert clock <= work[0] <= file() and work[0] == float(f"{work[0]:.2f}")
+
+
+def test_a_full_sample_between_compiling_and_checking_does_not_fail_the_check(stacks):
+    """Scrapes every few seconds put full samples between a program's making and its check: the check then
+    starts from the full sample's bytes (it did not, and such programs counted as failures until a backoff)."""
+    root, _, fast = stacks
+    used = []
+    for step in range(9):
+        _tree(root, step)
+        before = fast.grid.compiled_samples
+        fast.sample(step in (0, 2, 5), 1_700_000_000.0 + step)  # full right after compiling (1), twice
+        used.append(fast.grid.compiled_samples > before)
+    assert fast.grid._failures == 0
+    assert used == [False, False, False, False, True, False, True, True, True], used
