@@ -197,6 +197,7 @@ class Program:
     def __init__(self, built: Builder, segment: OwnedSegment, sinks: array):
         self.sources = tuple(built.sources)
         self.ops = built.ops
+        self.constants = array("d", built.registers)  # before any state is loaded: part of what it computes
         self.registers = built.registers
         self.states = built.states
         self.valid_until = built.valid_until
@@ -206,6 +207,11 @@ class Program:
         self.image = segment.sample_image()  # the bytes it was compiled against, for its check
         self.checked = False
         self.ran = False  # since the last Python sample: its states are the current ones
+
+    def same_as(self, other: Program) -> bool:
+        """Whether two programs read, compute and write alike (the same sources, ops, constants and sinks)."""
+        return (self.sources == other.sources and self.ops == other.ops and self.constants == other.constants
+                and self.sinks == other.sinks)
 
     def load_states(self) -> None:
         regs = self.registers
@@ -290,6 +296,10 @@ class CompiledGrid:
         self.program = None
         if grid and now >= self._backoff_until and self.sampler.grid_compilable(now):
             self.program = self._compile(segment)
+            if (self.program is not None and p is not None and p.checked and p.segment is segment
+                    and p.shape_version == segment.shape_version and self.program.same_as(p)):
+                # Past a deadline (diskstats' udev data read again) with nothing changed: checked already.
+                self.program.checked, self.program.image = True, None
 
     def _compile(self, segment: OwnedSegment) -> Program | None:
         built = Builder()

@@ -254,6 +254,8 @@ def test_a_program_past_its_deadline_gives_way_to_a_new_one(stacks, monkeypatch)
             programs.add(id(fast.grid.program))
         time.sleep(0.1)
     assert len(programs) >= 2 and sum(used[8:]) >= 2, used  # compiled again after the first one ended
+    # Nothing changed when a deadline passed: the next program is used at once, not after a check.
+    assert [pair for pair in zip(used[2:], used[3:]) if pair == (False, False)] == [], str(used)
 
 
 def test_uptime_is_the_boottime_clock_as_proc_uptime_prints_it():
