@@ -304,13 +304,12 @@ class CompiledGrid:
     def _compile(self, segment: OwnedSegment) -> Program | None:
         built = Builder()
         refused = self.sampler.compile(built)
-        if refused is not None:
-            if refused != self._refused:
+        sinks = None if refused is not None else segment.locate(built.places)
+        if sinks is None:
+            refused = refused or "a value's place is not in the segment (rows beyond a section's capacity?)"
+            if refused != self._refused:  # once per reason
                 self._refused = refused
                 log.info("grid samples run in Python: %s", refused)
-            return None
-        sinks = segment.locate(built.places)
-        if sinks is None:
             return None
         program = Program(built, segment, sinks)
         program.load_states()
