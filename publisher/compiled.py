@@ -203,7 +203,7 @@ class Program:
         self.valid_until = built.valid_until
         self.sinks = sinks
         self.segment = segment
-        self.shape_version = segment.shape_version
+        self.shape = segment.shape()
         self.image = segment.sample_image()  # the bytes it was compiled against, for its check
         self.checked = False
         self.ran = False  # since the last Python sample: its states are the current ones
@@ -250,8 +250,9 @@ class CompiledGrid:
         """One grid sample through the program, published; False (nothing done) when there is none that
         holds: the caller takes the Python path."""
         p = self.program
-        if (p is None or not p.checked or p.segment is not segment or segment.shape_version != p.shape_version
-                or monotonic >= p.valid_until or not self.sampler.grid_compilable(monotonic)):
+        # (The segment's shape is checked after each Python sample, the only kind that may change it.)
+        if (p is None or not p.checked or p.segment is not segment or monotonic >= p.valid_until
+                or not self.sampler.grid_compilable(monotonic)):
             return False
         if not _scan.run(p.sources, p.ops, p.registers, True):
             self.program = None  # the host changed shape: the Python path, and a new program from it
@@ -274,8 +275,10 @@ class CompiledGrid:
             return
         p = self.program
         now = time.monotonic()
-        if (p is not None and p.segment is segment and segment.shape_version == p.shape_version
-                and now < p.valid_until):
+        if p is None and not grid:
+            return  # nothing to keep, and programs are made from grid samples (an --always-full publisher)
+        shape = segment.shape()
+        if p is not None and p.segment is segment and p.shape == shape and now < p.valid_until:
             if p.checked or not grid:
                 if not p.checked:  # a full sample before the check: the check starts from its bytes
                     p.image = segment.sample_image()
@@ -297,7 +300,7 @@ class CompiledGrid:
         if grid and now >= self._backoff_until and self.sampler.grid_compilable(now):
             self.program = self._compile(segment)
             if (self.program is not None and p is not None and p.checked and p.segment is segment
-                    and p.shape_version == segment.shape_version and self.program.same_as(p)):
+                    and p.shape == shape and self.program.same_as(p)):
                 # Past a deadline (diskstats' udev data read again) with nothing changed: checked already.
                 self.program.checked, self.program.image = True, None
 

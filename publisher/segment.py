@@ -370,11 +370,8 @@ class OwnedSegment:
         self._counts_template = [(layout.capacities[i], 0) if rec in L.STATIC_SECTIONS else (0, 0)
                                  for i, rec in enumerate(L.SECTIONS)]
         self._written_counts: list[tuple[int, int]] | None = None  # what the directory holds (ours alone)
-        # The series rows and label blob last written, and what of them and of the directory a compiled
-        # grid sample's places depend on (publisher/compiled.py): shape_version counts its changes.
+        # The series rows and label blob last written (a compiled grid sample's places: publisher/compiled.py).
         self._series_written: tuple[bytes, bytes] = (b"", b"")
-        self._shape: tuple | None = None
-        self.shape_version = 0
         self._publish_plan: array | None = None
         self._futex_address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET if shm_wake.AVAILABLE else 0
 
@@ -509,20 +506,18 @@ class OwnedSegment:
             stores, counts = self._prepare(sample, wall_time)  # as it is, what does not fit counted
         self._write(stores, counts, wall_time, monotonic, duration, overruns,
                     wall_time if sample.full_time is None else sample.full_time)
-        self._note_shape(counts)
         return self
 
     # --- compiled grid samples (publisher/compiled.py)
-    def _note_shape(self, counts: list[tuple[int, int]]) -> None:
-        """Count a change of what a compiled sample's places rest on: the series rows but for their values,
-        the label blob, the directory's counts but the history ring's."""
+    def shape(self) -> tuple:
+        """What a compiled sample's places rest on, as the latest sample of the Python path wrote it: the series
+        rows but for their values, the label blob, the directory's counts but the history ring's.  Asked for
+        only while grid samples are compiled, not on every publish."""
         rows, blob = self._series_written
+        counts = self._written_counts or []
         words = memoryview(rows).cast("Q")
-        shape = (counts[:_HISTORY_INDEX], counts[_HISTORY_INDEX + 1:], words[0::3].tobytes(), words[1::3].tobytes(),
-                 blob)
-        if shape != self._shape:
-            self._shape = shape
-            self.shape_version += 1
+        return (counts[:_HISTORY_INDEX], counts[_HISTORY_INDEX + 1:], words[0::3].tobytes(), words[1::3].tobytes(),
+                blob)
 
     def locate(self, places: Sequence[tuple[int, tuple]]) -> array | None:
         """The sinks of a compiled grid sample: (register, kind, offset) for ``_scan.store`` per place, a

@@ -288,3 +288,27 @@ def test_a_full_sample_between_compiling_and_checking_does_not_fail_the_check(st
         used.append(fast.grid.compiled_samples > before)
     assert fast.grid._failures == 0
     assert used == [False, False, False, False, True, False, True, True, True], used
+
+
+def test_a_program_is_checked_over_the_statvfs_the_python_path_just_made(stacks, monkeypatch):
+    """A filesystem whose free space moves every second (a busy host's root): the check must run over the
+    numbers of the Python sample it checks against, which the collector fills in place into the arrays a
+    program holds (it made new arrays each sample, and the check ran over the previous sample's: it failed
+    on every busy filesystem, and a backoff kept the publisher in Python)."""
+    from shm_metrics.publisher.collectors import filesystem
+
+    calls = []
+    real = os.statvfs
+
+    def moving(path):
+        st = real(path)
+        calls.append(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, 1000, 500 - len(calls), 400 - len(calls), 100,
+                                  50 - len(calls), 50, st.f_flag, st.f_namemax))
+
+    monkeypatch.setattr(filesystem.os, "statvfs", moving)
+    root, _, fast = stacks
+    for step in range(6):
+        _tree(root, step)
+        fast.sample(step == 0, 1_700_000_000.0 + step)
+    assert fast.grid._failures == 0 and fast.grid.compiled_samples >= 2

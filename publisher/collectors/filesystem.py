@@ -44,7 +44,8 @@ class Filesystem(Collector):
         super().__init__(ctx)
         self._mounts = MountTable(ctx.procfs, ctx.filters)
         # Each mount's latest statvfs numbers (f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree; None
-        # when it failed), for a compiled program: its check runs over what this read.
+        # when it failed), for a compiled program: its check runs over what this read, so each mount keeps
+        # one array, filled in place (a program holds it).
         self._statvfs: dict[str, array | None] = {}
 
     def collect(self, out: Sample) -> None:
@@ -64,8 +65,11 @@ class Filesystem(Collector):
                     kept[mount["mountpoint"]] = None
                 continue
             if kept is not None:
-                kept[mount["mountpoint"]] = array("d", (st.f_bsize, st.f_blocks, st.f_bfree, st.f_bavail,
-                                                        st.f_files, st.f_ffree))
+                work = kept.get(mount["mountpoint"])
+                if work is None:
+                    work = kept[mount["mountpoint"]] = array("d", bytes(48))
+                work[0], work[1], work[2], work[3], work[4], work[5] = (st.f_bsize, st.f_blocks, st.f_bfree,
+                                                                        st.f_bavail, st.f_files, st.f_ffree)
             row = {"mountpoint": mount["mountpoint"], "device": mount["device"], "fstype": mount["fstype"],
                    "size_bytes": st.f_blocks * st.f_bsize, "free_bytes": st.f_bfree * st.f_bsize,
                    "avail_bytes": st.f_bavail * st.f_bsize}
