@@ -67,6 +67,7 @@ class Builder:
         self.places: list[tuple[int, tuple]] = []
         self.valid_until = math.inf
         self.states: list[tuple[int, int, Callable[[], Sequence[float] | None], Callable[[list[float]], None]]] = []
+        self.on_change: list[Callable[[], None]] = []
         self._constants: dict[float, int] = {}
         self._files: dict[tuple, int] = {}
 
@@ -86,9 +87,14 @@ class Builder:
         self.sources.append((STATVFS, path.encode("utf-8", "surrogateescape"), work))
         return len(self.sources) - 1
 
-    def poll(self, fd: int) -> None:
-        """A descriptor whose POLLPRI/POLLERR means the structure changed (mountinfo: a mount came or went)."""
+    def poll(self, fd: int, on_change: Callable[[], None]) -> None:
+        """A descriptor whose POLLPRI/POLLERR means the structure changed (mountinfo: a mount came or went).
+
+        Polling mountinfo consumes its event, so the collector that also polls it would never see a change
+        the program saw first: ``on_change`` is called whenever a run finds the host changed (this
+        descriptor's event or another source's), and must make the collector look again."""
         self.sources.append((POLL, fd))
+        self.on_change.append(on_change)
 
     def boottime(self, work: array) -> int:
         """CLOCK_BOOTTIME into work[0], as /proc/uptime prints it (what its first number is, without a read)."""
@@ -201,6 +207,7 @@ class Program:
         self.registers = built.registers
         self.states = built.states
         self.valid_until = built.valid_until
+        self.on_change = tuple(built.on_change)
         self.sinks = sinks
         self.segment = segment
         self.shape = segment.shape()
@@ -212,6 +219,15 @@ class Program:
         """Whether two programs read, compute and write alike (the same sources, ops, constants and sinks)."""
         return (self.sources == other.sources and self.ops == other.ops and self.constants == other.constants
                 and self.sinks == other.sinks)
+
+    def run(self, publish: bool) -> bool:
+        """Read every source and compute; False when the host changed shape (the owners of polled
+        descriptors are told, since the run may have consumed the event they wait for)."""
+        if _scan.run(self.sources, self.ops, self.registers, publish):
+            return True
+        for changed in self.on_change:
+            changed()
+        return False
 
     def load_states(self) -> None:
         regs = self.registers
@@ -229,7 +245,7 @@ class Program:
     def reproduces(self, segment: OwnedSegment) -> bool:
         """Run over the numbers the Python path just read: are its bytes that sample's?"""
         image, self.image = self.image, None  # a copy of the segment: not kept for the program's life
-        if image is None or not _scan.run(self.sources, self.ops, self.registers, False):
+        if image is None or not self.run(False):
             return False
         _scan.store(self.registers, segment.image_sinks(self.sinks), image)
         return image == segment.sample_image()
@@ -254,7 +270,7 @@ class CompiledGrid:
         if (p is None or not p.checked or p.segment is not segment or monotonic >= p.valid_until
                 or not self.sampler.grid_compilable(monotonic)):
             return False
-        if not _scan.run(p.sources, p.ops, p.registers, True):
+        if not p.run(True):
             self.program = None  # the host changed shape: the Python path, and a new program from it
             p.hand_back()  # what the program carried since the last Python sample, if it ran since
             return False

@@ -148,7 +148,9 @@ def wait_scrape(url: str, predicate, timeout: float = 20.0, what: str = "scrape 
         if predicate(last):
             return last
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last scrape:\n{last.text if last else None}")
+    # The what again at the end: CI shows a failing run's tail, which the scrape would otherwise fill.
+    raise AssertionError(f"timed out waiting for {what}; last scrape:\n{last.text if last else None}\n"
+                         f"(timed out after {timeout} s waiting for {what})")
 
 
 def keepalive_connection(port: int) -> http.client.HTTPConnection:

@@ -5,6 +5,7 @@ and a host that changes shape; a program that would write anything else is never
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -312,3 +313,46 @@ def test_a_program_is_checked_over_the_statvfs_the_python_path_just_made(stacks,
         _tree(root, step)
         fast.sample(step == 0, 1_700_000_000.0 + step)
     assert fast.grid._failures == 0 and fast.grid.compiled_samples >= 2
+
+
+def _mount_tmpfs(path: Path) -> str | None:
+    """Mount a small tmpfs at ``path``; why not, when refused (no root, no CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        return "needs root (mount)"
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "shmcomp", str(path)], capture_output=True)
+    return f"mount refused: {done.stderr.decode().strip()}" if done.returncode else None
+
+
+def test_a_mount_the_program_saw_first_reaches_the_python_path(tmp_path, name):
+    """Polling mountinfo consumes its event: a compiled run that saw a new mount first must make the filesystem
+    collector parse mountinfo again (the collector polled, saw nothing, and kept its old list until the next
+    mount: CI's 200 new mounts did not show up in time, or ever)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    reason = _mount_tmpfs(first)
+    if reason:
+        pytest.skip(reason)
+    filters = Filters(mount_point_exclude=f"^(?!{re.escape(str(tmp_path))}/)", fs_type_exclude="^nothing$")
+    sampler = Sampler(procfs="/proc", sysfs="/sys", filters=filters, collectors=COLLECTORS, retry_seconds=3600)
+    layout = L.Layout.for_capacities(64, 64, 64, 64, history=16, top=0, **sampler.family_capacities())
+    stack = _Stack.__new__(_Stack)
+    stack.sampler, stack.grid = sampler, compiled.CompiledGrid(sampler)
+    stack.segment = OwnedSegment(name, layout, 0o600, 1.0, sampler.catalog, on_demand=sampler.on_demand)
+    mounted = [first]
+    try:
+        for step in range(8):
+            stack.sample(step == 0, time.time())
+            if stack.grid.compiled_samples >= 2:
+                break
+        if not stack.grid.compiled_samples:
+            pytest.skip(f"grid samples not compiled on this host: {stack.grid._refused}")
+        assert _mount_tmpfs(second) is None
+        mounted.append(second)
+        stack.sample(False, time.time())  # the program's run sees the event: the Python path samples
+        with Reader(name) as reader:
+            seen = {f["mountpoint"] for f in reader.read().filesystems}
+        assert seen == {str(first), str(second)}, seen
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", str(path)], check=False)
+        stack.close()

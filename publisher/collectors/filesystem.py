@@ -89,7 +89,7 @@ class Filesystem(Collector):
         mounts = self._mounts.last
         if mounts is None or any(self._statvfs.get(m["mountpoint"]) is None for m in mounts):
             return False
-        built.poll(self._mounts.fd)
+        built.poll(self._mounts.fd, self._mounts.forget)
         for i, mount in enumerate(mounts):
             source = built.statvfs(mount["mountpoint"], self._statvfs[mount["mountpoint"]])
             bsize, blocks, bfree, bavail, files, ffree = built.take(source, range(6), (1.0,) * 6)
@@ -146,6 +146,10 @@ class MountTable:
     def last(self) -> list[dict] | None:
         """The mounts ``current`` gave last, without looking for a change."""
         return self._mounts
+
+    def forget(self) -> None:
+        """Parse again at the next ``current``: someone else consumed mountinfo's event (a compiled run)."""
+        self._mounts = None
 
     def current(self) -> list[dict]:
         if self._mounts is None or self._poll.poll(0):
