@@ -37,6 +37,7 @@ from shm_metrics.readers.cliargs import (
     segment_name,
     setup_logging,
 )
+from shm_metrics.service import tune_gc
 
 log = logging.getLogger("shm-publisher")
 
@@ -284,6 +285,7 @@ def filters_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fil
 
 def run(args: argparse.Namespace) -> int:
     stop = StopSignals()  # from here on the stop signals are a flag the loop checks
+    tune_gc()
     sampler = Sampler(procfs=args.procfs, sysfs=args.sysfs, rootfs=args.rootfs, udev_data=args.udev_data,
                       filters=args.filters, top_n=args.top, collectors=selected(args.enabled),
                       options=args.collector_options, retry_seconds=args.retry_interval,

@@ -14,7 +14,6 @@ succeeds, as node_exporter's does.
 
 from __future__ import annotations
 
-import glob
 import os
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
@@ -193,13 +192,13 @@ class Bcache(Collector):
             for family, name, scale in _SET:
                 value = value_of(f"{path}/{name}")
                 series.append((family, (uuid,), value * scale if scale != 1 else value))
-            for bdev in glob.glob(f"{path}/bdev[0-9]*"):
+            for bdev in entries(path, "bdev[0-9]*"):
                 labels = (uuid, os.path.basename(bdev))
                 series.append((DIRTY_DATA, labels, value_of(f"{bdev}/dirty_data")))
                 rates = writeback_rate_debug(f"{bdev}/writeback_rate_debug")
                 series.extend((family, labels, rates[key]) for key, family in _WRITEBACK)
                 series.extend((family, labels, value_of(f"{bdev}/stats_total/{name}")) for name, family in _TOTALS)
-            for cache in glob.glob(f"{path}/cache[0-9]*"):
+            for cache in entries(path, "cache[0-9]*"):
                 labels = (uuid, os.path.basename(cache))
                 series.extend((family, labels, value_of(f"{cache}/{name}")) for name, family in _CACHE)
                 if self._priority:

@@ -13,7 +13,7 @@ when the collector starts.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 
 from shm_metrics.families import FamilyInfo
@@ -64,6 +64,11 @@ def io_values(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def _files(pools: list[tuple[str, list[str]]], pattern: str) -> list[str]:
+    """What ``glob(f"{base}/*/{pattern}")`` finds, in its order, from the pools' listings."""
+    return [f"{path}/{name}" for path, names in pools for name in fnmatch.filter(names, pattern)]
+
+
 def _pool_of(path: str) -> str:
     return os.path.basename(os.path.dirname(path))
 
@@ -98,17 +103,32 @@ class Zfs(Collector):
             for stat, kind, _ in kstat_values(pf.read()):
                 if kind == KSTAT_UINT64:
                     self._family(f"node_{subsystem}_{_metric_name(stat)}", f"kstat.zfs.misc.{filename}.{stat}")
-        # Pools come and go with imports: their files are globbed every sample, the families declared from
+        # Pools come and go with imports: their directories are listed every sample, the families declared from
         # the pools present now, and from a pool imported later when it has columns no pool had.
-        for path in glob.glob(f"{self._base}/*/io"):
+        pools = self._pools()
+        for path in _files(pools, "io"):
             for column, _ in io_values(read_once(path) or ""):
                 self._family(f"node_zfs_zpool_{_metric_name(column)}", f"kstat.zfs.misc.io.{column}", "zpool")
-        for path in glob.glob(f"{self._base}/*/objset-*"):
+        for path in _files(pools, "objset-*"):
             for stat, kind, _ in kstat_values(read_once(path) or ""):
                 if kind == KSTAT_UINT64:
                     self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
                                  "zpool", "dataset")
         self.declare(POOL_STATE)
+
+    def _pools(self) -> list[tuple[str, list[str]]]:
+        """(pool directory, its entries) for each pool now: one listing each, where three globs over the
+        kstat directory took one listing each and a lookup per entry and pattern, in Python."""
+        pools = []
+        for name in os.listdir(self._base):
+            if name.startswith("."):
+                continue
+            path = f"{self._base}/{name}"
+            try:
+                pools.append((path, os.listdir(path)))
+            except (NotADirectoryError, FileNotFoundError):  # a statistics file, or a pool just exported
+                continue
+        return pools
 
     def _family(self, name: str, help_: str, *labels: str) -> FamilyInfo:
         family = self._families.get(name)
@@ -125,13 +145,14 @@ class Zfs(Collector):
                 if kind == KSTAT_UINT64 and family is not None:
                     add(family, (), int(data))
         pool_series = []
-        for path in glob.glob(f"{self._base}/*/io"):
+        pools = self._pools()
+        for path in _files(pools, "io"):
             pool = _pool_of(path)
             for column, value in io_values(read_once(path) or ""):
                 name = f"node_zfs_zpool_{_metric_name(column)}"
                 family = families.get(name) or self._family(name, f"kstat.zfs.misc.io.{column}", "zpool")
                 pool_series.append((family, (pool,), value))
-        for path in glob.glob(f"{self._base}/*/objset-*"):
+        for path in _files(pools, "objset-*"):
             pool = _pool_of(path)
             dataset = ""
             for stat, kind, data in kstat_values(read_once(path) or ""):
@@ -144,7 +165,7 @@ class Zfs(Collector):
                 family = families.get(name) or self._family(name, f"kstat.zfs.misc.objset.{stat}", "zpool",
                                                             "dataset")
                 pool_series.append((family, (pool, dataset), int(data)))
-        for path in glob.glob(f"{self._base}/*/state"):
+        for path in _files(pools, "state"):
             pool = _pool_of(path)
             lines = (read_once(path) or "").splitlines()
             state = lines[0].lower() if lines else ""

@@ -32,6 +32,7 @@ from shm_metrics.readers.exporter import (
     DEFAULT_TELEMETRY_PATH,
 )
 from shm_metrics.readers.reader import PUBLISHER_USER_ENV
+from shm_metrics.service import tune_gc
 
 log = logging.getLogger("shm-exporter")
 
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
              args.max_requests or "unlimited", args.read_header_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
+    tune_gc()
     try:
         server.serve_forever()
     except (SystemExit, KeyboardInterrupt):
