@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter, is_
 from typing import TYPE_CHECKING
 
 from shm_metrics import families as F
@@ -57,7 +57,6 @@ _COLLECT_ERRORS = (OSError, ValueError, IndexError, KeyError, ZeroDivisionError)
 # tried again: a constructor costs little, but some open a D-Bus connection or a netlink socket.
 RETRY_SECONDS = 30.0
 _FAMILIES = attrgetter("families")
-_FAMILY_OF = itemgetter(0)  # of a series row
 
 
 class Sampler:
@@ -110,10 +109,10 @@ class Sampler:
         self._pending: Sample | None = None
         # Collector -> its last run: (monotonic time, what it filled, success, seconds it took).
         self._cached: dict[str, tuple[float, Sample, int, float]] = {}
-        # The families whose series date from the last full sample (flagged so in the catalog); grows when
-        # such a collector brings a family it did not declare.
-        self.on_demand: set[str] = {fam.name for c in self.collectors for fam in
-                                    (c.families if c.tier != CORE else c.on_demand)}
+        # The families whose series date from the last full sample (flagged so in the catalog): every family
+        # of a collector outside the CORE tier, and a CORE one's ``on_demand``; grows with the catalog.
+        self.on_demand: set[str] = set()
+        self._add_on_demand(self.collectors)
         # node_exporter's node_scrape_collector_* of each collector in the latest full sample (what a scrape,
         # which asks for one, reports); grid samples repeat them, so they are on demand too.
         self.on_demand.update((SCRAPE_SUCCESS.name, SCRAPE_DURATION.name))
@@ -146,6 +145,13 @@ class Sampler:
             return None
         return collector
 
+    def _add_on_demand(self, collectors: list[Collector]) -> None:
+        """Flag the families of ``collectors`` that are sampled on demand.  A collector's series are of the
+        families it declares (a new one through ``declare``, which the catalog follows), so this runs when
+        they change, not over every series of every full sample."""
+        self.on_demand.update(fam.name for c in collectors
+                              for fam in (c.families if c.tier != CORE else c.on_demand))
+
     def retry_unavailable(self) -> list[str]:
         """Try the collectors unavailable so far again (``sample()`` does every ``retry_seconds``);
         those that start now join in registry order.  Returns their names."""
@@ -160,8 +166,6 @@ class Sampler:
             self.collectors.insert(at, collector)
             self._declared.insert(at, ())  # its families are new to the catalog
             self.families[collector.name] = _filler(collector)
-            self.on_demand.update(fam.name for fam in (collector.families if collector.tier != CORE
-                                                       else collector.on_demand))
             for name in cls.reports:
                 self.unavailable.pop(name, None)
             self._failed.discard(cls.name)
@@ -179,6 +183,7 @@ class Sampler:
         if len(declared) == len(self.collectors) and all(map(is_, map(_FAMILIES, self.collectors), declared)):
             return  # map() in C: this runs every sample
         self._declared = [c.families for c in self.collectors]
+        self._add_on_demand(self.collectors)  # before the catalog's new rows are flagged from it
         known = {fam.name for fam in self.catalog}
         new = []
         for fam in (fam for c in self.collectors for fam in c.families):
@@ -342,8 +347,6 @@ class Sampler:
             # A failure is tried again at the next chance, not only after refresh_seconds.
             cached = self._cached[c.name] = (now if ok else -math.inf, own, ok, time.perf_counter() - t0)
             self._versions[c.tier == PROCESS_SCAN] += 1  # the grid samples' plans change with it
-            if c.tier != CORE and own.series:  # a family it did not declare is on demand too
-                self.on_demand.update(fam.name for fam in set(map(_FAMILY_OF, own.series)))  # one per family
         # The per-process tables are in a sample only when the scan ran for it: a reader seeing them knows
         # they are current (their families, like every on-demand family, carry full_sample_time).
         _merge(out, cached[1], arrays=ran or c.tier != PROCESS_SCAN)

@@ -110,3 +110,30 @@ def test_shm_publisher_and_exporter_reproduce_the_expected_output(fixture_root, 
              for name in table.get(collector, {}).get(key, [])}
     assert all(collector in table for collector in REQUIRED_EQUAL), sorted(set(REQUIRED_EQUAL) - set(table))
     assert not wrong, wrong
+
+
+def test_every_collector_emits_only_the_families_it_declares(fixture_root):
+    """On the fixture tree (every collector, the script's options) and on this host (the default set): the
+    sampler flags families sampled on demand, and the catalog lists families, from declarations alone."""
+    from shm_metrics.publisher.collectors import Sample, registry
+    from shm_metrics.publisher.sampler import Sampler
+
+    options, filters = node_e2e.publisher_settings()
+    fixtures = Path(fixture_root) / node_e2e.FIXTURES
+    on_tree = Sampler(procfs=str(fixtures / "proc"), sysfs=str(fixtures / "sys"), rootfs=str(fixtures),
+                      udev_data=str(fixtures / "udev" / "data"), collectors=list(registry()), options=options,
+                      filters=filters)
+    here = Sampler(top_n=5)
+    try:
+        checked = 0
+        for sampler in (on_tree, here):
+            for c in sampler.collectors:
+                out = Sample()
+                c.collect(out)
+                undeclared = {fam.name for fam, _, _ in out.series} - {fam.name for fam in c.families}
+                assert not undeclared, (c.name, sorted(undeclared))
+                checked += bool(out.series)
+        assert checked > 60
+    finally:
+        on_tree.close()
+        here.close()
