@@ -60,15 +60,23 @@ def test_quick_benchmark_prints_every_table_and_cleans_up(tmp_path):
 def test_side_by_side_compares_checkouts_in_one_window_and_cleans_up():
     """bench/sidebyside.py: this checkout twice (the second with --top 0), a few seconds: one row each."""
     shm_before = set(os.listdir("/dev/shm"))
-    done = subprocess.run([sys.executable, "-m", "bench.sidebyside", ".", ".::--top 0", "--seconds", "2",
-                           "--warmup", "0.5", "--scrapers", "1", "--period", "0.5"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    side = subprocess.Popen([sys.executable, "-m", "bench.sidebyside", ".", ".::--top 0", "--seconds", "2",
+                             "--warmup", "0.5", "--scrapers", "1", "--period", "0.5"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = side.communicate(timeout=120)
+    finally:
+        if side.poll() is None:
+            side.kill()
+            side.wait()
+    done = subprocess.CompletedProcess(side.args, side.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| .")]
     assert [cells[0].strip() for cells in rows] == [".", ".::--top 0"], done.stdout
     assert all(float(cells[1]) > 0 and float(cells[2]) > 0 for cells in rows), done.stdout  # both scraped
     assert "cleanup: clean:" in done.stderr, done.stderr
-    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if "shmbench-" in n and "-side-" in n]
+    # Only this run's names (they carry its PID): another checkout's suite may be comparing at the same time.
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{side.pid}-" in n]
     assert not left, left
 
 

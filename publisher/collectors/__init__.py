@@ -101,11 +101,24 @@ class ProcFile:
             os.close(fd)
 
 
+def read_file(path: str) -> bytes:
+    """A whole file by its path, to the end; OSError as ``open`` raises it.  Through os calls, no file object:
+    about half the cost of ``open().read()`` for the small sysfs files a full sample reads by the dozen
+    (btrfs, bcache, zfs pools...)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def read_once(path: str) -> str | None:
     """A whole small file (sysfs attributes read rarely), or None when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return read_file(path).decode("utf-8", "replace")
     except OSError:
         return None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
@@ -48,8 +48,7 @@ def dehumanize_signed(text: str) -> int:
 
 def _read(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return read_file(path).decode("utf-8", "replace")
     except FileNotFoundError:
         return None
 

@@ -27,6 +27,7 @@ from shm_metrics.publisher.collectors import (
     Sample,
     gauge,
     numbers,
+    read_file,
     register,
 )
 
@@ -161,8 +162,7 @@ def _state_and_threads(stat: bytes) -> tuple[str, int]:
 
 
 def _limit(path: str) -> int:
-    with open(path, "rb") as f:
-        return int(f.read().strip())
+    return int(read_file(path).strip())
 
 
 @register

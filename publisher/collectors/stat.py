@@ -32,6 +32,7 @@ from shm_metrics.publisher.collectors import (
     counter,
     gauge,
     numbers,
+    read_file,
     register,
 )
 
@@ -139,8 +140,7 @@ def parse_cpuinfo(text: str) -> list[dict[str, str]]:
 
 def _read_uint(path: str) -> int | None:
     try:
-        with open(path, "rb") as f:
-            return int(f.read().strip())
+        return int(read_file(path).strip())
     except (OSError, ValueError):
         return None
 
