@@ -146,7 +146,8 @@ class SeriesEncoder:
         """``encode`` without a replayed block; label offsets start at ``base``."""
         if not series and not fixed:
             return b"", b"", 0, 0
-        families, labels, values = zip(*series) if series else ((), (), ())
+        # Three passes in C: zip(*series) would make an iterator per series (~2x slower for thousands).
+        families, labels, values = tuple(map(_FAMILY, series)), tuple(map(_LABELS, series)), tuple(map(_VALUE, series))
         blocks = tuple(block for block, _ in fixed)
         limits = (max_rows, max_bytes, base)
         last = self._last
@@ -241,6 +242,9 @@ def _same_series(kept: tuple | None, families: tuple, labels: tuple, limits: tup
     of fixed series are compared by identity (the same object while their families and labels stay)."""
     return (kept is not None and kept[0] == families and kept[1] == labels and kept[2] == limits
             and len(kept[3]) == len(blocks) and all(map(operator.is_, kept[3], blocks)))
+
+
+_FAMILY, _LABELS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)  # of a series row
 
 
 def _by_family(row: tuple) -> int:
