@@ -36,18 +36,14 @@ def _metric_name(stat: str) -> str:
     return stat.replace("-", "_")
 
 
-def kstat_values(text: str) -> list[tuple[str, str, str]]:
-    """(name, type, data) of every statistic of a named kstat file (the lines after ``name type data``)."""
-    rows = []
-    started = False
-    for line in text.splitlines():
-        parts = line.split()
-        if not started:
-            started = parts == ["name", "type", "data"]
-            continue
-        if len(parts) >= 3:
-            rows.append((parts[0], parts[1], parts[2]))
-    return rows
+def kstat_values(text: str) -> list[list[str]]:
+    """[name, type, data] of every statistic of a named kstat file (the lines after ``name type data``)."""
+    lines = text.splitlines()
+    for start, line in enumerate(lines):
+        if line.split() == ["name", "type", "data"]:
+            # One comprehension over map(): arcstats alone has ~100 statistics, read at every full sample.
+            return [parts[:3] for parts in map(str.split, lines[start + 1:]) if len(parts) >= 3]
+    return []
 
 
 def io_values(text: str) -> list[tuple[str, int]]:
@@ -99,6 +95,7 @@ class Zfs(Collector):
             except OSError:
                 continue  # statistics of a ZFS version that has this feature
         self._families: dict[str, FamilyInfo] = {}
+        self._by_stat: dict[str, dict[str, FamilyInfo | None]] = {}
         for subsystem, filename, pf in self._subsystems:
             for stat, kind, _ in kstat_values(pf.read()):
                 if kind == KSTAT_UINT64:
@@ -119,14 +116,13 @@ class Zfs(Collector):
     def _pools(self) -> list[tuple[str, list[str]]]:
         """(pool directory, its entries) for each pool now: one listing each, where three globs over the
         kstat directory took one listing each and a lookup per entry and pattern, in Python."""
+        with os.scandir(self._base) as entries:  # the kernel's entry types: no lookup per statistics file
+            paths = [e.path for e in entries if not e.name.startswith(".") and e.is_dir()]
         pools = []
-        for name in os.listdir(self._base):
-            if name.startswith("."):
-                continue
-            path = f"{self._base}/{name}"
+        for path in paths:
             try:
                 pools.append((path, os.listdir(path)))
-            except (NotADirectoryError, FileNotFoundError):  # a statistics file, or a pool just exported
+            except (NotADirectoryError, FileNotFoundError):  # a pool exported since the listing
                 continue
         return pools
 
@@ -138,12 +134,17 @@ class Zfs(Collector):
 
     def collect(self, out: Sample) -> None:
         families = self._families
-        add = out.add
+        add = out.series.append  # Sample.add's tuple, without a call per statistic
         for subsystem, _, pf in self._subsystems:
+            by_stat = self._by_stat.setdefault(subsystem, {})  # stat -> its family (None: not one of ours)
             for stat, kind, data in kstat_values(pf.read()):
-                family = families.get(f"node_{subsystem}_{_metric_name(stat)}")
-                if kind == KSTAT_UINT64 and family is not None:
-                    add(family, (), int(data))
+                if kind != KSTAT_UINT64:
+                    continue
+                family = by_stat.get(stat, False)
+                if family is False:  # a statistic not seen yet: its name made once, not at every sample
+                    family = by_stat[stat] = families.get(f"node_{subsystem}_{_metric_name(stat)}")
+                if family is not None:
+                    add((family, (), int(data)))
         pool_series = []
         pools = self._pools()
         for path in _files(pools, "io"):
