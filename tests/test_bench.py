@@ -84,3 +84,24 @@ def test_side_by_side_refuses_a_checkout_without_a_venv(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench.sidebyside", str(tmp_path), "--seconds", "1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no .venv/bin/python" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_side_by_side_on_the_fixture_tree_measures_each_checkout_and_cleans_up():
+    """bench/sidebyside_fixture.py: this checkout twice on node_exporter's fixture tree, a second: one row each."""
+    shm_before = set(os.listdir("/dev/shm"))
+    side = subprocess.Popen([sys.executable, "-m", "bench.sidebyside_fixture", ".", ".::--collector.zfs",
+                             "--seconds", "1", "--warmup", "0.3"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = side.communicate(timeout=120)
+    finally:
+        if side.poll() is None:
+            side.kill()
+            side.wait()
+    assert side.returncode == 0, stdout + stderr
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| .")]
+    assert [cells[0].strip() for cells in rows] == [".", ".::--collector.zfs"], stdout
+    assert all(float(cells[1]) > 0 and int(cells[2]) > 0 for cells in rows), stdout  # both sampled, both measured
+    assert "cleanup: clean:" in stderr, stderr
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{side.pid}-" in n]
+    assert not left, left

@@ -1,0 +1,72 @@
+"""``python -m bench.sidebyside_fixture CHECKOUT [CHECKOUT ...]``: Q9's publisher of several checkouts, side by side.
+
+Each CHECKOUT (a directory with its own ``.venv``, ``.`` for this one; ``::ARGS`` adds publisher options, as in
+``bench.sidebyside``) gets an shm-publisher at 10 Hz with ``--always-full`` on node_exporter's fixture tree,
+unpacked and flagged as Q9 does (the script's flags, as this checkout splits them).  They run at the same time;
+after ``--warmup``, each one's CPU over ``--seconds`` (``common.cpu_seconds``: schedstat) is divided by the
+samples it wrote (its ``seq``).  One table: µs of CPU per sample.
+
+Q9's ratio moves with its peer's window (node_exporter's scrape of the tree took 17-24 ms in one afternoon);
+two checkouts measured in one window are comparable to a few per cent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+from bench.common import Lab, cpu_seconds, wait_running
+from bench.q9_fixture import RATE, _harness, _seq
+from bench.sidebyside import _python
+
+
+def run(args: argparse.Namespace, lab: Lab) -> list[tuple[str, float, int]]:
+    """(checkout, µs of CPU per sample, samples) for each checkout."""
+    from shm_metrics.publisher.collectors import collector_names
+
+    harness = _harness()
+    root = harness.unpack(lab.tmp / "node-e2e")
+    flags, _, _ = harness.split_flags(collector_names())
+    pubs = []
+    for spec in args.checkouts:
+        checkout, _, extra = spec.partition("::")
+        name = lab.segment_name("sidefix")
+        pub = lab.start([_python(checkout), "-m", "shm_metrics.publisher", "--name", name, "--interval",
+                         str(1 / RATE), "--always-full", *flags, *shlex.split(extra)], f"fixture-{spec}", cwd=root)
+        pub.name = name
+        wait_running(name, pub)
+        pubs.append((spec, pub))
+    time.sleep(args.warmup)
+    before = [(cpu_seconds(p.pid), _seq(p.name)) for _, p in pubs]
+    time.sleep(args.seconds)
+    after = [(cpu_seconds(p.pid), _seq(p.name)) for _, p in pubs]
+    rows = []
+    for (spec, _), (c0, s0), (c1, s1) in zip(pubs, before, after):
+        samples = (s1 - s0) // 2
+        rows.append((spec, 1e6 * (c1 - c0) / samples if samples else float("nan"), samples))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sidebyside_fixture", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="+", metavar="CHECKOUT[::ARGS]")
+    parser.add_argument("--seconds", type=float, default=30.0, help="the window measured (default 30)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="before the window (default 3)")
+    args = parser.parse_args(argv)
+    lab = Lab()
+    try:
+        rows = run(args, lab)
+    finally:
+        print(lab.close(), file=sys.stderr)
+    print(f"shm-publisher at {RATE:g} Hz --always-full on node_exporter's fixture tree, {args.seconds:g} s after "
+          f"{args.warmup:g} s: µs of CPU per sample (schedstat)")
+    print("| checkout | µs per sample | samples |\n|---|---:|---:|")
+    for what, per_sample, samples in rows:
+        print(f"| {what} | {per_sample:.0f} | {samples} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
