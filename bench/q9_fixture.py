@@ -22,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import time
+from types import ModuleType
 
 from bench.common import (
     ROOT,
@@ -46,7 +47,7 @@ RATE = 10.0  # samples and scrapes per second
 CPU_LIMIT = 0.2  # issue 12: a sample at most 0.2x node_exporter's scrape on the same tree
 
 
-def _harness():
+def fixture_harness() -> ModuleType:
     """tests/node_e2e.py (the fixture's flags and unpacking), loaded from the repository."""
     spec = importlib.util.spec_from_file_location("node_e2e", ROOT / "tests" / "node_e2e.py")
     module = importlib.util.module_from_spec(spec)
@@ -54,7 +55,7 @@ def _harness():
     return module
 
 
-def _seq(name: str) -> int:
+def segment_seq(name: str) -> int:
     with Reader(name) as r:
         return r.read(arrays=False).seq
 
@@ -101,7 +102,7 @@ def run(cfg: Config, shared: Shared) -> Table:
     from shm_metrics.publisher.collectors import collector_names
 
     lab = shared.lab
-    harness = _harness()
+    harness = fixture_harness()
     root = harness.unpack(lab.tmp / "node-e2e")
     names = collector_names()
     publisher_flags, _, left_out = harness.split_flags(names)
@@ -138,9 +139,9 @@ def run(cfg: Config, shared: Shared) -> Table:
             steps = ["pub", "node"] if r % 2 == 0 else ["node", "pub"]
             for step in steps:
                 if step == "pub":
-                    c0, s0 = cpu_seconds(pub.pid), _seq(name)
+                    c0, s0 = cpu_seconds(pub.pid), segment_seq(name)
                     time.sleep(window)
-                    c1, s1 = cpu_seconds(pub.pid), _seq(name)
+                    c1, s1 = cpu_seconds(pub.pid), segment_seq(name)
                     samples = (s1 - s0) // 2
                     samples_total += samples
                     if samples:

@@ -17,13 +17,14 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import Lab, cpu_seconds
 from bench.q10_deployment import Scraper
 
 
-def _python(checkout: str) -> str:
+def checkout_python(checkout: str) -> str:
     python = Path(checkout).resolve() / ".venv" / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{checkout}: no .venv/bin/python (make a venv there: make test)")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace, lab: Lab) -> list[tuple[str, float, float]]:
     targets = []  # (what, processes measured, port scraped)
     for spec in args.checkouts:
         checkout, _, extra = spec.partition("::")
-        python = _python(checkout)
+        python = checkout_python(checkout)
         pub = lab.publisher(1.0, "side", *shlex.split(extra), python=python)
         exp = lab.shm_exporter(pub.name, python=python)
         targets.append((spec, (pub, exp), exp.port))
@@ -70,20 +71,31 @@ def run(args: argparse.Namespace, lab: Lab) -> list[tuple[str, float, float]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sidebyside", description=__doc__.split("\n\n")[0])
+def checkouts_parser(prog: str, doc: str, seconds: float, warmup: float) -> argparse.ArgumentParser:
+    """The command line every side-by-side tool shares: the checkouts, the window and its warm-up."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("checkouts", nargs="+", metavar="CHECKOUT[::ARGS]")
-    parser.add_argument("--seconds", type=float, default=180.0, help="the window measured (default 180)")
-    parser.add_argument("--warmup", type=float, default=30.0, help="before the window (default 30)")
+    parser.add_argument("--seconds", type=float, default=seconds, help=f"the window measured (default {seconds:g})")
+    parser.add_argument("--warmup", type=float, default=warmup, help=f"before the window (default {warmup:g})")
+    return parser
+
+
+def in_lab(run: Callable[[argparse.Namespace, Lab], list], args: argparse.Namespace) -> list:
+    """``run(args, lab)`` in a lab of its own, whose cleanup report goes to stderr whatever happens."""
+    lab = Lab()
+    try:
+        return run(args, lab)
+    finally:
+        print(lab.close(), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = checkouts_parser("python -m bench.sidebyside", __doc__, 180.0, 30.0)
     parser.add_argument("--scrapers", type=int, default=2, help="scrapers, each on every target (default 2)")
     parser.add_argument("--period", type=float, default=15.0, help="seconds between a scraper's scrapes")
     parser.add_argument("--node", action="store_true", help="node_exporter too, scraped alike")
     args = parser.parse_args(argv)
-    lab = Lab()
-    try:
-        rows = run(args, lab)
-    finally:
-        print(lab.close(), file=sys.stderr)
+    rows = in_lab(run, args)
     print(f"{args.scrapers} scraper(s) every {args.period:g} s, {args.seconds:g} s after {args.warmup:g} s, "
           "ms of CPU per second (schedstat)")
     print("| checkout | publisher | exporter | total |\n|---|---:|---:|---:|")

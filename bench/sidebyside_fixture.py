@@ -18,30 +18,30 @@ import sys
 import time
 
 from bench.common import Lab, cpu_seconds, wait_running
-from bench.q9_fixture import RATE, _harness, _seq
-from bench.sidebyside import _python
+from bench.q9_fixture import RATE, fixture_harness, segment_seq
+from bench.sidebyside import checkout_python, checkouts_parser, in_lab
 
 
 def run(args: argparse.Namespace, lab: Lab) -> list[tuple[str, float, int]]:
     """(checkout, µs of CPU per sample, samples) for each checkout."""
     from shm_metrics.publisher.collectors import collector_names
 
-    harness = _harness()
+    harness = fixture_harness()
     root = harness.unpack(lab.tmp / "node-e2e")
     flags, _, _ = harness.split_flags(collector_names())
     pubs = []
     for spec in args.checkouts:
         checkout, _, extra = spec.partition("::")
         name = lab.segment_name("sidefix")
-        pub = lab.start([_python(checkout), "-m", "shm_metrics.publisher", "--name", name, "--interval",
+        pub = lab.start([checkout_python(checkout), "-m", "shm_metrics.publisher", "--name", name, "--interval",
                          str(1 / RATE), "--always-full", *flags, *shlex.split(extra)], f"fixture-{spec}", cwd=root)
         pub.name = name
         wait_running(name, pub)
         pubs.append((spec, pub))
     time.sleep(args.warmup)
-    before = [(cpu_seconds(p.pid), _seq(p.name)) for _, p in pubs]
+    before = [(cpu_seconds(p.pid), segment_seq(p.name)) for _, p in pubs]
     time.sleep(args.seconds)
-    after = [(cpu_seconds(p.pid), _seq(p.name)) for _, p in pubs]
+    after = [(cpu_seconds(p.pid), segment_seq(p.name)) for _, p in pubs]
     rows = []
     for (spec, _), (c0, s0), (c1, s1) in zip(pubs, before, after):
         samples = (s1 - s0) // 2
@@ -50,16 +50,8 @@ def run(args: argparse.Namespace, lab: Lab) -> list[tuple[str, float, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sidebyside_fixture", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkouts", nargs="+", metavar="CHECKOUT[::ARGS]")
-    parser.add_argument("--seconds", type=float, default=30.0, help="the window measured (default 30)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="before the window (default 3)")
-    args = parser.parse_args(argv)
-    lab = Lab()
-    try:
-        rows = run(args, lab)
-    finally:
-        print(lab.close(), file=sys.stderr)
+    args = checkouts_parser("python -m bench.sidebyside_fixture", __doc__, 30.0, 3.0).parse_args(argv)
+    rows = in_lab(run, args)
     print(f"shm-publisher at {RATE:g} Hz --always-full on node_exporter's fixture tree, {args.seconds:g} s after "
           f"{args.warmup:g} s: µs of CPU per sample (schedstat)")
     print("| checkout | µs per sample | samples |\n|---|---:|---:|")

@@ -20,18 +20,24 @@ TITLES = {1: "Read cost", 2: "Against other ways", 3: "One-shot CLI", 4: "Publis
 MIN_ROWS = {1: 7, 2: 8, 3: 4, 4: 14, 5: 4, 6: 3, 7: 7, 8: 10, 9: 1, 10: 5}
 
 
+def _run_module(*argv: str, timeout: float) -> tuple[int, subprocess.CompletedProcess]:
+    """``python -m argv`` in the repository, killed if it outlives ``timeout``: (its PID, what it did).  The PID
+    names its segments (shmbench-PID-...): another checkout's suite may be benchmarking at the same time."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.pid, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def test_quick_benchmark_prints_every_table_and_cleans_up(tmp_path):
     shm_before = set(os.listdir("/dev/shm"))
     out = tmp_path / "bench.md"
-    bench = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = bench.communicate(timeout=150)
-    finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.communicate()
-    done = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
+    pid, done = _run_module("bench", "--quick", "--out", str(out), timeout=150)
     assert done.returncode == 0, done.stdout + done.stderr
     text = done.stdout
 
@@ -53,30 +59,22 @@ def test_quick_benchmark_prints_every_table_and_cleans_up(tmp_path):
              Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive, f"benchmark processes still running: {alive}"
     # Only this run's names (they carry its PID): other checkouts on the same host may be benchmarking now.
-    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{bench.pid}-" in n]
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{pid}-" in n]
     assert not left, f"benchmark left segments in /dev/shm: {left}"
 
 
 def test_side_by_side_compares_checkouts_in_one_window_and_cleans_up():
     """bench/sidebyside.py: this checkout twice (the second with --top 0), a few seconds: one row each."""
     shm_before = set(os.listdir("/dev/shm"))
-    side = subprocess.Popen([sys.executable, "-m", "bench.sidebyside", ".", ".::--top 0", "--seconds", "2",
-                             "--warmup", "0.5", "--scrapers", "1", "--period", "0.5"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = side.communicate(timeout=120)
-    finally:
-        if side.poll() is None:
-            side.kill()
-            side.wait()
-    done = subprocess.CompletedProcess(side.args, side.returncode, stdout, stderr)
+    pid, done = _run_module("bench.sidebyside", ".", ".::--top 0", "--seconds", "2", "--warmup", "0.5",
+                            "--scrapers", "1", "--period", "0.5", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| .")]
     assert [cells[0].strip() for cells in rows] == [".", ".::--top 0"], done.stdout
     assert all(float(cells[1]) > 0 and float(cells[2]) > 0 for cells in rows), done.stdout  # both scraped
     assert "cleanup: clean:" in done.stderr, done.stderr
     # Only this run's names (they carry its PID): another checkout's suite may be comparing at the same time.
-    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{side.pid}-" in n]
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{pid}-" in n]
     assert not left, left
 
 
@@ -89,19 +87,12 @@ def test_side_by_side_refuses_a_checkout_without_a_venv(tmp_path):
 def test_side_by_side_on_the_fixture_tree_measures_each_checkout_and_cleans_up():
     """bench/sidebyside_fixture.py: this checkout twice on node_exporter's fixture tree, a second: one row each."""
     shm_before = set(os.listdir("/dev/shm"))
-    side = subprocess.Popen([sys.executable, "-m", "bench.sidebyside_fixture", ".", ".::--collector.zfs",
-                             "--seconds", "1", "--warmup", "0.3"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = side.communicate(timeout=120)
-    finally:
-        if side.poll() is None:
-            side.kill()
-            side.wait()
-    assert side.returncode == 0, stdout + stderr
-    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| .")]
-    assert [cells[0].strip() for cells in rows] == [".", ".::--collector.zfs"], stdout
-    assert all(float(cells[1]) > 0 and int(cells[2]) > 0 for cells in rows), stdout  # both sampled, both measured
-    assert "cleanup: clean:" in stderr, stderr
-    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{side.pid}-" in n]
+    pid, done = _run_module("bench.sidebyside_fixture", ".", ".::--collector.zfs", "--seconds", "1", "--warmup",
+                            "0.3", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| .")]
+    assert [cells[0].strip() for cells in rows] == [".", ".::--collector.zfs"], done.stdout
+    assert all(float(cells[1]) > 0 and int(cells[2]) > 0 for cells in rows), done.stdout  # both sampled and measured
+    assert "cleanup: clean:" in done.stderr, done.stderr
+    left = [n for n in set(os.listdir("/dev/shm")) - shm_before if f"shmbench-{pid}-" in n]
     assert not left, left
