@@ -591,11 +591,11 @@ class OwnedSegment:
         if not self._acquire():
             return
         try:  # checks everything before its first write: it raises, if ever, with seq untouched
+            # The readers' futex is woken in C, right after the write (see wake_readers).
             _scan.publish(registers, sinks, self._bytes, plan, wall_time, monotonic, duration,
-                          min(overruns, _U64_MAX), full_time)
+                          min(overruns, _U64_MAX), full_time, L.FUTEX_WORD_OFFSET if self._futex_address else -1)
         finally:
             self.sem.release()
-        self.wake_readers()
 
     def _compiled_plan(self) -> array:
         """Where _scan.publish writes, as _write and _prepare do: the layout's offsets it needs."""

@@ -210,6 +210,16 @@ def test_run_and_store_check_every_index_before_anything():
     assert array("Q", bytes(buffer)).tolist() == [0, 7]  # negative clamps to 0; the last one truncates
     compiled._scan.store(array("d", [2.0**70]), array("q", [0, 1, 0]), buffer)
     assert array("Q", bytes(buffer[:8]))[0] == 2**64 - 1
+    # publish: seq at 0, scalars (8 bytes) at 8, a history ring of 2 records of 24 at 16, its count at 64, the
+    # header's five times at 72..104; every offset and the futex word's are checked before seq is touched.
+    image = bytearray(112)
+    plan = array("q", [0, 8, 8, 16, 2, 24, 16, 64, 72, 80, 88, 96, 104])
+    for wake_at in (112, 110, 2, -2):
+        with pytest.raises(ValueError):
+            compiled._scan.publish(array("d"), array("q"), image, plan, 1.0, 2.0, 0.0, 0, 3.0, wake_at)
+        assert image == bytearray(112)
+    compiled._scan.publish(array("d"), array("q"), image, plan, 1.0, 2.0, 0.0, 0, 3.0, 0)  # no waiter: no error
+    assert array("Q", bytes(image[:8]))[0] == 2  # one sample written: seq even again
 
 
 def test_the_publisher_samples_compiled_on_this_host(name):
@@ -230,6 +240,13 @@ def test_the_publisher_samples_compiled_on_this_host(name):
         assert any("grid samples compiled" in line for line in seen), "".join(seen[-5:])
         with Reader(name) as reader:
             first = reader.read()
+            # Compiled samples wake the readers sleeping on the futex (in _scan.publish): each wait ends with the
+            # next sample, ~0.2 s; a missed wake would sleep out the whole 20 s (a generous bound, stated as such).
+            if reader.wake == "futex":
+                for _ in range(3):
+                    began = time.monotonic()
+                    assert reader.wait_for_sample(reader.seq, timeout=20.0)
+                    assert time.monotonic() - began < 10.0
             time.sleep(1.0)
             later = reader.read()
         assert later.uptime_seconds > first.uptime_seconds
