@@ -7,7 +7,8 @@ after ``--warmup``, each one's CPU over ``--seconds`` (``common.cpu_seconds``: s
 samples it wrote (its ``seq``).  One table: µs of CPU per sample.
 
 Q9's ratio moves with its peer's window (node_exporter's scrape of the tree took 17-24 ms in one afternoon);
-two checkouts measured in one window are comparable to a few per cent.
+two checkouts measured in one window share it.  Run it a few times, swapping the order: the same two
+checkouts measured 15 to 29 % apart in four runs on the 2-core test machine.
 """
 
 from __future__ import annotations
