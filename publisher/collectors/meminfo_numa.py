@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedFile
 
 _PARENS = re.compile(r"\((.*)\)")
 
@@ -60,12 +61,13 @@ class MeminfoNuma(Collector):
         self._families: dict[str, FamilyInfo] = {}
         # Nodes come online later (memory hot-add, CXL memory): listed again every rescan_seconds.
         self._nodes = self.devices(f"{ctx.sysfs}/devices/system/node", self._node, r"node[0-9]+", missing_ok=True)
-        for _, (number, meminfo, numastat) in self._nodes.current():
-            self._rows(number, meminfo, numastat)  # declares the families
+        for _, node in self._nodes.current():
+            self._rows(*node)  # declares the families
 
-    @staticmethod
-    def _node(entry: str, path: str, opener) -> tuple[str, ProcFile, ProcFile]:
-        return entry.removeprefix("node"), opener(f"{path}/meminfo"), opener(f"{path}/numastat")
+    def _node(self, entry: str, path: str, opener) -> tuple[LearnedFile, LearnedFile]:
+        number = entry.removeprefix("node")
+        return (LearnedFile(opener(f"{path}/meminfo"), self._meminfo_rows),
+                LearnedFile(opener(f"{path}/numastat"), lambda text: self._numastat_rows(number, text)))
 
     def _declare(self, field: str, kind) -> FamilyInfo:
         family = self._families.get(field)
@@ -74,15 +76,20 @@ class MeminfoNuma(Collector):
                 kind(f"node_memory_numa_{field}", f"Memory information field {field}.", "node"))
         return family
 
-    def _rows(self, number: str, meminfo: ProcFile, numastat: ProcFile) -> list[tuple[FamilyInfo, str, float]]:
+    def _meminfo_rows(self, text: str) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         families, declare = self._families, self._declare
-        rows = [(families.get(field) or declare(field, gauge), node, value)
-                for field, node, value in parse_node_meminfo(meminfo.read())]
-        rows += [(families.get(field) or declare(field, counter), number, value)
-                 for field, value in parse_numastat(numastat.read())]
-        return rows
+        return [(families.get(field) or declare(field, gauge), (node,), value)
+                for field, node, value in parse_node_meminfo(text)]
+
+    def _numastat_rows(self, number: str, text: str) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        families, declare = self._families, self._declare
+        return [(families.get(field) or declare(field, counter), (number,), value)
+                for field, value in parse_numastat(text)]
+
+    @staticmethod
+    def _rows(meminfo: LearnedFile, numastat: LearnedFile) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        return meminfo.rows() + numastat.rows()
 
     def collect(self, out: Sample) -> None:
         for _, rows in self._nodes.each(lambda node: self._rows(*node)):  # an offlined node is skipped
-            for family, node, value in rows:
-                out.add(family, (node,), value)
+            out.series += rows

@@ -13,6 +13,7 @@ import re
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedFile
 
 _LABELS = ("node", "zone")
 
@@ -131,11 +132,15 @@ class Zoneinfo(Collector):
         longest = max((len(p) for *_, p in parse_zoneinfo(self._file.read_to_end())), default=0)
         self._protection = tuple(_protection_family(i) for i in range(longest))
         self.families = (*FIELDS.values(), *self._protection)
+        self._learned = LearnedFile(self._file, self._rows)
+
+    def _rows(self, text: str) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        rows = []
+        for node, zone, values, protection in parse_zoneinfo(text):
+            labels = (node, zone)
+            rows += [(FIELDS[key], labels, value) for key, value in values.items()]
+            rows += [(family, labels, value) for family, value in zip(self._protection, protection)]
+        return rows
 
     def collect(self, out: Sample) -> None:
-        for node, zone, values, protection in parse_zoneinfo(self._file.read_to_end()):
-            labels = (node, zone)
-            for key, value in values.items():
-                out.add(FIELDS[key], labels, value)
-            for family, value in zip(self._protection, protection):
-                out.add(family, labels, value)
+        out.series += self._learned.rows()

@@ -1,0 +1,246 @@
+"""A collector's parse of one file, learned as a program of its numbers (issue 16: full samples cost less).
+
+A scrape's full sample runs dozens of parsers over text whose structure is the same every time: /proc/zoneinfo,
+a NUMA node's meminfo, /proc/self/mountstats, /proc/net/rpc/nfs...  Only their numbers move.  The CORE
+collectors say by hand where each of their values is among their file's numbers (``numbers.Program``); a
+collector with one parser per file gets the same from ``LearnedFile``, without writing a second parser:
+
+* the collector's parse runs on the file as read, and again on copies of it whose numbers were replaced by
+  markers (every number a distinct large value, then each marker + 1, then every number 0);
+* a row whose value is a number of the file times a factor (one of ``FACTORS``: kB, sectors, pages, ms, ns...)
+  shows which number and which factor in the markers' values; a row whose value no marker moved comes from the
+  file's words (which the file's shape covers) and is a constant;
+* a number whose marker changed the rows themselves (their families or labels: a NUMA node's number, a mount
+  point's digits) is structural: it is left as it is in the copies, and every later read checks it kept its
+  value.
+
+The program is kept only when all of that holds for every row, and it reproduces the real read's values.  From
+then on a sample re-reads only the numbers (``_scan.values``, which checks the file kept its shape) and zips
+them with the rows' families and labels: no Python per line.  When the shape moves, or a structural number,
+the parse runs again and a program is learned from that read.  A file that keeps moving is learned less and
+less often (``_wait``).
+
+What the parse may not do: give a row whose value depends on a number other than as number x factor (a sum, a
+difference, a value that decides whether a row exists without changing when it is 0 or a marker), or declare a
+family from a number's value.  Such a parse is refused (no program, the parse runs every sample), except for
+the last case: keep family names to the file's words.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+from shm_metrics.families import FamilyInfo
+from shm_metrics.publisher.collectors import numbers
+
+if TYPE_CHECKING:
+    from shm_metrics.publisher.collectors import ProcFile
+
+Row = tuple[FamilyInfo, tuple[str, ...], float]
+Parse = Callable[[str], list[Row]]
+
+# What a row's value may be of its number: a factor, or (negative) a divisor, as _scan.c scales.
+FACTORS = (1.0, 1024.0, 512.0, 4096.0, 8.0, 1000.0, 1e6, 1e9, 1e-3, 1e-6, 1e-9, -1000.0, -1e6, -1e9, -100.0,
+           -1024.0, -8.0)
+MARK = 1 << 30  # number k becomes MARK + 2k, then MARK + 2k + 1: exact in a double, and no number of its own
+MAX_TRIALS = 64  # parses spent finding the structural numbers before giving up on a file
+_TOKEN = re.compile(rb"[^ \t\n:\r/]+")  # _scan.c's tokens: its separators are these six bytes
+_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def _scaled(value: float, factor: float) -> float:
+    return value / -factor if factor < 0 else value * factor
+
+
+class _Program:
+    """Rows from the numbers of one shape of the file."""
+
+    __slots__ = ("shape", "positions", "factors", "families", "labels", "structural", "pick", "constants", "uses")
+
+    def __init__(self, shape: numbers.Shape, rows: Sequence[Row], sources: list, structural: dict[int, float]):
+        """``sources[i]``: (position, factor) of row i's number, or None for a constant."""
+        self.shape = shape
+        mapped = [(i, src) for i, src in enumerate(sources) if src is not None]
+        constant = [i for i, src in enumerate(sources) if src is None]
+        # Read: the rows' numbers, then the structural ones (checked).
+        self.positions = array("I", [pos for _, (pos, _) in mapped] + list(structural))
+        self.factors = array("d", [factor for _, (_, factor) in mapped] + [1.0] * len(structural))
+        self.structural = list(structural.values())
+        self.families = tuple(row[0] for row in rows)
+        self.labels = tuple(row[1] for row in rows)
+        self.constants = [rows[i][2] for i in constant]
+        # Row i's value in (the mapped values, the constants): the identity when there are no constants.
+        where = {i: n for n, (i, _) in enumerate(mapped)}
+        where.update((i, len(mapped) + n) for n, i in enumerate(constant))
+        order = [where[i] for i in range(len(rows))]
+        self.pick = None if not constant else (itemgetter(*order) if len(order) > 1 else lambda v: (v[order[0]],))
+        self.uses = 0
+
+    def rows(self, source: numbers.Numbers) -> list[Row] | None:
+        """The rows of a new read, or None when the file moved (its shape, or a structural number)."""
+        raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors)
+        if raw is None:
+            return None
+        values = memoryview(raw).cast("d").tolist()
+        if self.structural:
+            split = len(values) - len(self.structural)
+            if values[split:] != self.structural:
+                return None
+            del values[split:]
+        if self.pick is not None:
+            values = self.pick(values + self.constants)
+        self.uses += 1
+        return list(zip(self.families, self.labels, values))
+
+
+class LearnedFile:
+    """A kept-open file and the parse that makes its rows, learned as a program (see the module)."""
+
+    def __init__(self, file: ProcFile, parse: Parse):
+        self.file = file
+        self.parse = parse
+        self.numbers = numbers.Numbers(file.fd) if numbers.AVAILABLE else None
+        self.program: _Program | None = None
+        self.learned = 0  # programs made (tests)
+        self._wait = 0  # Python samples before the next try at learning
+        self._backoff = 0
+
+    def rows(self) -> list[Row]:
+        """The file's rows now: through the program while it holds, else the parse (and a program from it)."""
+        program = self.program
+        if program is not None:
+            rows = program.rows(self.numbers)
+            if rows is not None:
+                return rows
+            self.program = None
+            # A program that served a while: try again at once; one that died young: wait longer each time.
+            self._backoff = 0 if program.uses >= 8 else min(2 * self._backoff + 1, 255)
+            self._wait = self._backoff
+        text, raw, shape = numbers.read_text(self.file, self.numbers)
+        rows = self.parse(text)
+        if raw is not None:
+            if self._wait:
+                self._wait -= 1
+            else:
+                self.program = learn(raw, shape, self.numbers.values, rows, self.parse)
+                if self.program is None:
+                    self._backoff = min(2 * self._backoff + 1, 255)
+                    self._wait = self._backoff
+                else:
+                    self.learned += 1
+        return rows
+
+
+def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Parse) -> _Program | None:
+    """A program giving ``rows`` (what ``parse`` made of ``raw``, whose numbers ``values`` holds) from the
+    numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
+    spans, columns = [], []  # each number's bytes, and its token's place in its line
+    line_start, column = 0, 0
+    for m in _TOKEN.finditer(raw):
+        newline = raw.rfind(b"\n", line_start, m.start())
+        if newline >= 0:
+            line_start, column = newline + 1, 0
+        if len(m[0]) < numbers._LONGEST_NUMBER and _NUMBER.fullmatch(m[0]):
+            spans.append(m.span())
+            columns.append(column)
+        column += 1
+    if len(spans) != shape.count or shape.count > len(values):
+        return None  # (not _scan.c's view of the file: no program rather than a wrong one)
+    keys = [(row[0], row[1]) for row in rows]
+
+    def copy(text_of: Callable[[int], bytes], kept: set[int]) -> list[Row] | None:
+        """The parse of raw with number k (not in kept) written as text_of(k); None when it fails."""
+        parts, last = [], 0
+        for k, (start, end) in enumerate(spans):
+            if k not in kept:
+                parts += (raw[last:start], text_of(k))
+                last = end
+        parts.append(raw[last:])
+        try:
+            return parse(b"".join(parts).decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - any failure of the parse on a copy only means: no program
+            return None
+
+    def same_keys(got: list[Row] | None) -> bool:
+        return got is not None and len(got) == len(keys) and all(
+            (row[0], row[1]) == key for row, key in zip(got, keys))
+
+    marker_a = lambda k: b"%d" % (MARK + 2 * k)  # noqa: E731
+    kept = _structural(raw, spans, columns, rows, lambda keep: same_keys(copy(marker_a, keep)))
+    if kept is None:
+        return None
+    a = copy(marker_a, kept)
+    b = copy(lambda k: b"%d" % (MARK + 2 * k + 1), kept)
+    zero = copy(lambda k: b"0", kept)
+    if not (same_keys(a) and same_keys(b) and same_keys(zero)):
+        return None  # a value decides which rows exist
+    sources = []
+    for row, row_a, row_b, row_zero in zip(rows, a, b, zero):
+        real = float(row[2])
+        va, vb, vz = float(row_a[2]), float(row_b[2]), float(row_zero[2])
+        if va == vb == vz == real:
+            sources.append(None)  # of the words (or structural numbers): constant while the program holds
+            continue
+        found = _source(va, vb, vz, real, values, kept)
+        if found is None:
+            return None
+        sources.append(found)
+    program = _Program(shape, rows, sources, {k: values[k] for k in sorted(kept)})
+    return program
+
+
+def _source(va: float, vb: float, vz: float, real: float, values: array, kept: set[int]) -> tuple[int, float] | None:
+    """(number, factor) such that the marker copies and the real read give these values, or None."""
+    for factor in FACTORS:
+        n = va * -factor if factor < 0 else va / factor
+        if n != n or abs(n) > 2 * MARK + (1 << 26):
+            continue
+        k = (round(n) - MARK) // 2
+        if k < 0 or k >= len(values) or k in kept:
+            continue
+        if (_scaled(MARK + 2 * k, factor) == va and _scaled(MARK + 2 * k + 1, factor) == vb
+                and _scaled(0.0, factor) == vz and _scaled(values[k], factor) == real):
+            return k, factor
+    return None
+
+
+def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], rows: list[Row],
+                ok: Callable[[set[int]], bool]) -> set[int] | None:
+    """The numbers the rows' families or labels depend on (kept as they are in the copies); None when the
+    parse fails or changes its rows even so.
+
+    The candidates are the numbers whose text appears in a label, taken a column at a time (the node number
+    of every line of a NUMA node's meminfo is one column): a column the rows depend on is kept whole when
+    it is long, else halved down to its structural numbers.  Past ``MAX_TRIALS`` parses, what is left is
+    kept: a number kept that is a value only makes the program fall back when it changes."""
+    if ok(set()):
+        return set()
+    labels = "\0".join(value for row in rows for value in row[1]).encode("utf-8", "replace")
+    by_column: dict[int, list[int]] = {}
+    for k, (start, end) in enumerate(spans):
+        if raw[start:end] in labels:
+            by_column.setdefault(columns[k], []).append(k)
+    kept = {k for group in by_column.values() for k in group}
+    if not ok(kept):
+        return None
+    trials = 1
+
+    def settle(group: list[int], whole_column: bool) -> None:
+        nonlocal trials
+        if trials >= MAX_TRIALS:
+            return
+        trials += 1
+        if ok(kept - set(group)):
+            kept.difference_update(group)
+        elif len(group) > 1 and not (whole_column and len(group) > 4):
+            half = len(group) // 2
+            settle(group[:half], False)
+            settle(group[half:], False)
+
+    for group in by_column.values():
+        settle(group, True)
+    return kept

@@ -1,0 +1,156 @@
+"""A collector's parse learned as a program of its file's numbers (publisher/collectors/learned.py).
+
+The property that matters: whatever the file says, the rows are the parse's rows.  So each test changes a real
+file (the fixture tree's, or one written here) and compares the program's rows with the parse's own."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import node_e2e
+import pytest
+
+from shm_metrics.publisher.collectors import Devices, ProcFile, gauge, numbers, selected
+from shm_metrics.publisher.collectors.learned import LearnedFile
+from shm_metrics.publisher.sampler import Sampler
+
+pytestmark = pytest.mark.skipif(not numbers.AVAILABLE, reason="the C extension is not built")
+
+USED = gauge("node_test_used_bytes", "Used.", "node")
+FREE = gauge("node_test_free_bytes", "Free.", "node")
+STATE = gauge("node_test_state", "A value of a word.", "node")
+
+
+def parse(text: str) -> list:
+    """'Node <n> Used: <kB> kB' lines, and a 'state' word: the shape of a NUMA node's meminfo."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[0] == "state":
+            rows.append((STATE, ("x",), 1.0 if parts[1] == "up" else 0.0))
+            continue
+        family = USED if parts[2] == "Used:" else FREE
+        rows.append((family, (parts[1],), float(parts[3]) * 1024))
+    return rows
+
+
+def learned(tmp_path: Path, text: str, parse=parse) -> tuple[LearnedFile, Path]:
+    path = tmp_path / "file"
+    path.write_text(text)
+    return LearnedFile(ProcFile(str(path)), parse), path
+
+
+def test_a_program_follows_the_numbers_and_checks_the_structural_ones(tmp_path):
+    file, path = learned(tmp_path, "Node 0 Used: 10 kB\nNode 0 Free: 0 kB\nstate up\n")
+    try:
+        assert file.rows() == parse(path.read_text())
+        assert file.program is not None  # the node number is structural, the word a constant
+        for text in ("Node 0 Used: 77 kB\nNode 0 Free: 5 kB\nstate up\n",
+                     "Node 3 Used: 77 kB\nNode 3 Free: 5 kB\nstate up\n",  # a structural number moved
+                     "Node 3 Used: 1 kB\nNode 3 Free: 2 kB\nstate down\n"):  # a word moved: another shape
+            path.write_text(text)
+            assert file.rows() == parse(text)
+        path.write_text("Node 3 Used: 9 kB\nNode 3 Free: 8 kB\nstate down\n")
+        uses = file.program.uses
+        assert file.rows() == parse(path.read_text())
+        assert file.program.uses == uses + 1  # served by the program learned from the last read
+    finally:
+        file.file.close()
+
+
+@pytest.mark.parametrize("bad_parse", [
+    lambda text: [(USED, ("0",), float(sum(map(int, re.findall(r"\d+", text)))))],  # a sum of two numbers
+    lambda text: [(USED, ("0",), float(n)) for n in re.findall(r"\d+", text) if int(n) < 50],  # a value decides
+    lambda text: [(USED, ("0",), min(float(n), 60.0)) for n in re.findall(r"\d+", text)],  # not number x factor
+])
+def test_a_parse_that_is_not_numbers_times_factors_gets_no_program(tmp_path, bad_parse):
+    file, path = learned(tmp_path, "a 10\nb 20\n", bad_parse)
+    try:
+        assert file.rows() == bad_parse("a 10\nb 20\n")
+        assert file.program is None
+        for text in ("a 70\nb 20\n", "a 30\nb 90\n"):
+            path.write_text(text)
+            assert file.rows() == bad_parse(text)
+    finally:
+        file.file.close()
+
+
+_NUMBER = re.compile(rb"(?<![^ \t\n:\r/])-?[0-9]+(?:\.[0-9]+)?(?![^ \t\n:\r/])")
+
+
+def _renumber(root: Path, rng: random.Random) -> None:
+    """Every number of every file under root (as _scan.c tokenises) replaced by another: the files keep their
+    shapes, except where a number is a count or a name (then the parse, and the program's check, must see it)."""
+    def other(match: re.Match) -> bytes:
+        text = match[0]
+        if b"." in text:
+            return b"%d.%d" % (rng.randrange(1000), rng.randrange(10))
+        return b"%d" % rng.choice((0, 1, 7, rng.randrange(1 << 40)))
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            path.write_bytes(_NUMBER.sub(other, data))
+
+
+def _learned_files(sampler: Sampler) -> list[LearnedFile]:
+    found = []
+
+    def walk(value, depth=0):
+        if isinstance(value, LearnedFile):
+            found.append(value)
+        elif depth < 4 and isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item, depth + 1)
+        elif isinstance(value, Devices):
+            walk(value.current(), depth + 1)
+    for c in sampler.collectors:
+        for value in vars(c).values():
+            walk(value)
+    return found
+
+
+LEARNING = ["zoneinfo", "meminfo_numa"]
+
+
+def test_on_the_fixture_tree_the_programs_give_the_parsers_rows_whatever_the_numbers(tmp_path):
+    root = node_e2e.unpack(tmp_path / "e2e")
+    tree = root / "collector" / "fixtures"
+    options, filters = node_e2e.publisher_settings()
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        def sampler() -> Sampler:
+            return Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), rootfs=str(tree),
+                           udev_data=str(tree / "udev" / "data"), collectors=selected(LEARNING),
+                           options=options, filters=filters)
+        learning = sampler()
+        try:
+            for _ in range(2):
+                learning.sample(full=True)
+            files = _learned_files(learning)
+            assert len(files) >= 1 + 2 * 3  # zoneinfo, and the fixture's three NUMA nodes' two files
+            assert all(f.program is not None for f in files)
+            rng = random.Random(16)
+            for _ in range(4):
+                _renumber(tree, rng)
+                uses = sum(f.program.uses for f in files if f.program is not None)
+                got = learning.sample(full=True).all_series()
+                python = sampler()  # a new sampler's first sample: the parsers alone
+                try:
+                    expected = python.sample(full=True).all_series()
+                finally:
+                    python.close()
+                node = lambda rows: [r for r in rows if r[0].name.startswith(("node_zoneinfo", "node_memory"))]  # noqa: E731
+                assert node(got) == node(expected)
+                assert len(node(got)) > 100
+            assert sum(f.program.uses for f in files if f.program is not None) > uses  # not all refused
+        finally:
+            learning.close()
+    finally:
+        os.chdir(here)
