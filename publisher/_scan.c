@@ -18,9 +18,10 @@
  *     file's bytes come back too: the collector's Python parse of that very read then says which number is
  *     which, for this signature.
  *
- * values(fd, work, signature, count, index, factors) -> bytes or None
+ * values(fd, work, signature, count, index, factors, limit=inf) -> bytes, None or False
  *     numbers(fd, work), then, when the file has that signature and count, the doubles work[index[r]] *
- *     factors[r] as bytes; None when the structure differs.  The grid sample's one call per file.
+ *     factors[r] as bytes; None when the structure differs, False when a number taken is limit or more in
+ *     magnitude (a learned program's numbers beyond 2**53).  The grid sample's one call per file.
  *
  * take(src, index, factors, dst, stride, offset) -> None
  *     dst[offset + r * stride] (a double) = src[index[r]] * factors[r], for every r; factors may be None (1).
@@ -74,6 +75,7 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <limits.h>
+#include <math.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #endif
@@ -299,7 +301,9 @@ static PyObject *values(PyObject *self, PyObject *args) {
     Py_buffer work, index, factors;
     unsigned long long expected;
     Py_ssize_t expected_count;
-    if (!PyArg_ParseTuple(args, "iw*Kny*y*:values", &fd, &work, &expected, &expected_count, &index, &factors))
+    double limit = HUGE_VAL;
+    if (!PyArg_ParseTuple(args, "iw*Kny*y*|d:values", &fd, &work, &expected, &expected_count, &index, &factors,
+                          &limit))
         return NULL;
     PyObject *result = NULL;
     char stack[STACK_BYTES], *buf;
@@ -331,6 +335,11 @@ static PyObject *values(PyObject *self, PyObject *args) {
         if ((Py_ssize_t)at[r] >= count) {
             Py_CLEAR(result);
             PyErr_SetString(PyExc_ValueError, "position beyond the numbers");
+            goto done;
+        }
+        if (fabs(nums[at[r]]) >= limit) { /* a number the caller cannot trust to this program (as its parse reads it) */
+            Py_CLEAR(result);
+            result = Py_NewRef(Py_False);
             goto done;
         }
         out[r] = scaled(nums[at[r]], scale[r]);
@@ -729,7 +738,8 @@ static PyObject *store(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"numbers", numbers, METH_VARARGS, "numbers(fd, out, text=False) -> (count, signature, bytes or None): a file's numbers, in order."},
     {"values", values, METH_VARARGS,
-     "values(fd, work, signature, count, index, factors) -> bytes or None: numbers() and take() in one call."},
+     "values(fd, work, signature, count, index, factors, limit=inf) -> bytes, None or False: numbers() and take() "
+     "in one call."},
     {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
     {"publish", publish, METH_VARARGS,
      "publish(registers, sinks, buffer, plan, ..., wake_at): a compiled sample's write, then a futex wake."},

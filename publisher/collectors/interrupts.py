@@ -10,6 +10,7 @@ left out, as node_exporter does.
 from __future__ import annotations
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 INTERRUPTS = counter("node_interrupts_total", "Interrupt details.", "cpu", "type", "info", "devices")
 
@@ -44,9 +45,13 @@ class Interrupts(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/interrupts")
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
         add = out.add
-        for name, (info, devices, values) in parse_interrupts(self._file.read_to_end()).items():
+        for name, (info, devices, values) in parse_interrupts(text).items():
             for cpu, value in enumerate(values):
                 add(INTERRUPTS, (str(cpu), name, info, devices), float(value))

@@ -6,7 +6,8 @@ collectors say by hand where each of their values is among their file's numbers 
 collector with one parser per file gets the same from ``LearnedFile``, without writing a second parser:
 
 * the collector's parse runs on the file as read, and again on copies of it whose numbers were replaced by
-  markers (every number a distinct large value, then each marker + 1, then every number 0);
+  markers (every number a distinct large value, then each marker + 1, then every number 0, then every number
+  ``TELLING``, which tells x * 0.001 from x / 1000);
 * a row whose value is a number of the file times a factor (one of ``FACTORS``: kB, sectors, pages, ms, ns...)
   shows which number and which factor in the markers' values; a row whose value no marker moved comes from the
   file's words (which the file's shape covers) and is a constant;
@@ -35,17 +36,22 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import numbers
+from shm_metrics.publisher.collectors import Sample, numbers
 
 if TYPE_CHECKING:
     from shm_metrics.publisher.collectors import ProcFile
 
 Row = tuple[FamilyInfo, tuple[str, ...], float]
+ASIDE = object()  # a read the program does not serve, though the file kept its shape
 Parse = Callable[[str], list[Row]]
 
 # What a row's value may be of its number: a factor, or (negative) a divisor, as _scan.c scales.
-FACTORS = (1.0, 1024.0, 512.0, 4096.0, 8.0, 1000.0, 1e6, 1e9, 1e-3, 1e-6, 1e-9, -1000.0, -1e6, -1e9, -100.0,
-           -1024.0, -8.0)
+FACTORS = (1.0, 1024.0, 512.0, 4096.0, 16384.0, 65536.0, 8.0, 1000.0, 1e6, 1e9, 1e-3, 1e-6, 1e-9,
+           -1000.0, -1e6, -1e9, -100.0, -1024.0, -8.0)
+# A number with which x * 1e-3 and x / 1000 differ (likewise 1e-6, 1e-9): a copy with every number at it tells
+# which of the two a parse computes (the markers may not).
+TELLING = next(n for n in range(1, 1 << 20) if all(n * (1 / d) != n / d for d in (1e3, 1e6, 1e9)))
+EXACT = float(1 << 53)  # a number from here on: the program stands aside (a parse may wrap it; int() keeps it exact)
 MARK = 1 << 30  # number k becomes MARK + 2k, then MARK + 2k + 1: exact in a double, and no number of its own
 MAX_TRIALS = 64  # parses spent finding the structural numbers before giving up on a file
 _TOKEN = re.compile(rb"[^ \t\n:\r/]+")  # _scan.c's tokens: its separators are these six bytes
@@ -59,11 +65,14 @@ def _scaled(value: float, factor: float) -> float:
 class _Program:
     """Rows from the numbers of one shape of the file."""
 
-    __slots__ = ("shape", "positions", "factors", "families", "labels", "structural", "pick", "constants", "uses")
+    __slots__ = ("shape", "context", "positions", "factors", "families", "labels", "structural", "pick",
+                 "constants", "uses")
 
-    def __init__(self, shape: numbers.Shape, rows: Sequence[Row], sources: list, structural: dict[int, float]):
+    def __init__(self, shape: numbers.Shape, context: object, rows: Sequence[Row], sources: list,
+                 structural: dict[int, float]):
         """``sources[i]``: (position, factor) of row i's number, or None for a constant."""
         self.shape = shape
+        self.context = context
         mapped = [(i, src) for i, src in enumerate(sources) if src is not None]
         constant = [i for i, src in enumerate(sources) if src is None]
         # Read: the rows' numbers, then the structural ones (checked).
@@ -80,11 +89,12 @@ class _Program:
         self.pick = None if not constant else (itemgetter(*order) if len(order) > 1 else lambda v: (v[order[0]],))
         self.uses = 0
 
-    def rows(self, source: numbers.Numbers) -> list[Row] | None:
-        """The rows of a new read, or None when the file moved (its shape, or a structural number)."""
-        raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors)
-        if raw is None:
-            return None
+    def rows(self, source: numbers.Numbers) -> list[Row] | object | None:
+        """The rows of a new read; None when the file moved (its shape, or a structural number), ASIDE when
+        only this read is beyond the program (a number too large to be exact in a double)."""
+        raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT)
+        if raw is None or raw is False:
+            return None if raw is None else ASIDE
         values = memoryview(raw).cast("d").tolist()
         if self.structural:
             split = len(values) - len(self.structural)
@@ -109,11 +119,16 @@ class LearnedFile:
         self._wait = 0  # Python samples before the next try at learning
         self._backoff = 0
 
-    def rows(self) -> list[Row]:
-        """The file's rows now: through the program while it holds, else the parse (and a program from it)."""
+    def rows(self, context: object = None) -> list[Row]:
+        """The file's rows now: through the program while it holds, else the parse (and a program from it).
+
+        ``context``: what else the parse depends on (mountstats: the mounts' addresses, from another file);
+        a program serves only the context it was learned in."""
         program = self.program
         if program is not None:
-            rows = program.rows(self.numbers)
+            rows = program.rows(self.numbers) if program.context == context else None
+            if rows is ASIDE:
+                return self.parse(self.file.read())
             if rows is not None:
                 return rows
             self.program = None
@@ -126,7 +141,7 @@ class LearnedFile:
             if self._wait:
                 self._wait -= 1
             else:
-                self.program = learn(raw, shape, self.numbers.values, rows, self.parse)
+                self.program = learn(raw, shape, self.numbers.values, rows, self.parse, context)
                 if self.program is None:
                     self._backoff = min(2 * self._backoff + 1, 255)
                     self._wait = self._backoff
@@ -135,7 +150,8 @@ class LearnedFile:
         return rows
 
 
-def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Parse) -> _Program | None:
+def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Parse,
+          context: object = None) -> _Program | None:
     """A program giving ``rows`` (what ``parse`` made of ``raw``, whose numbers ``values`` holds) from the
     numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
     spans, columns = [], []  # each number's bytes, and its token's place in its line
@@ -171,30 +187,31 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
 
     marker_a = lambda k: b"%d" % (MARK + 2 * k)  # noqa: E731
     kept = _structural(raw, spans, columns, rows, lambda keep: same_keys(copy(marker_a, keep)))
-    if kept is None:
-        return None
     a = copy(marker_a, kept)
     b = copy(lambda k: b"%d" % (MARK + 2 * k + 1), kept)
     zero = copy(lambda k: b"0", kept)
-    if not (same_keys(a) and same_keys(b) and same_keys(zero)):
+    telling = copy(lambda k: b"%d" % TELLING, kept)
+    if not (same_keys(a) and same_keys(b) and same_keys(zero) and same_keys(telling)):
         return None  # a value decides which rows exist
     sources = []
-    for row, row_a, row_b, row_zero in zip(rows, a, b, zero):
+    for row, row_a, row_b, row_zero, row_telling in zip(rows, a, b, zero, telling):
         real = float(row[2])
-        va, vb, vz = float(row_a[2]), float(row_b[2]), float(row_zero[2])
-        if va == vb == vz == real:
+        va, vb, vz, vt = float(row_a[2]), float(row_b[2]), float(row_zero[2]), float(row_telling[2])
+        if va == vb == vz == vt == real:
             sources.append(None)  # of the words (or structural numbers): constant while the program holds
             continue
-        found = _source(va, vb, vz, real, values, kept)
+        found = _source((va, vb, vz, vt), real, values, kept)
         if found is None:
             return None
         sources.append(found)
-    program = _Program(shape, rows, sources, {k: values[k] for k in sorted(kept)})
-    return program
+    return _Program(shape, context, rows, sources, {k: values[k] for k in sorted(kept)})
 
 
-def _source(va: float, vb: float, vz: float, real: float, values: array, kept: set[int]) -> tuple[int, float] | None:
-    """(number, factor) such that the marker copies and the real read give these values, or None."""
+def _source(copies: tuple[float, float, float, float], real: float, values: array, kept: set[int],
+            ) -> tuple[int, float] | None:
+    """(number, factor) such that the copies (markers a, markers b, zeros, TELLING) and the real read give
+    these values, or None."""
+    va = copies[0]
     for factor in FACTORS:
         n = va * -factor if factor < 0 else va / factor
         if n != n or abs(n) > 2 * MARK + (1 << 26):
@@ -202,45 +219,57 @@ def _source(va: float, vb: float, vz: float, real: float, values: array, kept: s
         k = (round(n) - MARK) // 2
         if k < 0 or k >= len(values) or k in kept:
             continue
-        if (_scaled(MARK + 2 * k, factor) == va and _scaled(MARK + 2 * k + 1, factor) == vb
-                and _scaled(0.0, factor) == vz and _scaled(values[k], factor) == real):
+        expected = (_scaled(MARK + 2 * k, factor), _scaled(MARK + 2 * k + 1, factor), _scaled(0.0, factor),
+                    _scaled(TELLING, factor))
+        # (A number beyond 2**53 is not checked against its row: the program stands aside for such reads.)
+        if expected == copies and (abs(values[k]) >= EXACT or _scaled(values[k], factor) == real):
             return k, factor
     return None
 
 
 def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], rows: list[Row],
-                ok: Callable[[set[int]], bool]) -> set[int] | None:
-    """The numbers the rows' families or labels depend on (kept as they are in the copies); None when the
-    parse fails or changes its rows even so.
+                ok: Callable[[set[int]], bool]) -> set[int]:
+    """The numbers the rows' families or labels depend on (kept as they are in the copies).
 
-    The candidates are the numbers whose text appears in a label, taken a column at a time (the node number
-    of every line of a NUMA node's meminfo is one column): a column the rows depend on is kept whole when
-    it is long, else halved down to its structural numbers.  Past ``MAX_TRIALS`` parses, what is left is
-    kept: a number kept that is a value only makes the program fall back when it changes."""
+    Found by freeing groups of numbers while the copies keep the rows (group testing): the numbers whose
+    text appears in no label as one group, halved down to the structural ones (the count of procedures
+    that heads an NFS line); the others a column at a time (the node number of every line of a NUMA
+    node's meminfo is one column), a long column the rows depend on kept whole.  Past ``MAX_TRIALS`` parses
+    what is left is kept: a number kept that is a value only makes the program stand down when it changes."""
     if ok(set()):
         return set()
     labels = "\0".join(value for row in rows for value in row[1]).encode("utf-8", "replace")
-    by_column: dict[int, list[int]] = {}
+    others, by_column = [], {}
     for k, (start, end) in enumerate(spans):
         if raw[start:end] in labels:
             by_column.setdefault(columns[k], []).append(k)
-    kept = {k for group in by_column.values() for k in group}
-    if not ok(kept):
-        return None
-    trials = 1
+        else:
+            others.append(k)
+    kept = set(range(len(spans)))
+    trials = 0
 
-    def settle(group: list[int], whole_column: bool) -> None:
+    def settle(group: list[int], whole: bool) -> None:
         nonlocal trials
-        if trials >= MAX_TRIALS:
+        if not group or trials >= MAX_TRIALS:
             return
         trials += 1
         if ok(kept - set(group)):
             kept.difference_update(group)
-        elif len(group) > 1 and not (whole_column and len(group) > 4):
+        elif len(group) > 1 and not (whole and len(group) > 4):
             half = len(group) // 2
             settle(group[:half], False)
             settle(group[half:], False)
 
+    settle(others, False)
     for group in by_column.values():
         settle(group, True)
     return kept
+
+
+def filled(fill: Callable[[str, Sample], object]) -> Parse:
+    """A parse from a collector's ``fill(text, out)``, which adds the rows of ``text`` to a Sample."""
+    def parse(text: str) -> list[Row]:
+        out = Sample()
+        fill(text, out)
+        return out.series
+    return parse

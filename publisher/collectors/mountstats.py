@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 FLOAT64_MANTISSA = 1 << 53
 LABELS = ("export", "protocol", "mountaddr")
@@ -233,10 +234,17 @@ class Mountstats(Collector):
         # /proc/self is this process (node_exporter reads its own too): its mount namespace's NFS mounts.
         self._mountstats = self.open(f"{ctx.procfs}/self/mountstats")
         self._mountinfo = self.open(f"{ctx.procfs}/self/mountinfo")
+        self._addresses: tuple[str, ...] = ()
+        self._learned = LearnedFile(self._mountstats, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
-        mounts = parse_mountstats(self._mountstats.read())
-        addresses = mount_addresses(self._mountinfo.read())
+        # The rows' labels take each mount's address from mountinfo: a learned program serves those addresses.
+        self._addresses = addresses = tuple(mount_addresses(self._mountinfo.read()))
+        out.series += self._learned.rows(addresses)
+
+    def _fill(self, text: str, out: Sample) -> None:
+        mounts = parse_mountstats(text)
+        addresses = self._addresses
         seen = set()
         series = []
         for index, mount in enumerate(mounts):

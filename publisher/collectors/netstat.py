@@ -6,9 +6,11 @@ Untyped, as node_exporter has them; HELP is ``Statistic <Protocol><Name>.``.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, register, untyped
+from shm_metrics.publisher.collectors.learned import LearnedFile
 
 FIELDS = re.compile(  # --collector.netstat.fields' default
     r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|"
@@ -65,18 +67,29 @@ class Netstat(Collector):
                 self._six.append((n, protocol + field, fam))
                 families.append(fam)
         self.families = tuple(families)
+        self._learned = [LearnedFile(pf, partial(self._table_rows, wanted))
+                         for pf, wanted in zip(self._netstat, self._columns)]
+        self._learned.append(LearnedFile(self._snmp6, self._snmp6_rows))
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for pf, wanted in zip(self._netstat, self._columns):
-            lines = pf.read().splitlines()
-            split: dict[int, list[str]] = {}
-            for line_no, col, fam in wanted:
-                values = split.get(line_no)
-                if values is None:
-                    values = split[line_no] = lines[line_no].split(" ")
-                add(fam, (), float(values[col]))
-        lines = self._snmp6.read().splitlines()
+        for learned in self._learned:
+            out.series += learned.rows()
+
+    @staticmethod
+    def _table_rows(wanted: list[tuple[int, int, FamilyInfo]], text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+        """netstat and snmp: a line of names, then a line of values, per protocol."""
+        lines = text.splitlines()
+        rows = []
+        split: dict[int, list[str]] = {}
+        for line_no, col, fam in wanted:
+            values = split.get(line_no)
+            if values is None:
+                values = split[line_no] = lines[line_no].split(" ")
+            rows.append((fam, (), float(values[col])))
+        return rows
+
+    def _snmp6_rows(self, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+        lines = text.splitlines()
         try:
             found = [(fam, parts) for n, key, fam in self._six if (parts := lines[n].split()) and parts[0] == key]
         except IndexError:
@@ -84,5 +97,4 @@ class Netstat(Collector):
         if len(found) != len(self._six):  # lines moved (never seen): look each key up
             by_key = {key: fam for _, key, fam in self._six}
             found = [(by_key[parts[0]], parts) for parts in map(str.split, lines) if parts and parts[0] in by_key]
-        for fam, parts in found:
-            add(fam, (), float(parts[1]))
+        return [(fam, (), float(parts[1])) for fam, parts in found]

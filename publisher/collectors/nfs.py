@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 PACKETS = counter("node_nfs_packets_total", "Total NFSd network packets (sent+received) by protocol type.",
                   "protocol")
@@ -67,12 +68,16 @@ class Nfs(Collector):
             self._file = self.open(f"{ctx.procfs}/net/rpc/nfs")
         except FileNotFoundError as error:
             raise LookupError("no NFS client statistics (nfs module not loaded)") from error
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
         network, rpc = [0, 0, 0, 0], [0, 0, 0]
         procedures = {"2": [0] * len(V2_PROCEDURES), "3": [0] * len(V3_PROCEDURES),
                       "4": [0] * len(V4_CLIENT_PROCEDURES)}
-        for line in self._file.read().splitlines():
+        for line in text.splitlines():
             key, *fields = line.split()
             if not fields:
                 raise ValueError(f"invalid NFS metric line {line!r}")

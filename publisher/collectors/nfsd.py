@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 from shm_metrics.publisher.collectors.nfs import V2_PROCEDURES, V3_PROCEDURES, procedure_counts
 
 REPLY_CACHE_HITS = counter("node_nfsd_reply_cache_hits_total",
@@ -58,12 +59,16 @@ class Nfsd(Collector):
             self._file = self.open(f"{ctx.procfs}/net/rpc/nfsd")
         except FileNotFoundError as error:
             raise LookupError("no NFS server statistics (nfsd module not loaded)") from error
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
         lines = {key: [0] * length for key, length in _LENGTHS.items()}
         v2, v3 = [0] * len(V2_PROCEDURES), [0] * len(V3_PROCEDURES)
         v4 = [0] * len(V4_OPERATIONS)
-        for line in self._file.read().splitlines():
+        for line in text.splitlines():
             key, *fields = line.split()
             if not fields:
                 raise ValueError(f"invalid NFSd metric line {line!r}")

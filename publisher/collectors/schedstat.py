@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 RUNNING = counter("node_schedstat_running_seconds_total", "Number of seconds CPU spent running a process.", "cpu")
 WAITING = counter("node_schedstat_waiting_seconds_total",
@@ -29,9 +30,13 @@ class Schedstat(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/schedstat")
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
-        for line in self._file.read().splitlines():
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
+        for line in text.splitlines():
             match = _CPU_LINE.search(line)
             if match is None:
                 continue

@@ -8,9 +8,11 @@ protocols and fields this kernel prints, declared when the collector starts.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedFile
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _FIELDS = ("inuse", "orphan", "tw", "alloc", "mem", "memory")
@@ -58,6 +60,7 @@ class Sockstat(Collector):
             self._by_key[(protocol, field)] = USED if protocol == "sockets" else gauge(
                 f"node_sockstat_{protocol}_{field}", f"Number of {protocol} sockets in state {field}.")
         self.families = tuple(self._by_key.values())
+        self._learned = [LearnedFile(pf, partial(self._rows, v4)) for pf, v4 in self._files]
 
     def _read(self) -> list[tuple[str, str, int]]:
         out = []
@@ -66,8 +69,10 @@ class Sockstat(Collector):
         return out
 
     def collect(self, out: Sample) -> None:
+        for learned in self._learned:
+            out.series += learned.rows()
+
+    def _rows(self, v4: bool, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
         by_key = self._by_key
-        for protocol, field, value in self._read():
-            family = by_key.get((protocol, field))
-            if family is not None:
-                out.add(family, (), value)
+        return [(family, (), value) for protocol, field, value in _values(text, v4)
+                if (family := by_key.get((protocol, field))) is not None]

@@ -6,6 +6,7 @@ import re
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, register, untyped
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 FIELDS = re.compile(r"^(oom_kill|pgpg|pswp|pg.*fault).*")  # --collector.vmstat.fields' default
 
@@ -29,9 +30,13 @@ class Vmstat(Collector):
                 self._wanted.append((n, key + " ", untyped(f"node_vmstat_{key}",
                                                             f"/proc/vmstat information field {key}.")))
         self.families = tuple(fam for _, _, fam in self._wanted)
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
-        lines = self._file.read().splitlines()
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
+        lines = text.splitlines()
         try:
             found = [(fam, lines[n]) for n, prefix, fam in self._wanted if lines[n].startswith(prefix)]
         except IndexError:
