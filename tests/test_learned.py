@@ -125,7 +125,7 @@ def untimed(rows: list) -> list:
 
 
 LEARNING = ["zoneinfo", "meminfo_numa", "mountstats", "nfs", "nfsd", "interrupts", "schedstat", "vmstat",
-            "sockstat", "netstat"]
+            "sockstat", "netstat", "zfs"]
 
 
 def test_on_the_fixture_tree_the_programs_give_the_parsers_rows_whatever_the_numbers(tmp_path):

@@ -186,7 +186,7 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
             (row[0], row[1]) == key for row, key in zip(got, keys))
 
     marker_a = lambda k: b"%d" % (MARK + 2 * k)  # noqa: E731
-    kept = _structural(raw, spans, columns, rows, lambda keep: same_keys(copy(marker_a, keep)))
+    kept = _structural(raw, spans, columns, lambda keep: same_keys(copy(marker_a, keep)))
     a = copy(marker_a, kept)
     b = copy(lambda k: b"%d" % (MARK + 2 * k + 1), kept)
     zero = copy(lambda k: b"0", kept)
@@ -227,42 +227,44 @@ def _source(copies: tuple[float, float, float, float], real: float, values: arra
     return None
 
 
-def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], rows: list[Row],
-                ok: Callable[[set[int]], bool]) -> set[int]:
+def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], ok: Callable[[set[int]], bool],
+                ) -> set[int]:
     """The numbers the rows' families or labels depend on (kept as they are in the copies).
 
-    Found by freeing groups of numbers while the copies keep the rows (group testing): the numbers whose
-    text appears in no label as one group, halved down to the structural ones (the count of procedures
-    that heads an NFS line); the others a column at a time (the node number of every line of a NUMA
-    node's meminfo is one column), a long column the rows depend on kept whole.  Past ``MAX_TRIALS`` parses
-    what is left is kept: a number kept that is a value only makes the program stand down when it changes."""
+    Found by freeing groups of numbers while the copies keep the rows (group testing), a column at a time
+    (the token's place in its line): a column is freed whole, or, when its first two numbers are each
+    structural (the node number of every line of a NUMA node's meminfo, the type of every zfs kstat), kept
+    whole, or else halved down to its structural numbers (the procedure counts heading NFS lines).  Past
+    ``MAX_TRIALS`` parses what is left is kept: a number kept that is a value only makes the program stand
+    down when it changes."""
     if ok(set()):
         return set()
-    labels = "\0".join(value for row in rows for value in row[1]).encode("utf-8", "replace")
-    others, by_column = [], {}
-    for k, (start, end) in enumerate(spans):
-        if raw[start:end] in labels:
-            by_column.setdefault(columns[k], []).append(k)
-        else:
-            others.append(k)
+    by_column: dict[int, list[int]] = {}
+    for k, column in enumerate(columns):
+        by_column.setdefault(column, []).append(k)
     kept = set(range(len(spans)))
     trials = 0
 
-    def settle(group: list[int], whole: bool) -> None:
+    def frees(group: list[int]) -> bool:
         nonlocal trials
-        if not group or trials >= MAX_TRIALS:
-            return
         trials += 1
         if ok(kept - set(group)):
             kept.difference_update(group)
-        elif len(group) > 1 and not (whole and len(group) > 4):
-            half = len(group) // 2
-            settle(group[:half], False)
-            settle(group[half:], False)
+            return True
+        return False
 
-    settle(others, False)
+    def settle(group: list[int]) -> None:
+        if trials < MAX_TRIALS and not frees(group) and len(group) > 1:
+            half = len(group) // 2
+            settle(group[:half])
+            settle(group[half:])
+
     for group in by_column.values():
-        settle(group, True)
+        if trials >= MAX_TRIALS or frees(group) or len(group) == 1:
+            continue
+        if len(group) > 4 and not frees(group[:1]) and not frees(group[1:2]):
+            continue  # a structural column
+        settle([k for k in group if k in kept])
     return kept
 
 

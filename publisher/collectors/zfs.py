@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedFile
 
 # node_exporter's subsystem name -> the kstat file it reads.
 SUBSYSTEM_FILES = {
@@ -112,6 +114,8 @@ class Zfs(Collector):
                     self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
                                  "zpool", "dataset")
         self.declare(POOL_STATE)
+        self._learned = [LearnedFile(pf, partial(self._subsystem_rows, subsystem))
+                         for subsystem, _, pf in self._subsystems]
 
     def _pools(self) -> list[tuple[str, list[str]]]:
         """(pool directory, its entries) for each pool now: one listing each, where three globs over the
@@ -132,19 +136,24 @@ class Zfs(Collector):
             family = self._families[name] = self.declare(untyped(name, help_, *labels))
         return family
 
+    def _subsystem_rows(self, subsystem: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+        families = self._families
+        by_stat = self._by_stat.setdefault(subsystem, {})  # stat -> its family (None: not one of ours)
+        rows = []
+        for stat, kind, data in kstat_values(text):
+            if kind != KSTAT_UINT64:
+                continue
+            family = by_stat.get(stat, False)
+            if family is False:  # a statistic not seen yet: its name made once, not at every sample
+                family = by_stat[stat] = families.get(f"node_{subsystem}_{_metric_name(stat)}")
+            if family is not None:
+                rows.append((family, (), int(data)))
+        return rows
+
     def collect(self, out: Sample) -> None:
         families = self._families
-        add = out.series.append  # Sample.add's tuple, without a call per statistic
-        for subsystem, _, pf in self._subsystems:
-            by_stat = self._by_stat.setdefault(subsystem, {})  # stat -> its family (None: not one of ours)
-            for stat, kind, data in kstat_values(pf.read()):
-                if kind != KSTAT_UINT64:
-                    continue
-                family = by_stat.get(stat, False)
-                if family is False:  # a statistic not seen yet: its name made once, not at every sample
-                    family = by_stat[stat] = families.get(f"node_{subsystem}_{_metric_name(stat)}")
-                if family is not None:
-                    add((family, (), int(data)))
+        for learned in self._learned:
+            out.series += learned.rows()
         pool_series = []
         pools = self._pools()
         for path in _files(pools, "io"):
