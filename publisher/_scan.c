@@ -8,7 +8,8 @@
  * places while it does not.
  *
  * numbers(fd, out, text=False) -> (count, signature, file bytes or None)
- *     Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
+ *     fd: a descriptor, or a tuple of them (a group of files, read as one text with "\n\x1f\n" between them:
+ *     a word that keeps each file's numbers in their places).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
  *     page at a time) and splits it into tokens at blanks, tabs, newlines and colons.  A token that is a
  *     decimal number ([-]digits[.digits]) is stored as a double into out (a writable buffer of doubles,
  *     e.g. array('d')) in file order; every other token is a word.  count is how many numbers the file has
@@ -148,41 +149,36 @@ static int parse_number(const char *p, const char *end, double *out) {
     return 1;
 }
 
-/* The whole file into stack (size cap) when it fits, else into a heap buffer (*buf != stack: free it). */
-static int read_all(int fd, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t *len) {
-    Py_ssize_t n = 0;
-    char *b = stack;
+/* The whole file behind fd, appended at (*buf)[*len..]: *buf starts as stack (size *cap) and moves to the heap
+ * when it outgrows it (*buf != stack: free it).  On error the heap buffer is freed and *buf reset to stack. */
+static int read_append(int fd, char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t *len) {
+    Py_ssize_t start = *len, n = *len;
+    char *b = *buf;
     for (;;) {
-        if (n == cap) {
-            if (cap >= MAX_FILE) {
-                if (b != stack)
-                    PyMem_RawFree(b);
+        if (n == *cap) {
+            if (*cap >= MAX_FILE) {
                 PyErr_SetString(PyExc_ValueError, "file larger than 16 MiB");
-                return -1;
+                goto fail;
             }
-            char *bigger = b == stack ? PyMem_RawMalloc((size_t)cap * 2) : PyMem_RawRealloc(b, (size_t)cap * 2);
+            char *bigger = b == stack ? PyMem_RawMalloc((size_t)*cap * 2) : PyMem_RawRealloc(b, (size_t)*cap * 2);
             if (bigger == NULL) {
-                if (b != stack)
-                    PyMem_RawFree(b);
                 PyErr_NoMemory();
-                return -1;
+                goto fail;
             }
             if (b == stack)
                 memcpy(bigger, stack, (size_t)n);
             b = bigger;
-            cap *= 2;
+            *cap *= 2;
         }
         ssize_t got;
         Py_BEGIN_ALLOW_THREADS
-        got = pread(fd, b + n, (size_t)(cap - n), (off_t)n);
+        got = pread(fd, b + n, (size_t)(*cap - n), (off_t)(n - start));
         Py_END_ALLOW_THREADS
         if (got < 0) {
             if (errno == EINTR)
                 continue;
-            if (b != stack)
-                PyMem_RawFree(b);
             PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
+            goto fail;
         }
         if (got == 0)
             break;
@@ -191,6 +187,74 @@ static int read_all(int fd, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t 
     *buf = b;
     *len = n;
     return 0;
+fail:
+    if (b != stack)
+        PyMem_RawFree(b);
+    *buf = stack;
+    return -1;
+}
+
+static int as_fd(PyObject *o) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a descriptor");
+        return -1;
+    }
+    return (int)v;
+}
+
+/* Between the files of a group: a word of its own, so that each file's numbers keep their places. */
+#define GROUP_SEPARATOR "\n\x1f\n"
+
+/* The whole file into stack (size cap) when it fits, else into a heap buffer (*buf != stack: free it).
+ * ``fds`` is one descriptor (an int) or a tuple of them: a group, read as one text, GROUP_SEPARATOR between. */
+static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t *len) {
+    *buf = stack;
+    *len = 0;
+    if (PyLong_Check(fds)) {
+        int fd = as_fd(fds);
+        if (fd == -1)
+            return -1;
+        return read_append(fd, stack, buf, &cap, len);
+    }
+    if (!PyTuple_Check(fds)) {
+        PyErr_SetString(PyExc_TypeError, "a descriptor or a tuple of descriptors");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fds); i++) {
+        int fd = as_fd(PyTuple_GET_ITEM(fds, i));
+        if (fd == -1)
+            goto fail;
+        if (i > 0) { /* the separator, through the same growth as a file's bytes */
+            if (*len + 3 > cap) {
+                if (cap >= MAX_FILE) {
+                    PyErr_SetString(PyExc_ValueError, "files larger than 16 MiB");
+                    goto fail;
+                }
+                char *bigger = *buf == stack ? PyMem_RawMalloc((size_t)cap * 2) : PyMem_RawRealloc(*buf, (size_t)cap * 2);
+                if (bigger == NULL) {
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                if (*buf == stack)
+                    memcpy(bigger, stack, (size_t)*len);
+                *buf = bigger;
+                cap *= 2;
+            }
+            memcpy(*buf + *len, GROUP_SEPARATOR, 3);
+            *len += 3;
+        }
+        if (read_append(fd, stack, buf, &cap, len) < 0)
+            return -1; /* (read_append freed the buffer) */
+    }
+    return 0;
+fail:
+    if (*buf != stack)
+        PyMem_RawFree(*buf);
+    *buf = stack;
+    return -1;
 }
 
 /* Splits buf into numbers (stored into dst while there is room) and words; returns the count, sets *sig. */
@@ -230,9 +294,10 @@ static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_s
 }
 
 static PyObject *numbers(PyObject *self, PyObject *args) {
-    int fd, text = 0;
+    PyObject *fd;
+    int text = 0;
     Py_buffer out;
-    if (!PyArg_ParseTuple(args, "iw*|p:numbers", &fd, &out, &text))
+    if (!PyArg_ParseTuple(args, "Ow*|p:numbers", &fd, &out, &text))
         return NULL;
     char stack[STACK_BYTES], *buf;
     Py_ssize_t len;
@@ -297,12 +362,12 @@ done_nofactors:
 }
 
 static PyObject *values(PyObject *self, PyObject *args) {
-    int fd;
+    PyObject *fd;
     Py_buffer work, index, factors;
     unsigned long long expected;
     Py_ssize_t expected_count;
     double limit = HUGE_VAL;
-    if (!PyArg_ParseTuple(args, "iw*Kny*y*|d:values", &fd, &work, &expected, &expected_count, &index, &factors,
+    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|d:values", &fd, &work, &expected, &expected_count, &index, &factors,
                           &limit))
         return NULL;
     PyObject *result = NULL;
@@ -386,7 +451,7 @@ static int count_digit_names(const char *path, double *out) {
 /* Reads one source; 1 when it kept its structure, 0 when not, -1 with an exception set. */
 static int read_source(PyObject *spec, Source *src) {
     if (src->kind == SRC_FILE) {
-        int fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(spec, 1));
+        PyObject *fd = PyTuple_GET_ITEM(spec, 1);
         unsigned long long expected = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(spec, 3));
         Py_ssize_t expected_count = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 4));
         if (PyErr_Occurred())

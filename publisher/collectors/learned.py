@@ -108,7 +108,9 @@ class _Program:
 
 
 class LearnedFile:
-    """A kept-open file and the parse that makes its rows, learned as a program (see the module)."""
+    """A kept-open file and the parse that makes its rows, learned as a program (see the module).
+
+    A read error propagates (the collector fails, as with its own reads)."""
 
     def __init__(self, file: ProcFile, parse: Parse):
         self.file = file
@@ -126,34 +128,93 @@ class LearnedFile:
         a program serves only the context it was learned in."""
         program = self.program
         if program is not None:
-            rows = program.rows(self.numbers) if program.context == context else None
-            if rows is ASIDE:
-                return self.parse(self.file.read())
+            rows = self._served(program, context)
             if rows is not None:
                 return rows
-            self.program = None
-            # A program that served a while: try again at once; one that died young: wait longer each time.
-            self._backoff = 0 if program.uses >= 8 else min(2 * self._backoff + 1, 255)
-            self._wait = self._backoff
-        text, raw, shape = numbers.read_text(self.file, self.numbers)
-        rows = self.parse(text)
-        if raw is not None:
-            if self._wait:
-                self._wait -= 1
+        if self.numbers is None:
+            return self._parse_now()
+        count, signature, raw = self.numbers.read(text=True)
+        rows = self.parse_raw(raw)
+        if self._wait:
+            self._wait -= 1
+        else:
+            self.program = learn(raw, numbers.Shape(signature, count), self.numbers.values, rows, self.parse_raw,
+                                 context)
+            if self.program is None:
+                self._backoff = min(2 * self._backoff + 1, 255)
+                self._wait = self._backoff
             else:
-                self.program = learn(raw, shape, self.numbers.values, rows, self.parse, context)
-                if self.program is None:
-                    self._backoff = min(2 * self._backoff + 1, 255)
-                    self._wait = self._backoff
-                else:
-                    self.learned += 1
+                self.learned += 1
         return rows
 
+    def _served(self, program: _Program, context: object) -> list[Row] | None:
+        """The program's rows, the parse's when the program stands aside for this read, or None when the
+        program no longer holds (dropped)."""
+        try:
+            rows = program.rows(self.numbers) if program.context == context else None
+        except OSError:
+            rows = None  # (the parse reads again, and says what failed)
+        if rows is ASIDE:
+            return self._parse_now()
+        if rows is not None:
+            return rows
+        self.program = None
+        # A program that served a while: try again at once; one that died young: wait longer each time.
+        self._backoff = 0 if program.uses >= 8 else min(2 * self._backoff + 1, 255)
+        self._wait = self._backoff
+        return None
 
-def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Parse,
+    def parse_raw(self, raw: bytes) -> list[Row]:
+        """The rows of the bytes a read of the file gave (what ``learn`` parses)."""
+        return self.parse(raw.decode("utf-8", "replace"))
+
+    def _parse_now(self) -> list[Row]:
+        """A read and the parse, without a program (none made from it)."""
+        return self.parse(self.file.read())
+
+
+GROUP_SEPARATOR = b"\n\x1f\n"  # _scan.c's, between the files of a group
+
+
+class LearnedGroup(LearnedFile):
+    """Several kept-open files (an interface's attributes, a chip's sensors) whose one parse makes their rows,
+    learned as one program over their numbers: one C call reads them all.
+
+    ``parse`` gets each file's text, None for a file that cannot be read now (the attribute a driver does not
+    report: EINVAL); a program is learned only from reads where every file could be read."""
+
+    def __init__(self, files: Sequence[ProcFile], parse: Callable[[list[str | None]], list[Row]]):
+        super().__init__(files[0], parse)  # type: ignore[arg-type]
+        self.files = tuple(files)
+        if self.numbers is not None:
+            self.numbers.fd = tuple(f.fd for f in files)
+
+    def rows(self, context: object = None) -> list[Row]:
+        try:
+            return super().rows(context)
+        except OSError:  # one of them could not be read: each file on its own
+            return self._parse_now()
+
+    def parse_raw(self, raw: bytes) -> list[Row]:
+        parts = raw.split(GROUP_SEPARATOR)
+        if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
+            raise ValueError("a group's files do not split as they were read")
+        return self.parse([part.decode("utf-8", "replace") for part in parts])
+
+    def _parse_now(self) -> list[Row]:
+        texts: list[str | None] = []
+        for file in self.files:
+            try:
+                texts.append(file.read())
+            except OSError:
+                texts.append(None)
+        return self.parse(texts)
+
+
+def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Callable[[bytes], list[Row]],
           context: object = None) -> _Program | None:
-    """A program giving ``rows`` (what ``parse`` made of ``raw``, whose numbers ``values`` holds) from the
-    numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
+    """A program giving ``rows`` (what ``parse`` made of the bytes ``raw``, whose numbers ``values`` holds)
+    from the numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
     spans, columns = [], []  # each number's bytes, and its token's place in its line
     line_start, column = 0, 0
     for m in _TOKEN.finditer(raw):
@@ -177,7 +238,7 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
                 last = end
         parts.append(raw[last:])
         try:
-            return parse(b"".join(parts).decode("utf-8", "replace"))
+            return parse(b"".join(parts))
         except Exception:  # noqa: BLE001 - any failure of the parse on a copy only means: no program
             return None
 

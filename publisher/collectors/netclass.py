@@ -14,7 +14,9 @@ import os
 import re
 import time
 
+from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
+from shm_metrics.publisher.collectors.learned import LearnedGroup
 
 PROPERTIES_REFRESH_SECONDS = 30.0
 
@@ -59,29 +61,30 @@ def _number(text: str | bytes | None) -> int | None:
         return None
 
 
-class _Interface:
-    """One interface's kept-open dynamic attributes and its cached properties."""
+_DYNAMIC = ("operstate", *(a for _, a, dynamic in _NUMERIC if dynamic))
 
-    def __init__(self, path: str):
+
+class _Interface:
+    """One interface's kept-open dynamic attributes (read as one group: collectors/learned.py) and its cached
+    properties."""
+
+    def __init__(self, name: str, path: str, ignore_invalid_speed: bool):
+        self.name = name
         self.path = path
-        self.files: dict[str, ProcFile | None] = {}
-        for attr in ("operstate", *(a for _, a, dynamic in _NUMERIC if dynamic)):
+        self.ignore_invalid_speed = ignore_invalid_speed
+        files = []
+        self.present: tuple[str, ...] = ()  # the dynamic attributes this interface has, in the group's order
+        for attr in _DYNAMIC:
             try:
-                self.files[attr] = ProcFile(f"{path}/{attr}")
+                files.append(ProcFile(f"{path}/{attr}"))
+                self.present += (attr,)
             except OSError:
-                self.files[attr] = None
+                pass
+        self.group = LearnedGroup(files, self._rows) if files else None
+        self.deleted = False
         self.refreshed = -1e18
         self.strings: dict[str, str] = {}
         self.numbers: dict[str, int | None] = {}
-
-    def read(self, attr: str) -> str | None:
-        pf = self.files.get(attr)
-        if pf is None:
-            return None
-        try:
-            return pf.read().strip()
-        except OSError:  # EINVAL: the driver has no value now
-            return None
 
     def refresh(self, now: float) -> None:
         if now - self.refreshed < PROPERTIES_REFRESH_SECONDS:
@@ -90,9 +93,39 @@ class _Interface:
         self.strings = {a: (read_once(f"{self.path}/{a}") or "").strip() for a in _STRINGS}
         self.numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
 
+    def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """This interface's series now (its properties as last refreshed: the group's context)."""
+        if self.group is None:
+            return self._rows([])
+        return self.group.rows(self.refreshed)
+
+    def _rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """The series from the dynamic attributes' texts (None: unreadable now, as a down link's speed)."""
+        read = dict(zip(self.present, (None if t is None else t.strip() for t in texts)))
+        operstate = read.get("operstate")
+        if operstate is None and not os.path.lexists(self.path):
+            self.deleted = True  # deleted since the listing: no half-empty series
+            return []
+        operstate = operstate or ""
+        name = self.name
+        labels = (name,)
+        s = self.strings
+        rows = [(UP, labels, 1 if operstate == "up" else 0),
+                (INFO, (name, s["address"], s["broadcast"], s["duplex"], operstate, s["ifalias"]), 1)]
+        for family, attr, dynamic in _NUMERIC:
+            value = _number(read.get(attr)) if dynamic else self.numbers.get(attr)
+            if value is None:
+                continue
+            if attr == "speed":
+                if value < 0 and self.ignore_invalid_speed:
+                    continue
+                value = value * 1000 * 1000 // 8  # Mbit/s to bytes/s; -1 (unknown) stays negative, as there
+            rows.append((family, labels, value))
+        return rows
+
     def close(self) -> None:
-        for pf in self.files.values():
-            if pf is not None:
+        if self.group is not None:
+            for pf in self.group.files:
                 pf.close()
 
 
@@ -121,30 +154,16 @@ class Netclass(Collector):
         names = self._devices()
         for gone in [n for n in self._interfaces if n not in names]:
             self._interfaces.pop(gone).close()
-        add = out.add
         for name in names:
             iface = self._interfaces.get(name)
             if iface is None:
-                iface = self._interfaces[name] = _Interface(f"{self._root}/{name}")
-            operstate = iface.read("operstate")
-            if operstate is None and not os.path.lexists(iface.path):
-                self._interfaces.pop(name).close()  # deleted since the listing: no half-empty series
-                continue
+                iface = self._interfaces[name] = _Interface(name, f"{self._root}/{name}", self._ignore_invalid_speed)
             iface.refresh(now)
-            operstate = operstate or ""
-            labels = (name,)
-            add(UP, labels, 1 if operstate == "up" else 0)
-            s = iface.strings
-            add(INFO, (name, s["address"], s["broadcast"], s["duplex"], operstate, s["ifalias"]), 1)
-            for family, attr, dynamic in _NUMERIC:
-                value = _number(iface.read(attr)) if dynamic else iface.numbers.get(attr)
-                if value is None:
-                    continue
-                if attr == "speed":
-                    if value < 0 and self._ignore_invalid_speed:
-                        continue
-                    value = value * 1000 * 1000 // 8  # Mbit/s to bytes/s; -1 (unknown) stays negative, as there
-                add(family, labels, value)
+            rows = iface.rows()
+            if iface.deleted:
+                self._interfaces.pop(name).close()
+                continue
+            out.series += rows
 
     def close(self) -> None:
         super().close()
