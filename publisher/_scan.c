@@ -9,7 +9,7 @@
  *
  * numbers(fd, out, text=False) -> (count, signature, file bytes or None)
  *     fd: a descriptor, or a tuple of them (a group of files, read as one text with "\n\x1f\n" between them:
- *     a word that keeps each file's numbers in their places).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
+ *     a word that keeps each file's numbers in their places; "\x1e" for a file whose read fails).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
  *     page at a time) and splits it into tokens at blanks, tabs, newlines and colons.  A token that is a
  *     decimal number ([-]digits[.digits]) is stored as a double into out (a writable buffer of doubles,
  *     e.g. array('d')) in file order; every other token is a word.  count is how many numbers the file has
@@ -149,49 +149,49 @@ static int parse_number(const char *p, const char *end, double *out) {
     return 1;
 }
 
-/* The whole file behind fd, appended at (*buf)[*len..]: *buf starts as stack (size *cap) and moves to the heap
- * when it outgrows it (*buf != stack: free it).  On error the heap buffer is freed and *buf reset to stack. */
+/* Room for ``more`` bytes at (*buf)[*len..]: *buf starts as stack and moves to the heap when it outgrows it. */
+static int reserve(char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t len, Py_ssize_t more) {
+    while (len + more > *cap) {
+        if (*cap >= MAX_FILE) {
+            PyErr_SetString(PyExc_ValueError, "file larger than 16 MiB");
+            return -1;
+        }
+        char *bigger = *buf == stack ? PyMem_RawMalloc((size_t)*cap * 2) : PyMem_RawRealloc(*buf, (size_t)*cap * 2);
+        if (bigger == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (*buf == stack)
+            memcpy(bigger, stack, (size_t)len);
+        *buf = bigger;
+        *cap *= 2;
+    }
+    return 0;
+}
+
+/* The whole file behind fd, appended at (*buf)[*len..] (see reserve).  On error *len is unchanged and *buf
+ * still valid: the caller frees it. */
 static int read_append(int fd, char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t *len) {
     Py_ssize_t start = *len, n = *len;
-    char *b = *buf;
     for (;;) {
-        if (n == *cap) {
-            if (*cap >= MAX_FILE) {
-                PyErr_SetString(PyExc_ValueError, "file larger than 16 MiB");
-                goto fail;
-            }
-            char *bigger = b == stack ? PyMem_RawMalloc((size_t)*cap * 2) : PyMem_RawRealloc(b, (size_t)*cap * 2);
-            if (bigger == NULL) {
-                PyErr_NoMemory();
-                goto fail;
-            }
-            if (b == stack)
-                memcpy(bigger, stack, (size_t)n);
-            b = bigger;
-            *cap *= 2;
-        }
+        if (n == *cap && reserve(stack, buf, cap, n, 1) < 0)
+            return -1;
         ssize_t got;
         Py_BEGIN_ALLOW_THREADS
-        got = pread(fd, b + n, (size_t)(*cap - n), (off_t)(n - start));
+        got = pread(fd, *buf + n, (size_t)(*cap - n), (off_t)(n - start));
         Py_END_ALLOW_THREADS
         if (got < 0) {
             if (errno == EINTR)
                 continue;
             PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
+            return -1;
         }
         if (got == 0)
             break;
         n += got;
     }
-    *buf = b;
     *len = n;
     return 0;
-fail:
-    if (b != stack)
-        PyMem_RawFree(b);
-    *buf = stack;
-    return -1;
 }
 
 static int as_fd(PyObject *o) {
@@ -207,17 +207,21 @@ static int as_fd(PyObject *o) {
 
 /* Between the files of a group: a word of its own, so that each file's numbers keep their places. */
 #define GROUP_SEPARATOR "\n\x1f\n"
+/* In place of a file of a group that cannot be read now (a down link's carrier: EINVAL): a word, so the read
+ * has another shape than one where the file has a value. */
+#define GROUP_UNREADABLE "\x1e"
 
 /* The whole file into stack (size cap) when it fits, else into a heap buffer (*buf != stack: free it).
- * ``fds`` is one descriptor (an int) or a tuple of them: a group, read as one text, GROUP_SEPARATOR between. */
+ * ``fds`` is one descriptor (an int) or a tuple of them: a group, read as one text, GROUP_SEPARATOR between,
+ * GROUP_UNREADABLE for a file whose read fails. */
 static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t *len) {
     *buf = stack;
     *len = 0;
     if (PyLong_Check(fds)) {
         int fd = as_fd(fds);
-        if (fd == -1)
-            return -1;
-        return read_append(fd, stack, buf, &cap, len);
+        if (fd == -1 || read_append(fd, stack, buf, &cap, len) < 0)
+            goto fail;
+        return 0;
     }
     if (!PyTuple_Check(fds)) {
         PyErr_SetString(PyExc_TypeError, "a descriptor or a tuple of descriptors");
@@ -227,27 +231,18 @@ static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_s
         int fd = as_fd(PyTuple_GET_ITEM(fds, i));
         if (fd == -1)
             goto fail;
-        if (i > 0) { /* the separator, through the same growth as a file's bytes */
-            if (*len + 3 > cap) {
-                if (cap >= MAX_FILE) {
-                    PyErr_SetString(PyExc_ValueError, "files larger than 16 MiB");
-                    goto fail;
-                }
-                char *bigger = *buf == stack ? PyMem_RawMalloc((size_t)cap * 2) : PyMem_RawRealloc(*buf, (size_t)cap * 2);
-                if (bigger == NULL) {
-                    PyErr_NoMemory();
-                    goto fail;
-                }
-                if (*buf == stack)
-                    memcpy(bigger, stack, (size_t)*len);
-                *buf = bigger;
-                cap *= 2;
-            }
+        if (i > 0) {
+            if (reserve(stack, buf, &cap, *len, 3) < 0)
+                goto fail;
             memcpy(*buf + *len, GROUP_SEPARATOR, 3);
             *len += 3;
         }
-        if (read_append(fd, stack, buf, &cap, len) < 0)
-            return -1; /* (read_append freed the buffer) */
+        if (read_append(fd, stack, buf, &cap, len) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError) || reserve(stack, buf, &cap, *len, 1) < 0)
+                goto fail;
+            PyErr_Clear();
+            (*buf)[(*len)++] = GROUP_UNREADABLE[0];
+        }
     }
     return 0;
 fail:

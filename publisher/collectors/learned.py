@@ -174,6 +174,7 @@ class LearnedFile:
 
 
 GROUP_SEPARATOR = b"\n\x1f\n"  # _scan.c's, between the files of a group
+GROUP_UNREADABLE = b"\x1e"  # _scan.c's, for a file of a group that cannot be read now
 
 
 class LearnedGroup(LearnedFile):
@@ -181,7 +182,8 @@ class LearnedGroup(LearnedFile):
     learned as one program over their numbers: one C call reads them all.
 
     ``parse`` gets each file's text, None for a file that cannot be read now (the attribute a driver does not
-    report: EINVAL); a program is learned only from reads where every file could be read."""
+    report: EINVAL).  Such a file is a word of the group's text: a program learned while it fails serves
+    while it fails, and stands down when it has a value again (another shape)."""
 
     def __init__(self, files: Sequence[ProcFile], parse: Callable[[list[str | None]], list[Row]]):
         super().__init__(files[0], parse)  # type: ignore[arg-type]
@@ -199,7 +201,7 @@ class LearnedGroup(LearnedFile):
         parts = raw.split(GROUP_SEPARATOR)
         if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
             raise ValueError("a group's files do not split as they were read")
-        return self.parse([part.decode("utf-8", "replace") for part in parts])
+        return self.parse([None if part == GROUP_UNREADABLE else part.decode("utf-8", "replace") for part in parts])
 
     def _parse_now(self) -> list[Row]:
         texts: list[str | None] = []
