@@ -110,6 +110,10 @@ def test_a_group_of_files_is_one_program_and_a_file_it_cannot_read_is_none_to_th
         assert broken.program is not None and broken.program.uses == 2  # a program while it fails
         (tmp_path / "state").write_text("state up\n")
         assert broken.rows() == group_parse(["state up\n", None])
+        asking = LearnedGroup(broken.files, group_parse, learn_unreadable=False)  # the parse sees every failure
+        for _ in range(3):
+            assert asking.rows() == group_parse(["state up\n", None])
+        assert asking.program is None
     finally:
         for pf in (*group.files, *broken.files):
             pf.close()
@@ -152,7 +156,8 @@ def _learned_files(sampler: Sampler) -> list[LearnedFile]:
             walk(value.current(), depth + 1)
         elif depth < 4 and isinstance(value, dict):
             walk(list(value.values()), depth + 1)
-        elif depth < 4 and type(value).__module__.startswith("shm_metrics.publisher.collectors."):
+        elif (depth < 4 and type(value).__module__.startswith("shm_metrics.publisher.collectors.")
+              and hasattr(value, "__dict__")):
             walk(list(vars(value).values()), depth + 1)  # a collector's own objects (netclass' interfaces)
     for c in sampler.collectors:
         for value in vars(c).values():
@@ -219,3 +224,12 @@ def test_an_interfaces_attributes_learned_as_a_group_give_netclass_rows_whatever
         return [(iface / attr).resolve() for iface in (tree / "sys" / "class" / "net").iterdir()
                 for attr in netclass._DYNAMIC if (iface / attr).exists()]
     _compare_on_fixture(tmp_path, ["netclass"], dynamic)
+
+
+def test_a_chips_readings_learned_as_a_group_give_hwmon_rows_whatever_their_numbers(tmp_path):
+    """Only the readings change (a chip's name and labels are read when the chip is found)."""
+    def readings(tree: Path) -> list[Path]:
+        chips = [chip.resolve() for chip in (tree / "sys" / "class" / "hwmon").iterdir()]
+        return [path for chip in chips for path in chip.rglob("*") if path.is_file()
+                and path.name != "name" and not path.name.endswith("_label")]
+    _compare_on_fixture(tmp_path, ["hwmon"], readings)

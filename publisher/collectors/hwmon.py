@@ -20,7 +20,8 @@ import re
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
-from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_float, go_text, sys_read_raw
+from shm_metrics.publisher.collectors.learned import LearnedGroup
+from shm_metrics.publisher.collectors.sysfs_util import go_float, go_text, sys_read_raw
 
 _INVALID_CHARS = re.compile(r"[^a-z0-9:_]")
 _FILENAME = re.compile(r"^([^0-9]+)([0-9]*)?(_(.+))?$")
@@ -166,6 +167,7 @@ class Hwmon(Collector):
         self._rows: list | None = None  # the chips the flattened lists below were built from
         self._constant: list[tuple[FamilyInfo, tuple[str, ...], float]] = []
         self._readings: list[tuple[str, FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
+        self._group: LearnedGroup | None = None
         # No hwmon class: not available, as there.
         self._chips = self.devices(os.path.join(ctx.sysfs, "class", "hwmon"), self._chip)
 
@@ -222,24 +224,29 @@ class Hwmon(Collector):
                     seen.add((family.name, labels))
                     self._readings.append((entry, family, labels, pf, factor, is_beep))
         self._rows = rows
+        # Every reading in one C call, learned as one program (collectors/learned.py); none while a reading
+        # fails, so that each failure asks whether its chip went away.
+        self._group = (LearnedGroup([pf for _, _, _, pf, _, _ in self._readings], self._reading_rows,
+                                    learn_unreadable=False) if self._readings else None)
 
     def collect(self, out: Sample) -> None:
         rows = self._chips.current()
         if rows is not self._rows:
             self._flatten(rows)
-        add = out.add
-        for row in self._constant:
-            add(*row)
-        for entry, family, labels, pf, factor, is_beep in self._readings:
-            try:
-                # One read of at most 128 bytes: broken drivers return EAGAIN rather than block.
-                text = os.pread(pf.fd, SYSFS_READ_SIZE, 0).decode("utf-8", "replace").strip("\n")
-            except OSError:
+        out.series += self._group.rows() if self._group is not None else self._constant
+
+    def _reading_rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """The series of the readings' texts (None: the read failed), after the constant ones."""
+        rows = list(self._constant)
+        for (entry, family, labels, _, factor, is_beep), text in zip(self._readings, texts):
+            if text is None:
                 self._chips.gone(entry)  # unplugged or reloaded: dropped, built again if it is there
                 continue
+            text = text.strip("\n")
             if is_beep:
-                add(family, labels, 1 if text == "1" else 0)
+                rows.append((family, labels, 1 if text == "1" else 0))
                 continue
             value = go_float(text)
             if value is not None:
-                add(family, labels, value * factor if factor != 1.0 else value)
+                rows.append((family, labels, value * factor if factor != 1.0 else value))
+        return rows

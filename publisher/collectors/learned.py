@@ -135,7 +135,9 @@ class LearnedFile:
             return self._parse_now()
         count, signature, raw = self.numbers.read(text=True)
         rows = self.parse_raw(raw)
-        if self._wait:
+        if not self._may_learn(raw):
+            pass
+        elif self._wait:
             self._wait -= 1
         else:
             self.program = learn(raw, numbers.Shape(signature, count), self.numbers.values, rows, self.parse_raw,
@@ -164,6 +166,9 @@ class LearnedFile:
         self._wait = self._backoff
         return None
 
+    def _may_learn(self, raw: bytes) -> bool:
+        return True
+
     def parse_raw(self, raw: bytes) -> list[Row]:
         """The rows of the bytes a read of the file gave (what ``learn`` parses)."""
         return self.parse(raw.decode("utf-8", "replace"))
@@ -185,9 +190,13 @@ class LearnedGroup(LearnedFile):
     report: EINVAL).  Such a file is a word of the group's text: a program learned while it fails serves
     while it fails, and stands down when it has a value again (another shape)."""
 
-    def __init__(self, files: Sequence[ProcFile], parse: Callable[[list[str | None]], list[Row]]):
+    def __init__(self, files: Sequence[ProcFile], parse: Callable[[list[str | None]], list[Row]],
+                 learn_unreadable: bool = True):
+        """``learn_unreadable=False``: no program while a file cannot be read, so that the parse sees every
+        such read (hwmon asks then whether its chip went away)."""
         super().__init__(files[0], parse)  # type: ignore[arg-type]
         self.files = tuple(files)
+        self.learn_unreadable = learn_unreadable
         if self.numbers is not None:
             self.numbers.fd = tuple(f.fd for f in files)
 
@@ -196,6 +205,9 @@ class LearnedGroup(LearnedFile):
             return super().rows(context)
         except OSError:  # one of them could not be read: each file on its own
             return self._parse_now()
+
+    def _may_learn(self, raw: bytes) -> bool:
+        return self.learn_unreadable or GROUP_UNREADABLE not in raw.split(GROUP_SEPARATOR)
 
     def parse_raw(self, raw: bytes) -> list[Row]:
         parts = raw.split(GROUP_SEPARATOR)
