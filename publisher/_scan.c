@@ -9,7 +9,8 @@
  *
  * numbers(fd, out, text=False) -> (count, signature, file bytes or None)
  *     fd: a descriptor, or a tuple of them (a group of files, read as one text with "\n\x1f\n" between them:
- *     a word that keeps each file's numbers in their places; "\x1e" for a file whose read fails).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
+ *     a word that keeps each file's numbers in their places; "\x1e" for a file whose read fails; each file of
+ *     a group is read until a short read, as sysfs attributes come).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
  *     page at a time) and splits it into tokens at blanks, tabs, newlines and colons.  A token that is a
  *     decimal number ([-]digits[.digits]) is stored as a double into out (a writable buffer of doubles,
  *     e.g. array('d')) in file order; every other token is a word.  count is how many numbers the file has
@@ -170,11 +171,14 @@ static int reserve(char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t len, Py_
 }
 
 /* The whole file behind fd, appended at (*buf)[*len..] (see reserve).  On error *len is unchanged and *buf
- * still valid: the caller frees it. */
-static int read_append(int fd, char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t *len) {
+ * still valid: the caller frees it.  ``short_is_end``: a read shorter than asked is the end (a sysfs attribute
+ * comes whole in its first read: no second read, and no second call of its driver), else a read of nothing is
+ * (a /proc table comes a page at a time). */
+static int read_append(int fd, char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t *len, int short_is_end) {
     Py_ssize_t start = *len, n = *len;
     for (;;) {
-        if (n == *cap && reserve(stack, buf, cap, n, 1) < 0)
+        Py_ssize_t room = short_is_end ? 4096 : 1; /* a page: a sysfs attribute's most */
+        if (*cap - n < room && reserve(stack, buf, cap, n, room) < 0)
             return -1;
         ssize_t got;
         Py_BEGIN_ALLOW_THREADS
@@ -189,6 +193,8 @@ static int read_append(int fd, char *stack, char **buf, Py_ssize_t *cap, Py_ssiz
         if (got == 0)
             break;
         n += got;
+        if (short_is_end && got < *cap - (n - got))
+            break;
     }
     *len = n;
     return 0;
@@ -219,7 +225,7 @@ static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_s
     *len = 0;
     if (PyLong_Check(fds)) {
         int fd = as_fd(fds);
-        if (fd == -1 || read_append(fd, stack, buf, &cap, len) < 0)
+        if (fd == -1 || read_append(fd, stack, buf, &cap, len, 0) < 0)
             goto fail;
         return 0;
     }
@@ -237,7 +243,7 @@ static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_s
             memcpy(*buf + *len, GROUP_SEPARATOR, 3);
             *len += 3;
         }
-        if (read_append(fd, stack, buf, &cap, len) < 0) {
+        if (read_append(fd, stack, buf, &cap, len, 1) < 0) {
             if (!PyErr_ExceptionMatches(PyExc_OSError) || reserve(stack, buf, &cap, *len, 1) < 0)
                 goto fail;
             PyErr_Clear();

@@ -233,3 +233,21 @@ def test_a_chips_readings_learned_as_a_group_give_hwmon_rows_whatever_their_numb
         return [path for chip in chips for path in chip.rglob("*") if path.is_file()
                 and path.name != "name" and not path.name.endswith("_label")]
     _compare_on_fixture(tmp_path, ["hwmon"], readings)
+
+
+def test_a_groups_file_longer_than_a_page_is_read_whole(tmp_path):
+    """A group reads each file until a short read (a sysfs attribute comes whole): a longer one still does."""
+    long = " ".join(str(n) for n in range(3000)) + "\n"  # ~13 KiB
+    (tmp_path / "long").write_text(long)
+    (tmp_path / "short").write_text("7\n")
+    files = [ProcFile(str(tmp_path / "short")), ProcFile(str(tmp_path / "long"))]
+    try:
+        work = numbers.Numbers(files[0].fd)
+        work.fd = tuple(f.fd for f in files)
+        count, _, raw = work.read(text=True)
+        assert count == 1 + 3000
+        assert raw.split(b"\n\x1f\n") == [b"7\n", long.encode()]
+        assert list(work.values[:count]) == [7.0, *map(float, range(3000))]
+    finally:
+        for pf in files:
+            pf.close()
