@@ -13,9 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedGroup
 from shm_metrics.publisher.collectors.sysfs_util import go_int, sys_read
 
 INFO = gauge("node_infiniband_info", "Non-numeric data from /sys/class/infiniband/<device>, value is always 1.",
@@ -130,6 +132,16 @@ def parse_rate(text: str) -> int:
     return int(gbits * 125000000)
 
 
+def _files(ports: list[_Port]) -> list[ProcFile]:
+    """A device's files in the order its group reads them: each port's state, physical state, rate, counters."""
+    return [pf for port in ports for pf in (port.state, port.physical_state, port.rate, *(c[2] for c in port.counters))]
+
+
+def _text(pf: ProcFile, text: str | None) -> str:
+    """A file's text as its group read it; a file the group could not read is read again, for its error."""
+    return pf.read() if text is None else text
+
+
 class _Port:
     __slots__ = ("labels", "state", "physical_state", "rate", "counters")
 
@@ -150,7 +162,7 @@ class Infiniband(Collector):
         # No infiniband class: unavailable, as there.
         self._devices = self.devices(os.path.join(ctx.sysfs, "class", "infiniband"), self._device)
 
-    def _device(self, device: str, path: str, opener) -> tuple[tuple[str, str, str, str], list[_Port]]:
+    def _device(self, device: str, path: str, opener) -> tuple[tuple[str, str, str, str], list[_Port], LearnedGroup]:
         board, firmware = sys_read(os.path.join(path, "board_id")), sys_read(os.path.join(path, "fw_ver"))
         if board is None or firmware is None:
             raise OSError(f"{path}: no board_id or fw_ver")
@@ -160,7 +172,10 @@ class Infiniband(Collector):
             if go_int(port) is None:
                 raise ValueError(f"{path}/ports/{port}: not a port number")
             ports.append(self._open_port(device, port, os.path.join(path, "ports", port), opener))
-        return info, ports
+        # Every file of every port in one C call, learned as one program (collectors/learned.py); none while a
+        # file cannot be read, so that the parse sees each error (some are skipped, others fail the device).
+        group = LearnedGroup(_files(ports), partial(self._device_rows, info, ports), learn_unreadable=False)
+        return info, ports, group
 
     @staticmethod
     def _open_port(device: str, port: str, path: str, opener) -> _Port:
@@ -186,29 +201,31 @@ class Infiniband(Collector):
         for _, rows in self._devices.each(self._read_device):  # unplugged (SR-IOV functions come and go): skipped
             out.series += rows
 
-    def _read_device(self, device: tuple) -> list[tuple]:
-        info, ports = device
-        rows = [(INFO, info, 1)]
-        for port in ports:
-            self._read_port(port, rows)
-        return rows
+    @staticmethod
+    def _read_device(device: tuple) -> list[tuple]:
+        return device[2].rows()
 
     @staticmethod
-    def _read_port(port: _Port, rows: list[tuple]) -> None:
-        labels = port.labels
-        rows.append((STATE, labels, parse_state(port.state.read())))
-        rows.append((PHYSICAL_STATE, labels, parse_state(port.physical_state.read())))
-        rows.append((RATE, labels, parse_rate(port.rate.read())))
-        for family, factor, pf in port.counters:
-            try:
-                text = pf.read().strip()
-            except OSError as exc:
-                if exc.errno in _SKIPPED_ERRORS:
-                    continue
-                raise
-            value = go_int(text) if not text.startswith(("0x", "0X")) else int(text, 16)
-            if value is None or value < 0:
-                if "N/A (no PMA)" in text:
-                    continue
-                raise ValueError(f"{pf.path}: not a count: {text!r}")
-            rows.append((family, labels, value * factor))
+    def _device_rows(info: tuple[str, str, str, str], ports: list[_Port], texts: list[str | None]) -> list[tuple]:
+        """The device's series from its ports' files, read as one group (the order of ``_files``)."""
+        rows = [(INFO, info, 1)]
+        at = iter(zip(_files(ports), texts))
+        for port in ports:
+            labels = port.labels
+            rows.append((STATE, labels, parse_state(_text(*next(at)))))
+            rows.append((PHYSICAL_STATE, labels, parse_state(_text(*next(at)))))
+            rows.append((RATE, labels, parse_rate(_text(*next(at)))))
+            for (family, factor, _), (pf, text) in zip(port.counters, at):
+                try:
+                    text = _text(pf, text).strip()
+                except OSError as exc:
+                    if exc.errno in _SKIPPED_ERRORS:
+                        continue
+                    raise
+                value = go_int(text) if not text.startswith(("0x", "0X")) else int(text, 16)
+                if value is None or value < 0:
+                    if "N/A (no PMA)" in text:
+                        continue
+                    raise ValueError(f"{pf.path}: not a count: {text!r}")
+                rows.append((family, labels, value * factor))
+        return rows

@@ -7,13 +7,15 @@ collector with one parser per file gets the same from ``LearnedFile``, without w
 
 * the collector's parse runs on the file as read, and again on copies of it whose numbers were replaced by
   markers (every number a distinct large value, then each marker + 1, then every number 0, then every number
-  ``TELLING``, which tells x * 0.001 from x / 1000);
+  ``TELLING``, which tells x * 0.001 from x / 1000, then distinct values near 2**52);
 * a row whose value is a number of the file times a factor (one of ``FACTORS``: kB, sectors, pages, ms, ns...)
   shows which number and which factor in the markers' values; a row whose value no marker moved comes from the
   file's words (which the file's shape covers) and is a constant;
 * a number whose marker changed the rows themselves (their families or labels: a NUMA node's number, a mount
-  point's digits) is structural: it is left as it is in the copies, and every later read checks it kept its
-  value.
+  point's digits; or whether the parse accepts the file: a state id must be below 2**32) is structural: it
+  is left as it is in the copies, and every later read checks it kept its value;
+* so is a number some row's value depends on otherwise than as number x factor (a link rate parsed as a
+  float32, a sum): that row is a constant while the number keeps its value.
 
 The program is kept only when all of that holds for every row, and it reproduces the real read's values.  From
 then on a sample re-reads only the numbers (``_scan.values``, which checks the file kept its shape) and zips
@@ -21,10 +23,9 @@ them with the rows' families and labels: no Python per line.  When the shape mov
 the parse runs again and a program is learned from that read.  A file that keeps moving is learned less and
 less often (``_wait``).
 
-What the parse may not do: give a row whose value depends on a number other than as number x factor (a sum, a
-difference, a value that decides whether a row exists without changing when it is 0 or a marker), or declare a
-family from a number's value.  Such a parse is refused (no program, the parse runs every sample), except for
-the last case: keep family names to the file's words.
+What the parse may not do: decide whether a row exists from a value in a way that neither 0 nor a marker
+shows, or declare a family from a number's value (keep family names to the file's words).  A parse that
+changes its rows under every copy gets no program: it runs every sample.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ FACTORS = (1.0, 1024.0, 512.0, 4096.0, 16384.0, 65536.0, 8.0, 1000.0, 1e6, 1e9, 
 TELLING = next(n for n in range(1, 1 << 20) if all(n * (1 / d) != n / d for d in (1e3, 1e6, 1e9)))
 EXACT = float(1 << 53)  # a number from here on: the program stands aside (a parse may wrap it; int() keeps it exact)
 MARK = 1 << 30  # number k becomes MARK + 2k, then MARK + 2k + 1: exact in a double, and no number of its own
+# Then HUGE + 2k: a parse that refuses large values (a state id below 2**32) keeps those numbers (structural).
+HUGE = 1 << 52
 MAX_TRIALS = 64  # parses spent finding the structural numbers before giving up on a file
 _TOKEN = re.compile(rb"[^ \t\n:\r/]+")  # _scan.c's tokens: its separators are these six bytes
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
@@ -261,31 +264,79 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
             (row[0], row[1]) == key for row, key in zip(got, keys))
 
     marker_a = lambda k: b"%d" % (MARK + 2 * k)  # noqa: E731
-    kept = _structural(raw, spans, columns, lambda keep: same_keys(copy(marker_a, keep)))
-    a = copy(marker_a, kept)
-    b = copy(lambda k: b"%d" % (MARK + 2 * k + 1), kept)
-    zero = copy(lambda k: b"0", kept)
-    telling = copy(lambda k: b"%d" % TELLING, kept)
-    if not (same_keys(a) and same_keys(b) and same_keys(zero) and same_keys(telling)):
-        return None  # a value decides which rows exist
-    sources = []
-    for row, row_a, row_b, row_zero, row_telling in zip(rows, a, b, zero, telling):
-        real = float(row[2])
-        va, vb, vz, vt = float(row_a[2]), float(row_b[2]), float(row_zero[2]), float(row_telling[2])
-        if va == vb == vz == vt == real:
-            sources.append(None)  # of the words (or structural numbers): constant while the program holds
-            continue
-        found = _source((va, vb, vz, vt), real, values, kept)
-        if found is None:
+    marker_b = lambda k: b"%d" % (MARK + 2 * k + 1)  # noqa: E731
+    zero = lambda k: b"0"  # noqa: E731
+    telling = lambda k: b"%d" % TELLING  # noqa: E731
+    huge = lambda k: b"%d" % (HUGE + 2 * k)  # noqa: E731
+    kept = _structural(raw, spans, columns,
+                       lambda keep: all(same_keys(copy(marker, keep)) for marker in (marker_a, zero, huge)))
+    for _ in range(2):  # the second time with the numbers the first time's odd rows depend on kept
+        copies = [copy(marker, kept) for marker in (marker_a, marker_b, zero, telling, huge)]
+        if not all(map(same_keys, copies)):
+            return None  # a value decides which rows exist
+        sources, odd = [], []
+        for i, (row, *copied) in enumerate(zip(rows, *copies)):
+            real = float(row[2])
+            got = tuple(float(c[2]) for c in copied)
+            if all(v == real for v in got):
+                sources.append(None)  # of the words (or kept numbers): constant while the program holds
+                continue
+            found = _source(got, real, values, kept)
+            if found is None:
+                odd.append(i)
+            sources.append(found)
+        if not odd:
+            return _Program(shape, context, rows, sources, {k: values[k] for k in sorted(kept)})
+        # Rows that are not a number x a factor (a rate read as a float32, a sum): the numbers they depend
+        # on are kept too, and the rows are constants while those numbers do not move.
+        every = set(range(len(spans)))
+        depends = _dependencies(sorted(every - kept), [rows[i] for i in odd],
+                                lambda group, every=every: copy(marker_a, every - group))
+        if depends is None:
             return None
-        sources.append(found)
-    return _Program(shape, context, rows, sources, {k: values[k] for k in sorted(kept)})
+        kept |= depends
+    return None
 
 
-def _source(copies: tuple[float, float, float, float], real: float, values: array, kept: set[int],
-            ) -> tuple[int, float] | None:
-    """(number, factor) such that the copies (markers a, markers b, zeros, TELLING) and the real read give
-    these values, or None."""
+def _dependencies(free: list[int], odd: list[Row], parse_with: Callable[[set[int]], list[Row] | None],
+                  ) -> set[int] | None:
+    """The numbers (of ``free``) whose markers change an ``odd`` row's value, found by halving: ``parse_with(g)``
+    parses a copy where only the numbers in g are markers.  None past ``MAX_TRIALS`` parses or when a copy
+    changes the rows themselves."""
+    keys = [(row[0], row[1]) for row in odd]
+    found: set[int] = set()
+    trials = 0
+
+    def changed(group: list[int], which: list[int]) -> list[int] | None:
+        """Of the odd rows ``which``, those whose value differs in the copy with ``group`` as markers."""
+        nonlocal trials
+        trials += 1
+        got = parse_with(set(group))
+        if got is None or trials > MAX_TRIALS:
+            return None
+        by_key = {(row[0], row[1]): row[2] for row in got}
+        if any(keys[i] not in by_key for i in which):
+            return None
+        return [i for i in which if by_key[keys[i]] != odd[i][2]]
+
+    def search(group: list[int], which: list[int]) -> bool:
+        moved = changed(group, which)
+        if moved is None:
+            return False
+        if not moved:
+            return True
+        if len(group) == 1:
+            found.add(group[0])
+            return True
+        half = len(group) // 2
+        return search(group[:half], moved) and search(group[half:], moved)
+
+    return found if search(free, list(range(len(odd)))) else None
+
+
+def _source(copies: tuple[float, ...], real: float, values: array, kept: set[int]) -> tuple[int, float] | None:
+    """(number, factor) such that the copies (markers a, markers b, zeros, TELLING, huge markers) and the real
+    read give these values, or None."""
     va = copies[0]
     for factor in FACTORS:
         n = va * -factor if factor < 0 else va / factor
@@ -295,7 +346,7 @@ def _source(copies: tuple[float, float, float, float], real: float, values: arra
         if k < 0 or k >= len(values) or k in kept:
             continue
         expected = (_scaled(MARK + 2 * k, factor), _scaled(MARK + 2 * k + 1, factor), _scaled(0.0, factor),
-                    _scaled(TELLING, factor))
+                    _scaled(TELLING, factor), _scaled(HUGE + 2 * k, factor))
         # (A number beyond 2**53 is not checked against its row: the program stands aside for such reads.)
         if expected == copies and (abs(values[k]) >= EXACT or _scaled(values[k], factor) == real):
             return k, factor
