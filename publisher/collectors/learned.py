@@ -34,13 +34,9 @@ import re
 from array import array
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Sample, numbers
-
-if TYPE_CHECKING:
-    from shm_metrics.publisher.collectors import ProcFile
+from shm_metrics.publisher.collectors import ProcFile, Sample, numbers
 
 Row = tuple[FamilyInfo, tuple[str, ...], float]
 ASIDE = object()  # a read the program does not serve, though the file kept its shape
@@ -226,6 +222,38 @@ class LearnedGroup(LearnedFile):
             except OSError:
                 texts.append(None)
         return self.parse(texts)
+
+
+class LearnedPaths:
+    """Files read by path (one per device a listing found: an XFS filesystem's stats), each a LearnedFile kept
+    open while samples read it; ``sweep`` closes those the last sample did not read."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, LearnedFile] = {}
+        self._used: set[str] = set()
+
+    def rows(self, path: str, parse: Parse) -> list[Row]:
+        """The rows of the file at ``path`` (``parse``: the one given the first time); OSError as opening or
+        reading it raises (the file is opened again at the next sample)."""
+        learned = self._files.get(path)
+        if learned is None:
+            learned = self._files[path] = LearnedFile(ProcFile(path), parse)
+        self._used.add(path)
+        try:
+            return learned.rows()
+        except OSError:
+            self._files.pop(path).file.close()
+            raise
+
+    def sweep(self) -> None:
+        for path in [p for p in self._files if p not in self._used]:
+            self._files.pop(path).file.close()
+        self._used.clear()
+
+    def close(self) -> None:
+        for learned in self._files.values():
+            learned.file.close()
+        self._files.clear()
 
 
 def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Callable[[bytes], list[Row]],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedFile, filled
 
 STATE = gauge("node_md_state", "Indicates the state of md-device.", "device", "state")
 DISKS = gauge("node_md_disks", "Number of active/failed/spare disks of device.", "device", "state")
@@ -90,10 +91,14 @@ class Mdadm(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._file = self.open(f"{ctx.procfs}/mdstat")
+        self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
+        out.series += self._learned.rows()
+
+    def _fill(self, text: str, out: Sample) -> None:
         add = out.add
-        for md in parse_mdstat(self._file.read()):
+        for md in parse_mdstat(text):
             device = (md.name,)
             add(DISKS_REQUIRED, device, md.total)
             add(DISKS, (md.name, "active"), md.active)

@@ -11,9 +11,12 @@ is exported and the collector succeeds, as node_exporter's does.
 from __future__ import annotations
 
 import os
+from functools import partial
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, read_once, register
+from shm_metrics.families import FamilyInfo
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 # (category, index in its line, metric name without node_xfs_, HELP)
@@ -97,6 +100,15 @@ def parse_stats(text: str) -> dict[str, list[int]]:
     return out
 
 
+def _device_rows(device: str, text: str) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+    stats = parse_stats(text)
+    rows = []
+    for family, (category, index, _, _) in zip(FAMILIES, _COUNTERS):
+        values = stats.get(category)
+        rows.append((family, (device,), values[index] if values else 0))
+    return rows
+
+
 @register
 class Xfs(Collector):
     name = "xfs"
@@ -107,18 +119,20 @@ class Xfs(Collector):
         super().__init__(ctx)
         self._root = f"{ctx.sysfs}/fs/xfs"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without XFS just has no filesystems
+        self._files = LearnedPaths()  # each filesystem's stats, kept open and learned (collectors/learned.py)
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in [f"{device}/stats/stats" for device in entries(self._root)]:
-            if not os.path.exists(path):
-                continue  # the module's own stats directory, no device's
-            text = read_once(path)
-            if text is None:
-                raise OSError(f"cannot read {path}")
-            device = os.path.basename(os.path.dirname(os.path.dirname(path)))
-            stats = parse_stats(text)
-            for family, (category, index, _, _) in zip(FAMILIES, _COUNTERS):
-                values = stats.get(category)
-                series.append((family, (device,), values[index] if values else 0))
+        try:
+            for path in [f"{device}/stats/stats" for device in entries(self._root)]:
+                if not os.path.exists(path):
+                    continue  # the module's own stats directory, no device's
+                device = os.path.basename(os.path.dirname(os.path.dirname(path)))
+                series += self._files.rows(path, partial(_device_rows, device))
+        finally:
+            self._files.sweep()
         add_in_go_order(out, series)
+
+    def close(self) -> None:
+        super().close()
+        self._files.close()
