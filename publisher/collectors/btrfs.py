@@ -17,9 +17,11 @@ fail, as on its end-to-end fixture).
 from __future__ import annotations
 
 import os
+from functools import partial
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 SECTOR_BYTES = 512
@@ -38,17 +40,6 @@ DEVICE_SIZE = gauge("node_btrfs_device_size_bytes", "Size of a device that is pa
                     "device")
 
 
-def _text(path: str) -> str:
-    return (read_once(path) or "").strip()
-
-
-def _number(path: str) -> int:
-    try:
-        return int(_text(path))
-    except ValueError:
-        return 0  # absent or unreadable: zero, as procfs' btrfs reader
-
-
 def allocation_ratio(mode: str, devices: int) -> float:
     """Bytes of disk per byte of data for a RAID profile (what the profile's name implies)."""
     if mode in ("single", "raid0"):
@@ -62,6 +53,52 @@ def allocation_ratio(mode: str, devices: int) -> float:
     return 0.0
 
 
+def _modes(group_path: str) -> list[str]:
+    """The RAID profile directories of a block group type (none when it has no directory)."""
+    try:
+        return [e.name for e in os.scandir(group_path) if e.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _paths(path: str, devices: tuple[str, ...], modes: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """The files a filesystem's series come from, in the order ``_filesystem_rows`` takes them."""
+    out = [f"{path}/metadata_uuid", f"{path}/label", f"{path}/allocation/global_rsv_size"]
+    for group, group_modes in zip(BLOCK_GROUP_TYPES, modes):
+        out.append(f"{path}/allocation/{group}/bytes_reserved")
+        for mode in group_modes:
+            out += (f"{path}/allocation/{group}/{mode}/used_bytes", f"{path}/allocation/{group}/{mode}/total_bytes")
+    out += (f"{path}/devices/{device}/size" for device in devices)
+    return tuple(out)
+
+
+def _filesystem_rows(path: str, devices: tuple[str, ...], modes: tuple[tuple[str, ...], ...],
+                     texts: list[str | None]) -> list[tuple]:
+    """A filesystem's series from its files' texts (None: absent or unreadable, as empty)."""
+    at = iter(texts)
+
+    def text() -> str:
+        return (next(at) or "").strip()
+
+    def number() -> int:
+        try:
+            return int(text())
+        except ValueError:
+            return 0  # absent or unreadable: zero, as procfs' btrfs reader
+
+    uuid = text() or os.path.basename(path)
+    rows = [(INFO, (uuid, text()), 1), (GLOBAL_RSV_SIZE, (uuid,), number())]
+    for group, group_modes in zip(BLOCK_GROUP_TYPES, modes):
+        rows.append((RESERVED, (uuid, group), number()))
+        for mode in group_modes:
+            labels = (uuid, group, mode)
+            rows.append((USED, labels, number()))
+            rows.append((SIZE, labels, number()))
+            rows.append((ALLOCATION_RATIO, labels, allocation_ratio(mode, len(devices))))
+    rows += [(DEVICE_SIZE, (uuid, device), SECTOR_BYTES * number()) for device in devices]
+    return rows
+
+
 @register
 class Btrfs(Collector):
     name = "btrfs"
@@ -72,31 +109,27 @@ class Btrfs(Collector):
         super().__init__(ctx)
         self._root = f"{ctx.sysfs}/fs/btrfs"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without Btrfs just has no filesystems
+        self._files = LearnedPaths()
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in entries(self._root, "*-*"):
-            try:
-                devices = sorted(os.listdir(f"{path}/devices"))
-            except FileNotFoundError:
-                if not os.path.lexists(path):
-                    continue  # unmounted between the listing and the reads
-                raise
-            uuid = _text(f"{path}/metadata_uuid") or os.path.basename(path)
-            series.append((INFO, (uuid, _text(f"{path}/label")), 1))
-            series.append((GLOBAL_RSV_SIZE, (uuid,), _number(f"{path}/allocation/global_rsv_size")))
-            for group in BLOCK_GROUP_TYPES:
-                group_path = f"{path}/allocation/{group}"
-                series.append((RESERVED, (uuid, group), _number(f"{group_path}/bytes_reserved")))
+        try:
+            for path in entries(self._root, "*-*"):
                 try:
-                    modes = [e.name for e in os.scandir(group_path) if e.is_dir()]
+                    devices = tuple(sorted(os.listdir(f"{path}/devices")))
                 except FileNotFoundError:
-                    modes = []
-                for mode in modes:
-                    labels = (uuid, group, mode)
-                    series.append((USED, labels, _number(f"{group_path}/{mode}/used_bytes")))
-                    series.append((SIZE, labels, _number(f"{group_path}/{mode}/total_bytes")))
-                    series.append((ALLOCATION_RATIO, labels, allocation_ratio(mode, len(devices))))
-            for device in devices:
-                series.append((DEVICE_SIZE, (uuid, device), SECTOR_BYTES * _number(f"{path}/devices/{device}/size")))
+                    if not os.path.lexists(path):
+                        continue  # unmounted between the listing and the reads
+                    raise
+                modes = tuple(tuple(_modes(f"{path}/allocation/{group}")) for group in BLOCK_GROUP_TYPES)
+                # Every file of the filesystem in one C call, learned (collectors/learned.py); the listings
+                # decide which files.
+                series += self._files.group_rows(_paths(path, devices, modes),
+                                                 partial(_filesystem_rows, path, devices, modes))
+        finally:
+            self._files.sweep()
         add_in_go_order(out, series)
+
+    def close(self) -> None:
+        super().close()
+        self._files.close()

@@ -30,6 +30,7 @@ changes its rows under every copy gets no program: it runs every sample.
 
 from __future__ import annotations
 
+import os
 import re
 from array import array
 from collections.abc import Callable, Sequence
@@ -226,11 +227,14 @@ class LearnedGroup(LearnedFile):
 
 class LearnedPaths:
     """Files read by path (one per device a listing found: an XFS filesystem's stats), each a LearnedFile kept
-    open while samples read it; ``sweep`` closes those the last sample did not read."""
+    open while samples read it, and groups of them (``group_rows``); ``sweep`` closes those the last sample
+    did not read."""
 
     def __init__(self) -> None:
         self._files: dict[str, LearnedFile] = {}
         self._used: set[str] = set()
+        self._groups: dict[tuple[str, ...], LearnedGroup] = {}
+        self._used_groups: set[tuple[str, ...]] = set()
 
     def rows(self, path: str, parse: Parse) -> list[Row]:
         """The rows of the file at ``path`` (``parse``: the one given the first time); OSError as opening or
@@ -245,15 +249,50 @@ class LearnedPaths:
             self._files.pop(path).file.close()
             raise
 
+    def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> list[Row]:
+        """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
+        paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
+        that could not be opened or read."""
+        group = self._groups.get(paths)
+        if group is None:
+            group = self._groups[paths] = _open_group(paths, parse)
+        self._used_groups.add(paths)
+        return group.rows()
+
     def sweep(self) -> None:
         for path in [p for p in self._files if p not in self._used]:
             self._files.pop(path).file.close()
         self._used.clear()
+        for paths in [p for p in self._groups if p not in self._used_groups]:
+            _close_group(self._groups.pop(paths))
+        self._used_groups.clear()
 
     def close(self) -> None:
         for learned in self._files.values():
             learned.file.close()
         self._files.clear()
+        for group in self._groups.values():
+            _close_group(group)
+        self._groups.clear()
+
+
+def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> LearnedGroup:
+    """A group of the files at ``paths``; one that cannot be opened is /dev/null in it, None to the parse."""
+    files, missing = [], set()
+    for i, path in enumerate(paths):
+        try:
+            files.append(ProcFile(path))
+        except OSError:
+            files.append(ProcFile(os.devnull))
+            missing.add(i)
+    if not missing:
+        return LearnedGroup(files, parse)
+    return LearnedGroup(files, lambda texts: parse([None if i in missing else t for i, t in enumerate(texts)]))
+
+
+def _close_group(group: LearnedGroup) -> None:
+    for pf in group.files:
+        pf.close()
 
 
 def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Callable[[bytes], list[Row]],
