@@ -20,7 +20,7 @@ from functools import partial
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedFile
+from shm_metrics.publisher.collectors.learned import LearnedFile, LearnedPaths
 
 # node_exporter's subsystem name -> the kstat file it reads.
 SUBSYSTEM_FILES = {
@@ -71,6 +71,12 @@ def _pool_of(path: str) -> str:
     return os.path.basename(os.path.dirname(path))
 
 
+def _state_rows(pool: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+    lines = text.splitlines()
+    state = lines[0].lower() if lines else ""
+    return [(POOL_STATE, (pool, name), 1 if name == state else 0) for name in POOL_STATES]
+
+
 @register
 class Zfs(Collector):
     name = "zfs"
@@ -114,6 +120,7 @@ class Zfs(Collector):
                     self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
                                  "zpool", "dataset")
         self.declare(POOL_STATE)
+        self._pool_files = LearnedPaths()  # each pool's io, objset-* and state, kept open while the pool is there
         self._learned = [LearnedFile(pf, partial(self._subsystem_rows, subsystem))
                          for subsystem, _, pf in self._subsystems]
 
@@ -136,6 +143,41 @@ class Zfs(Collector):
             family = self._families[name] = self.declare(untyped(name, help_, *labels))
         return family
 
+    def _pool_rows(self, path: str, parse) -> list[tuple[FamilyInfo, tuple, float]]:
+        """A pool file's rows, kept open and learned (collectors/learned.py); one that cannot be read, as empty."""
+        try:
+            return self._pool_files.rows(path, parse)
+        except OSError:
+            return parse("")
+
+    def _io_rows(self, pool: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+        families = self._families
+        rows = []
+        for column, value in io_values(text):
+            name = f"node_zfs_zpool_{_metric_name(column)}"
+            family = families.get(name) or self._family(name, f"kstat.zfs.misc.io.{column}", "zpool")
+            rows.append((family, (pool,), value))
+        return rows
+
+    def _objset_rows(self, pool: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
+        families = self._families
+        rows = []
+        dataset = ""
+        for stat, kind, data in kstat_values(text):
+            if stat == "dataset_name":
+                dataset = data
+                continue
+            if kind != KSTAT_UINT64:
+                continue
+            name = f"node_zfs_zpool_dataset_{_metric_name(stat)}"
+            family = families.get(name) or self._family(name, f"kstat.zfs.misc.objset.{stat}", "zpool", "dataset")
+            rows.append((family, (pool, dataset), int(data)))
+        return rows
+
+    def close(self) -> None:
+        super().close()
+        self._pool_files.close()
+
     def _subsystem_rows(self, subsystem: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
         families = self._families
         by_stat = self._by_stat.setdefault(subsystem, {})  # stat -> its family (None: not one of ours)
@@ -151,33 +193,14 @@ class Zfs(Collector):
         return rows
 
     def collect(self, out: Sample) -> None:
-        families = self._families
         for learned in self._learned:
             out.series += learned.rows()
         pool_series = []
-        pools = self._pools()
-        for path in _files(pools, "io"):
-            pool = _pool_of(path)
-            for column, value in io_values(read_once(path) or ""):
-                name = f"node_zfs_zpool_{_metric_name(column)}"
-                family = families.get(name) or self._family(name, f"kstat.zfs.misc.io.{column}", "zpool")
-                pool_series.append((family, (pool,), value))
-        for path in _files(pools, "objset-*"):
-            pool = _pool_of(path)
-            dataset = ""
-            for stat, kind, data in kstat_values(read_once(path) or ""):
-                if stat == "dataset_name":
-                    dataset = data
-                    continue
-                if kind != KSTAT_UINT64:
-                    continue
-                name = f"node_zfs_zpool_dataset_{_metric_name(stat)}"
-                family = families.get(name) or self._family(name, f"kstat.zfs.misc.objset.{stat}", "zpool",
-                                                            "dataset")
-                pool_series.append((family, (pool, dataset), int(data)))
-        for path in _files(pools, "state"):
-            pool = _pool_of(path)
-            lines = (read_once(path) or "").splitlines()
-            state = lines[0].lower() if lines else ""
-            pool_series.extend((POOL_STATE, (pool, name), 1 if name == state else 0) for name in POOL_STATES)
+        try:
+            pools = self._pools()
+            for pattern, rows_of in (("io", self._io_rows), ("objset-*", self._objset_rows), ("state", _state_rows)):
+                for path in _files(pools, pattern):
+                    pool_series += self._pool_rows(path, partial(rows_of, _pool_of(path)))
+        finally:
+            self._pool_files.sweep()
         add_in_go_order(out, pool_series)
