@@ -15,9 +15,11 @@ succeeds, as node_exporter's does.
 from __future__ import annotations
 
 import os
+from functools import partial
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 _MULTIPLIERS = {letter: float(1 << (10 * (i + 1))) for i, letter in enumerate("kMGTPEZY")}
@@ -46,26 +48,15 @@ def dehumanize_signed(text: str) -> int:
     return -dehumanize(text[1:]) if text.startswith("-") else dehumanize(text)
 
 
-def _read(path: str) -> str | None:
-    try:
-        return read_file(path).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-
-
-def value_of(path: str) -> int:
-    """A sysfs attribute as a number; 0 when the kernel has no such attribute (as procfs' parser)."""
-    text = _read(path)
+def value_of_text(text: str | None) -> int:
+    """A sysfs attribute's text as a number; 0 when the kernel has no such attribute (None: as procfs' parser)."""
     if text is None:
         return 0
     return dehumanize(text[:-1])  # without the newline
 
 
-def writeback_rate_debug(path: str) -> dict[str, int]:
+def writeback_rate_debug_text(text: str) -> dict[str, int]:
     """rate, target, proportional, integral and change of a backing device's writeback_rate_debug."""
-    text = _read(path)
-    if text is None:
-        raise OSError(f"failed to read: {path}")
     out = dict.fromkeys(("rate", "target", "proportional", "integral", "change"), 0)
     for line in text.splitlines():
         key, _, rest = line.partition(":")
@@ -77,11 +68,8 @@ def writeback_rate_debug(path: str) -> dict[str, int]:
     return out
 
 
-def priority_stats(path: str) -> tuple[int, int]:
+def priority_stats_text(text: str) -> tuple[int, int]:
     """(unused percent, metadata percent) of a cache device's priority_stats."""
-    text = _read(path)
-    if text is None:
-        raise OSError(f"failed to read: {path}")
     unused = metadata = 0
     for line in text.splitlines():
         if line.startswith(("Unused:", "Metadata:")):
@@ -182,26 +170,67 @@ class Bcache(Collector):
         self._root = f"{ctx.sysfs}/fs/bcache"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without bcache just has no cache sets
         self._priority = bool(ctx.option("bcache.priorityStats", False))
+        self._files = LearnedPaths()
         self.families = (*_ALWAYS, *((PRIORITY_UNUSED, PRIORITY_METADATA) if self._priority else ()))
 
     def collect(self, out: Sample) -> None:
         series = []
-        for path in entries(self._root, "*-*"):
-            uuid = os.path.basename(path)
-            for family, name, scale in _SET:
-                value = value_of(f"{path}/{name}")
-                series.append((family, (uuid,), value * scale if scale != 1 else value))
-            for bdev in entries(path, "bdev[0-9]*"):
-                labels = (uuid, os.path.basename(bdev))
-                series.append((DIRTY_DATA, labels, value_of(f"{bdev}/dirty_data")))
-                rates = writeback_rate_debug(f"{bdev}/writeback_rate_debug")
-                series.extend((family, labels, rates[key]) for key, family in _WRITEBACK)
-                series.extend((family, labels, value_of(f"{bdev}/stats_total/{name}")) for name, family in _TOTALS)
-            for cache in entries(path, "cache[0-9]*"):
-                labels = (uuid, os.path.basename(cache))
-                series.extend((family, labels, value_of(f"{cache}/{name}")) for name, family in _CACHE)
-                if self._priority:
-                    unused, metadata = priority_stats(f"{cache}/priority_stats")
-                    series.append((PRIORITY_UNUSED, labels, unused))
-                    series.append((PRIORITY_METADATA, labels, metadata))
+        try:
+            for path in entries(self._root, "*-*"):
+                bdevs = tuple(entries(path, "bdev[0-9]*"))
+                caches = tuple(entries(path, "cache[0-9]*"))
+                # Every file of the set in one C call, learned (collectors/learned.py); the listings decide which.
+                series += self._files.group_rows(self._paths(path, bdevs, caches),
+                                                 partial(self._set_rows, path, bdevs, caches))
+        finally:
+            self._files.sweep()
         add_in_go_order(out, series)
+
+    def _paths(self, path: str, bdevs: tuple[str, ...], caches: tuple[str, ...]) -> tuple[str, ...]:
+        """The files of a cache set, in the order ``_set_rows`` takes them."""
+        out = [f"{path}/{name}" for _, name, _ in _SET]
+        for bdev in bdevs:
+            out += (f"{bdev}/dirty_data", f"{bdev}/writeback_rate_debug")
+            out += (f"{bdev}/stats_total/{name}" for name, _ in _TOTALS)
+        for cache in caches:
+            out += (f"{cache}/{name}" for name, _ in _CACHE)
+            if self._priority:
+                out.append(f"{cache}/priority_stats")
+        return tuple(out)
+
+    def _set_rows(self, path: str, bdevs: tuple[str, ...], caches: tuple[str, ...],
+                  texts: list[str | None]) -> list[tuple]:
+        """A cache set's series from its files' texts (None: no such attribute, or unreadable now)."""
+        at = iter(texts)
+        paths = iter(self._paths(path, bdevs, caches))
+
+        def value() -> int:
+            next(paths)
+            return value_of_text(next(at))
+
+        def required() -> str:
+            where, text = next(paths), next(at)
+            if text is None:
+                raise OSError(f"failed to read: {where}")
+            return text
+
+        uuid = os.path.basename(path)
+        rows = [(family, (uuid,), value() * scale if scale != 1 else value()) for family, _, scale in _SET]
+        for bdev in bdevs:
+            labels = (uuid, os.path.basename(bdev))
+            rows.append((DIRTY_DATA, labels, value()))
+            rates = writeback_rate_debug_text(required())
+            rows += ((family, labels, rates[key]) for key, family in _WRITEBACK)
+            rows += ((family, labels, value()) for _, family in _TOTALS)
+        for cache in caches:
+            labels = (uuid, os.path.basename(cache))
+            rows += ((family, labels, value()) for _, family in _CACHE)
+            if self._priority:
+                unused, metadata = priority_stats_text(required())
+                rows.append((PRIORITY_UNUSED, labels, unused))
+                rows.append((PRIORITY_METADATA, labels, metadata))
+        return rows
+
+    def close(self) -> None:
+        super().close()
+        self._files.close()

@@ -252,7 +252,7 @@ class LearnedPaths:
     def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> list[Row]:
         """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
         paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
-        that could not be opened or read."""
+        that does not exist or cannot be read now."""
         group = self._groups.get(paths)
         if group is None:
             group = self._groups[paths] = _open_group(paths, parse)
@@ -277,14 +277,20 @@ class LearnedPaths:
 
 
 def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> LearnedGroup:
-    """A group of the files at ``paths``; one that cannot be opened is /dev/null in it, None to the parse."""
+    """A group of the files at ``paths``; one that does not exist is /dev/null in it, None to the parse (any
+    other error opening one propagates)."""
     files, missing = [], set()
-    for i, path in enumerate(paths):
-        try:
-            files.append(ProcFile(path))
-        except OSError:
-            files.append(ProcFile(os.devnull))
-            missing.add(i)
+    try:
+        for i, path in enumerate(paths):
+            try:
+                files.append(ProcFile(path))
+            except FileNotFoundError:
+                files.append(ProcFile(os.devnull))
+                missing.add(i)
+    except BaseException:
+        for pf in files:
+            pf.close()
+        raise
     if not missing:
         return LearnedGroup(files, parse)
     return LearnedGroup(files, lambda texts: parse([None if i in missing else t for i, t in enumerate(texts)]))
