@@ -171,7 +171,8 @@ def untimed(rows: list) -> list:
 
 
 LEARNING = ["zoneinfo", "meminfo_numa", "mountstats", "nfs", "nfsd", "interrupts", "schedstat", "vmstat",
-            "sockstat", "netstat", "zfs", "mdadm", "xfs", "btrfs", "bcache"]
+            "sockstat", "netstat", "zfs", "mdadm", "xfs", "btrfs", "bcache",
+            "powersupplyclass"]
 
 
 def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None) -> None:

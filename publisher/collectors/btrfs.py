@@ -125,7 +125,7 @@ class Btrfs(Collector):
                 # Every file of the filesystem in one C call, learned (collectors/learned.py); the listings
                 # decide which files.
                 series += self._files.group_rows(_paths(path, devices, modes),
-                                                 partial(_filesystem_rows, path, devices, modes))
+                                                 partial(_filesystem_rows, path, devices, modes), absent=OSError)
         finally:
             self._files.sweep()
         add_in_go_order(out, series)

@@ -21,7 +21,7 @@ import re
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
 from shm_metrics.publisher.collectors.learned import LearnedGroup
-from shm_metrics.publisher.collectors.sysfs_util import go_float, go_text, sys_read_raw
+from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_float, go_text, sys_read_raw
 
 _INVALID_CHARS = re.compile(r"[^a-z0-9:_]")
 _FILENAME = re.compile(r"^([^0-9]+)([0-9]*)?(_(.+))?$")
@@ -151,6 +151,11 @@ class _Chip:
         self.readings: list[tuple[FamilyInfo, tuple[str, str], ProcFile, float, bool]] = []
 
 
+def _reading_text(raw: bytes) -> str:
+    """At most SYSFS_READ_SIZE bytes of a reading, as one read of that size gives them."""
+    return raw[:SYSFS_READ_SIZE].decode("utf-8", "replace")
+
+
 @register
 class Hwmon(Collector):
     name = "hwmon"
@@ -227,7 +232,7 @@ class Hwmon(Collector):
         # Every reading in one C call, learned as one program (collectors/learned.py); none while a reading
         # fails, so that each failure asks whether its chip went away.
         self._group = (LearnedGroup([pf for _, _, _, pf, _, _ in self._readings], self._reading_rows,
-                                    learn_unreadable=False) if self._readings else None)
+                                    learn_unreadable=False, decode=_reading_text) if self._readings else None)
 
     def collect(self, out: Sample) -> None:
         rows = self._chips.current()

@@ -45,7 +45,7 @@ Parse = Callable[[str], list[Row]]
 
 # What a row's value may be of its number: a factor, or (negative) a divisor, as _scan.c scales.
 FACTORS = (1.0, 1024.0, 512.0, 4096.0, 16384.0, 65536.0, 8.0, 1000.0, 1e6, 1e9, 1e-3, 1e-6, 1e-9,
-           -1000.0, -1e6, -1e9, -100.0, -1024.0, -8.0)
+           -10.0, -100.0, -1000.0, -1e6, -1e9, -1024.0, -8.0)
 # A number with which x * 1e-3 and x / 1000 differ (likewise 1e-6, 1e-9): a copy with every number at it tells
 # which of the two a parse computes (the markers may not).
 TELLING = next(n for n in range(1, 1 << 20) if all(n * (1 / d) != n / d for d in (1e3, 1e6, 1e9)))
@@ -191,12 +191,14 @@ class LearnedGroup(LearnedFile):
     while it fails, and stands down when it has a value again (another shape)."""
 
     def __init__(self, files: Sequence[ProcFile], parse: Callable[[list[str | None]], list[Row]],
-                 learn_unreadable: bool = True):
+                 learn_unreadable: bool = True, decode: Callable[[bytes], str] | None = None):
         """``learn_unreadable=False``: no program while a file cannot be read, so that the parse sees every
-        such read (hwmon asks then whether its chip went away)."""
+        such read (hwmon asks then whether its chip went away).  ``decode``: each file's bytes to text (UTF-8,
+        an invalid byte replaced, by default)."""
         super().__init__(files[0], parse)  # type: ignore[arg-type]
         self.files = tuple(files)
         self.learn_unreadable = learn_unreadable
+        self.decode = decode or _decode
         if self.numbers is not None:
             self.numbers.fd = tuple(f.fd for f in files)
 
@@ -213,16 +215,21 @@ class LearnedGroup(LearnedFile):
         parts = raw.split(GROUP_SEPARATOR)
         if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
             raise ValueError("a group's files do not split as they were read")
-        return self.parse([None if part == GROUP_UNREADABLE else part.decode("utf-8", "replace") for part in parts])
+        decode = self.decode
+        return self.parse([None if part == GROUP_UNREADABLE else decode(part) for part in parts])
 
     def _parse_now(self) -> list[Row]:
         texts: list[str | None] = []
         for file in self.files:
             try:
-                texts.append(file.read())
+                texts.append(self.decode(file.read_bytes()))
             except OSError:
                 texts.append(None)
         return self.parse(texts)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 class LearnedPaths:
@@ -249,13 +256,16 @@ class LearnedPaths:
             self._files.pop(path).file.close()
             raise
 
-    def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> list[Row]:
+    def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
+                   absent: type[OSError] | tuple[type[OSError], ...] = FileNotFoundError,
+                   decode: Callable[[bytes], str] | None = None) -> list[Row]:
         """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
         paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
-        that does not exist or cannot be read now."""
+        that cannot be read now, or that could not be opened with an ``absent`` error (any other propagates).
+        ``decode`` as LearnedGroup's."""
         group = self._groups.get(paths)
         if group is None:
-            group = self._groups[paths] = _open_group(paths, parse)
+            group = self._groups[paths] = _open_group(paths, parse, absent, decode)
         self._used_groups.add(paths)
         return group.rows()
 
@@ -276,15 +286,17 @@ class LearnedPaths:
         self._groups.clear()
 
 
-def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]]) -> LearnedGroup:
-    """A group of the files at ``paths``; one that does not exist is /dev/null in it, None to the parse (any
-    other error opening one propagates)."""
+def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
+                absent: type[OSError] | tuple[type[OSError], ...], decode: Callable[[bytes], str] | None,
+                ) -> LearnedGroup:
+    """A group of the files at ``paths``; one that cannot be opened with an ``absent`` error is /dev/null in
+    it, None to the parse (any other error opening one propagates)."""
     files, missing = [], set()
     try:
         for i, path in enumerate(paths):
             try:
                 files.append(ProcFile(path))
-            except FileNotFoundError:
+            except absent:
                 files.append(ProcFile(os.devnull))
                 missing.add(i)
     except BaseException:
@@ -292,8 +304,9 @@ def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list
             pf.close()
         raise
     if not missing:
-        return LearnedGroup(files, parse)
-    return LearnedGroup(files, lambda texts: parse([None if i in missing else t for i, t in enumerate(texts)]))
+        return LearnedGroup(files, parse, decode=decode)
+    return LearnedGroup(files, lambda texts: parse([None if i in missing else t for i, t in enumerate(texts)]),
+                        decode=decode)
 
 
 def _close_group(group: LearnedGroup) -> None:

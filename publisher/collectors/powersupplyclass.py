@@ -15,10 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+from functools import partial
 
 from shm_metrics.families import ABSENT_LABEL
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
-from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, OpenFiles, go_text
+from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_file, register
+from shm_metrics.publisher.collectors.learned import LearnedPaths
+from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_text
 
 
 def _family(name: str):
@@ -62,6 +64,39 @@ INFO = gauge("node_power_supply_info", "info of /sys/class/power_supply/<power_s
 _SKIPPED_ERRORS = (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL)
 
 
+def _attribute(raw: bytes) -> str:
+    """One short read, blanks trimmed, as procfs's SysReadFile."""
+    return go_text(raw[:SYSFS_READ_SIZE]).strip()
+
+
+def _supply_rows(supply: str, path: str, names: tuple[str, ...], texts: list[str | None]) -> list[tuple]:
+    """A supply's series from its attributes' texts (None: unreadable now: read again for the error, which
+    skips the attribute when the driver has no such value now and fails the sample otherwise)."""
+    values = {}
+    for name, text in zip(names, texts):
+        if text is None:
+            try:
+                text = _attribute(read_file(f"{path}/{name}"))
+            except OSError as exc:
+                if exc.errno in _SKIPPED_ERRORS:
+                    continue
+                raise
+        values[name] = text
+    rows = []
+    labels = (supply,)
+    for attr, text in values.items():
+        spec = NUMERIC.get(attr)
+        if spec is None and attr not in _PARSED_ONLY:
+            continue
+        number = int(text, 0)  # ValueError fails the sample, as procfs's parse error does
+        if spec is not None:
+            family, divisor = spec
+            rows.append((family, labels, number / divisor if divisor != 1 else number))
+    info = tuple(values.get(attr) or ABSENT_LABEL for attr in TEXT_ATTRIBUTES)
+    rows.append((INFO, (supply, *info), 1))
+    return rows
+
+
 @register
 class PowerSupplyClass(Collector):
     name = "powersupplyclass"
@@ -73,51 +108,28 @@ class PowerSupplyClass(Collector):
         self._root = os.path.join(ctx.sysfs, "class", "power_supply")
         os.listdir(self._root)  # no power_supply class: unavailable, as there
         self._ignored = re.compile(str(ctx.option("powersupply.ignored-supplies", "^$")))
-        self._files = OpenFiles()
-
-    def _supply(self, path: str) -> dict[str, str]:
-        values = {}
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                try:
-                    # One short read, blanks trimmed, as procfs's SysReadFile.
-                    values[entry.name] = go_text(self._files.read_bytes(entry.path)[:SYSFS_READ_SIZE]).strip()
-                except OSError as exc:
-                    if exc.errno in _SKIPPED_ERRORS:
-                        continue
-                    raise
-        return values
+        self._files = LearnedPaths()
 
     def collect(self, out: Sample) -> None:
         rows = []
         try:
             for supply in os.listdir(self._root):
+                if self._ignored.search(supply):
+                    continue
                 path = os.path.join(self._root, supply)
                 try:
-                    values = self._supply(path)
+                    with os.scandir(path) as entries:
+                        names = tuple(e.name for e in entries if e.is_file(follow_symlinks=False))
+                    # Every attribute in one C call, learned (collectors/learned.py); the listing decides which.
+                    rows += self._files.group_rows(tuple(f"{path}/{name}" for name in names),
+                                                   partial(_supply_rows, supply, path, names), decode=_attribute)
                 except OSError:
                     if not os.path.lexists(path):
                         continue  # unplugged between the listing and the reads
                     raise
-                if self._ignored.search(supply):
-                    continue
-                labels = (supply,)
-                for attr, text in values.items():
-                    spec = NUMERIC.get(attr)
-                    if spec is None and attr not in _PARSED_ONLY:
-                        continue
-                    number = int(text, 0)  # ValueError fails the sample, as procfs's parse error does
-                    if spec is not None:
-                        family, divisor = spec
-                        rows.append((family, labels, number / divisor if divisor != 1 else number))
-                info = tuple(values.get(attr) or ABSENT_LABEL for attr in TEXT_ATTRIBUTES)
-                rows.append((INFO, (supply, *info), 1))
         finally:
             self._files.sweep()
-        for row in rows:
-            out.add(*row)
+        out.series += rows
 
     def close(self) -> None:
         super().close()
