@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from functools import partial
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
+from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
@@ -181,7 +181,7 @@ class Bcache(Collector):
                 caches = tuple(entries(path, "cache[0-9]*"))
                 # Every file of the set in one C call, learned (collectors/learned.py); the listings decide which.
                 series += self._files.group_rows(self._paths(path, bdevs, caches),
-                                                 partial(self._set_rows, path, bdevs, caches))
+                                                 partial(self._set_rows, path, bdevs, caches), learn_unreadable=False)
         finally:
             self._files.sweep()
         add_in_go_order(out, series)
@@ -204,15 +204,25 @@ class Bcache(Collector):
         at = iter(texts)
         paths = iter(self._paths(path, bdevs, caches))
 
+        def text() -> tuple[str, str | None]:
+            """The next file and its text; one the group could not read is read again: absent is None, any
+            other error fails the sample (as reading each file did)."""
+            where, got = next(paths), next(at)
+            if got is None:
+                try:
+                    got = read_file(where).decode("utf-8", "replace")
+                except FileNotFoundError:
+                    pass
+            return where, got
+
         def value() -> int:
-            next(paths)
-            return value_of_text(next(at))
+            return value_of_text(text()[1])
 
         def required() -> str:
-            where, text = next(paths), next(at)
-            if text is None:
+            where, got = text()
+            if got is None:
                 raise OSError(f"failed to read: {where}")
-            return text
+            return got
 
         uuid = os.path.basename(path)
         rows = [(family, (uuid,), value() * scale if scale != 1 else value()) for family, _, scale in _SET]

@@ -258,14 +258,14 @@ class LearnedPaths:
 
     def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
                    absent: type[OSError] | tuple[type[OSError], ...] = FileNotFoundError,
-                   decode: Callable[[bytes], str] | None = None) -> list[Row]:
+                   decode: Callable[[bytes], str] | None = None, learn_unreadable: bool = True) -> list[Row]:
         """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
         paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
         that cannot be read now, or that could not be opened with an ``absent`` error (any other propagates).
-        ``decode`` as LearnedGroup's."""
+        ``decode`` and ``learn_unreadable`` as LearnedGroup's."""
         group = self._groups.get(paths)
         if group is None:
-            group = self._groups[paths] = _open_group(paths, parse, absent, decode)
+            group = self._groups[paths] = _open_group(paths, parse, absent, decode, learn_unreadable)
         self._used_groups.add(paths)
         return group.rows()
 
@@ -288,7 +288,7 @@ class LearnedPaths:
 
 def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
                 absent: type[OSError] | tuple[type[OSError], ...], decode: Callable[[bytes], str] | None,
-                ) -> LearnedGroup:
+                learn_unreadable: bool = True) -> LearnedGroup:
     """A group of the files at ``paths``; one that cannot be opened with an ``absent`` error is /dev/null in
     it, None to the parse (any other error opening one propagates)."""
     files, missing = [], set()
@@ -303,10 +303,10 @@ def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list
         for pf in files:
             pf.close()
         raise
-    if not missing:
-        return LearnedGroup(files, parse, decode=decode)
-    return LearnedGroup(files, lambda texts: parse([None if i in missing else t for i, t in enumerate(texts)]),
-                        decode=decode)
+    if missing:
+        whole = parse
+        parse = lambda texts: whole([None if i in missing else t for i, t in enumerate(texts)])  # noqa: E731
+    return LearnedGroup(files, parse, learn_unreadable, decode)
 
 
 def _close_group(group: LearnedGroup) -> None:

@@ -122,7 +122,8 @@ class PowerSupplyClass(Collector):
                         names = tuple(e.name for e in entries if e.is_file(follow_symlinks=False))
                     # Every attribute in one C call, learned (collectors/learned.py); the listing decides which.
                     rows += self._files.group_rows(tuple(f"{path}/{name}" for name in names),
-                                                   partial(_supply_rows, supply, path, names), decode=_attribute)
+                                                   partial(_supply_rows, supply, path, names), decode=_attribute,
+                                                   learn_unreadable=False)  # (each failure's errno decides)
                 except OSError:
                     if not os.path.lexists(path):
                         continue  # unplugged between the listing and the reads
