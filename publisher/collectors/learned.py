@@ -1,4 +1,4 @@
-"""A collector's parse of one file, learned as a program of its numbers (issue 16: full samples cost less).
+"""A collector's parse of a file, learned as a program of its numbers (issue 16: full samples cost less).
 
 A scrape's full sample runs dozens of parsers over text whose structure is the same every time: /proc/zoneinfo,
 a NUMA node's meminfo, /proc/self/mountstats, /proc/net/rpc/nfs...  Only their numbers move.  The CORE
@@ -22,6 +22,11 @@ then on a sample re-reads only the numbers (``_scan.values``, which checks the f
 them with the rows' families and labels: no Python per line.  When the shape moves, or a structural number,
 the parse runs again and a program is learned from that read.  A file that keeps moving is learned less and
 less often (``_wait``).
+
+``LearnedGroup`` does the same for several files read as one text by one C call (an interface's attributes,
+a chip's readings, a btrfs filesystem's files), and ``LearnedPaths`` keeps files and groups by path for the
+collectors that find them by listing a directory every sample (a listing decides which files; the files stay
+open while samples read them).
 
 What the parse may not do: decide whether a row exists from a value in a way that neither 0 nor a marker
 shows, or declare a family from a number's value (keep family names to the file's words).  A parse that
