@@ -449,11 +449,11 @@ def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], ok
     """The numbers the rows' families or labels depend on (kept as they are in the copies).
 
     Found by freeing groups of numbers while the copies keep the rows (group testing), a column at a time
-    (the token's place in its line): a column is freed whole, or, when its first two numbers are each
-    structural (the node number of every line of a NUMA node's meminfo, the type of every zfs kstat), kept
-    whole, or else halved down to its structural numbers (the procedure counts heading NFS lines).  Past
-    ``MAX_TRIALS`` parses what is left is kept: a number kept that is a value only makes the program stand
-    down when it changes."""
+    (the token's place in its line): every column whole first; then a column that could not be freed is kept
+    whole when its first, middle and last numbers are each structural (the node number of every line of a
+    NUMA node's meminfo, the type of every zfs kstat), or else halved down to its structural numbers (the
+    procedure counts heading NFS lines).  Past ``MAX_TRIALS`` parses what is left is kept: a number kept that
+    is a value only makes the program stand down when it changes."""
     if ok(set()):
         return set()
     by_column: dict[int, list[int]] = {}
@@ -476,11 +476,13 @@ def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], ok
             settle(group[:half])
             settle(group[half:])
 
-    for group in by_column.values():
-        if trials >= MAX_TRIALS or frees(group) or len(group) == 1:
-            continue
-        if len(group) > 4 and not frees(group[:1]) and not frees(group[1:2]):
-            continue  # a structural column
+    # First every column whole (the values' columns go at once), then what is left of the others.
+    left = [group for group in by_column.values() if trials < MAX_TRIALS and not frees(group) and len(group) > 1]
+    for group in left:
+        if len(group) > 4:
+            spread = [group[0], group[len(group) // 2], group[-1]]
+            if not any(frees([k]) for k in spread):
+                continue  # a structural column
         settle([k for k in group if k in kept])
     return kept
 
