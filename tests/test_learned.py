@@ -175,7 +175,7 @@ LEARNING = ["zoneinfo", "meminfo_numa", "mountstats", "nfs", "nfsd", "interrupts
             "powersupplyclass"]
 
 
-def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None) -> None:
+def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None, least: int = 20) -> None:
     """Samplers of ``collectors`` on the fixture tree: one that learned its programs, and a new one (the parsers
     alone) after each change of the tree's numbers (``files(tree)``: only those files), give the same rows."""
     root = node_e2e.unpack(tmp_path / "e2e")
@@ -209,7 +209,7 @@ def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None) -> No
                 most = max(most, len(untimed(got)))  # (a round may make the collector refuse the files)
                 served += sum(f.program is not None and f.program is program and f.program.uses > uses
                               for f, (program, uses) in zip(learned, before))
-            assert most > 20
+            assert most > least
             assert served > 0  # the programs served changed files, not only the parsers
         finally:
             learning.close()
@@ -268,3 +268,10 @@ def test_a_devices_ports_learned_as_a_group_give_infiniband_rows_whatever_their_
                           for path in (port / sub).iterdir()]
         return [path.resolve() for path in found]
     _compare_on_fixture(tmp_path, ["infiniband"], ports)
+
+
+def test_the_cpus_frequencies_learned_as_a_group_give_cpufreq_rows_whatever_their_numbers(tmp_path):
+    def frequencies(tree: Path) -> list[Path]:
+        cpus = (tree / "sys" / "devices" / "system" / "cpu").glob("cpu[0-9]*")
+        return [path.resolve() for cpu in cpus for path in (cpu / "cpufreq").glob("*_freq")]
+    _compare_on_fixture(tmp_path, ["cpufreq"], frequencies, least=10)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, gauge, register
+from shm_metrics.publisher.collectors.learned import LearnedGroup
 from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_int
 
 # (family, attribute in kHz)
@@ -40,6 +42,8 @@ class Cpufreq(Collector):
         super().__init__(ctx)
         self._cpus = self.devices(os.path.join(ctx.sysfs, "devices", "system", "cpu"), self._cpu, r"cpu[0-9]+",
                                   missing_ok=True)
+        self._grouped: list | None = None  # the CPUs the group below was made for
+        self._group: LearnedGroup | None = None
 
     @staticmethod
     def _cpu(entry: str, path: str, opener) -> list[tuple[object, tuple[str], ProcFile]] | None:
@@ -55,18 +59,39 @@ class Cpufreq(Collector):
         return files or None  # none (an offline CPU has no cpufreq link): not a device yet, tried at each rescan
 
     def collect(self, out: Sample) -> None:
-        add = out.add
-        for entry, files in self._cpus.current():
-            for family, labels, pf in files:
-                try:
-                    raw = os.pread(pf.fd, SYSFS_READ_SIZE, 0)
-                except OSError as exc:
-                    # Offline: its cpufreq directory went away, or its policy is inactive (EBUSY) until
-                    # the CPU comes back; either way no frequency now, and no failed sample.
-                    if exc.errno == errno.EBUSY or self._cpus.gone(entry):
-                        break
-                    raise
-                khz = go_int(raw.decode("ascii", "replace").strip())
+        cpus = self._cpus.current()
+        if cpus is not self._grouped:  # (a new list only when the CPUs changed)
+            self._grouped = cpus
+            files = [pf for _, cpu in cpus for _, _, pf in cpu]
+            # Every CPU's attributes in one C call, learned (collectors/learned.py); none while one fails,
+            # so that each failure's errno (an offline CPU's EBUSY) decides.
+            self._group = (LearnedGroup(files, partial(self._rows, cpus), learn_unreadable=False, decode=_khz_text)
+                           if files else None)
+        if self._group is not None:
+            out.series += self._group.rows()
+
+    def _rows(self, cpus: list[tuple[str, list]], texts: list[str | None]) -> list[tuple]:
+        rows = []
+        at = iter(texts)
+        for entry, files in cpus:
+            texts_of_cpu = [next(at) for _ in files]
+            for (family, labels, pf), text in zip(files, texts_of_cpu):
+                if text is None:
+                    try:
+                        text = _khz_text(os.pread(pf.fd, SYSFS_READ_SIZE, 0))  # again, for its error
+                    except OSError as exc:
+                        # Offline: its cpufreq directory went away, or its policy is inactive (EBUSY) until
+                        # the CPU comes back; either way no frequency now, and no failed sample.
+                        if exc.errno == errno.EBUSY or self._cpus.gone(entry):
+                            break
+                        raise
+                khz = go_int(text)
                 if khz is None:
                     raise ValueError(f"{pf.path}: not an integer")
-                add(family, labels, khz * 1000.0)
+                rows.append((family, labels, khz * 1000.0))
+        return rows
+
+
+def _khz_text(raw: bytes) -> str:
+    """One read of at most SYSFS_READ_SIZE bytes, blanks trimmed."""
+    return raw[:SYSFS_READ_SIZE].decode("ascii", "replace").strip()
