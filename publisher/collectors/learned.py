@@ -140,19 +140,21 @@ class LearnedFile:
             return self._parse_now()
         count, signature, raw = self.numbers.read(text=True)
         rows = self.parse_raw(raw)
-        if not self._may_learn(raw):
-            pass
-        elif self._wait:
-            self._wait -= 1
-        else:
-            self.program = learn(raw, numbers.Shape(signature, count), self.numbers.values, rows, self.parse_raw,
-                                 context)
-            if self.program is None:
-                self._backoff = min(2 * self._backoff + 1, 255)
-                self._wait = self._backoff
-            else:
-                self.learned += 1
+        if self._may_learn(raw):
+            self._learn(raw, numbers.Shape(signature, count), rows, context)
         return rows
+
+    def _learn(self, raw: bytes, shape: numbers.Shape, rows: list[Row], context: object) -> None:
+        """A program from this read, unless it is not yet time to try again (a file that keeps moving)."""
+        if self._wait:
+            self._wait -= 1
+            return
+        self.program = learn(raw, shape, self.numbers.values, rows, self.parse_raw, context)
+        if self.program is None:
+            self._backoff = min(2 * self._backoff + 1, 255)
+            self._wait = self._backoff
+        else:
+            self.learned += 1
 
     def _served(self, program: _Program, context: object) -> list[Row] | None:
         """The program's rows, the parse's when the program stands aside for this read, or None when the
@@ -172,6 +174,7 @@ class LearnedFile:
         return None
 
     def _may_learn(self, raw: bytes) -> bool:
+        """Whether a program may be learned from this read (a group's: not while a file fails, if so asked)."""
         return True
 
     def parse_raw(self, raw: bytes) -> list[Row]:
