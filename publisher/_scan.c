@@ -20,10 +20,12 @@
  *     file's bytes come back too: the collector's Python parse of that very read then says which number is
  *     which, for this signature.
  *
- * values(fd, work, signature, count, index, factors, limit=inf) -> bytes, None or False
+ * values(fd, work, signature, count, index, factors, limit=inf, exact=b"", exact_text=b"") -> bytes, None or False
  *     numbers(fd, work), then, when the file has that signature and count, the doubles work[index[r]] *
  *     factors[r] as bytes; None when the structure differs, False when a number taken is limit or more in
- *     magnitude (a learned program's numbers beyond 2**53).  The grid sample's one call per file.
+ *     magnitude (a learned program's numbers beyond 2**53).  The grid sample's one call per file.  exact: the
+ *     positions (unsigned 32-bit, ascending) of numbers that must be, byte for byte, the NUL-ended tokens of
+ *     exact_text (else None): numbers beyond a double's integers, which a learned program keeps as they are.
  *
  * take(src, index, factors, dst, stride, offset) -> None
  *     dst[offset + r * stride] (a double) = src[index[r]] * factors[r], for every r; factors may be None (1).
@@ -362,14 +364,42 @@ done_nofactors:
     return result;
 }
 
+/* Whether the numbers at positions exact[0..n) (ascending) are, byte for byte, the tokens of text (each ended by
+ * a NUL): numbers beyond a double's integers, which a double cannot tell apart. */
+static int same_tokens(const char *buf, Py_ssize_t len, const uint32_t *exact, Py_ssize_t n, const char *text,
+                       Py_ssize_t text_len) {
+    const char *p = buf, *end = buf + len, *want = text, *want_end = text + text_len;
+    Py_ssize_t number = 0, r = 0;
+    while (p < end && r < n) {
+        if (is_separator(*p)) {
+            p++;
+            continue;
+        }
+        const char *start = p;
+        while (p < end && !is_separator(*p))
+            p++;
+        double ignored;
+        if (!parse_number(start, p, &ignored))
+            continue;
+        if ((uint32_t)number++ != exact[r])
+            continue;
+        size_t size = (size_t)(p - start);
+        if (want + size >= want_end || memcmp(want, start, size) != 0 || want[size] != 0)
+            return 0;
+        want += size + 1;
+        r++;
+    }
+    return r == n;
+}
+
 static PyObject *values(PyObject *self, PyObject *args) {
     PyObject *fd;
-    Py_buffer work, index, factors;
+    Py_buffer work, index, factors, exact = {0}, exact_text = {0};
     unsigned long long expected;
     Py_ssize_t expected_count;
     double limit = HUGE_VAL;
-    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|d:values", &fd, &work, &expected, &expected_count, &index, &factors,
-                          &limit))
+    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|dy*y*:values", &fd, &work, &expected, &expected_count, &index, &factors,
+                          &limit, &exact, &exact_text))
         return NULL;
     PyObject *result = NULL;
     char stack[STACK_BYTES], *buf;
@@ -380,9 +410,13 @@ static PyObject *values(PyObject *self, PyObject *args) {
     Py_ssize_t cap = work.len / (Py_ssize_t)sizeof(double);
     uint64_t h;
     Py_ssize_t count = scan_buffer(buf, len, nums, cap, &h);
+    int same = h == expected && count == expected_count && count <= cap;
+    if (same && exact.buf != NULL && exact.len > 0)
+        same = same_tokens(buf, len, exact.buf, exact.len / (Py_ssize_t)sizeof(uint32_t), exact_text.buf,
+                           exact_text.len);
     if (buf != stack)
         PyMem_RawFree(buf);
-    if (h != expected || count != expected_count || count > cap) {
+    if (!same) {
         result = Py_NewRef(Py_None); /* another structure: the collector's Python parse makes a new program */
         goto done;
     }
@@ -414,6 +448,10 @@ done:
     PyBuffer_Release(&work);
     PyBuffer_Release(&index);
     PyBuffer_Release(&factors);
+    if (exact.buf != NULL)
+        PyBuffer_Release(&exact);
+    if (exact_text.buf != NULL)
+        PyBuffer_Release(&exact_text);
     return result;
 }
 
@@ -804,8 +842,8 @@ static PyObject *store(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"numbers", numbers, METH_VARARGS, "numbers(fd, out, text=False) -> (count, signature, bytes or None): a file's numbers, in order."},
     {"values", values, METH_VARARGS,
-     "values(fd, work, signature, count, index, factors, limit=inf) -> bytes, None or False: numbers() and take() "
-     "in one call."},
+     "values(fd, work, signature, count, index, factors, limit=inf, exact=b'', exact_text=b'') -> bytes, None or "
+     "False: numbers() and take() in one call."},
     {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
     {"publish", publish, METH_VARARGS,
      "publish(registers, sinks, buffer, plan, ..., wake_at): a compiled sample's write, then a futex wake."},

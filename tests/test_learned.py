@@ -275,3 +275,21 @@ def test_the_cpus_frequencies_learned_as_a_group_give_cpufreq_rows_whatever_thei
         cpus = (tree / "sys" / "devices" / "system" / "cpu").glob("cpu[0-9]*")
         return [path.resolve() for cpu in cpus for path in (cpu / "cpufreq").glob("*_freq")]
     _compare_on_fixture(tmp_path, ["cpufreq"], frequencies, least=10)
+
+
+def test_a_number_beyond_a_doubles_integers_is_checked_byte_for_byte(tmp_path):
+    """mountstats wraps its times at 2**53: a program keeps such a number as it is, and a change of 1, which
+    its double may not show, still reaches the parse."""
+    def wrapping(text: str) -> list:
+        big, small = text.split()
+        return [(USED, ("0",), float(int(big) % (1 << 53))), (FREE, ("0",), float(small))]
+    base = (1 << 53) + 4
+    file, path = learned(tmp_path, f"{base} 5\n", wrapping)
+    try:
+        assert file.rows() == wrapping(f"{base} 5\n") and file.program is not None
+        for big, small in ((base, 6), (base + 1, 6), (base + 1, 7), (base + 2, 7)):
+            path.write_text(f"{big} {small}\n")
+            assert file.rows() == wrapping(f"{big} {small}\n")
+        assert float(base + 1) == float(base)  # (what a check of the double alone would have missed)
+    finally:
+        file.file.close()

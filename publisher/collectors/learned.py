@@ -15,7 +15,10 @@ collector with one parser per file gets the same from ``LearnedFile``, without w
   point's digits; or whether the parse accepts the file: a state id must be below 2**32) is structural: it
   is left as it is in the copies, and every later read checks it kept its value;
 * so is a number some row's value depends on otherwise than as number x factor (a link rate parsed as a
-  float32, a sum): that row is a constant while the number keeps its value.
+  float32, a sum): that row is a constant while the number keeps its value;
+* and a number beyond 2**53, where a double's integers end (a parse may wrap it, as mountstats' times): it is
+  checked byte for byte.  A number that grows beyond 2**53 later makes the program stand aside for that read
+  (the parse runs).
 
 The program is kept only when all of that holds for every row, and it reproduces the real read's values.  From
 then on a sample re-reads only the numbers (``_scan.values``, which checks the file kept its shape) and zips
@@ -71,13 +74,16 @@ class _Program:
     """Rows from the numbers of one shape of the file."""
 
     __slots__ = ("shape", "context", "positions", "factors", "families", "labels", "structural", "pick",
-                 "constants", "uses")
+                 "constants", "uses", "exact", "exact_text")
 
     def __init__(self, shape: numbers.Shape, context: object, rows: Sequence[Row], sources: list,
-                 structural: dict[int, float]):
-        """``sources[i]``: (position, factor) of row i's number, or None for a constant."""
+                 structural: dict[int, float], exact: dict[int, bytes]):
+        """``sources[i]``: (position, factor) of row i's number, or None for a constant; ``structural``: the
+        numbers checked by value, ``exact``: by their bytes (beyond a double's integers)."""
         self.shape = shape
         self.context = context
+        self.exact = array("I", sorted(exact))
+        self.exact_text = b"".join(exact[k] + b"\0" for k in sorted(exact))
         mapped = [(i, src) for i, src in enumerate(sources) if src is not None]
         constant = [i for i, src in enumerate(sources) if src is None]
         # Read: the rows' numbers, then the structural ones (checked).
@@ -97,7 +103,8 @@ class _Program:
     def rows(self, source: numbers.Numbers) -> list[Row] | object | None:
         """The rows of a new read; None when the file moved (its shape, or a structural number), ASIDE when
         only this read is beyond the program (a number too large to be exact in a double)."""
-        raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT)
+        raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT,
+                                   self.exact, self.exact_text)
         if raw is None or raw is False:
             return None if raw is None else ASIDE
         values = memoryview(raw).cast("d").tolist()
@@ -364,6 +371,10 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
     huge = lambda k: b"%d" % (HUGE + 2 * k)  # noqa: E731
     kept = _structural(raw, spans, columns,
                        lambda keep: all(same_keys(copy(marker, keep)) for marker in (marker_a, zero, huge)))
+    # Numbers beyond a double's integers are kept as they are, checked byte for byte (a parse may wrap them:
+    # mountstats' times); the rows of such a number are constants while it does not move.
+    beyond = {k: raw[start:end] for k, (start, end) in enumerate(spans) if abs(values[k]) >= EXACT}
+    kept |= beyond.keys()
     for _ in range(2):  # the second time with the numbers the first time's odd rows depend on kept
         copies = [copy(marker, kept) for marker in (marker_a, marker_b, zero, telling, huge)]
         if not all(map(same_keys, copies)):
@@ -380,7 +391,8 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
                 odd.append(i)
             sources.append(found)
         if not odd:
-            return _Program(shape, context, rows, sources, {k: values[k] for k in sorted(kept)})
+            return _Program(shape, context, rows, sources, {k: values[k] for k in sorted(kept) if k not in beyond},
+                            beyond)
         # Rows that are not a number x a factor (a rate read as a float32, a sum): the numbers they depend
         # on are kept too, and the rows are constants while those numbers do not move.
         every = set(range(len(spans)))
