@@ -20,7 +20,7 @@ from functools import partial
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
 from shm_metrics.publisher.collectors._go_order import add_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedFile, LearnedPaths
+from shm_metrics.publisher.collectors.learned import LearnedGroup, LearnedPaths
 
 # node_exporter's subsystem name -> the kstat file it reads.
 SUBSYSTEM_FILES = {
@@ -121,8 +121,9 @@ class Zfs(Collector):
                                  "zpool", "dataset")
         self.declare(POOL_STATE)
         self._pool_files = LearnedPaths()  # each pool's io, objset-* and state, kept open while the pool is there
-        self._learned = [LearnedFile(pf, partial(self._subsystem_rows, subsystem))
-                         for subsystem, _, pf in self._subsystems]
+        # Every subsystem's kstat file in one C call, learned as one program (collectors/learned.py).
+        self._subsystem_group = (LearnedGroup([pf for _, _, pf in self._subsystems], self._subsystems_rows)
+                                 if self._subsystems else None)
 
     def _pools(self) -> list[tuple[str, list[str]]]:
         """(pool directory, its entries) for each pool now: one listing each, where three globs over the
@@ -178,6 +179,14 @@ class Zfs(Collector):
         super().close()
         self._pool_files.close()
 
+    def _subsystems_rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple, float]]:
+        rows = []
+        for (subsystem, filename, _), text in zip(self._subsystems, texts):
+            if text is None:
+                raise OSError(f"cannot read {self._base}/{filename}")
+            rows += self._subsystem_rows(subsystem, text)
+        return rows
+
     def _subsystem_rows(self, subsystem: str, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
         families = self._families
         by_stat = self._by_stat.setdefault(subsystem, {})  # stat -> its family (None: not one of ours)
@@ -193,8 +202,8 @@ class Zfs(Collector):
         return rows
 
     def collect(self, out: Sample) -> None:
-        for learned in self._learned:
-            out.series += learned.rows()
+        if self._subsystem_group is not None:
+            out.series += self._subsystem_group.rows()
         pool_series = []
         try:
             pools = self._pools()
