@@ -293,3 +293,36 @@ def test_a_number_beyond_a_doubles_integers_is_checked_byte_for_byte(tmp_path):
         assert float(base + 1) == float(base)  # (what a check of the double alone would have missed)
     finally:
         file.file.close()
+
+
+def _new_data(line: str, value: int) -> str:
+    """A uint64 kstat line with another value (one beyond 2**53, a sentinel such as UINT64_MAX, left as is)."""
+    return re.sub(r"^(\S+\s+4\s+)(\d+)", lambda m: m[0] if int(m[2]) >= 1 << 53 else f"{m[1]}{value}", line)
+
+
+def test_a_kstat_files_values_are_mapped_not_kept(tmp_path):
+    """zfs's kstats: the type column is structural, the data column is values.  With the values changed
+    (as on any live host), the program must still serve: a program that kept them as structural would stand
+    down at every read, while serving a static fixture as well as a good one."""
+    root = node_e2e.unpack(tmp_path / "e2e")
+    tree = root / "collector" / "fixtures"
+    options, filters = node_e2e.publisher_settings()
+    sampler = Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), rootfs=str(tree),
+                      udev_data=str(tree / "udev" / "data"), collectors=selected(["zfs"]), options=options,
+                      filters=filters)
+    try:
+        for _ in range(2):
+            sampler.sample(full=True)
+        learned = [f for f in _learned_files(sampler) if f.program is not None]
+        assert learned
+        for round_ in range(3):
+            for path in (tree / "proc" / "spl" / "kstat" / "zfs").rglob("*"):
+                if path.is_file():  # every uint64 kstat line "name 4 data": a new data
+                    lines = path.read_text().splitlines(keepends=True)
+                    path.write_text("".join(_new_data(line, round_ * 1000 + n) for n, line in enumerate(lines)))
+            before = [(f.program, f.program.uses) for f in learned]
+            sampler.sample(full=True)
+            assert all(f.program is program and f.program.uses == uses + 1 for f, (program, uses) in
+                       zip(learned, before)), "a program stood down when only values changed"
+    finally:
+        sampler.close()
