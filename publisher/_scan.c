@@ -7,7 +7,7 @@
  * found by their Python parse whenever a file's structure changes; this only re-reads numbers at the same
  * places while it does not.
  *
- * numbers(fd, out, text=False) -> (count, signature, file bytes or None)
+ * numbers(fd, out, text=False, hex=False) -> (count, signature, file bytes or None)
  *     fd: a descriptor, or a tuple of them (a group of files, read as one text with "\n\x1f\n" between them:
  *     a word that keeps each file's numbers in their places; "\x1e" for a file whose read fails; each file of
  *     a group is read until a short read, as sysfs attributes come).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
@@ -20,12 +20,15 @@
  *     file's bytes come back too: the collector's Python parse of that very read then says which number is
  *     which, for this signature.
  *
- * values(fd, work, signature, count, index, factors, limit=inf, exact=b"", exact_text=b"") -> bytes, None or False
+ * values(fd, work, signature, count, index, factors, limit=inf, exact=b"", exact_text=b"", hex=False)
+ *   -> bytes, None or False
  *     numbers(fd, work), then, when the file has that signature and count, the doubles work[index[r]] *
  *     factors[r] as bytes; None when the structure differs, False when a number taken is limit or more in
  *     magnitude (a learned program's numbers beyond 2**53).  The grid sample's one call per file.  exact: the
  *     positions (unsigned 32-bit, ascending) of numbers that must be, byte for byte, the NUL-ended tokens of
  *     exact_text (else None): numbers beyond a double's integers, which a learned program keeps as they are.
+ *     hex (numbers() too): a token of 1 to 16 hexadecimal digits is the number (the files of /proc/net/stat,
+ *     softnet_stat), a decimal fraction a word.
  *
  * take(src, index, factors, dst, stride, offset) -> None
  *     dst[offset + r * stride] (a double) = src[index[r]] * factors[r], for every r; factors may be None (1).
@@ -152,6 +155,28 @@ static int parse_number(const char *p, const char *end, double *out) {
     return 1;
 }
 
+/* The token [p, end) as a hexadecimal number (1 to 16 digits, no prefix: /proc/net/stat files, softnet_stat), or 0
+ * when it is a word. */
+static int parse_hex(const char *p, const char *end, double *out) {
+    if (p == end || end - p > 16)
+        return 0;
+    uint64_t v = 0;
+    for (const char *q = p; q < end; q++) {
+        char c = *q;
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0)
+            return 0;
+        v = v * 16 + (uint64_t)digit;
+    }
+    *out = (double)v;
+    return 1;
+}
+
+static int token_number(const char *p, const char *end, int hex, double *out) {
+    return hex ? parse_hex(p, end, out) : parse_number(p, end, out);
+}
+
 /* Room for ``more`` bytes at (*buf)[*len..]: *buf starts as stack and moves to the heap when it outgrows it. */
 static int reserve(char *stack, char **buf, Py_ssize_t *cap, Py_ssize_t len, Py_ssize_t more) {
     while (len + more > *cap) {
@@ -261,7 +286,8 @@ fail:
 }
 
 /* Splits buf into numbers (stored into dst while there is room) and words; returns the count, sets *sig. */
-static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_ssize_t cap, uint64_t *sig) {
+static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_ssize_t cap, uint64_t *sig,
+                              int hex) {
     Py_ssize_t count = 0;
     uint32_t since_word = 0;
     uint64_t h = FNV_OFFSET;
@@ -280,7 +306,7 @@ static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_s
         while (p < end && !is_separator(*p))
             p++;
         double value;
-        if (parse_number(start, p, &value)) {
+        if (token_number(start, p, hex, &value)) {
             if (count < cap)
                 dst[count] = value;
             count++;
@@ -298,9 +324,9 @@ static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_s
 
 static PyObject *numbers(PyObject *self, PyObject *args) {
     PyObject *fd;
-    int text = 0;
+    int text = 0, hex = 0;
     Py_buffer out;
-    if (!PyArg_ParseTuple(args, "Ow*|p:numbers", &fd, &out, &text))
+    if (!PyArg_ParseTuple(args, "Ow*|pp:numbers", &fd, &out, &text, &hex))
         return NULL;
     char stack[STACK_BYTES], *buf;
     Py_ssize_t len;
@@ -309,7 +335,7 @@ static PyObject *numbers(PyObject *self, PyObject *args) {
         return NULL;
     }
     uint64_t h;
-    Py_ssize_t count = scan_buffer(buf, len, out.buf, out.len / (Py_ssize_t)sizeof(double), &h);
+    Py_ssize_t count = scan_buffer(buf, len, out.buf, out.len / (Py_ssize_t)sizeof(double), &h, hex);
     PyObject *bytes = text ? PyBytes_FromStringAndSize(buf, len) : Py_NewRef(Py_None);
     if (buf != stack)
         PyMem_RawFree(buf);
@@ -367,7 +393,7 @@ done_nofactors:
 /* Whether the numbers at positions exact[0..n) (ascending) are, byte for byte, the tokens of text (each ended by
  * a NUL): numbers beyond a double's integers, which a double cannot tell apart. */
 static int same_tokens(const char *buf, Py_ssize_t len, const uint32_t *exact, Py_ssize_t n, const char *text,
-                       Py_ssize_t text_len) {
+                       Py_ssize_t text_len, int hex) {
     const char *p = buf, *end = buf + len, *want = text, *want_end = text + text_len;
     Py_ssize_t number = 0, r = 0;
     while (p < end && r < n) {
@@ -379,7 +405,7 @@ static int same_tokens(const char *buf, Py_ssize_t len, const uint32_t *exact, P
         while (p < end && !is_separator(*p))
             p++;
         double ignored;
-        if (!parse_number(start, p, &ignored))
+        if (!token_number(start, p, hex, &ignored))
             continue;
         if ((uint32_t)number++ != exact[r])
             continue;
@@ -398,8 +424,9 @@ static PyObject *values(PyObject *self, PyObject *args) {
     unsigned long long expected;
     Py_ssize_t expected_count;
     double limit = HUGE_VAL;
-    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|dy*y*:values", &fd, &work, &expected, &expected_count, &index, &factors,
-                          &limit, &exact, &exact_text))
+    int hex = 0;
+    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|dy*y*p:values", &fd, &work, &expected, &expected_count, &index, &factors,
+                          &limit, &exact, &exact_text, &hex))
         return NULL;
     PyObject *result = NULL;
     char stack[STACK_BYTES], *buf;
@@ -409,11 +436,11 @@ static PyObject *values(PyObject *self, PyObject *args) {
     double *nums = work.buf;
     Py_ssize_t cap = work.len / (Py_ssize_t)sizeof(double);
     uint64_t h;
-    Py_ssize_t count = scan_buffer(buf, len, nums, cap, &h);
+    Py_ssize_t count = scan_buffer(buf, len, nums, cap, &h, hex);
     int same = h == expected && count == expected_count && count <= cap;
     if (same && exact.buf != NULL && exact.len > 0)
         same = same_tokens(buf, len, exact.buf, exact.len / (Py_ssize_t)sizeof(uint32_t), exact_text.buf,
-                           exact_text.len);
+                           exact_text.len, hex);
     if (buf != stack)
         PyMem_RawFree(buf);
     if (!same) {
@@ -504,7 +531,7 @@ static int read_source(PyObject *spec, Source *src) {
             return 0;
         }
         uint64_t h;
-        Py_ssize_t count = scan_buffer(buf, len, src->nums, src->cap, &h);
+        Py_ssize_t count = scan_buffer(buf, len, src->nums, src->cap, &h, 0);
         if (buf != stack)
             PyMem_RawFree(buf);
         src->count = count;
@@ -840,10 +867,11 @@ static PyObject *store(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"numbers", numbers, METH_VARARGS, "numbers(fd, out, text=False) -> (count, signature, bytes or None): a file's numbers, in order."},
+    {"numbers", numbers, METH_VARARGS,
+     "numbers(fd, out, text=False, hex=False) -> (count, signature, bytes or None): a file's numbers, in order."},
     {"values", values, METH_VARARGS,
-     "values(fd, work, signature, count, index, factors, limit=inf, exact=b'', exact_text=b'') -> bytes, None or "
-     "False: numbers() and take() in one call."},
+     "values(fd, work, signature, count, index, factors, limit=inf, exact=b'', exact_text=b'', hex=False) -> "
+     "bytes, None or False: numbers() and take() in one call."},
     {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
     {"publish", publish, METH_VARARGS,
      "publish(registers, sinks, buffer, plan, ..., wake_at): a compiled sample's write, then a futex wake."},

@@ -37,10 +37,10 @@ def parse(text: str) -> list:
     return rows
 
 
-def learned(tmp_path: Path, text: str, parse=parse) -> tuple[LearnedFile, Path]:
+def learned(tmp_path: Path, text: str, parse=parse, hex: bool = False) -> tuple[LearnedFile, Path]:
     path = tmp_path / "file"
     path.write_text(text)
-    return LearnedFile(ProcFile(str(path)), parse), path
+    return LearnedFile(ProcFile(str(path)), parse, hex=hex), path
 
 
 def test_a_program_follows_the_numbers_and_checks_the_structural_ones(tmp_path):
@@ -172,7 +172,7 @@ def untimed(rows: list) -> list:
 
 LEARNING = ["zoneinfo", "meminfo_numa", "mountstats", "nfs", "nfsd", "interrupts", "schedstat", "vmstat",
             "sockstat", "netstat", "zfs", "mdadm", "xfs", "btrfs", "bcache",
-            "powersupplyclass"]
+            "powersupplyclass", "softnet"]
 
 
 def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None, least: int = 20) -> None:
@@ -326,3 +326,20 @@ def test_a_kstat_files_values_are_mapped_not_kept(tmp_path):
                        zip(learned, before)), "a program stood down when only values changed"
     finally:
         sampler.close()
+
+
+def test_a_hexadecimal_file_is_learned_in_its_own_digits(tmp_path):
+    """softnet_stat: one line of hexadecimal counters per CPU; a counter that gains a letter keeps the shape."""
+    def softnet(text: str) -> list:
+        return [(USED, (str(cpu),), float(int(line.split()[0], 16) * 8)) for cpu, line in
+                enumerate(text.splitlines())]
+    file, path = learned(tmp_path, "00000010 00000000\n0000000a 00000001\n", softnet, hex=True)
+    try:
+        assert file.rows() == softnet(path.read_text()) and file.program is not None
+        for text in ("000000ff 00000000\n0000abcd 00000001\n", "00000099 00000000\n00000100 00000001\n"):
+            path.write_text(text)
+            uses = file.program.uses
+            assert file.rows() == softnet(text)
+            assert file.program.uses == uses + 1  # digits and letters alike: the same shape
+    finally:
+        file.file.close()

@@ -64,6 +64,15 @@ HUGE = 1 << 52
 MAX_TRIALS = 64  # parses spent finding the structural numbers before giving up on a file
 _TOKEN = re.compile(rb"[^ \t\n:\r/]+")  # _scan.c's tokens: its separators are these six bytes
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+
+
+def _is_decimal(token: bytes) -> bool:
+    return len(token) < numbers._LONGEST_NUMBER and _NUMBER.fullmatch(token) is not None
+
+
+def _is_hex(token: bytes) -> bool:
+    return _HEX.fullmatch(token) is not None
 
 
 def _scaled(value: float, factor: float) -> float:
@@ -104,7 +113,7 @@ class _Program:
         """The rows of a new read; None when the file moved (its shape, or a structural number), ASIDE when
         only this read is beyond the program (a number too large to be exact in a double)."""
         raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT,
-                                   self.exact, self.exact_text)
+                                   self.exact, self.exact_text, source.hex)
         if raw is None or raw is False:
             return None if raw is None else ASIDE
         values = memoryview(raw).cast("d").tolist()
@@ -124,10 +133,11 @@ class LearnedFile:
 
     A read error propagates (the collector fails, as with its own reads)."""
 
-    def __init__(self, file: ProcFile, parse: Parse):
+    def __init__(self, file: ProcFile, parse: Parse, hex: bool = False):
+        """``hex``: the file's numbers are hexadecimal digits, without a prefix (/proc/net/stat/*)."""
         self.file = file
         self.parse = parse
-        self.numbers = numbers.Numbers(file.fd) if numbers.AVAILABLE else None
+        self.numbers = numbers.Numbers(file.fd, hex=hex) if numbers.AVAILABLE else None
         self.program: _Program | None = None
         self.learned = 0  # programs made (tests)
         self._wait = 0  # Python samples before the next try at learning
@@ -156,7 +166,7 @@ class LearnedFile:
         if self._wait:
             self._wait -= 1
             return
-        self.program = learn(raw, shape, self.numbers.values, rows, self.parse_raw, context)
+        self.program = learn(raw, shape, self.numbers.values, rows, self.parse_raw, context, self.numbers.hex)
         if self.program is None:
             self._backoff = min(2 * self._backoff + 1, 255)
             self._wait = self._backoff
@@ -330,16 +340,17 @@ def _close_group(group: LearnedGroup) -> None:
 
 
 def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Callable[[bytes], list[Row]],
-          context: object = None) -> _Program | None:
+          context: object = None, hex: bool = False) -> _Program | None:
     """A program giving ``rows`` (what ``parse`` made of the bytes ``raw``, whose numbers ``values`` holds)
     from the numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
     spans, columns = [], []  # each number's bytes, and its token's place in its line
     line_start, column = 0, 0
+    is_number = _is_hex if hex else _is_decimal
     for m in _TOKEN.finditer(raw):
         newline = raw.rfind(b"\n", line_start, m.start())
         if newline >= 0:
             line_start, column = newline + 1, 0
-        if len(m[0]) < numbers._LONGEST_NUMBER and _NUMBER.fullmatch(m[0]):
+        if is_number(m[0]):
             spans.append(m.span())
             columns.append(column)
         column += 1
@@ -364,11 +375,12 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
         return got is not None and len(got) == len(keys) and all(
             (row[0], row[1]) == key for row, key in zip(got, keys))
 
-    marker_a = lambda k: b"%d" % (MARK + 2 * k)  # noqa: E731
-    marker_b = lambda k: b"%d" % (MARK + 2 * k + 1)  # noqa: E731
+    form = b"%x" if hex else b"%d"  # a number as the file writes them
+    marker_a = lambda k: form % (MARK + 2 * k)  # noqa: E731
+    marker_b = lambda k: form % (MARK + 2 * k + 1)  # noqa: E731
     zero = lambda k: b"0"  # noqa: E731
-    telling = lambda k: b"%d" % TELLING  # noqa: E731
-    huge = lambda k: b"%d" % (HUGE + 2 * k)  # noqa: E731
+    telling = lambda k: form % TELLING  # noqa: E731
+    huge = lambda k: form % (HUGE + 2 * k)  # noqa: E731
     kept = _structural(raw, spans, columns,
                        lambda keep: all(same_keys(copy(marker, keep)) for marker in (marker_a, zero, huge)))
     # Numbers beyond a double's integers are kept as they are, checked byte for byte (a parse may wrap them:

@@ -103,16 +103,17 @@ class Program:
 class Numbers:
     """The numbers of a kept-open file (``ProcFile``), re-read in place: ``values`` holds them after ``read``."""
 
-    def __init__(self, fd: int, capacity: int = 128):
+    def __init__(self, fd: int, capacity: int = 128, hex: bool = False):
         self.fd = fd
         self.values = array("d", bytes(8 * capacity))
+        self.hex = hex  # its numbers are hexadecimal digits (_scan.c's hex)
 
     def read(self, text: bool = False) -> tuple[int, int, bytes | None]:
         """(how many numbers, the structure's signature, the file's bytes when ``text``)."""
-        count, signature, raw = _scan.numbers(self.fd, self.values, text)
+        count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex)
         if count > len(self.values):  # a larger file than last time: room for it and read again
             self.values = array("d", bytes(8 * 2 * count))
-            count, signature, raw = _scan.numbers(self.fd, self.values, text)
+            count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex)
         return count, signature, raw
 
 
