@@ -114,20 +114,20 @@ class PowerSupplyClass(Collector):
         rows = []
         try:
             for supply in os.listdir(self._root):
-                if self._ignored.search(supply):
-                    continue
                 path = os.path.join(self._root, supply)
                 try:
                     with os.scandir(path) as entries:
                         names = tuple(e.name for e in entries if e.is_file(follow_symlinks=False))
                     # Every attribute in one C call, learned (collectors/learned.py); the listing decides which.
-                    rows += self._files.group_rows(tuple(f"{path}/{name}" for name in names),
-                                                   partial(_supply_rows, supply, path, names), decode=_attribute,
-                                                   learn_unreadable=False)  # (each failure's errno decides)
+                    supply_rows = self._files.group_rows(tuple(f"{path}/{name}" for name in names),
+                                                         partial(_supply_rows, supply, path, names),
+                                                         decode=_attribute, learn_unreadable=False)
                 except OSError:
                     if not os.path.lexists(path):
                         continue  # unplugged between the listing and the reads
                     raise
+                if not self._ignored.search(supply):  # (read first, as procfs reads every supply)
+                    rows += supply_rows
         finally:
             self._files.sweep()
         out.series += rows
