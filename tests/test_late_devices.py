@@ -29,6 +29,7 @@ from shm_metrics.publisher.collectors.infiniband import Infiniband
 from shm_metrics.publisher.collectors.lnstat import Lnstat
 from shm_metrics.publisher.collectors.mdadm import Mdadm
 from shm_metrics.publisher.collectors.meminfo_numa import MeminfoNuma
+from shm_metrics.publisher.collectors.netclass import Netclass
 from shm_metrics.publisher.collectors.nvme import Nvme
 from shm_metrics.publisher.collectors.powersupplyclass import PowerSupplyClass
 from shm_metrics.publisher.collectors.rapl import Rapl
@@ -442,4 +443,31 @@ def test_a_cpu_whose_cpufreq_appears_later_is_published_then(tree):
         assert its_series()
         assert published(sampler.sample()) == fresh(tree, Cpufreq)
     finally:
+        sampler.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating veth interfaces needs root")
+def test_an_interface_made_again_under_its_name_is_read_anew():
+    """A VPN's tun0 reconnecting, docker0 after a restart: the interface is deleted and made again under its
+    name between two samples.  The files kept open of the old one answer ENODEV; netclass must read the new
+    one (its ifindex, its state), not publish the old one's last state forever."""
+    by_name = {family.name: family for family in Netclass.families}
+    iface_id, up = by_name["node_network_iface_id"], by_name["node_network_up"]
+    veth, peer = f"shmre{os.getpid() % 100000}a", f"shmre{os.getpid() % 100000}b"
+    sampler = Sampler(collectors=[Netclass])
+    try:
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        for _ in range(3):  # (its program learned)
+            first = sampler.sample(full=True)
+        assert first.values(iface_id)[(veth,)] == int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
+        _ip("link", "del", veth)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", veth, "up")
+        _ip("link", "set", peer, "up")
+        again = sampler.sample(full=True)
+        assert again.values(iface_id)[(veth,)] == int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
+        state = Path(f"/sys/class/net/{veth}/operstate").read_text().strip()
+        assert again.values(up)[(veth,)] == (1 if state == "up" else 0)
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         sampler.close()

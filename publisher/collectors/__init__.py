@@ -265,7 +265,7 @@ class Collector:
 Opener = Callable[[str], ProcFile]
 
 
-def _same_file(pf: ProcFile) -> bool:
+def same_file(pf: ProcFile) -> bool:
     """Whether ``pf``'s path still names the file it has open (sysfs gives a new node a new inode)."""
     try:
         held, now = os.fstat(pf.fd), os.stat(pf.path)
@@ -335,7 +335,7 @@ class Devices:
         if held is None:
             return True  # dropped already in this sample
         files = held[1]
-        if _same_file(files[0]) if files else os.path.lexists(os.path.join(self.root, name)):
+        if same_file(files[0]) if files else os.path.lexists(os.path.join(self.root, name)):
             return False
         self._drop(name)
         self._listed = -math.inf

@@ -15,7 +15,17 @@ import re
 import time
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, read_once, register
+from shm_metrics.publisher.collectors import (
+    Collector,
+    Context,
+    ProcFile,
+    Sample,
+    counter,
+    gauge,
+    read_once,
+    register,
+    same_file,
+)
 from shm_metrics.publisher.collectors.learned import LearnedGroup
 
 PROPERTIES_REFRESH_SECONDS = 30.0
@@ -61,17 +71,18 @@ def _number(text: str | bytes | None) -> int | None:
         return None
 
 
-_DYNAMIC = ("operstate", *(a for _, a, dynamic in _NUMERIC if dynamic))
+_DYNAMIC = tuple(a for _, a, dynamic in _NUMERIC if dynamic)
 
 
 class _Interface:
-    """One interface's kept-open dynamic attributes (read as one group: collectors/learned.py) and its cached
-    properties."""
+    """One interface's kept-open operstate, its other dynamic attributes (read as one group:
+    collectors/learned.py) and its cached properties."""
 
     def __init__(self, name: str, path: str, ignore_invalid_speed: bool):
         self.name = name
         self.path = path
         self.ignore_invalid_speed = ignore_invalid_speed
+        self.operstate = ProcFile(f"{path}/operstate")  # OSError: no interface there (any more)
         files = []
         self.present: tuple[str, ...] = ()  # the dynamic attributes this interface has, in the group's order
         for attr in _DYNAMIC:
@@ -81,10 +92,22 @@ class _Interface:
             except OSError:
                 pass
         self.group = LearnedGroup(files, self._rows) if files else None
-        self.deleted = False
+        self.state = ""  # operstate as last read (the group's context, with the properties' refresh)
         self.refreshed = -1e18
         self.strings: dict[str, str] = {}
         self.numbers: dict[str, int | None] = {}
+
+    def current(self) -> bool:
+        """Read operstate; False when it cannot be read because this is not the interface any more: deleted,
+        or deleted and made again under its name (a VPN's tun0 reconnecting, docker0 after a restart), whose
+        kept files all answer ENODEV."""
+        try:
+            self.state = self.operstate.read().strip()
+        except OSError:
+            if not os.path.lexists(self.path) or not same_file(self.operstate):
+                return False
+            self.state = ""
+        return True
 
     def refresh(self, now: float) -> None:
         if now - self.refreshed < PROPERTIES_REFRESH_SECONDS:
@@ -94,19 +117,15 @@ class _Interface:
         self.numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
 
     def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
-        """This interface's series now (its properties as last refreshed: the group's context)."""
+        """This interface's series now (after ``current``; its operstate and properties: the group's context)."""
         if self.group is None:
             return self._rows([])
-        return self.group.rows(self.refreshed)
+        return self.group.rows((self.state, self.refreshed))
 
     def _rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
-        """The series from the dynamic attributes' texts (None: unreadable now, as a down link's speed)."""
+        """The series from the dynamic attributes' texts (None: unreadable now, as a down link's carrier)."""
         read = dict(zip(self.present, (None if t is None else t.strip() for t in texts)))
-        operstate = read.get("operstate")
-        if operstate is None and not os.path.lexists(self.path):
-            self.deleted = True  # deleted since the listing: no half-empty series
-            return []
-        operstate = operstate or ""
+        operstate = self.state
         name = self.name
         labels = (name,)
         s = self.strings
@@ -124,6 +143,7 @@ class _Interface:
         return rows
 
     def close(self) -> None:
+        self.operstate.close()
         if self.group is not None:
             for pf in self.group.files:
                 pf.close()
@@ -155,15 +175,29 @@ class Netclass(Collector):
         for gone in [n for n in self._interfaces if n not in names]:
             self._interfaces.pop(gone).close()
         for name in names:
-            iface = self._interfaces.get(name)
+            iface = self._interface(name)
             if iface is None:
-                iface = self._interfaces[name] = _Interface(name, f"{self._root}/{name}", self._ignore_invalid_speed)
+                continue  # deleted since the listing: no half-empty series
             iface.refresh(now)
-            rows = iface.rows()
-            if iface.deleted:
-                self._interfaces.pop(name).close()
-                continue
-            out.series += rows
+            out.series += iface.rows()
+
+    def _interface(self, name: str) -> _Interface | None:
+        """The interface under ``name`` now, its operstate read: made again when the one kept is not it any
+        more; None when there is none."""
+        iface = self._interfaces.get(name)
+        if iface is not None:
+            if iface.current():
+                return iface
+            self._interfaces.pop(name).close()
+        try:
+            iface = _Interface(name, f"{self._root}/{name}", self._ignore_invalid_speed)
+        except OSError:
+            return None
+        if not iface.current():
+            iface.close()
+            return None
+        self._interfaces[name] = iface
+        return iface
 
     def close(self) -> None:
         super().close()
