@@ -471,3 +471,34 @@ def test_an_interface_made_again_under_its_name_is_read_anew():
     finally:
         subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         sampler.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating veth interfaces needs root")
+def test_files_kept_by_path_follow_a_device_made_again_under_its_name():
+    """LearnedPaths (btrfs, bcache, xfs, zfs's pools, power supplies): a device deleted and made again under
+    its path between two samples (a filesystem mounted again, a battery plugged back) answers ENODEV through
+    the kept files; its files are opened again and read at once, not published as unreadable."""
+    from shm_metrics.publisher.collectors.learned import LearnedPaths
+
+    veth, peer = f"shmkp{os.getpid() % 100000}a", f"shmkp{os.getpid() % 100000}b"
+    root = f"/sys/class/net/{veth}"
+    kept = LearnedPaths()
+    group_parse = lambda texts: [("ifindex", (), None if texts[0] is None else int(texts[0])),  # noqa: E731
+                                 ("mtu", (), None if texts[1] is None else int(texts[1]))]
+    file_parse = lambda text: [("ifindex", (), int(text))]  # noqa: E731
+
+    def now() -> int:
+        return int(Path(f"{root}/ifindex").read_text())
+
+    try:
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        for _ in range(3):  # (their programs learned)
+            assert kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse)[0][2] == now()
+            assert kept.rows(f"{root}/ifindex", file_parse)[0][2] == now()
+        _ip("link", "del", veth)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        assert kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse)[0][2] == now()
+        assert kept.rows(f"{root}/ifindex", file_parse)[0][2] == now()
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
+        kept.close()

@@ -181,7 +181,7 @@ class Bcache(Collector):
                 caches = tuple(entries(path, "cache[0-9]*"))
                 # Every file of the set in one C call, learned (collectors/learned.py); the listings decide which.
                 series += self._files.group_rows(self._paths(path, bdevs, caches),
-                                                 partial(self._set_rows, path, bdevs, caches), learn_unreadable=False)
+                                                 partial(self._set_rows, path, bdevs, caches))
         finally:
             self._files.sweep()
         add_in_go_order(out, series)

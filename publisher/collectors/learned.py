@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import ProcFile, Sample, numbers
+from shm_metrics.publisher.collectors import ProcFile, Sample, numbers, same_file
 
 Row = tuple[FamilyInfo, tuple[str, ...], float]
 ASIDE = object()  # a read the program does not serve, though the file kept its shape
@@ -224,6 +224,7 @@ class LearnedGroup(LearnedFile):
         self.files = tuple(files)
         self.learn_unreadable = learn_unreadable
         self.decode = decode or _decode
+        self.failed: list[int] = []  # the files the last read through the parse could not read
         if self.numbers is not None:
             self.numbers.fd = tuple(f.fd for f in files)
 
@@ -241,7 +242,9 @@ class LearnedGroup(LearnedFile):
         if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
             raise ValueError("a group's files do not split as they were read")
         decode = self.decode
-        return self.parse([None if part == GROUP_UNREADABLE else decode(part) for part in parts])
+        texts = [None if part == GROUP_UNREADABLE else decode(part) for part in parts]
+        self.failed = [i for i, text in enumerate(texts) if text is None]
+        return self.parse(texts)
 
     def _parse_now(self) -> list[Row]:
         texts: list[str | None] = []
@@ -250,6 +253,7 @@ class LearnedGroup(LearnedFile):
                 texts.append(self.decode(file.read_bytes()))
             except OSError:
                 texts.append(None)
+        self.failed = [i for i, text in enumerate(texts) if text is None]
         return self.parse(texts)
 
 
@@ -270,29 +274,40 @@ class LearnedPaths:
 
     def rows(self, path: str, parse: Parse) -> list[Row]:
         """The rows of the file at ``path`` (``parse``: the one given the first time); OSError as opening or
-        reading it raises (the file is opened again at the next sample)."""
-        learned = self._files.get(path)
-        if learned is None:
-            learned = self._files[path] = LearnedFile(ProcFile(path), parse)
+        reading it raises (the file is opened again at the next sample).  A kept file that fails because
+        its path names another one now (a pool imported again) is opened again at once."""
         self._used.add(path)
-        try:
-            return learned.rows()
-        except OSError:
-            self._files.pop(path).file.close()
-            raise
+        for _ in range(2):
+            learned = self._files.get(path)
+            if learned is None:
+                learned = self._files[path] = LearnedFile(ProcFile(path), parse)
+            try:
+                return learned.rows()
+            except OSError:
+                self._files.pop(path).file.close()
+                if same_file(learned.file) or not os.path.lexists(path):
+                    raise
+        raise OSError(f"{path}: cannot be read")
 
     def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
                    absent: type[OSError] | tuple[type[OSError], ...] = FileNotFoundError,
-                   decode: Callable[[bytes], str] | None = None, learn_unreadable: bool = True) -> list[Row]:
+                   decode: Callable[[bytes], str] | None = None) -> list[Row]:
         """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
         paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
         that cannot be read now, or that could not be opened with an ``absent`` error (any other propagates).
-        ``decode`` and ``learn_unreadable`` as LearnedGroup's."""
+        ``decode`` as LearnedGroup's.  No program is learned while a file fails: each failure asks whether
+        the path names another file now (a filesystem mounted again, a battery plugged back), and then the
+        group is opened again and read at once."""
+        self._used_groups.add(paths)
         group = self._groups.get(paths)
         if group is None:
-            group = self._groups[paths] = _open_group(paths, parse, absent, decode, learn_unreadable)
-        self._used_groups.add(paths)
-        return group.rows()
+            group = self._groups[paths] = _open_group(paths, parse, absent, decode)
+        rows = group.rows()
+        if group.failed and not all(same_file(group.files[i]) for i in group.failed):
+            _close_group(self._groups.pop(paths))
+            group = self._groups[paths] = _open_group(paths, parse, absent, decode)
+            rows = group.rows()
+        return rows
 
     def sweep(self) -> None:
         for path in [p for p in self._files if p not in self._used]:
@@ -313,7 +328,7 @@ class LearnedPaths:
 
 def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
                 absent: type[OSError] | tuple[type[OSError], ...], decode: Callable[[bytes], str] | None,
-                learn_unreadable: bool = True) -> LearnedGroup:
+                ) -> LearnedGroup:
     """A group of the files at ``paths``; one that cannot be opened with an ``absent`` error is /dev/null in
     it, None to the parse (any other error opening one propagates)."""
     files, missing = [], set()
@@ -331,7 +346,7 @@ def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list
     if missing:
         whole = parse
         parse = lambda texts: whole([None if i in missing else t for i, t in enumerate(texts)])  # noqa: E731
-    return LearnedGroup(files, parse, learn_unreadable, decode)
+    return LearnedGroup(files, parse, learn_unreadable=False, decode=decode)
 
 
 def _close_group(group: LearnedGroup) -> None:

@@ -121,7 +121,7 @@ class PowerSupplyClass(Collector):
                     # Every attribute in one C call, learned (collectors/learned.py); the listing decides which.
                     supply_rows = self._files.group_rows(tuple(f"{path}/{name}" for name in names),
                                                          partial(_supply_rows, supply, path, names),
-                                                         decode=_attribute, learn_unreadable=False)
+                                                         decode=_attribute)
                 except OSError:
                     if not os.path.lexists(path):
                         continue  # unplugged between the listing and the reads
