@@ -285,26 +285,41 @@ fail:
     return -1;
 }
 
+/* The next token of [*p, end) (a run of non-separators): its start, with *p past it; NULL at the end.
+ * *newlines: how many newlines were passed before it (the signature counts the numbers of each line). */
+static const char *next_token(const char **p, const char *end, int *newlines) {
+    const char *q = *p;
+    *newlines = 0;
+    for (; q < end && is_separator(*q); q++)
+        *newlines += *q == '\n';
+    if (q == end) {
+        *p = q;
+        return NULL;
+    }
+    const char *start = q;
+    while (q < end && !is_separator(*q))
+        q++;
+    *p = q;
+    return start;
+}
+
 /* Splits buf into numbers (stored into dst while there is room) and words; returns the count, sets *sig. */
 static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_ssize_t cap, uint64_t *sig,
                               int hex) {
     Py_ssize_t count = 0;
     uint32_t since_word = 0;
     uint64_t h = FNV_OFFSET;
-    const char *p = buf, *end = buf + len;
-    while (p < end) {
-        if (is_separator(*p)) {
-            if (*p == '\n') { /* the numbers of each line count */
-                h = fold(h, &since_word, sizeof since_word);
-                h = fold(h, "\n", 1);
-                since_word = 0;
-            }
-            p++;
-            continue;
+    const char *p = buf, *end = buf + len, *start;
+    int newlines;
+    do {
+        start = next_token(&p, end, &newlines);
+        for (; newlines > 0; newlines--) { /* the numbers of each line count */
+            h = fold(h, &since_word, sizeof since_word);
+            h = fold(h, "\n", 1);
+            since_word = 0;
         }
-        const char *start = p;
-        while (p < end && !is_separator(*p))
-            p++;
+        if (start == NULL)
+            break;
         double value;
         if (token_number(start, p, hex, &value)) {
             if (count < cap)
@@ -317,7 +332,7 @@ static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_s
             h = fold(h, "", 1);
             since_word = 0;
         }
-    }
+    } while (1);
     *sig = fold(h, &since_word, sizeof since_word);
     return count;
 }
@@ -394,16 +409,10 @@ done_nofactors:
  * a NUL): numbers beyond a double's integers, which a double cannot tell apart. */
 static int same_tokens(const char *buf, Py_ssize_t len, const uint32_t *exact, Py_ssize_t n, const char *text,
                        Py_ssize_t text_len, int hex) {
-    const char *p = buf, *end = buf + len, *want = text, *want_end = text + text_len;
+    const char *p = buf, *end = buf + len, *want = text, *want_end = text + text_len, *start;
     Py_ssize_t number = 0, r = 0;
-    while (p < end && r < n) {
-        if (is_separator(*p)) {
-            p++;
-            continue;
-        }
-        const char *start = p;
-        while (p < end && !is_separator(*p))
-            p++;
+    int newlines;
+    while (r < n && (start = next_token(&p, end, &newlines)) != NULL) {
         double ignored;
         if (!token_number(start, p, hex, &ignored))
             continue;

@@ -63,12 +63,7 @@ MARK = 1 << 30  # number k becomes MARK + 2k, then MARK + 2k + 1: exact in a dou
 HUGE = 1 << 52
 MAX_TRIALS = 64  # parses spent finding the structural numbers before giving up on a file
 _TOKEN = re.compile(rb"[^ \t\n:\r/]+")  # _scan.c's tokens: its separators are these six bytes
-_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
-
-
-def _is_decimal(token: bytes) -> bool:
-    return len(token) < numbers._LONGEST_NUMBER and _NUMBER.fullmatch(token) is not None
 
 
 def _is_hex(token: bytes) -> bool:
@@ -360,7 +355,7 @@ def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], pars
     from the numbers of any read of the same shape; None when the parse does not allow one (see the module)."""
     spans, columns = [], []  # each number's bytes, and its token's place in its line
     line_start, column = 0, 0
-    is_number = _is_hex if hex else _is_decimal
+    is_number = _is_hex if hex else numbers.is_decimal
     for m in _TOKEN.finditer(raw):
         newline = raw.rfind(b"\n", line_start, m.start())
         if newline >= 0:

@@ -45,6 +45,11 @@ _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
 _LONGEST_NUMBER = 64  # a longer token is a word for _scan.c too
 
 
+def is_decimal(token: bytes) -> bool:
+    """Whether _scan.c reads ``token`` (between its separators) as a number: [-]digits[.digits], shorter than 64."""
+    return len(token) < _LONGEST_NUMBER and _NUMBER.fullmatch(token) is not None
+
+
 class Shape(NamedTuple):
     """What one read of a file says of its structure (``_scan.numbers``): a program is made for one shape."""
 
@@ -135,7 +140,7 @@ def tokens(raw: bytes) -> list[list[tuple[bytes, int | None]]]:
         for token in _SEPARATORS.split(line):
             if not token:
                 continue
-            if len(token) < _LONGEST_NUMBER and _NUMBER.fullmatch(token):
+            if is_decimal(token):
                 row.append((token, index))
                 index += 1
             else:
