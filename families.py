@@ -27,7 +27,8 @@ from shm_metrics import shm_layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (with re, enum, functools) costs milliseconds: shm-read --once node_load1 imports this
-    from collections.abc import Collection, Iterator, Sequence
+    from array import array
+    from collections.abc import Callable, Collection, Iterator, Sequence
 
 GAUGE, COUNTER, UNTYPED = L.METRIC_TYPES
 _TYPE_CODE = {t: i for i, t in enumerate(L.METRIC_TYPES)}
@@ -88,8 +89,11 @@ def encode_catalog(infos: Sequence[FamilyInfo], on_demand: Collection[str] = ())
 class SeriesEncoder:
     """Packs one sample's series into ``series`` rows and the ``labels`` blob, for one catalog."""
 
-    def __init__(self, index: dict[FamilyInfo, int]):
+    def __init__(self, index: dict[FamilyInfo, int], take: Callable | None = None):
+        """``take``: the publisher's ``_scan.take`` when its extension is built (values dropped into the rows
+        in C, none made a Python float); without it, the same in Python."""
         self.index = index  # family -> its row in the catalog
+        self.take = take
         # The same FamilyInfo objects come back every sample: looking them up by identity skips
         # hashing their strings (an equal but distinct one is still found through ``index``).
         self._by_id = {id(fam): i for fam, i in index.items()}
@@ -103,7 +107,8 @@ class SeriesEncoder:
 
     def encode(self, series: list[tuple[FamilyInfo, tuple[str, ...], float]], max_rows: int = 1 << 30,
                max_bytes: int = 1 << 30, replayed: Sequence[tuple[FamilyInfo, tuple[str, ...], float]] = (),
-               fixed: Sequence[tuple[object, bytes]] = ()) -> tuple[bytes, bytes, int, int]:
+               fixed: Sequence[tuple[object, bytes]] = (), fixed_at: Sequence[int] = (),
+               ) -> tuple[bytes, bytes, int, int]:
         """(series rows, labels blob padded to 8, rows kept, rows left out); rows sorted by family.
 
         Rows beyond ``max_rows``, whose label values would end beyond
@@ -116,24 +121,27 @@ class SeriesEncoder:
 
         ``fixed``: more series sampled now, as blocks of values: (an object with ``families`` and ``labels``,
         the same object while they stay; the values as doubles in their order), a collector's fast path
-        (publisher/collectors/numbers.py): no tuple per series.
+        (publisher/collectors/numbers.py, learned.py): no tuple per series.  ``fixed_at``: where each block
+        stands among ``series`` (before that index; default: after them all), the order a family's series
+        keep.
         """
         if not replayed:
-            return self._encode_fresh(series, max_rows, max_bytes, 0, fixed)
+            return self._encode_fresh(series, max_rows, max_bytes, 0, fixed, fixed_at)
         block = self._replayed
         if block is None or block[0] is not replayed or block[1] != (max_rows, max_bytes):
             # A new block (after each full sample): through an encoder of its own, whose fast path serves
             # it when only its values changed since the last one.
             if self._block_encoder is None:
-                self._block_encoder = SeriesEncoder(self.index)
+                self._block_encoder = SeriesEncoder(self.index, self.take)
             encoder = self._block_encoder
             block = self._replayed = (replayed, (max_rows, max_bytes),
                                       *encoder._encode_fresh(list(replayed), max_rows, max_bytes, 0), encoder._last)
         _, _, block_rows, block_blob, block_n, block_dropped, block_layout = block
         if block_dropped:  # does not fit: the publisher grows the segment; until then, one encoding of all
-            return self._encode_fresh([*replayed, *series], max_rows, max_bytes, 0, fixed)
+            return self._encode_fresh([*replayed, *series], max_rows, max_bytes, 0, fixed,
+                                      [len(replayed) + at for at in fixed_at] if fixed_at else ())
         rows, blob, n, dropped = self._encode_fresh(series, max_rows - block_n, max_bytes - len(block_blob),
-                                                    len(block_blob), fixed)
+                                                    len(block_blob), fixed, fixed_at)
         plan = self._plan  # depends on where each side's families are, not on their values
         if plan is None or plan[0] is not block_layout or plan[1] is not self._last or plan[2] != len(rows):
             plan = self._plan = (block_layout, self._last, len(rows), _splice_plan(block_rows, rows))
@@ -142,14 +150,18 @@ class SeriesEncoder:
         return joined, block_blob + blob, block_n + n, dropped
 
     def _encode_fresh(self, series: list, max_rows: int, max_bytes: int, base: int,
-                      fixed: Sequence[tuple[object, bytes]] = ()) -> tuple[bytes, bytes, int, int]:
+                      fixed: Sequence[tuple[object, bytes]] = (), fixed_at: Sequence[int] = (),
+                      ) -> tuple[bytes, bytes, int, int]:
         """``encode`` without a replayed block; label offsets start at ``base``."""
         if not series and not fixed:
             return b"", b"", 0, 0
+        from array import array  # the publisher's side only: readers do not load the extension
+
         # Three passes in C: zip(*series) would make an iterator per series (~2x slower for thousands).
         families, labels, values = tuple(map(_FAMILY, series)), tuple(map(_LABELS, series)), tuple(map(_VALUE, series))
         blocks = tuple(block for block, _ in fixed)
-        limits = (max_rows, max_bytes, base)
+        at = tuple(fixed_at) if fixed_at else (len(series),) * len(fixed)
+        limits = (max_rows, max_bytes, base, at)
         last = self._last
         if not _same_series(last, families, labels, limits, blocks):
             if _same_series(self._other, families, labels, limits, blocks):
@@ -158,27 +170,36 @@ class SeriesEncoder:
                 self._last = last
             else:
                 last = None
+        # The values in one run of doubles: the rows', then each block's.
+        run = b"".join([array("d", values).tobytes(), *(v for _, v in fixed)]) if fixed else array("d", values)
         if last is not None:
             # The same series as the previous sample (the usual case): only the values change, so the
             # rows' other columns and the label blob are reused and the values dropped into place.
-            from array import array  # the publisher's side only: readers do not load the extension
-
-            pick, template, blob, n, dropped = last[4:]
+            order, template, blob, n, dropped = last[4:]
             rows = bytearray(template)
             if n:
-                if fixed:  # the tuples' values, then each block's: one run of doubles to pick from
-                    values = memoryview(b"".join([array("d", values).tobytes(), *(v for _, v in fixed)])).cast("d")
-                memoryview(rows).cast("d")[2::3] = array("d", pick(values))
+                self._place(run, order, rows)
             return bytes(rows), blob, n, dropped
-        if fixed:
-            series = [*series, *(row for block, v in fixed for row in zip(block.families, block.labels,
-                                                                            memoryview(v).cast("d").tolist()))]
+        if fixed:  # every series as a row, in the order added; ``source``: each one's place in ``run``
+            series, source = _interleave(series, fixed, at)
         rows, blob, order, dropped = self._encode(series, max_rows, max_bytes, base)
         n = len(order)
-        pick = itemgetter(*order) if n > 1 else (lambda v, j=order[0] if order else 0: (v[j],))
+        order = array("I", [source[j] for j in order] if fixed else order)
         self._other = self._last
-        self._last = (families, labels, limits, blocks, pick, rows, blob, n, dropped)
+        self._last = (families, labels, limits, blocks, order, rows, blob, n, dropped)
         return rows, blob, n, dropped
+
+    def _place(self, run: bytes | array, order: array, rows: bytearray) -> None:
+        """rows[i]'s value = run[order[i]] (a row is 24 bytes, its value the last 8)."""
+        if self.take is not None:
+            self.take(run, order, None, rows, _SERIES.size, _SERIES.size - 8)
+        else:
+            from array import array
+
+            values = memoryview(run)
+            if values.format != "d":
+                values = values.cast("d")
+            memoryview(rows).cast("d")[2::3] = array("d", [values[j] for j in order])
 
     def _encode(self, series: list, max_rows: int, max_bytes: int, base: int = 0,
                 ) -> tuple[bytes, bytes, list[int], int]:
@@ -230,6 +251,25 @@ class SeriesEncoder:
         words[0::6], words[1::6], words[2::6] = metrics, offsets, lengths
         memoryview(rows).cast("d")[2::3] = values
         return bytes(rows), bytes(blob), order, dropped
+
+
+def _interleave(series: list, fixed: Sequence[tuple[object, bytes]], at: Sequence[int]) -> tuple[list, list[int]]:
+    """Rows and blocks as one list of rows, each block before the row of its index in ``at``; with each row's
+    place in the run of values (the rows' values, then each block's)."""
+    out: list = []
+    source: list[int] = []
+    done, start = 0, len(series)
+    for (block, values), where in zip(fixed, at):
+        out += series[done:where]
+        source += range(done, where)
+        rows = list(zip(block.families, block.labels, memoryview(values).cast("d").tolist()))
+        out += rows
+        source += range(start, start + len(rows))
+        start += len(rows)
+        done = where
+    out += series[done:]
+    source += range(done, len(series))
+    return out, source
 
 
 def label_bytes(labels: tuple[str, ...]) -> bytes:

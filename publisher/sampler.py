@@ -249,7 +249,7 @@ class Sampler:
         # program stays valid across scrapes (publisher/compiled.py).
         if self._grid_samples:
             _merge(out, rest, series=False)
-            out.replayed = (*rest.series, *self._status.series)
+            out.replayed = (*rest.sampled_series(), *self._status.series)
         else:
             _merge(out, rest)
             out.series += self._status.series
@@ -315,12 +315,13 @@ class Sampler:
                 parts.append(part)
         parts.append(self._status)
         fills = [(c.fast if type(c).fast is not Collector.fast else None, c.collect) for c in run]
-        return run, fills, due, scalars, list(arrays.items()), tuple(row for part in parts for row in part.series)
+        block = tuple(row for part in parts for row in part.sampled_series())
+        return run, fills, due, scalars, list(arrays.items()), block
 
     def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
         """Run one collector into ``out`` (through its fast path when ``fast``: the CORE collectors, whose
         Python parse runs when their file's structure changed): 1, or 0 when it failed (nothing of it kept)."""
-        series, fixed = out.series, out.fixed
+        series, fixed, fixed_at = out.series, out.fixed, out.fixed_at
         start, start_fixed = len(series), len(fixed)
         try:
             if not (fast and c.fast(out)):
@@ -329,6 +330,7 @@ class Sampler:
         except _COLLECT_ERRORS as exc:
             del series[start:]  # no half-read family
             del fixed[start_fixed:]
+            del fixed_at[start_fixed:]
             if c.name not in self._failed:
                 self._failed.add(c.name)
                 log.warning("sampling %s failed: %s (further failures not logged)", c.name, exc)
@@ -440,5 +442,9 @@ def _merge(out: Sample, part: Sample, arrays: bool = True, series: bool = True) 
             if rows:
                 setattr(out, name, rows)
     if series:
+        if part.fixed:  # its blocks where they stood among its rows
+            base = len(out.series)
+            out.fixed += part.fixed
+            out.fixed_at += [base + at for at in part.fixed_at]
         out.series += part.series
 

@@ -38,7 +38,7 @@ import posix_ipc
 from shm_metrics import families as F
 from shm_metrics import shm_layout as L
 from shm_metrics import shm_wake
-from shm_metrics.publisher.collectors import Sample
+from shm_metrics.publisher.collectors import Sample, numbers
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class OwnedSegment:
         self.generation = predecessor.generation + 1 if predecessor else 0
         self._on_demand = on_demand
         self._catalog_rows, self._catalog_strings = F.encode_catalog(catalog, on_demand)
-        self._series = F.SeriesEncoder({fam: i for i, fam in enumerate(catalog)})
+        self._series = F.SeriesEncoder({fam: i for i, fam in enumerate(catalog)}, numbers.take)
         caps = dict(zip((r.name for r in L.SECTIONS), layout.capacities))
         if (caps["metrics"] * L.METRICS.size, caps["strings"] * L.STRINGS.size) != (
                 len(self._catalog_rows), len(self._catalog_strings)):
@@ -478,7 +478,7 @@ class OwnedSegment:
         s, lb = _SERIES_INDEX, _LABELS_INDEX
         rows, blob, kept, dropped = self._series.encode(sample.series, layout.capacities[s],
                                                         layout.capacities[lb] * L.LABELS.size, sample.replayed,
-                                                        sample.fixed)
+                                                        sample.fixed, sample.fixed_at)
         self._series_written = (rows, blob)
         if dropped and short is not None:
             short["series"] = dropped  # more rows, more label bytes or new families: _grow finds out which

@@ -50,7 +50,7 @@ def collect(cls, root: Path, **ctx) -> dict[str, dict[tuple, float]]:
     finally:
         c.close()
     result: dict[str, dict[tuple, float]] = {}
-    for fam, labels, value in out.series:
+    for fam, labels, value in out.sampled_series():
         assert fam in c.families, f"{fam.name} emitted but not declared"
         assert len(labels) == len(fam.labels), fam.name
         result.setdefault(fam.name, {})[labels] = value
@@ -252,7 +252,7 @@ def test_host_collectors_declare_what_they_emit(cls):
         c.collect(out)
     finally:
         c.close()
-    assert out.series and {fam for fam, _, _ in out.series} <= set(c.families)
+    assert out.sampled_series() and {fam for fam, _, _ in out.sampled_series()} <= set(c.families)
 
 
 def test_vmstat_finds_its_fields_when_the_kernel_moves_them(tmp_path):
@@ -264,7 +264,8 @@ def test_vmstat_finds_its_fields_when_the_kernel_moves_them(tmp_path):
         c.collect(out)
     finally:
         c.close()
-    assert {fam.name: value for fam, _, value in out.series} == {"node_vmstat_pgpgin": 11, "node_vmstat_pgmajfault": 4}
+    got = {fam.name: value for fam, _, value in out.sampled_series()}
+    assert got == {"node_vmstat_pgpgin": 11, "node_vmstat_pgmajfault": 4}
 
 
 def test_sizing_sample_is_the_first_one_published(tmp_path):

@@ -106,7 +106,7 @@ def test_qdisc_include_and_exclude_select_devices(fixture_root):
         collector = Qdisc(Context(options={"qdisc.fixtures": str(fixtures), **options}))
         out = Sample()
         collector.collect(out)
-        assert {labels[0] for _, labels, _ in out.series} == devices, options
+        assert {labels[0] for _, labels, _ in out.sampled_series()} == devices, options
     with pytest.raises(ValueError):
         Qdisc(Context(options={"qdisc.fixtures": str(fixtures), "qdisk.device-include": "a",
                                "qdisk.device-exclude": "b"}))
@@ -159,8 +159,8 @@ def test_runs_on_this_host(collector):
     if not _readable(HOST_FILES[collector]):
         assert out is None, f"{collector} started without {HOST_FILES[collector]}"
         return
-    assert out is not None and out.series, f"{collector} read nothing from {HOST_FILES[collector]}"
-    for family, labels, value in out.series:
+    assert out is not None and out.sampled_series(), f"{collector} read nothing from {HOST_FILES[collector]}"
+    for family, labels, value in out.sampled_series():
         assert len(labels) == len(family.labels), family.name
         assert value == value, family.name  # no NaN from a misread field
 
@@ -171,7 +171,7 @@ def test_slabinfo_reads_past_the_first_page():
         pytest.skip("/proc/slabinfo not readable here")
     for _ in range(5):  # caches come and go: a few tries for a moment when none does
         slabs = {line.split()[0] for line in Path("/proc/slabinfo").read_text().splitlines()[2:]}
-        ours = {labels[0] for _, labels, _ in _on_this_host(Slabinfo).series}
+        ours = {labels[0] for _, labels, _ in _on_this_host(Slabinfo).sampled_series()}
         if ours == slabs:
             break
     assert len(slabs) > 0 and ours == slabs
@@ -186,7 +186,7 @@ def test_wifi_without_fixtures_is_unavailable_with_its_reason():
 def test_sysctl_values_on_this_host():
     out = _on_this_host(Sysctl, {"sysctl.include": ["kernel.threads-max", "fs.file-nr:total,current,max"]})
     assert out is not None
-    values = {fam.name: value for fam, _, value in out.series}
+    values = {fam.name: value for fam, _, value in out.sampled_series()}
     assert values["node_sysctl_kernel_threads_max"] == int(Path("/proc/sys/kernel/threads-max").read_text())
     assert values["node_sysctl_fs_file_nr_max"] == int(Path("/proc/sys/fs/file-nr").read_text().split()[2])
 
@@ -255,7 +255,7 @@ def test_qdisc_reads_the_kernel_as_tc_does():
     out = _on_this_host(Qdisc)
     after = _tc_root_qdiscs()
     assert out is not None, "rtnetlink qdisc dump refused"
-    ours = {(labels, fam.name): value for fam, labels, value in out.series}
+    ours = {(labels, fam.name): value for fam, labels, value in out.sampled_series()}
     assert {key[0] for key in ours} == set(after) == set(before)
     for key in after:  # counters only grow: ours lies between tc's two readings
         assert before[key][0] <= ours[(key, "node_qdisc_bytes_total")] <= after[key][0], key
@@ -341,9 +341,9 @@ def test_systemd_filters_and_counts(systemd_bus):
         collector.collect(out)
     finally:
         collector.close()
-    names = {labels[0] for fam, labels, _ in out.series if fam.name == "node_systemd_unit_state"}
+    names = {labels[0] for fam, labels, _ in out.sampled_series() if fam.name == "node_systemd_unit_state"}
     assert names == {"ssh.service"}
-    summary = {labels[0]: value for fam, labels, value in out.series if fam.name == "node_systemd_units"}
+    summary = {labels[0]: value for fam, labels, value in out.sampled_series() if fam.name == "node_systemd_units"}
     # Every unit is counted, filtered or not, "not-found" ones too; a state beyond the five gets its own row.
     assert summary == {"active": 11, "activating": 1, "deactivating": 1, "inactive": 3, "failed": 1, "reloading": 1}
 

@@ -175,3 +175,34 @@ def test_render_view_reuses_only_the_text_of_families_whose_rows_catalog_and_lab
             expected = FamilyRenderer().render(f for f in view if f.name != VM.name).decode()
             assert "".join(text for _, text in texts) == expected
             assert names == {f.name for f in view}
+
+
+def test_blocks_of_values_keep_their_place_among_the_rows_and_match_an_encoding_of_rows():
+    """A learned file's series come as a block of doubles for a FixedSeries (families and labels): encoded, a
+    family's series keep the order they were added in (blocks or rows), in the fresh encoding and in the fast
+    path that only drops new values into place (in C with the publisher's extension, in Python without)."""
+    from array import array
+
+    from shm_metrics.publisher.collectors import numbers
+
+    index = {f: i for i, f in enumerate(CATALOG)}
+    first = numbers.FixedSeries([NET, LOAD, NET], [("b",), (), ("d",)])
+    second = numbers.FixedSeries([NET, VM], [("f",), ()])
+
+    def sample(k: float):
+        rows = [(NET, ("a",), k), (NET, ("c",), k + 1), (NET, ("e",), k + 2)]
+        fixed = [(first, array("d", [k + 10, k + 11, k + 12]).tobytes()),
+                 (second, array("d", [k + 20, k + 21]).tobytes())]
+        at = [1, 2]  # the first block before row 1 (c), the second before row 2 (e)
+        as_rows = [rows[0], *first.rows(fixed[0][1]), rows[1], *second.rows(fixed[1][1]), rows[2]]
+        return rows, fixed, at, as_rows
+
+    for take in (numbers.take, None):  # (the same twice without the extension)
+        encoder = F.SeriesEncoder(index, take)
+        for k in (1.0, 2.0, 3.0, 3.0, 2**53 + 2.0):
+            rows, fixed, at, as_rows = sample(k)
+            got = encoder.encode(rows, fixed=fixed, fixed_at=at)
+            assert got == F.SeriesEncoder(index).encode(as_rows)
+            view = roundtrip(as_rows)[0]
+            assert [labels for labels, _ in view[NET.name].series] == [("a",), ("b",), ("d",), ("c",), ("f",), ("e",)]
+            assert view[VM.name].series == [((), k + 21)]

@@ -478,7 +478,7 @@ def test_files_kept_by_path_follow_a_device_made_again_under_its_name():
     """LearnedPaths (btrfs, bcache, xfs, zfs's pools, power supplies): a device deleted and made again under
     its path between two samples (a filesystem mounted again, a battery plugged back) answers ENODEV through
     the kept files; its files are opened again and read at once, not published as unreadable."""
-    from shm_metrics.publisher.collectors.learned import LearnedPaths
+    from shm_metrics.publisher.collectors.learned import LearnedPaths, rows_of
 
     veth, peer = f"shmkp{os.getpid() % 100000}a", f"shmkp{os.getpid() % 100000}b"
     root = f"/sys/class/net/{veth}"
@@ -493,12 +493,12 @@ def test_files_kept_by_path_follow_a_device_made_again_under_its_name():
     try:
         _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
         for _ in range(3):  # (their programs learned)
-            assert kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse)[0][2] == now()
-            assert kept.rows(f"{root}/ifindex", file_parse)[0][2] == now()
+            assert rows_of(kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse))[0][2] == now()
+            assert rows_of(kept.rows(f"{root}/ifindex", file_parse))[0][2] == now()
         _ip("link", "del", veth)
         _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
-        assert kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse)[0][2] == now()
-        assert kept.rows(f"{root}/ifindex", file_parse)[0][2] == now()
+        assert rows_of(kept.group_rows((f"{root}/ifindex", f"{root}/mtu"), group_parse))[0][2] == now()
+        assert rows_of(kept.rows(f"{root}/ifindex", file_parse))[0][2] == now()
     finally:
         subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         kept.close()

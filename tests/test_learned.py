@@ -14,7 +14,7 @@ import node_e2e
 import pytest
 
 from shm_metrics.publisher.collectors import Devices, ProcFile, gauge, netclass, numbers, selected
-from shm_metrics.publisher.collectors.learned import LearnedFile, LearnedGroup
+from shm_metrics.publisher.collectors.learned import LearnedFile, LearnedGroup, rows_of
 from shm_metrics.publisher.sampler import Sampler
 
 pytestmark = pytest.mark.skipif(not numbers.AVAILABLE, reason="the C extension is not built")
@@ -46,16 +46,16 @@ def learned(tmp_path: Path, text: str, parse=parse, hex: bool = False) -> tuple[
 def test_a_program_follows_the_numbers_and_checks_the_structural_ones(tmp_path):
     file, path = learned(tmp_path, "Node 0 Used: 10 kB\nNode 0 Free: 0 kB\nstate up\n")
     try:
-        assert file.rows() == parse(path.read_text())
+        assert rows_of(file.rows()) == parse(path.read_text())
         assert file.program is not None  # the node number is structural, the word a constant
         for text in ("Node 0 Used: 77 kB\nNode 0 Free: 5 kB\nstate up\n",
                      "Node 3 Used: 77 kB\nNode 3 Free: 5 kB\nstate up\n",  # a structural number moved
                      "Node 3 Used: 1 kB\nNode 3 Free: 2 kB\nstate down\n"):  # a word moved: another shape
             path.write_text(text)
-            assert file.rows() == parse(text)
+            assert rows_of(file.rows()) == parse(text)
         path.write_text("Node 3 Used: 9 kB\nNode 3 Free: 8 kB\nstate down\n")
         uses = file.program.uses
-        assert file.rows() == parse(path.read_text())
+        assert rows_of(file.rows()) == parse(path.read_text())
         assert file.program.uses == uses + 1  # served by the program learned from the last read
     finally:
         file.file.close()
@@ -70,10 +70,10 @@ def test_a_parse_that_is_not_numbers_times_factors_gets_its_own_rows(tmp_path, b
     """No program, or one whose numbers are all checked (a value that decides rows is structural)."""
     file, path = learned(tmp_path, "a 10\nb 20\n", bad_parse)
     try:
-        assert file.rows() == bad_parse("a 10\nb 20\n")
+        assert rows_of(file.rows()) == bad_parse("a 10\nb 20\n")
         for text in ("a 10\nb 20\n", "a 70\nb 20\n", "a 30\nb 90\n", "a 30\nb 40\n", "a 30\nb 40\n"):
             path.write_text(text)
-            assert file.rows() == bad_parse(text)
+            assert rows_of(file.rows()) == bad_parse(text)
     finally:
         file.file.close()
 
@@ -94,25 +94,25 @@ def test_a_group_of_files_is_one_program_and_a_file_it_cannot_read_is_none_to_th
     group = LearnedGroup([ProcFile(str(tmp_path / "state")), ProcFile(str(tmp_path / "used"))], group_parse)
     broken = LearnedGroup([ProcFile(str(tmp_path / "state")), ProcFile(str(tmp_path / "dir"))], group_parse)
     try:
-        assert group.rows() == group_parse(["state up\n", "10\n"])
+        assert rows_of(group.rows()) == group_parse(["state up\n", "10\n"])
         assert group.program is not None
         served = 0
         for state, used in (("up", "33"), ("down", "33"), ("down", "7"), ("down", "8"), ("down", "9")):
             (tmp_path / "state").write_text(f"state {state}\n")
             (tmp_path / "used").write_text(f"{used}\n")
             before = group.program.uses if group.program is not None else 0
-            assert group.rows() == group_parse([f"state {state}\n", f"{used}\n"])
+            assert rows_of(group.rows()) == group_parse([f"state {state}\n", f"{used}\n"])
             served += group.program is not None and group.program.uses > before
         assert served >= 2  # (up, 33) by the first program; (down, 8) and (down, 9) by one learned at "down"
         for state in ("down", "down", "down"):  # reading a directory fails (EISDIR): the parse gets None
             (tmp_path / "state").write_text(f"state {state}\n")
-            assert broken.rows() == group_parse([f"state {state}\n", None])
+            assert rows_of(broken.rows()) == group_parse([f"state {state}\n", None])
         assert broken.program is not None and broken.program.uses == 2  # a program while it fails
         (tmp_path / "state").write_text("state up\n")
-        assert broken.rows() == group_parse(["state up\n", None])
+        assert rows_of(broken.rows()) == group_parse(["state up\n", None])
         asking = LearnedGroup(broken.files, group_parse, learn_unreadable=False)  # the parse sees every failure
         for _ in range(3):
-            assert asking.rows() == group_parse(["state up\n", None])
+            assert rows_of(asking.rows()) == group_parse(["state up\n", None])
         assert asking.program is None
     finally:
         for pf in (*group.files, *broken.files):
@@ -286,10 +286,10 @@ def test_a_number_beyond_a_doubles_integers_is_checked_byte_for_byte(tmp_path):
     base = (1 << 53) + 4
     file, path = learned(tmp_path, f"{base} 5\n", wrapping)
     try:
-        assert file.rows() == wrapping(f"{base} 5\n") and file.program is not None
+        assert rows_of(file.rows()) == wrapping(f"{base} 5\n") and file.program is not None
         for big, small in ((base, 6), (base + 1, 6), (base + 1, 7), (base + 2, 7)):
             path.write_text(f"{big} {small}\n")
-            assert file.rows() == wrapping(f"{big} {small}\n")
+            assert rows_of(file.rows()) == wrapping(f"{big} {small}\n")
         assert float(base + 1) == float(base)  # (what a check of the double alone would have missed)
     finally:
         file.file.close()
@@ -335,11 +335,11 @@ def test_a_hexadecimal_file_is_learned_in_its_own_digits(tmp_path):
                 enumerate(text.splitlines())]
     file, path = learned(tmp_path, "00000010 00000000\n0000000a 00000001\n", softnet, hex=True)
     try:
-        assert file.rows() == softnet(path.read_text()) and file.program is not None
+        assert rows_of(file.rows()) == softnet(path.read_text()) and file.program is not None
         for text in ("000000ff 00000000\n0000abcd 00000001\n", "00000099 00000000\n00000100 00000001\n"):
             path.write_text(text)
             uses = file.program.uses
-            assert file.rows() == softnet(text)
+            assert rows_of(file.rows()) == softnet(text)
             assert file.program.uses == uses + 1  # digits and letters alike: the same shape
     finally:
         file.file.close()

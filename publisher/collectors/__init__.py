@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from shm_metrics import shm_layout as L
 from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
+from shm_metrics.publisher.collectors.numbers import Block
 from shm_metrics.publisher.filters import Filters
 
 if TYPE_CHECKING:
@@ -412,14 +413,17 @@ class Sample:
     each FamilyInfo to its index in the segment's catalog when it packs them.
     """
 
-    __slots__ = ("scalars", *ARRAYS, "series", "fixed", "replayed", "full_time")
+    __slots__ = ("scalars", *ARRAYS, "series", "fixed", "fixed_at", "replayed", "full_time")
 
     def __init__(self, scalars: dict | None = None, series: list | None = None, **arrays: list[dict]):
         self.scalars: dict[str, float | int] = {} if scalars is None else scalars
         self.series: list[tuple[FamilyInfo, tuple[str, ...], float]] = [] if series is None else series
-        # Series sampled now as blocks of values (collectors/numbers.py: a grid sample's fast path): each a
-        # FixedSeries (families and labels) and the values, doubles in its order.
+        # Series sampled now as blocks of values (collectors/numbers.py and learned.py: a file's numbers read
+        # in C): each a FixedSeries (families and labels) and the values, doubles in its order; ``fixed_at``
+        # says where each block stands among ``series`` (before the row of that index): a family's series keep
+        # the order they were added in, blocks or not.
         self.fixed: list[tuple[FixedSeries, bytes]] = []
+        self.fixed_at: list[int] = []
         # Series this sample repeats from the latest full one (the tiers of Sampler.sample): one tuple,
         # the same object from sample to sample while it holds the same series, so that the publisher
         # encodes it once.  ``series`` holds what was sampled now.
@@ -441,11 +445,34 @@ class Sample:
     def add(self, family: FamilyInfo, labels: tuple[str, ...], value: float) -> None:
         self.series.append((family, labels, value))
 
+    def add_block(self, fixed: FixedSeries, values: bytes) -> None:
+        """Series as one block: ``fixed``'s families and labels, ``values`` the doubles in their order."""
+        self.fixed.append((fixed, values))
+        self.fixed_at.append(len(self.series))
+
+    def extend(self, rows: list[tuple[FamilyInfo, tuple[str, ...], float]] | Block) -> None:
+        """Add series: a list of rows, or a Block."""
+        if type(rows) is Block:
+            self.add_block(rows.fixed, rows.values)
+        else:
+            self.series += rows
+
+    def sampled_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        """The series sampled now, blocks as rows, in the order they were added."""
+        if not self.fixed:
+            return self.series
+        out, done = [], 0
+        for (fixed, values), at in zip(self.fixed, self.fixed_at):
+            out += self.series[done:at]
+            out += fixed.rows(values)
+            done = at
+        out += self.series[done:]
+        return out
+
     def all_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """Every series of the sample: those replayed and those sampled now."""
-        if self.fixed:
-            return [*self.replayed, *self.series, *(row for fixed, values in self.fixed for row in fixed.rows(values))]
-        return [*self.replayed, *self.series] if self.replayed else self.series
+        sampled = self.sampled_series()
+        return [*self.replayed, *sampled] if self.replayed else sampled
 
     def values(self, family: FamilyInfo) -> dict[tuple[str, ...], float]:
         """The series of one family (tests, debugging)."""

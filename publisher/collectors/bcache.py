@@ -18,7 +18,7 @@ import os
 from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
-from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
@@ -174,17 +174,17 @@ class Bcache(Collector):
         self.families = (*_ALWAYS, *((PRIORITY_UNUSED, PRIORITY_METADATA) if self._priority else ()))
 
     def collect(self, out: Sample) -> None:
-        series = []
+        parts = []
         try:
             for path in entries(self._root, "*-*"):
                 bdevs = tuple(entries(path, "bdev[0-9]*"))
                 caches = tuple(entries(path, "cache[0-9]*"))
                 # Every file of the set in one C call, learned (collectors/learned.py); the listings decide which.
-                series += self._files.group_rows(self._paths(path, bdevs, caches),
-                                                 partial(self._set_rows, path, bdevs, caches))
+                parts.append(self._files.group_rows(self._paths(path, bdevs, caches),
+                                                    partial(self._set_rows, path, bdevs, caches)))
         finally:
             self._files.sweep()
-        add_in_go_order(out, series)
+        add_parts_in_go_order(out, parts)
 
     def _paths(self, path: str, bdevs: tuple[str, ...], caches: tuple[str, ...]) -> tuple[str, ...]:
         """The files of a cache set, in the order ``_set_rows`` takes them."""

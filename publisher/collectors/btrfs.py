@@ -20,7 +20,7 @@ import os
 from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
-from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
@@ -112,7 +112,7 @@ class Btrfs(Collector):
         self._files = LearnedPaths()
 
     def collect(self, out: Sample) -> None:
-        series = []
+        parts = []
         try:
             for path in entries(self._root, "*-*"):
                 try:
@@ -124,11 +124,11 @@ class Btrfs(Collector):
                 modes = tuple(tuple(_modes(f"{path}/allocation/{group}")) for group in BLOCK_GROUP_TYPES)
                 # Every file of the filesystem in one C call, learned (collectors/learned.py); the listings
                 # decide which files.
-                series += self._files.group_rows(_paths(path, devices, modes),
-                                                 partial(_filesystem_rows, path, devices, modes), absent=OSError)
+                parts.append(self._files.group_rows(_paths(path, devices, modes),
+                                                    partial(_filesystem_rows, path, devices, modes), absent=OSError))
         finally:
             self._files.sweep()
-        add_in_go_order(out, series)
+        add_parts_in_go_order(out, parts)
 
     def close(self) -> None:
         super().close()

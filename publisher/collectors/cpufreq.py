@@ -68,7 +68,7 @@ class Cpufreq(Collector):
             self._group = (LearnedGroup(files, partial(self._rows, cpus), learn_unreadable=False, decode=_khz_text)
                            if files else None)
         if self._group is not None:
-            out.series += self._group.rows()
+            out.extend(self._group.rows())
 
     def _rows(self, cpus: list[tuple[str, list]], texts: list[str | None]) -> list[tuple]:
         rows = []

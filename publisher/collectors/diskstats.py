@@ -177,7 +177,7 @@ class Diskstats(Collector):
         if values is None:
             return False
         split = 8 * len(program.fixed)
-        out.fixed.append((program.fixed, values[:split]))
+        out.add_block(program.fixed, values[:split])
         out.series += constant
         fields = memoryview(values)[split:].cast("d").tolist()
         _put_disks(out, [{"device": device, "reads": int(fields[i]), "writes": int(fields[i + 1]),

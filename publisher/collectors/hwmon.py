@@ -238,7 +238,7 @@ class Hwmon(Collector):
         rows = self._chips.current()
         if rows is not self._rows:
             self._flatten(rows)
-        out.series += self._group.rows() if self._group is not None else self._constant
+        out.extend(self._group.rows() if self._group is not None else self._constant)
 
     def _reading_rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """The series of the readings' texts (None: the read failed), after the constant ones."""

@@ -18,6 +18,7 @@ from functools import partial
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, ProcFile, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors.learned import LearnedGroup
+from shm_metrics.publisher.collectors.numbers import Block
 from shm_metrics.publisher.collectors.sysfs_util import go_int, sys_read
 
 INFO = gauge("node_infiniband_info", "Non-numeric data from /sys/class/infiniband/<device>, value is always 1.",
@@ -199,10 +200,10 @@ class Infiniband(Collector):
 
     def collect(self, out: Sample) -> None:
         for _, rows in self._devices.each(self._read_device):  # unplugged (SR-IOV functions come and go): skipped
-            out.series += rows
+            out.extend(rows)
 
     @staticmethod
-    def _read_device(device: tuple) -> list[tuple]:
+    def _read_device(device: tuple) -> list[tuple] | Block:
         return device[2].rows()
 
     @staticmethod

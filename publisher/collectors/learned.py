@@ -21,8 +21,11 @@ collector with one parser per file gets the same from ``LearnedFile``, without w
   (the parse runs).
 
 The program is kept only when all of that holds for every row, and it reproduces the real read's values.  From
-then on a sample re-reads only the numbers (``_scan.values``, which checks the file kept its shape) and zips
-them with the rows' families and labels: no Python per line.  When the shape moves, or a structural number,
+then on a sample re-reads only the numbers (``_scan.values``, which checks the file kept its shape) and hands
+them on as one ``Block`` of doubles for the program's ``FixedSeries`` (its families and labels, the same object
+while the program stands): no Python per line, no tuple per series, down to the segment's rows (the series
+encoder drops the values into place in C; ``_go_order.add_parts_in_go_order`` sorts blocks by a permutation
+found once).  When the shape moves, or a structural number,
 the parse runs again and a program is learned from that read.  A file that keeps moving is learned less and
 less often (``_wait``).
 
@@ -42,7 +45,6 @@ import os
 import re
 from array import array
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import ProcFile, Sample, numbers, same_file
@@ -77,8 +79,8 @@ def _scaled(value: float, factor: float) -> float:
 class _Program:
     """Rows from the numbers of one shape of the file."""
 
-    __slots__ = ("shape", "context", "positions", "factors", "families", "labels", "structural", "pick",
-                 "constants", "uses", "exact", "exact_text")
+    __slots__ = ("shape", "context", "positions", "factors", "fixed", "mapped", "structural", "constants",
+                 "order", "uses", "exact", "exact_text")
 
     def __init__(self, shape: numbers.Shape, context: object, rows: Sequence[Row], sources: list,
                  structural: dict[int, float], exact: dict[int, bytes]):
@@ -90,37 +92,38 @@ class _Program:
         self.exact_text = b"".join(exact[k] + b"\0" for k in sorted(exact))
         mapped = [(i, src) for i, src in enumerate(sources) if src is not None]
         constant = [i for i, src in enumerate(sources) if src is None]
-        # Read: the rows' numbers, then the structural ones (checked).
+        # Read: the rows' numbers, then the structural ones (checked, as the bytes of their doubles).
         self.positions = array("I", [pos for _, (pos, _) in mapped] + list(structural))
         self.factors = array("d", [factor for _, (_, factor) in mapped] + [1.0] * len(structural))
-        self.structural = list(structural.values())
-        self.families = tuple(row[0] for row in rows)
-        self.labels = tuple(row[1] for row in rows)
-        self.constants = [rows[i][2] for i in constant]
-        # Row i's value in (the mapped values, the constants): the identity when there are no constants.
+        self.mapped = 8 * len(mapped)
+        self.structural = array("d", structural.values()).tobytes()
+        self.fixed = numbers.FixedSeries([row[0] for row in rows], [row[1] for row in rows])
+        self.constants = array("d", [rows[i][2] for i in constant]).tobytes()
+        # Row i's value in (the mapped values, the constants): None for the identity (no constants).
         where = {i: n for n, (i, _) in enumerate(mapped)}
         where.update((i, len(mapped) + n) for n, i in enumerate(constant))
-        order = [where[i] for i in range(len(rows))]
-        self.pick = None if not constant else (itemgetter(*order) if len(order) > 1 else lambda v: (v[order[0]],))
+        self.order = array("I", [where[i] for i in range(len(rows))]) if constant else None
         self.uses = 0
 
-    def rows(self, source: numbers.Numbers) -> list[Row] | object | None:
-        """The rows of a new read; None when the file moved (its shape, or a structural number), ASIDE when
-        only this read is beyond the program (a number too large to be exact in a double)."""
+    def rows(self, source: numbers.Numbers) -> numbers.Block | object | None:
+        """The rows of a new read, as one block of values; None when the file moved (its shape, or a
+        structural number), ASIDE when only this read is beyond the program (a number too large to be exact
+        in a double)."""
         raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT,
                                    self.exact, self.exact_text, source.hex)
         if raw is None or raw is False:
             return None if raw is None else ASIDE
-        values = memoryview(raw).cast("d").tolist()
-        if self.structural:
-            split = len(values) - len(self.structural)
-            if values[split:] != self.structural:
-                return None
-            del values[split:]
-        if self.pick is not None:
-            values = self.pick(values + self.constants)
+        split = self.mapped
+        if self.structural and raw[split:] != self.structural:
+            return None
+        if self.order is None:
+            values = raw[:split] if self.structural else raw
+        else:  # the constants in their rows' places, in C
+            out = bytearray(8 * len(self.order))
+            numbers.take(raw[:split] + self.constants, self.order, None, out, 8, 0)
+            values = bytes(out)
         self.uses += 1
-        return list(zip(self.families, self.labels, values))
+        return numbers.Block(self.fixed, values)
 
 
 class LearnedFile:
@@ -138,8 +141,9 @@ class LearnedFile:
         self._wait = 0  # Python samples before the next try at learning
         self._backoff = 0
 
-    def rows(self, context: object = None) -> list[Row]:
-        """The file's rows now: through the program while it holds, else the parse (and a program from it).
+    def rows(self, context: object = None) -> list[Row] | numbers.Block:
+        """The file's rows now: through the program while it holds (one Block of values), else the parse's
+        (and a program from it).  ``Sample.extend`` takes either; ``rows_of`` makes rows of either.
 
         ``context``: what else the parse depends on (mountstats: the mounts' addresses, from another file);
         a program serves only the context it was learned in."""
@@ -168,7 +172,7 @@ class LearnedFile:
         else:
             self.learned += 1
 
-    def _served(self, program: _Program, context: object) -> list[Row] | None:
+    def _served(self, program: _Program, context: object) -> list[Row] | numbers.Block | None:
         """The program's rows, the parse's when the program stands aside for this read, or None when the
         program no longer holds (dropped)."""
         try:
@@ -202,6 +206,11 @@ GROUP_SEPARATOR = b"\n\x1f\n"  # _scan.c's, between the files of a group
 GROUP_UNREADABLE = b"\x1e"  # _scan.c's, for a file of a group that cannot be read now
 
 
+def rows_of(rows: list[Row] | numbers.Block) -> list[Row]:
+    """What ``LearnedFile.rows`` gave, as rows (a collector that looks at them)."""
+    return rows.rows() if type(rows) is numbers.Block else rows
+
+
 class LearnedGroup(LearnedFile):
     """Several kept-open files (an interface's attributes, a chip's sensors) whose one parse makes their rows,
     learned as one program over their numbers: one C call reads them all.
@@ -223,7 +232,7 @@ class LearnedGroup(LearnedFile):
         if self.numbers is not None:
             self.numbers.fd = tuple(f.fd for f in files)
 
-    def rows(self, context: object = None) -> list[Row]:
+    def rows(self, context: object = None) -> list[Row] | numbers.Block:
         try:
             return super().rows(context)
         except OSError:  # one of them could not be read: each file on its own
@@ -267,10 +276,10 @@ class LearnedPaths:
         self._groups: dict[tuple[str, ...], LearnedGroup] = {}
         self._used_groups: set[tuple[str, ...]] = set()
 
-    def rows(self, path: str, parse: Parse) -> list[Row]:
-        """The rows of the file at ``path`` (``parse``: the one given the first time); OSError as opening or
-        reading it raises (the file is opened again at the next sample).  A kept file that fails because
-        its path names another one now (a pool imported again) is opened again at once."""
+    def rows(self, path: str, parse: Parse) -> list[Row] | numbers.Block:
+        """The rows of the file at ``path``, as ``LearnedFile.rows`` (``parse``: the one given the first time);
+        OSError as opening or reading it raises (the file is opened again at the next sample).  A kept file that
+        fails because its path names another one now (a pool imported again) is opened again at once."""
         self._used.add(path)
         for _ in range(2):
             learned = self._files.get(path)
@@ -286,10 +295,11 @@ class LearnedPaths:
 
     def group_rows(self, paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
                    absent: type[OSError] | tuple[type[OSError], ...] = FileNotFoundError,
-                   decode: Callable[[bytes], str] | None = None) -> list[Row]:
-        """The rows of the files at ``paths`` read as one LearnedGroup (kept while samples read them: the
-        paths are what a listing found, a filesystem's devices and profiles); ``parse`` gets None for a file
-        that cannot be read now, or that could not be opened with an ``absent`` error (any other propagates).
+                   decode: Callable[[bytes], str] | None = None) -> list[Row] | numbers.Block:
+        """The rows (as ``LearnedFile.rows``) of the files at ``paths`` read as one LearnedGroup (kept while
+        samples read them: the paths are what a listing found, a filesystem's devices and profiles); ``parse``
+        gets None for a file that cannot be read now, or that could not be opened with an ``absent`` error (any
+        other propagates).
         ``decode`` as LearnedGroup's.  No program is learned while a file fails: each failure asks whether
         the path names another file now (a filesystem mounted again, a battery plugged back), and then the
         group is opened again and read at once."""

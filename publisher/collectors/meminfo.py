@@ -85,7 +85,7 @@ class Meminfo(Collector):
         if values is None:
             return False
         split = 8 * len(program.fixed)
-        out.fixed.append((program.fixed, values[:split]))
+        out.add_block(program.fixed, values[:split])
         _put_scalars(out, list(map(int, memoryview(values)[split:].cast("d").tolist())))
         return True
 

@@ -14,6 +14,7 @@ import re
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 from shm_metrics.publisher.collectors.learned import LearnedFile
+from shm_metrics.publisher.collectors.numbers import Block
 
 _PARENS = re.compile(r"\((.*)\)")
 
@@ -87,9 +88,10 @@ class MeminfoNuma(Collector):
                 for field, value in parse_numastat(text)]
 
     @staticmethod
-    def _rows(meminfo: LearnedFile, numastat: LearnedFile) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
-        return meminfo.rows() + numastat.rows()
+    def _rows(meminfo: LearnedFile, numastat: LearnedFile) -> tuple[list | Block, list | Block]:
+        return meminfo.rows(), numastat.rows()
 
     def collect(self, out: Sample) -> None:
-        for _, rows in self._nodes.each(lambda node: self._rows(*node)):  # an offlined node is skipped
-            out.series += rows
+        for _, (meminfo, numastat) in self._nodes.each(lambda node: self._rows(*node)):  # offlined: skipped
+            out.extend(meminfo)
+            out.extend(numastat)

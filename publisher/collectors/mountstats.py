@@ -240,7 +240,7 @@ class Mountstats(Collector):
     def collect(self, out: Sample) -> None:
         # The rows' labels take each mount's address from mountinfo: a learned program serves those addresses.
         self._addresses = addresses = tuple(mount_addresses(self._mountinfo.read()))
-        out.series += self._learned.rows(addresses)
+        out.extend(self._learned.rows(addresses))
 
     def _fill(self, text: str, out: Sample) -> None:
         mounts = parse_mountstats(text)

@@ -27,6 +27,7 @@ from shm_metrics.publisher.collectors import (
     same_file,
 )
 from shm_metrics.publisher.collectors.learned import LearnedGroup
+from shm_metrics.publisher.collectors.numbers import Block
 
 PROPERTIES_REFRESH_SECONDS = 30.0
 
@@ -116,7 +117,7 @@ class _Interface:
         self.strings = {a: (read_once(f"{self.path}/{a}") or "").strip() for a in _STRINGS}
         self.numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
 
-    def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+    def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]] | Block:
         """This interface's series now (after ``current``; its operstate and properties: the group's context)."""
         if self.group is None:
             return self._rows([])
@@ -179,7 +180,7 @@ class Netclass(Collector):
             if iface is None:
                 continue  # deleted since the listing: no half-empty series
             iface.refresh(now)
-            out.series += iface.rows()
+            out.extend(iface.rows())
 
     def _interface(self, name: str) -> _Interface | None:
         """The interface under ``name`` now, its operstate read: made again when the one kept is not it any

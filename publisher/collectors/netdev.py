@@ -99,7 +99,7 @@ class Netdev(Collector):
         values = program.values(self._numbers)
         if values is None:
             return False
-        out.fixed.append((program.fixed, values))
+        out.add_block(program.fixed, values)
         v = memoryview(values).cast("d").tolist()
         self._put(out, [_row(device, list(map(int, v[i:i + 16])))
                         for i, device in zip(range(0, len(v), 16), devices)])

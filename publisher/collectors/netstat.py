@@ -73,7 +73,7 @@ class Netstat(Collector):
 
     def collect(self, out: Sample) -> None:
         for learned in self._learned:
-            out.series += learned.rows()
+            out.extend(learned.rows())
 
     @staticmethod
     def _table_rows(wanted: list[tuple[int, int, FamilyInfo]], text: str) -> list[tuple[FamilyInfo, tuple, float]]:

@@ -62,7 +62,7 @@ class Nfsd(Collector):
         self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
-        out.series += self._learned.rows()
+        out.extend(self._learned.rows())
 
     def _fill(self, text: str, out: Sample) -> None:
         lines = {key: [0] * length for key, length in _LENGTHS.items()}

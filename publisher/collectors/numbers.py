@@ -39,6 +39,9 @@ if not os.environ.get("SHM_METRICS_NO_FAST_PATH"):
         pass
 
 AVAILABLE = _scan is not None
+# take(src, index, factors, dst, stride, offset): dst's double at offset + r * stride = src[index[r]] (times
+# factors[r]), in C: the series encoder drops a sample's values into its rows with it.  None without the extension.
+take = None if _scan is None else _scan.take
 
 _SEPARATORS = re.compile(rb"[ \t\r:/]+")
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")
@@ -73,6 +76,16 @@ class FixedSeries:
     def rows(self, values: bytes) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """The series as tuples (``Sample.all_series``, tests)."""
         return list(zip(self.families, self.labels, memoryview(values).cast("d").tolist()))
+
+
+class Block(NamedTuple):
+    """Series as one block of values (``Sample.extend``): no tuple per series."""
+
+    fixed: FixedSeries
+    values: bytes  # doubles, in fixed's order
+
+    def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
+        return self.fixed.rows(self.values)
 
 
 class Program:

@@ -111,7 +111,7 @@ class PowerSupplyClass(Collector):
         self._files = LearnedPaths()
 
     def collect(self, out: Sample) -> None:
-        rows = []
+        parts = []
         try:
             for supply in os.listdir(self._root):
                 path = os.path.join(self._root, supply)
@@ -127,10 +127,11 @@ class PowerSupplyClass(Collector):
                         continue  # unplugged between the listing and the reads
                     raise
                 if not self._ignored.search(supply):  # (read first, as procfs reads every supply)
-                    rows += supply_rows
+                    parts.append(supply_rows)
         finally:
             self._files.sweep()
-        out.series += rows
+        for supply_rows in parts:
+            out.extend(supply_rows)
 
     def close(self) -> None:
         super().close()

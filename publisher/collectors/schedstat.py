@@ -33,7 +33,7 @@ class Schedstat(Collector):
         self._learned = LearnedFile(self._file, filled(self._fill))
 
     def collect(self, out: Sample) -> None:
-        out.series += self._learned.rows()
+        out.extend(self._learned.rows())
 
     def _fill(self, text: str, out: Sample) -> None:
         for line in text.splitlines():

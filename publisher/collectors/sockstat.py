@@ -70,7 +70,7 @@ class Sockstat(Collector):
 
     def collect(self, out: Sample) -> None:
         for learned in self._learned:
-            out.series += learned.rows()
+            out.extend(learned.rows())
 
     def _rows(self, v4: bool, text: str) -> list[tuple[FamilyInfo, tuple, float]]:
         by_key = self._by_key

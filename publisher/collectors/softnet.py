@@ -22,7 +22,7 @@ class Softnet(Collector):
         self._learned = LearnedFile(self._file, filled(self._fill), hex=True)  # (collectors/learned.py)
 
     def collect(self, out: Sample) -> None:
-        out.series += self._learned.rows()
+        out.extend(self._learned.rows())
 
     def _fill(self, text: str, out: Sample) -> None:
         for cpu, line in enumerate(text.splitlines()):

@@ -268,7 +268,7 @@ class Stat(Collector):
         values = program.values(self._numbers)
         if values is None:
             return False
-        out.fixed.append((program.fixed, values[:8 * len(program.fixed)]))
+        out.add_block(program.fixed, values[:8 * len(program.fixed)])
         v = memoryview(values).cast("d").tolist()
         prev, rows = self._prev, []
         for i, number in enumerate(cpus):

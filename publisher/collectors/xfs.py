@@ -15,7 +15,7 @@ from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
-from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
@@ -122,16 +122,16 @@ class Xfs(Collector):
         self._files = LearnedPaths()  # each filesystem's stats, kept open and learned (collectors/learned.py)
 
     def collect(self, out: Sample) -> None:
-        series = []
+        parts = []
         try:
             for path in [f"{device}/stats/stats" for device in entries(self._root)]:
                 if not os.path.exists(path):
                     continue  # the module's own stats directory, no device's
                 device = os.path.basename(os.path.dirname(os.path.dirname(path)))
-                series += self._files.rows(path, partial(_device_rows, device))
+                parts.append(self._files.rows(path, partial(_device_rows, device)))
         finally:
             self._files.sweep()
-        add_in_go_order(out, series)
+        add_parts_in_go_order(out, parts)
 
     def close(self) -> None:
         super().close()

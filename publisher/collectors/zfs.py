@@ -19,7 +19,7 @@ from functools import partial
 
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
-from shm_metrics.publisher.collectors._go_order import add_in_go_order
+from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedGroup, LearnedPaths
 
 # node_exporter's subsystem name -> the kstat file it reads.
@@ -203,13 +203,13 @@ class Zfs(Collector):
 
     def collect(self, out: Sample) -> None:
         if self._subsystem_group is not None:
-            out.series += self._subsystem_group.rows()
-        pool_series = []
+            out.extend(self._subsystem_group.rows())
+        pool_parts = []
         try:
             pools = self._pools()
             for pattern, rows_of in (("io", self._io_rows), ("objset-*", self._objset_rows), ("state", _state_rows)):
                 for path in _files(pools, pattern):
-                    pool_series += self._pool_rows(path, partial(rows_of, _pool_of(path)))
+                    pool_parts.append(self._pool_rows(path, partial(rows_of, _pool_of(path))))
         finally:
             self._pool_files.sweep()
-        add_in_go_order(out, pool_series)
+        add_parts_in_go_order(out, pool_parts)

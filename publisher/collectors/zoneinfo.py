@@ -143,4 +143,4 @@ class Zoneinfo(Collector):
         return rows
 
     def collect(self, out: Sample) -> None:
-        out.series += self._learned.rows()
+        out.extend(self._learned.rows())
