@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from array import array
 from collections.abc import Callable
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ from shm_metrics.publisher.collectors import (
     check_unique,
     selected,
 )
+from shm_metrics.publisher.collectors.numbers import FixedSeries
 from shm_metrics.publisher.collectors.stat import CPU_MODES, USER_HZ
 from shm_metrics.publisher.collectors.stat import busy_percent as _busy_percent
 from shm_metrics.publisher.filters import Filters
@@ -117,6 +119,7 @@ class Sampler:
         # which asks for one, reports); grid samples repeat them, so they are on demand too.
         self.on_demand.update((SCRAPE_SUCCESS.name, SCRAPE_DURATION.name))
         self._status: Sample | None = None
+        self._status_series: tuple[tuple[str, ...], FixedSeries] | None = None  # (names, their status rows)
         # Grid samples' plans (Sampler._grid), by what they depend on: changes of the cached outputs of the
         # collectors outside the per-process scan ([0]) and of the scan's ([1]).
         self._versions = [0, 0]
@@ -242,18 +245,29 @@ class Sampler:
                 status.append((name, ok, duration / len(c.reports)))
         for name in self.unavailable:
             status.append((name, 0, 0.0))
-        self._status = Sample(series=[row for name, ok, duration in status
-                                      for row in ((SCRAPE_SUCCESS, (name,), ok), (SCRAPE_DURATION, (name,), duration))])
+        self._status = self._status_sample(status)
         # Encoded as the grid samples after it encode theirs (replayed block first): the segment's series and
         # label bytes keep their places from a full sample to the grid samples, and a compiled grid sample's
         # program stays valid across scrapes (publisher/compiled.py).
         if self._grid_samples:
             _merge(out, rest, series=False)
-            out.replayed = (*rest.sampled_series(), *self._status.series)
+            out.replayed = (*rest.sampled_series(), *self._status.sampled_series())
         else:
             _merge(out, rest)
-            out.series += self._status.series
+            _merge(out, self._status)
         self._versions[0] += 1
+
+    def _status_sample(self, status: list[tuple[str, int, float]]) -> Sample:
+        """node_scrape_collector_success and _duration_seconds of each (name, ok, duration) as one block: the
+        same FixedSeries while the collectors stay."""
+        names = tuple(name for name, _, _ in status)
+        if self._status_series is None or self._status_series[0] != names:
+            self._status_series = (names, FixedSeries([SCRAPE_SUCCESS, SCRAPE_DURATION] * len(names),
+                                                      [(name,) for name in names for _ in range(2)]))
+        out = Sample()
+        out.add_block(self._status_series[1], array("d", [v for _, ok, duration in status
+                                                           for v in (ok, duration)]).tobytes())
+        return out
 
     def _grid(self, out: Sample, scan: bool) -> None:
         """The CORE collectors (and the per-process scan when ``scan``); the rest as the latest full sample

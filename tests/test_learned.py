@@ -172,7 +172,7 @@ def untimed(rows: list) -> list:
 
 LEARNING = ["zoneinfo", "meminfo_numa", "mountstats", "nfs", "nfsd", "interrupts", "schedstat", "vmstat",
             "sockstat", "netstat", "zfs", "mdadm", "xfs", "btrfs", "bcache",
-            "powersupplyclass", "softnet"]
+            "powersupplyclass", "softnet", "buddyinfo", "lnstat"]
 
 
 def _compare_on_fixture(tmp_path: Path, collectors: list[str], files=None, least: int = 20) -> None:

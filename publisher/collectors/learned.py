@@ -539,5 +539,5 @@ def filled(fill: Callable[[str, Sample], object]) -> Parse:
     def parse(text: str) -> list[Row]:
         out = Sample()
         fill(text, out)
-        return out.series
+        return out.sampled_series()
     return parse
