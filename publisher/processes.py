@@ -44,7 +44,8 @@ scrape.
   floor costs one comparison); N for by_rss, and the idle rows that fill by_cpu
   when fewer than N processes used CPU.  Only the final rows get a name decoded,
   and a user and an exact RSS from ``/proc/PID/status``: at most 2N reads of it
-  per scan (~12 us each), uid -> name cached.  (Stat's rss is ranked on, but on
+  per scan (~12 us each), uid -> name cached; a row whose stat line is byte for
+  byte the one its status was read with at the last scan keeps that status.  (Stat's rss is ranked on, but on
   Linux >= 6.2 it lags the exact value by up to a batch of pages per CPU; see
   ``_status``.)
 * CPU: the previous ticks live in the per-pid record with the start time, so
@@ -106,6 +107,8 @@ class ProcessTable:
         # tid -> kept stat fd of a thread other than the leader of a multithreaded process
         self._task_fds: dict[str, int] = {}
         self._users: dict[int, str] = {}
+        # The last scan's rows' /proc/PID/status reads, with the stat line each was read with (``_row``).
+        self._statuses: dict[int, tuple[bytes, tuple[str, int | None]]] = {}
         self._last_scan_monotonic: float | None = None
         self._fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
         self._kept_count = 0  # stat fds kept in _procs and _task_fds
@@ -230,9 +233,10 @@ class ProcessTable:
             # Fewer than N used CPU: the idle ones with the most RSS fill the list, as in top.  The 2N largest
             # by RSS hold enough idle ones: fewer than N of them are busy.
             by_cpu += [r for r in by_rss if not r[2]][:n - len(by_cpu)]
-        status: dict[int, tuple[str, int | None]] = {}  # this scan's reads: a pid is often in both lists
+        status: dict[int, tuple[bytes, tuple[str, int | None]]] = {}  # this scan's: a pid is often in both lists
         rows_cpu = [self._row(r, status) for r in by_cpu]
         rows_rss = [self._row(r, status) for r in by_rss[:n]]
+        self._statuses = status  # what the next scan may reuse: the rows' statuses only (at most 2N)
         # The rows' rss_bytes are exact (VmRSS); put the lists in the order of what they say.
         rows_cpu.sort(key=lambda r: (-r["cpu_percent"], -r["rss_bytes"], r["pid"]))
         rows_rss.sort(key=lambda r: (-r["rss_bytes"], r["pid"]))
@@ -336,13 +340,19 @@ class ProcessTable:
             return 0.0
 
     # ------------------------------------------------------------------ rows
-    def _row(self, row: tuple, status: dict[int, tuple[str, int | None]]) -> dict:
-        """The dict of a heap row, with the user and exact RSS from /proc/PID/status (read once per scan)."""
+    def _row(self, row: tuple, status: dict[int, tuple[bytes, tuple[str, int | None]]]) -> dict:
+        """The dict of a heap row, with the user and exact RSS from /proc/PID/status (read at most once per scan).
+
+        A process whose stat line is byte for byte the one its status was read with (the last scan's row) keeps
+        that status: since then it has not changed state, been charged a tick, faulted a page or changed its
+        rss pages, so its user and VmRSS are those read.  Most of the top by RSS are such sleepers, and a
+        status read is the scan's most expensive file (open, the kernel's ~1.5 KB of text, close)."""
         rss_pages, _, cpu, pid, data, threads, state = row
         got = status.get(pid)
         if got is None:
-            got = status[pid] = self._status(pid)
-        user, rss_bytes = got
+            kept = self._statuses.get(pid)
+            got = status[pid] = kept if kept is not None and kept[0] == data else (data, self._status(pid))
+        user, rss_bytes = got[1]
         return {"pid": pid, "name": data[data.index(b"(") + 1:data.rindex(b")")].decode("utf-8", "replace"),
                 "user": user, "state": state.decode("ascii", "replace"), "cpu_percent": cpu,
                 "rss_bytes": rss_pages * PAGE_SIZE_BYTES if rss_bytes is None else rss_bytes, "threads": threads}
@@ -406,6 +416,7 @@ class ProcessTable:
         self._task_fds = {}
         self._kept_count = 0
         self._last_scan_monotonic = None
+        self._statuses = {}
 
     def close(self) -> None:
         """Close every kept fd; the table must not be scanned afterwards."""

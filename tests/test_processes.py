@@ -263,6 +263,49 @@ def test_rss_of_a_200mb_child_matches_ps(spawn, table):
     assert scan.by_rss[0]["pid"] == child.pid or scan.by_rss[0]["rss_bytes"] >= row["rss_bytes"]
 
 
+def test_a_sleepers_status_is_read_again_only_when_its_stat_line_changes(spawn, full_table):
+    # /proc/PID/status (user, exact VmRSS) is the scan's costliest read: a row whose stat line did not change
+    # since it was read keeps it; one whose line changed (it grew) is read again, its new RSS shown.
+    child = spawn(python_child("""
+        import sys
+        block = b"\\1" * (32 << 20)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        more = b"\\2" * (64 << 20)
+        print("grown", flush=True)
+        sys.stdin.readline()
+    """), ready="ready", stdin=subprocess.PIPE)
+    reads: list[int] = []
+    original = full_table._status
+    full_table._status = lambda pid: (reads.append(pid), original(pid))[1]  # counted, still read
+    before = row_of(full_table.scan().by_rss, child.pid)
+    assert before is not None and child.pid in reads
+    reads.clear()
+    again = row_of(full_table.scan().by_rss, child.pid)
+    if stat_fields(child.pid) is not None and child.pid not in reads:  # (its line may have moved: then read)
+        assert again["rss_bytes"] == before["rss_bytes"] and again["user"] == before["user"]
+    child.stdin.write("grow\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "grown"
+    reads.clear()
+    grown = row_of(full_table.scan().by_rss, child.pid)
+    assert child.pid in reads and grown["rss_bytes"] >= before["rss_bytes"] + (60 << 20)
+    child.stdin.write("done\n")
+    child.stdin.flush()
+
+
+def test_an_unchanged_sleeper_is_not_read_again(spawn, full_table):
+    # The same, counted: a child that does nothing between two scans has its status read once.
+    child = spawn(["sleep", "600"])
+    reads: list[int] = []
+    original = full_table._status
+    full_table._status = lambda pid: (reads.append(pid), original(pid))[1]
+    wait_for(lambda: (stat_fields(child.pid) or ["R"])[0] == "S", what="the child asleep")
+    full_table.scan()
+    full_table.scan()
+    assert reads.count(child.pid) == 1
+
+
 def test_top_by_rss_agrees_with_ps(spawn, table):
     spawn(python_child("""
         import time
