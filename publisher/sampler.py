@@ -120,6 +120,8 @@ class Sampler:
         self.on_demand.update((SCRAPE_SUCCESS.name, SCRAPE_DURATION.name))
         self._status: Sample | None = None
         self._status_series: tuple[tuple[str, ...], FixedSeries] | None = None  # (names, their status rows)
+        # The latest full sample's replayed series (Sample.replayed) and the outputs they are of (_grid_plan).
+        self._full_block: tuple[list[Sample], tuple | None] = ([], None)
         # Grid samples' plans (Sampler._grid), by what they depend on: changes of the cached outputs of the
         # collectors outside the per-process scan ([0]) and of the scan's ([1]).
         self._versions = [0, 0]
@@ -234,6 +236,7 @@ class Sampler:
         now = time.monotonic()
         status = []
         rest = Sample()  # the collectors a grid sample replays: their series go in one block, as there
+        rest_parts = []  # their outputs merged into it
         for c in self.collectors:
             if c.tier == CORE and not c.refresh_seconds:
                 t0 = clock()
@@ -241,6 +244,8 @@ class Sampler:
                 duration = clock() - t0
             else:
                 ok, duration = self._run_or_replay(c, out if c.tier == CORE else rest, True, scan, now)
+                if c.tier != CORE and c.name in self._cached:
+                    rest_parts.append(self._cached[c.name][1])
             for name in c.reports:
                 status.append((name, ok, duration / len(c.reports)))
         for name in self.unavailable:
@@ -252,6 +257,8 @@ class Sampler:
         if self._grid_samples:
             _merge(out, rest, series=False)
             out.replayed = (*rest.sampled_series(), *self._status.sampled_series())
+            # The grid samples' plan replays the same outputs: the same tuple, which the encoder then knows.
+            self._full_block = (_with_series([*rest_parts, self._status]), out.replayed)
         else:
             _merge(out, rest)
             _merge(out, self._status)
@@ -329,7 +336,10 @@ class Sampler:
                 parts.append(part)
         parts.append(self._status)
         fills = [(c.fast if type(c).fast is not Collector.fast else None, c.collect) for c in run]
-        block = tuple(row for part in parts for row in part.sampled_series())
+        kept_parts, block = self._full_block
+        with_series = _with_series(parts)
+        if block is None or len(with_series) != len(kept_parts) or not all(map(is_, with_series, kept_parts)):
+            block = tuple(row for part in parts for row in part.sampled_series())
         return run, fills, due, scalars, list(arrays.items()), block
 
     def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
@@ -444,6 +454,10 @@ def time_families(sampler: Sampler, rounds: int) -> dict[str, float]:
         times.sort()
         result[name] = times[len(times) // 2]
     return result
+
+
+def _with_series(parts: list[Sample]) -> list[Sample]:
+    return [part for part in parts if part.series or part.fixed]
 
 
 def _merge(out: Sample, part: Sample, arrays: bool = True, series: bool = True) -> None:

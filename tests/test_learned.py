@@ -229,6 +229,31 @@ def test_an_interfaces_attributes_learned_as_a_group_give_netclass_rows_whatever
     _compare_on_fixture(tmp_path, ["netclass"], dynamic)
 
 
+def test_an_interfaces_program_outlives_a_refresh_of_the_same_properties_and_not_a_change(tmp_path, monkeypatch):
+    """Properties (MTU, address...) are read again every 30 s: the same values keep the program (a container host's
+    hundreds of interfaces would otherwise learn again every 30 s); a new value is served at once."""
+    monkeypatch.setattr(netclass, "PROPERTIES_REFRESH_SECONDS", 0.0)  # a refresh at every sample
+    root = node_e2e.unpack(tmp_path / "e2e")
+    tree = root / "collector" / "fixtures"
+    options, filters = node_e2e.publisher_settings()
+    sampler = Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), rootfs=str(tree),
+                      collectors=selected(["netclass"]), options=options, filters=filters)
+    try:
+        for _ in range(2):
+            sampler.sample(full=True)
+        groups = _learned_files(sampler)
+        assert groups and all(g.program is not None for g in groups)
+        programs = [(g.program, g.program.uses) for g in groups]
+        sampler.sample(full=True)
+        assert all(g.program is program and g.program.uses > uses for g, (program, uses) in zip(groups, programs))
+        mtu = (tree / "sys" / "class" / "net" / "eth0" / "mtu").resolve()
+        mtu.write_text("9000\n")
+        mtu_family = next(family for family, attr, _ in netclass._NUMERIC if attr == "mtu")
+        assert sampler.sample(full=True).values(mtu_family)[("eth0",)] == 9000
+    finally:
+        sampler.close()
+
+
 def test_a_chips_readings_learned_as_a_group_give_hwmon_rows_whatever_their_numbers(tmp_path):
     """Only the readings change (a chip's name and labels are read when the chip is found)."""
     def readings(tree: Path) -> list[Path]:

@@ -93,8 +93,9 @@ class _Interface:
             except OSError:
                 pass
         self.group = LearnedGroup(files, self._rows) if files else None
-        self.state = ""  # operstate as last read (the group's context, with the properties' refresh)
+        self.state = ""  # operstate as last read (the group's context, with the properties' version)
         self.refreshed = -1e18
+        self.version = 0  # bumped when a refresh finds other properties: a learned program serves one version
         self.strings: dict[str, str] = {}
         self.numbers: dict[str, int | None] = {}
 
@@ -114,14 +115,17 @@ class _Interface:
         if now - self.refreshed < PROPERTIES_REFRESH_SECONDS:
             return
         self.refreshed = now
-        self.strings = {a: (read_once(f"{self.path}/{a}") or "").strip() for a in _STRINGS}
-        self.numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
+        strings = {a: (read_once(f"{self.path}/{a}") or "").strip() for a in _STRINGS}
+        numbers = {a: _number(read_once(f"{self.path}/{a}")) for _, a, dynamic in _NUMERIC if not dynamic}
+        if (strings, numbers) != (self.strings, self.numbers):
+            self.strings, self.numbers = strings, numbers
+            self.version += 1
 
     def rows(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]] | Block:
         """This interface's series now (after ``current``; its operstate and properties: the group's context)."""
         if self.group is None:
             return self._rows([])
-        return self.group.rows((self.state, self.refreshed))
+        return self.group.rows((self.state, self.version))
 
     def _rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """The series from the dynamic attributes' texts (None: unreadable now, as a down link's carrier)."""
