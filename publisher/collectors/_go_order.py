@@ -48,7 +48,7 @@ def add_parts_in_go_order(out: Sample, parts: Iterable[list[tuple[FamilyInfo, tu
     key = tuple(part.fixed for part in parts)
     found = _BLOCK_ORDERS.get(key)
     if found is None:
-        if len(_BLOCK_ORDERS) >= 256:  # programs learned anew keep making keys: forget the old ones
+        if len(_BLOCK_ORDERS) >= 32:  # programs learned anew make new keys: the old ones go (a few live ones)
             _BLOCK_ORDERS.clear()
         # The sort of the rows, with each row's place among the blocks' values in place of its value.
         places = _sorted([row for fixed, at in zip(key, _starts(key))
