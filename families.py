@@ -170,14 +170,14 @@ class SeriesEncoder:
                 self._last = last
             else:
                 last = None
-        # The values in one run of doubles: the rows', then each block's.
-        run = b"".join([array("d", values).tobytes(), *(v for _, v in fixed)]) if fixed else array("d", values)
         if last is not None:
             # The same series as the previous sample (the usual case): only the values change, so the
-            # rows' other columns and the label blob are reused and the values dropped into place.
+            # rows' other columns and the label blob are reused and the values dropped into place, from one
+            # run of doubles: the rows' values, then each block's.
             order, template, blob, n, dropped = last[4:]
             rows = bytearray(template)
             if n:
+                run = b"".join([array("d", values).tobytes(), *(v for _, v in fixed)]) if fixed else array("d", values)
                 self._place(run, order, rows)
             return bytes(rows), blob, n, dropped
         if fixed:  # every series as a row, in the order added; ``source``: each one's place in ``run``
