@@ -368,3 +368,30 @@ def test_a_hexadecimal_file_is_learned_in_its_own_digits(tmp_path):
             assert file.program.uses == uses + 1  # digits and letters alike: the same shape
     finally:
         file.file.close()
+
+
+def test_blocks_sorted_the_go_way_come_out_as_the_same_rows_sorted():
+    """The sorted collectors (btrfs, bcache, xfs, zfs's pools) sort blocks by a permutation found once: the rows it
+    gives, values included, are those of sorting the blocks' rows, whether a family's label names are declared in
+    sorted order or not; a part that is a list of rows sorts everything as rows."""
+    from array import array
+
+    from shm_metrics.publisher.collectors import Sample
+    from shm_metrics.publisher.collectors._go_order import add_in_go_order, add_parts_in_go_order
+
+    plain = gauge("node_test_sorted", "Label names in order.", "device", "kind")
+    reversed_names = gauge("node_test_unsorted", "Label names out of order.", "zone", "device")
+    first = numbers.FixedSeries([plain, reversed_names, plain], [("sdb", "x"), ("b", "sda"), ("sda", "y")])
+    second = numbers.FixedSeries([reversed_names, plain, reversed_names], [("a", "sdb"), ("sda", "x"), ("a", "sda")])
+    for k in (1.0, 2.0):
+        blocks = [numbers.Block(first, array("d", [k, k + 1, k + 2]).tobytes()),
+                  numbers.Block(second, array("d", [k + 3, k + 4, k + 5]).tobytes())]
+        as_blocks, as_rows = Sample(), Sample()
+        add_parts_in_go_order(as_blocks, blocks)
+        add_in_go_order(as_rows, [row for block in blocks for row in block.rows()])
+        assert as_blocks.fixed and as_blocks.sampled_series() == as_rows.sampled_series()
+        mixed = Sample()
+        add_parts_in_go_order(mixed, [blocks[0], blocks[1].rows()])
+        assert not mixed.fixed and mixed.sampled_series() == as_rows.sampled_series()
+    labels = [labels for family, labels, _ in as_rows.sampled_series() if family is reversed_names]
+    assert labels == [("a", "sda"), ("b", "sda"), ("a", "sdb")]  # by device (its name sorts first), then zone
