@@ -181,7 +181,7 @@ class SeriesEncoder:
                 self._place(run, order, rows)
             return bytes(rows), blob, n, dropped
         if fixed:  # every series as a row, in the order added; ``source``: each one's place in ``run``
-            series, source = _interleave(series, fixed, at)
+            series, source = interleave(series, fixed, at, sources=True)
         rows, blob, order, dropped = self._encode(series, max_rows, max_bytes, base)
         n = len(order)
         order = array("I", [source[j] for j in order] if fixed else order)
@@ -253,22 +253,26 @@ class SeriesEncoder:
         return bytes(rows), bytes(blob), order, dropped
 
 
-def _interleave(series: list, fixed: Sequence[tuple[object, bytes]], at: Sequence[int]) -> tuple[list, list[int]]:
-    """Rows and blocks as one list of rows, each block before the row of its index in ``at``; with each row's
-    place in the run of values (the rows' values, then each block's)."""
+def interleave(series: list, fixed: Sequence[tuple[object, bytes]], at: Sequence[int],
+               sources: bool = False) -> tuple[list, list[int]]:
+    """Rows and blocks of values (an object with ``families`` and ``labels``, the doubles) as one list of rows,
+    each block before the row of its index in ``at``; with ``sources``, also each row's place in the run of
+    values (the rows' values, then each block's), else an empty list."""
     out: list = []
     source: list[int] = []
     done, start = 0, len(series)
     for (block, values), where in zip(fixed, at):
         out += series[done:where]
-        source += range(done, where)
         rows = list(zip(block.families, block.labels, memoryview(values).cast("d").tolist()))
         out += rows
-        source += range(start, start + len(rows))
+        if sources:
+            source += range(done, where)
+            source += range(start, start + len(rows))
         start += len(rows)
         done = where
     out += series[done:]
-    source += range(done, len(series))
+    if sources:
+        source += range(done, len(series))
     return out, source
 
 

@@ -395,3 +395,23 @@ def test_blocks_sorted_the_go_way_come_out_as_the_same_rows_sorted():
         assert not mixed.fixed and mixed.sampled_series() == as_rows.sampled_series()
     labels = [labels for family, labels, _ in as_rows.sampled_series() if family is reversed_names]
     assert labels == [("a", "sda"), ("b", "sda"), ("a", "sdb")]  # by device (its name sorts first), then zone
+
+
+def test_the_files_kept_by_path_are_closed_with_their_collector(tmp_path):
+    """btrfs, bcache, xfs, zfs's pools and the power supplies keep files open by path (Collector.learned_paths):
+    closing the sampler closes every one of them."""
+    root = node_e2e.unpack(tmp_path / "e2e")
+    tree = root / "collector" / "fixtures"
+    options, filters = node_e2e.publisher_settings()
+    before = len(os.listdir("/proc/self/fd"))
+    sampler = Sampler(procfs=str(tree / "proc"), sysfs=str(tree / "sys"), rootfs=str(tree),
+                      collectors=selected(["btrfs", "bcache", "xfs", "zfs", "powersupplyclass"]), options=options,
+                      filters=filters)
+    try:
+        for _ in range(2):
+            sampler.sample(full=True)
+        kept = [files for c in sampler.collectors for files in c._device_sets if files._files or files._groups]
+        assert len(kept) >= 4 and len(os.listdir("/proc/self/fd")) > before + 20
+    finally:
+        sampler.close()
+    assert len(os.listdir("/proc/self/fd")) == before

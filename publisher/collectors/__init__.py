@@ -37,11 +37,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from shm_metrics import shm_layout as L
-from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo
+from shm_metrics.families import COUNTER, GAUGE, UNTYPED, FamilyInfo, interleave
 from shm_metrics.publisher.collectors.numbers import Block
 from shm_metrics.publisher.filters import Filters
 
 if TYPE_CHECKING:
+    from shm_metrics.publisher.collectors.learned import LearnedPaths
     from shm_metrics.publisher.collectors.numbers import FixedSeries
     from shm_metrics.publisher.compiled import Builder
 
@@ -212,7 +213,7 @@ class Collector:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self._kept_open: list[ProcFile] = []
-        self._device_sets: list[Devices] = []
+        self._device_sets: list[Devices | LearnedPaths] = []  # closed with the collector
 
     def declare(self, family: FamilyInfo) -> FamilyInfo:
         """The family this collector declared under ``family``'s name, or ``family``, declared now: a
@@ -235,6 +236,14 @@ class Collector:
                 missing_ok: bool = False) -> Devices:
         """The devices under ``root`` (see ``Devices``), closed with the collector."""
         found = Devices(self.ctx, root, build, pattern, missing_ok)
+        self._device_sets.append(found)
+        return found
+
+    def learned_paths(self) -> LearnedPaths:
+        """Files and groups read by path, learned (see ``LearnedPaths``), closed with the collector."""
+        from shm_metrics.publisher.collectors.learned import LearnedPaths  # (it imports this module)
+
+        found = LearnedPaths()
         self._device_sets.append(found)
         return found
 
@@ -459,15 +468,7 @@ class Sample:
 
     def sampled_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """The series sampled now, blocks as rows, in the order they were added."""
-        if not self.fixed:
-            return self.series
-        out, done = [], 0
-        for (fixed, values), at in zip(self.fixed, self.fixed_at):
-            out += self.series[done:at]
-            out += fixed.rows(values)
-            done = at
-        out += self.series[done:]
-        return out
+        return interleave(self.series, self.fixed, self.fixed_at)[0] if self.fixed else self.series
 
     def all_series(self) -> list[tuple[FamilyInfo, tuple[str, ...], float]]:
         """Every series of the sample: those replayed and those sampled now."""

@@ -19,7 +19,6 @@ from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 _MULTIPLIERS = {letter: float(1 << (10 * (i + 1))) for i, letter in enumerate("kMGTPEZY")}
@@ -170,7 +169,7 @@ class Bcache(Collector):
         self._root = f"{ctx.sysfs}/fs/bcache"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without bcache just has no cache sets
         self._priority = bool(ctx.option("bcache.priorityStats", False))
-        self._files = LearnedPaths()
+        self._files = self.learned_paths()
         self.families = (*_ALWAYS, *((PRIORITY_UNUSED, PRIORITY_METADATA) if self._priority else ()))
 
     def collect(self, out: Sample) -> None:
@@ -241,6 +240,3 @@ class Bcache(Collector):
                 rows.append((PRIORITY_METADATA, labels, metadata))
         return rows
 
-    def close(self) -> None:
-        super().close()
-        self._files.close()

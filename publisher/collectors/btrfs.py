@@ -21,7 +21,6 @@ from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 SECTOR_BYTES = 512
@@ -109,7 +108,7 @@ class Btrfs(Collector):
         super().__init__(ctx)
         self._root = f"{ctx.sysfs}/fs/btrfs"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without Btrfs just has no filesystems
-        self._files = LearnedPaths()
+        self._files = self.learned_paths()
 
     def collect(self, out: Sample) -> None:
         parts = []
@@ -130,6 +129,3 @@ class Btrfs(Collector):
             self._files.sweep()
         add_parts_in_go_order(out, parts)
 
-    def close(self) -> None:
-        super().close()
-        self._files.close()

@@ -193,6 +193,9 @@ class LearnedFile:
         """Whether a program may be learned from this read (a group's: not while a file fails, if so asked)."""
         return True
 
+    def close(self) -> None:
+        self.file.close()
+
     def parse_raw(self, raw: bytes) -> list[Row]:
         """The rows of the bytes a read of the file gave (what ``learn`` parses)."""
         return self.parse(raw.decode("utf-8", "replace"))
@@ -241,6 +244,10 @@ class LearnedGroup(LearnedFile):
     def _may_learn(self, raw: bytes) -> bool:
         return self.learn_unreadable or GROUP_UNREADABLE not in raw.split(GROUP_SEPARATOR)
 
+    def close(self) -> None:
+        for pf in self.files:
+            pf.close()
+
     def parse_raw(self, raw: bytes) -> list[Row]:
         parts = raw.split(GROUP_SEPARATOR)
         if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
@@ -288,7 +295,7 @@ class LearnedPaths:
             try:
                 return learned.rows()
             except OSError:
-                self._files.pop(path).file.close()
+                self._files.pop(path).close()
                 if same_file(learned.file) or not os.path.lexists(path):
                     raise
         raise OSError(f"{path}: cannot be read")
@@ -309,26 +316,24 @@ class LearnedPaths:
             group = self._groups[paths] = _open_group(paths, parse, absent, decode)
         rows = group.rows()
         if group.failed and not all(same_file(group.files[i]) for i in group.failed):
-            _close_group(self._groups.pop(paths))
+            self._groups.pop(paths).close()
             group = self._groups[paths] = _open_group(paths, parse, absent, decode)
             rows = group.rows()
         return rows
 
     def sweep(self) -> None:
+        """Close the files and groups the sample did not read (their device went)."""
         for path in [p for p in self._files if p not in self._used]:
-            self._files.pop(path).file.close()
+            self._files.pop(path).close()
         self._used.clear()
         for paths in [p for p in self._groups if p not in self._used_groups]:
-            _close_group(self._groups.pop(paths))
+            self._groups.pop(paths).close()
         self._used_groups.clear()
 
     def close(self) -> None:
-        for learned in self._files.values():
-            learned.file.close()
-        self._files.clear()
-        for group in self._groups.values():
-            _close_group(group)
-        self._groups.clear()
+        self._used.clear()
+        self._used_groups.clear()
+        self.sweep()
 
 
 def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list[Row]],
@@ -352,11 +357,6 @@ def _open_group(paths: tuple[str, ...], parse: Callable[[list[str | None]], list
         whole = parse
         parse = lambda texts: whole([None if i in missing else t for i, t in enumerate(texts)])  # noqa: E731
     return LearnedGroup(files, parse, learn_unreadable=False, decode=decode)
-
-
-def _close_group(group: LearnedGroup) -> None:
-    for pf in group.files:
-        pf.close()
 
 
 def learn(raw: bytes, shape: numbers.Shape, values: array, rows: list[Row], parse: Callable[[bytes], list[Row]],
@@ -528,8 +528,8 @@ def _structural(raw: bytes, spans: list[tuple[int, int]], columns: list[int], ok
     for group in left:
         if len(group) > 4:
             spread = [group[0], group[len(group) // 2], group[-1]]
-            if not any(frees([k]) for k in spread):
-                continue  # a structural column
+            if not any(trials < MAX_TRIALS and frees([k]) for k in spread):
+                continue  # a structural column (or no trials left)
         settle([k for k in group if k in kept])
     return kept
 

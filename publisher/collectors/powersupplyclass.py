@@ -19,7 +19,6 @@ from functools import partial
 
 from shm_metrics.families import ABSENT_LABEL
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_file, register
-from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import SYSFS_READ_SIZE, go_text
 
 
@@ -108,7 +107,7 @@ class PowerSupplyClass(Collector):
         self._root = os.path.join(ctx.sysfs, "class", "power_supply")
         os.listdir(self._root)  # no power_supply class: unavailable, as there
         self._ignored = re.compile(str(ctx.option("powersupply.ignored-supplies", "^$")))
-        self._files = LearnedPaths()
+        self._files = self.learned_paths()
 
     def collect(self, out: Sample) -> None:
         parts = []
@@ -133,6 +132,3 @@ class PowerSupplyClass(Collector):
         for supply_rows in parts:
             out.extend(supply_rows)
 
-    def close(self) -> None:
-        super().close()
-        self._files.close()

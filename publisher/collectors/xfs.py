@@ -16,7 +16,6 @@ from functools import partial
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, register
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedPaths
 from shm_metrics.publisher.collectors.sysfs_util import entries
 
 # (category, index in its line, metric name without node_xfs_, HELP)
@@ -119,7 +118,7 @@ class Xfs(Collector):
         super().__init__(ctx)
         self._root = f"{ctx.sysfs}/fs/xfs"
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without XFS just has no filesystems
-        self._files = LearnedPaths()  # each filesystem's stats, kept open and learned (collectors/learned.py)
+        self._files = self.learned_paths()  # each filesystem's stats, kept open and learned (collectors/learned.py)
 
     def collect(self, out: Sample) -> None:
         parts = []
@@ -133,6 +132,3 @@ class Xfs(Collector):
             self._files.sweep()
         add_parts_in_go_order(out, parts)
 
-    def close(self) -> None:
-        super().close()
-        self._files.close()

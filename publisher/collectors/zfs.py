@@ -20,7 +20,7 @@ from functools import partial
 from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.learned import LearnedGroup, LearnedPaths
+from shm_metrics.publisher.collectors.learned import LearnedGroup
 
 # node_exporter's subsystem name -> the kstat file it reads.
 SUBSYSTEM_FILES = {
@@ -120,7 +120,7 @@ class Zfs(Collector):
                     self._family(f"node_zfs_zpool_dataset_{_metric_name(stat)}", f"kstat.zfs.misc.objset.{stat}",
                                  "zpool", "dataset")
         self.declare(POOL_STATE)
-        self._pool_files = LearnedPaths()  # each pool's io, objset-* and state, kept open while the pool is there
+        self._pool_files = self.learned_paths()  # each pool's io, objset-* and state, kept open while the pool is there
         # Every subsystem's kstat file in one C call, learned as one program (collectors/learned.py).
         self._subsystem_group = (LearnedGroup([pf for _, _, pf in self._subsystems], self._subsystems_rows)
                                  if self._subsystems else None)
@@ -175,9 +175,6 @@ class Zfs(Collector):
             rows.append((family, (pool, dataset), int(data)))
         return rows
 
-    def close(self) -> None:
-        super().close()
-        self._pool_files.close()
 
     def _subsystems_rows(self, texts: list[str | None]) -> list[tuple[FamilyInfo, tuple, float]]:
         rows = []
