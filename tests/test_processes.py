@@ -529,3 +529,86 @@ def test_fd_budget_half_the_soft_limit_then_open_read_close(spawn, room):
 def test_time_scan_returns_a_median(table):
     seconds = time_scan(table, 3)
     assert isinstance(seconds, float) and seconds > 0
+
+
+# ----------------------------------------------------------------- listings
+THREAD_ON_LINE = python_child("""
+    import sys, threading, time
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    print("started", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.fixture
+def listings(monkeypatch):
+    """The directories os.listdir is asked for, in order (the real listing still runs)."""
+    import shm_metrics.publisher.processes as processes
+
+    seen: list[str] = []
+    real = os.listdir
+
+    def listdir(path="."):
+        seen.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(processes.os, "listdir", listdir)
+    return seen
+
+
+def test_while_the_task_mark_stands_proc_is_not_listed_and_exits_still_show(spawn, full_table, listings,
+                                                                           monkeypatch):
+    import shm_metrics.publisher.processes as processes
+
+    mark = [b"1 1\n"]
+    monkeypatch.setattr(processes, "tasks_mark", lambda fd: mark[0])
+    staying, leaving = spawn(SLEEPER, ready="ready"), spawn(SLEEPER, ready="ready")
+    first = full_table.scan()
+    assert "/proc" in listings
+    assert row_of(first.by_rss, staying.pid) and row_of(first.by_rss, leaving.pid)
+    os.kill(leaving.pid, signal.SIGKILL)
+    leaving.wait(10)
+    newcomer = spawn(SLEEPER, ready="ready")
+    listings.clear()
+    second = full_table.scan()
+    assert listings == [], "the mark stood: no directory listed, task/ included"
+    assert row_of(second.by_rss, staying.pid) is not None
+    assert row_of(second.by_rss, leaving.pid) is None, "an exit shows without a listing"
+    assert row_of(second.by_rss, newcomer.pid) is None, "(the mark was held still: the newcomer is unseen)"
+    assert second.procs_total == first.procs_total - 1 == len(second.by_rss)
+    mark[0] = b"2 2\n"
+    third = full_table.scan()
+    assert "/proc" in listings and row_of(third.by_rss, newcomer.pid) is not None
+
+
+def test_a_new_process_and_a_new_thread_show_in_the_next_scan(spawn, full_table):
+    """With the real /proc/loadavg: a new task moves its mark, so the next scan lists again."""
+    full_table.scan()
+    child = spawn(THREAD_ON_LINE, ready="ready", stdin=subprocess.PIPE)
+    row = row_of(full_table.scan().by_rss, child.pid)
+    assert row is not None and row["threads"] == 1
+    sleeping_before = next(s for s in full_table.scan().states if s["state"] == "S")["threads"]
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "started"
+    for _ in range(5):  # other threads on the host come and go meanwhile
+        scan = full_table.scan()
+        sleeping = next(s for s in scan.states if s["state"] == "S")["threads"]
+        if row_of(scan.by_rss, child.pid)["threads"] == 2 and sleeping > sleeping_before - 3:
+            break
+    else:
+        pytest.fail(f"the child's new thread was not seen: {row_of(scan.by_rss, child.pid)}")
+    assert f"/proc/{child.pid}/task/" in " ".join(own_fds().values()), "its new thread's stat is read"
+    child.stdin.close()
+
+
+def test_another_namespaces_proc_has_no_task_mark(tmp_path):
+    """A /proc whose self is not this process (a fixture tree, another PID namespace) is listed every scan."""
+    from shm_metrics.publisher.processes import open_loadavg, own_namespace_proc
+
+    (tmp_path / "loadavg").write_text("0.00 0.01 0.05 1/80 4242\n")
+    os.symlink("1", tmp_path / "self")
+    assert not own_namespace_proc(str(tmp_path)) and open_loadavg(str(tmp_path)) is None
+    assert own_namespace_proc("/proc")

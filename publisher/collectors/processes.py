@@ -30,6 +30,7 @@ from shm_metrics.publisher.collectors import (
     read_file,
     register,
 )
+from shm_metrics.publisher.processes import own_namespace_proc
 
 if TYPE_CHECKING:
     from shm_metrics.publisher.compiled import Builder
@@ -94,9 +95,9 @@ class Procs(Collector):
     def _tasks_file(self) -> ProcFile | None:
         """/proc/loadavg when ``procfs`` shows this process's own PID namespace (then its last PID is
         that namespace's), else None: every sample lists the directory."""
+        if not own_namespace_proc(self.ctx.procfs):
+            return None
         try:
-            if os.readlink(f"{self.ctx.procfs}/self") != str(os.getpid()):
-                return None
             return self.open(f"{self.ctx.procfs}/loadavg")
         except OSError:
             return None
