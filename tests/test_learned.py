@@ -119,6 +119,26 @@ def test_a_group_of_files_is_one_program_and_a_file_it_cannot_read_is_none_to_th
             pf.close()
 
 
+
+def test_a_group_file_holding_the_separator_is_read_file_by_file(tmp_path):
+    """A file's text may hold the bytes the C reader puts between a group's files (a device's model name is the
+    device's to choose): the group is then read file by file, its rows still right, and no program is made."""
+    (tmp_path / "state").write_text("state up\n\x1f\nup\n")
+    (tmp_path / "used").write_text("10\n")
+    group = LearnedGroup([ProcFile(str(tmp_path / "state")), ProcFile(str(tmp_path / "used"))], group_parse)
+    try:
+        for used in ("10", "11", "12"):
+            (tmp_path / "used").write_text(f"{used}\n")
+            assert rows_of(group.rows()) == group_parse(["state up\n\x1f\nup\n", f"{used}\n"])
+        assert group.program is None
+        (tmp_path / "state").write_text("state up\n")  # an ordinary text again: a program comes
+        for _ in range(2):
+            assert rows_of(group.rows()) == group_parse(["state up\n", "12\n"])
+        assert group.program is not None
+    finally:
+        for pf in group.files:
+            pf.close()
+
 _NUMBER = re.compile(rb"(?<![^ \t\n:\r/])-?[0-9]+(?:\.[0-9]+)?(?![^ \t\n:\r/])")
 
 

@@ -238,7 +238,7 @@ class LearnedGroup(LearnedFile):
     def rows(self, context: object = None) -> list[Row] | numbers.Block:
         try:
             return super().rows(context)
-        except OSError:  # one of them could not be read: each file on its own
+        except (OSError, _Unsplittable):  # one of them could not be read, or holds the separator: each on its own
             return self._parse_now()
 
     def _may_learn(self, raw: bytes) -> bool:
@@ -250,8 +250,8 @@ class LearnedGroup(LearnedFile):
 
     def parse_raw(self, raw: bytes) -> list[Row]:
         parts = raw.split(GROUP_SEPARATOR)
-        if len(parts) != len(self.files):  # (a file holding the separator itself: no program from it)
-            raise ValueError("a group's files do not split as they were read")
+        if len(parts) != len(self.files):  # a file holds the separator itself (a device's model name could)
+            raise _Unsplittable("a group's files do not split as they were read")
         decode = self.decode
         texts = [None if part == GROUP_UNREADABLE else decode(part) for part in parts]
         self.failed = [i for i, text in enumerate(texts) if text is None]
@@ -266,6 +266,10 @@ class LearnedGroup(LearnedFile):
                 texts.append(None)
         self.failed = [i for i, text in enumerate(texts) if text is None]
         return self.parse(texts)
+
+
+class _Unsplittable(ValueError):
+    """A group's text that does not split into its files: it is read file by file, and learns no program."""
 
 
 def _decode(raw: bytes) -> str:
