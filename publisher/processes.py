@@ -98,6 +98,7 @@ class ProcessScan:
     """
 
     procs_total: int  # processes whose stat this scan read
+    threads_total: int  # the sum of their num_threads (node_processes_threads)
     by_cpu: list[dict]  # at most top_n rows, highest cpu_percent first (ties: higher rss, then lower pid)
     by_rss: list[dict]  # at most top_n rows, highest rss_bytes first (ties: lower pid)
     states: list[dict]  # {"state", "processes", "threads"} per state letter seen, sorted by letter
@@ -106,13 +107,19 @@ class ProcessScan:
 class ProcessTable:
     """The kept-open stat fds of the processes, and their CPU ticks at the previous scan."""
 
-    def __init__(self, top_n: int = 10, procfs: str = "/proc") -> None:
+    def __init__(self, top_n: int = 10, procfs: str = "/proc", node_counts: bool = False) -> None:
+        """``node_counts``: count as node_exporter's processes collector does (publisher/collectors/processes.py):
+        a process's leader thread only when it has a ``task/`` directory (a fixture tree's processes may not),
+        and a stat file that is not a stat line fails the scan (ValueError).  Its table keeps at most a quarter
+        of the soft RLIMIT_NOFILE open, so that it and a ``--top`` table fit in the budget together."""
         if top_n < 0:
             raise ValueError(f"top_n must be >= 0, not {top_n}")
         self.top_n = top_n
         self.procfs = procfs
+        self.node_counts = node_counts
         # pid as in /proc -> [kept stat fd or None, last stat bytes, starttime (ticks after boot),
-        #                     utime+stime (ticks), row: (rss pages, -pid, cpu %, pid, stat bytes, threads, state)]
+        #                     utime+stime (ticks), row: (rss pages, -pid, cpu %, pid, stat bytes, threads, state),
+        #                     whether it has a task/ directory (looked at once, with node_counts)]
         self._procs: dict[str, list] = {}
         # tid -> kept stat fd of a thread other than the leader of a multithreaded process
         self._task_fds: dict[str, int] = {}
@@ -124,7 +131,8 @@ class ProcessTable:
         # The last scan's rows' /proc/PID/status reads, with the stat line each was read with (``_row``).
         self._statuses: dict[int, tuple[bytes, tuple[str, int | None]]] = {}
         self._last_scan_monotonic: float | None = None
-        self._fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+        self._fd_share = 4 if node_counts else 2
+        self._fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // self._fd_share
         self._kept_count = 0  # stat fds kept in _procs and _task_fds
         self._raised_limit = False
         try:
@@ -156,6 +164,9 @@ class ProcessTable:
         heap: list[tuple] = []
         heap_size = 2 * self.top_n
         rss_floor = -1 if heap_size else float("inf")  # a row below it cannot enter the full heap
+        threads_total = 0
+        node_counts = self.node_counts
+        leaderless: list[bytes] = []  # with node_counts: the states of processes without a task/ directory
         mark = tasks_mark(self._loadavg_fd)
         if mark is not None and mark == self._listed_mark:
             names = list(old)  # no task came since the listing: its processes, less those that exited
@@ -184,7 +195,7 @@ class ProcessTable:
                 if rec is not None:
                     rec[0] = fd
                 else:
-                    rec = [fd, b"", -1, 0, None]
+                    rec = [fd, b"", -1, 0, None, node_counts and os.path.isdir(f"{procfs}/{name}/task")]
 
             if data == rec[1]:
                 # Byte for byte the same as at the last scan (most sleeping processes): the same process
@@ -204,6 +215,8 @@ class ProcessTable:
                     if rec[0] is not None:
                         close(rec[0])
                         self._kept_count -= 1
+                    if self.node_counts:  # as node_exporter's scrape fails
+                        raise ValueError(f"{procfs}/{name}/stat: not a stat line") from None
                     continue
                 if rec[2] == start and wall_seconds:
                     cpu = (ticks - rec[3]) * percent_per_tick
@@ -216,13 +229,16 @@ class ProcessTable:
                     cpu = 0.0
                 pid = int(name)
                 row = (rss, -pid, cpu, pid, *row_tail)  # tuples order by rss, then lower pid
-                rec[1:] = data, start, ticks, row
+                rec[1:5] = data, start, ticks, row
                 if cpu > 0:
                     busy.append((cpu, rss, -pid, row))
             new[name] = rec
 
             state_append(row[6])
-            if row[5] > 1:
+            threads_total += row[5]
+            if node_counts and not rec[5]:
+                leaderless.append(row[6])  # node_exporter counts no thread of a process without task/
+            elif row[5] > 1:
                 multithreaded.append(name)
             if row[0] >= rss_floor:  # (rss, -pid) decides; many processes have the same rss
                 if len(heap) < heap_size:
@@ -242,7 +258,7 @@ class ProcessTable:
         proc_states = Counter(states)
         # Every process has its leader thread, counted in the process's state (as node_exporter does);
         # only multithreaded processes have other threads to read.
-        thread_states = proc_states.copy()
+        thread_states = proc_states - Counter(leaderless) if leaderless else proc_states.copy()
         self._count_threads(multithreaded, thread_states, listed)
 
         n = self.top_n
@@ -261,10 +277,11 @@ class ProcessTable:
         rows_rss.sort(key=lambda r: (-r["rss_bytes"], r["pid"]))
         return ProcessScan(
             procs_total=len(new),
+            threads_total=threads_total,
             by_cpu=rows_cpu,
             by_rss=rows_rss,
             states=[{"state": s.decode("ascii", "replace"), "processes": proc_states[s], "threads": thread_states[s]}
-                    for s in sorted(thread_states)],
+                    for s in sorted(proc_states.keys() | thread_states.keys())],
         )
 
     def _open_stat(self, path: str) -> tuple[int | None, bytes]:
@@ -307,7 +324,7 @@ class ProcessTable:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         except (OSError, ValueError):
             return False
-        self._fd_budget = hard // 2
+        self._fd_budget = hard // self._fd_share
         return self._kept_count < self._fd_budget
 
     def _count_threads(self, multithreaded: list[str], thread_states: Counter, listed: bool) -> None:

@@ -612,3 +612,48 @@ def test_another_namespaces_proc_has_no_task_mark(tmp_path):
     os.symlink("1", tmp_path / "self")
     assert not own_namespace_proc(str(tmp_path)) and open_loadavg(str(tmp_path)) is None
     assert own_namespace_proc("/proc")
+
+
+# ----------------------------------------------------------------- node_exporter's processes collector
+def test_node_processes_counts_as_node_exporter_does_on_this_host():
+    """The ``processes`` collector (NodeProcesses, through a node_counts table) against Debian's node_exporter
+    with only its processes collector, scraped before and after each of our samples: the host's tasks come and
+    go meanwhile (node_exporter's own threads included), so each count lies within the two, give or take."""
+    from exporter_util import Process, free_port, need, scrape
+
+    from shm_metrics.publisher.collectors.processes import NodeProcesses
+    from shm_metrics.publisher.sampler import Sampler
+
+    binary = need("prometheus-node-exporter", "prometheus-node-exporter")
+    port = free_port()
+    node = Process([binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+                    "--collector.processes"])
+    sampler = Sampler(collectors=[NodeProcesses])
+    try:
+        node.wait_for_line("Listening on")
+        url = f"http://127.0.0.1:{port}/metrics"
+        for _ in range(8):
+            before = scrape(url)
+            ours = {(fam.name, labels): value for fam, labels, value in sampler.sample(full=True).all_series()}
+            after = scrape(url)
+            checks = [("node_processes_pids", {}), ("node_processes_threads", {})]
+            for name, label in (("node_processes_state", "state"), ("node_processes_threads_state", "thread_state")):
+                seen = before.label_values(name, label) | after.label_values(name, label)
+                seen |= {labels[0] for fam, labels in ours if fam == name}
+                checks += [(name, {label: value}) for value in sorted(seen)]
+            bad = []
+            for name, kw in checks:
+                theirs = [expo.samples.get(name, {}).get(frozenset(kw.items()), 0.0) for expo in (before, after)]
+                mine = ours.get((name, tuple(kw.values())), 0.0)
+                if not min(theirs) - 3 <= mine <= max(theirs) + 3:
+                    bad.append((name, kw, theirs[0], mine, theirs[1]))
+            if not bad:
+                break
+        else:
+            pytest.fail(f"(family, labels, theirs before, ours, theirs after): {bad}")
+        assert ours[("node_processes_max_processes", ())] == after.value("node_processes_max_processes")
+        assert ours[("node_processes_max_threads", ())] == after.value("node_processes_max_threads")
+        assert len(checks) >= 4 and ("node_processes_state", {"state": "S"}) in checks
+    finally:
+        sampler.close()
+        node.stop()
