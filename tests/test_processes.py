@@ -657,3 +657,42 @@ def test_node_processes_counts_as_node_exporter_does_on_this_host():
     finally:
         sampler.close()
         node.stop()
+
+
+def _stat_line(pid: int, comm: str, state: str, threads: int) -> str:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+    # priority nice num_threads itrealvalue starttime vsize rss ...
+    return f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 0 0 0 0 0 3 4 0 0 20 0 {threads} 0 100 1000 50 0 0 0\n"
+
+
+def test_node_processes_on_a_tree_counts_as_node_exporter_and_a_bad_stat_line_fails_it(tmp_path):
+    """On a fixture tree: a process without task/ adds no thread by state (as in node_exporter's own fixture), one
+    with task/ adds each of its tasks; a stat file that is not a stat line fails the collector's sample."""
+    from shm_metrics.publisher.collectors.processes import NodeProcesses
+    from shm_metrics.publisher.sampler import Sampler
+
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "threads-max").write_text("7801\n")
+    (proc / "sys" / "kernel" / "pid_max").write_text("123\n")
+    for pid, state, threads in ((1, "S", 1), (2, "I", 1), (3, "R", 2)):
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "stat").write_text(_stat_line(pid, f"p {pid})", state, threads))
+    (proc / "3" / "task" / "3").mkdir(parents=True)
+    (proc / "3" / "task" / "4").mkdir()
+    (proc / "3" / "task" / "4" / "stat").write_text(_stat_line(4, "worker", "D", 2))
+    sampler = Sampler(procfs=str(proc), collectors=[NodeProcesses])
+    try:
+        series = {(fam.name, labels): value for fam, labels, value in sampler.sample(full=True).all_series()}
+        assert {key: value for key, value in series.items() if key[0].startswith("node_processes")} == {
+            ("node_processes_threads", ()): 4, ("node_processes_max_threads", ()): 7801,
+            ("node_processes_state", ("I",)): 1, ("node_processes_state", ("R",)): 1,
+            ("node_processes_state", ("S",)): 1, ("node_processes_threads_state", ("D",)): 1,
+            ("node_processes_threads_state", ("R",)): 1, ("node_processes_pids", ()): 3,
+            ("node_processes_max_processes", ()): 123}
+        (proc / "2" / "stat").write_text("2 (broken\n")
+        series = {(fam.name, labels): value for fam, labels, value in sampler.sample(full=True).all_series()}
+        assert series[("node_scrape_collector_success", ("processes",))] == 0
+        assert ("node_processes_pids", ()) not in series
+    finally:
+        sampler.close()
