@@ -471,25 +471,30 @@ class FamilyView:
                 yield index, lo * size, raw[lo * size:hi * size]
             lo = hi
 
-    def decode(self, index: int, rows_raw: bytes) -> Family:
-        """The family at catalog ``index`` from its raw rows (as ``raw_families`` gives them)."""
+    def decode(self, index: int, rows_raw: bytes, positions: list[int] | None = None) -> Family:
+        """The family at catalog ``index`` from its raw rows (as ``raw_families`` gives them).  ``positions``, when
+        given, gets the row (counted in ``rows_raw``) of each series: a corrupt row is left out of the family."""
         info = self._catalog.infos[index]
         rows = _SERIES.iter_unpack(rows_raw)
         nlabels = len(info.labels)
         if not nlabels:
             series = [((), value) for _, _, _, value in rows]
+            if positions is not None:
+                positions += range(len(series))
         else:
             blob = self._labels
             spots = self._catalog.spots(blob)
             decode = self._catalog.labels
             series = []
-            for _, off, length, value in rows:
+            for row, (_, off, length, value) in enumerate(rows):
                 key = off << 32 | length
                 values = spots.get(key)
                 if values is None:
                     values = spots[key] = decode(blob[off:off + length]) if off + length <= len(blob) else ()
                 if len(values) == nlabels:
                     series.append((values, value))  # else: corrupt row, left out
+                    if positions is not None:
+                        positions.append(row)
         return Family(info.name, info.type, info.help, info.labels, series)
 
     def __iter__(self) -> Iterator[Family]:

@@ -177,6 +177,44 @@ def test_render_view_reuses_only_the_text_of_families_whose_rows_catalog_and_lab
             assert names == {f.name for f in view}
 
 
+
+def test_render_view_writes_changed_values_in_their_places_among_many_series():
+    """Only values move between two views with the same rows: each changed line is written again in its place in
+    Go's order (label values sorted in label-name order: INFO's labels are not), NaN and infinities included, and
+    a corrupt row (labels past the blob) stays out: every render equals a render from scratch."""
+    import random
+
+    from shm_metrics.readers.exporter.render import FamilyRenderer
+
+    rows, strings = F.encode_catalog(CATALOG)
+    catalog = F.Catalog(F.decode_catalog(rows, strings))
+    index = {f: i for i, f in enumerate(CATALOG)}
+    devices = ["wlan0", "eth10", "eth2", "lo", "bond0", "eth1"]  # not in Go's order
+    rng = random.Random(7)
+    specials = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e21, 2**53 + 1, 1.5e-7]
+    renderer = FamilyRenderer()
+    corrupt_done = False
+    for round_ in range(40):
+        def value(spot: int) -> float:
+            return rng.choice(specials) if rng.random() < 0.2 else float(rng.randrange(3) + spot)
+
+        series = [(LOAD, (), value(0)), *((NET, (d,), value(i)) for i, d in enumerate(devices)),
+                  *((INFO, (d, f"02:{i}", "x"), value(i)) for i, d in enumerate(devices)), (VM, (), value(9))]
+        data, blob, _, _ = F.SeriesEncoder(index).encode(series)
+        if round_ >= 20:  # the same rows, one of them corrupt: its labels point past the blob
+            if not corrupt_done:
+                renderer = FamilyRenderer()
+                corrupt_done = True
+            words = bytearray(data)
+            struct.pack_into("<I", words, 2 * F.ROW_SIZE + 4, len(blob) + 100)
+            data = bytes(words)
+        view = F.FamilyView(catalog, data, blob)
+        texts, _ = renderer.render_view(view, lambda name: True)
+        expected = FamilyRenderer().render(iter(view)).decode()
+        assert "".join(text for _, text in texts) == expected, round_
+    assert expected.count("node_network_receive_bytes_total{") == len(devices) - 1  # the corrupt row left out
+
+
 def test_blocks_of_values_keep_their_place_among_the_rows_and_match_an_encoding_of_rows():
     """A learned file's series come as a block of doubles for a FixedSeries (families and labels): encoded, a
     family's series keep the order they were added in (blocks or rows), in the fresh encoding and in the fast

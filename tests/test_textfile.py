@@ -100,3 +100,23 @@ def test_the_exporter_reads_the_files_at_scrape_time(tmp_path, name, start_publi
         assert "node_textfile_scrape_error 0\n" in second["node_textfile_scrape_error"]
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize("collectors", [["arp", "cpu", "thermal_zone", "zfs"], ["arp", "textfile", "time"],
+                                        ["time", "udp_queues"], ["arp", "tapestats"], ["textfile"]])
+def test_the_textfile_line_goes_where_the_go_client_sorts_it(collectors):
+    """The unfiltered scrape renders node_scrape_collector_* with the rest of the sample and puts the textfile
+    collector's line in per scrape: the same text as the family with its textfile row rendered whole (a planted
+    row for a collector named textfile left out)."""
+    from shm_metrics.families import Family
+    from shm_metrics.readers.exporter.exposition import _cut_at_textfile, _with_textfile_line, _with_textfile_row
+    from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES
+    from shm_metrics.readers.exporter.render import FamilyRenderer
+
+    for name, help_ in ((SCRAPE_FAMILIES[0], "node_exporter: Whether a collector succeeded."),
+                        (SCRAPE_FAMILIES[1], "node_exporter: Duration of a collector scrape.")):
+        fam = Family(name, "gauge", help_, ("collector",), [((c,), 0.25 + i) for i, c in enumerate(collectors)])
+        text = FamilyRenderer().render([fam]).decode()
+        cut = ((name, *_cut_at_textfile(text)),)
+        assert _with_textfile_line(cut, 0.0125).decode() == FamilyRenderer().render(
+            [_with_textfile_row(fam, 0.0125)]).decode()

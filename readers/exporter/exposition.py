@@ -27,7 +27,7 @@ from shm_metrics.families import Family
 from shm_metrics.readers import Snapshot
 from shm_metrics.readers.exporter.collector import ShmCollector, as_metric, node_families, own_families
 from shm_metrics.readers.exporter.owners import SCRAPE_FAMILIES, TEXTFILE, check_filter, owner
-from shm_metrics.readers.exporter.render import FamilyRenderer
+from shm_metrics.readers.exporter.render import FamilyRenderer, go_float
 from shm_metrics.readers.exporter.selfmetrics import HandlerMetrics, process_families
 from shm_metrics.readers.exporter.textfile import Textfile
 
@@ -44,6 +44,9 @@ class _Block(NamedTuple):
     tail: bytes  # and after them
     scrape: list[Family]  # node_scrape_collector_*: the textfile collector's row is added per scrape
     names: frozenset[str]  # every family name of the segment (a textfile cannot take them)
+    # Unfiltered: the scrape families' texts cut where the textfile collector's line goes, (name, before, after)
+    # (rendered with the rest of the view: no decoding or sorting per scrape); else None, and ``scrape`` is used.
+    scrape_cut: tuple[tuple[str, str, str], ...] | None = None
 
 
 def enabled_collectors(snap: Snapshot | None) -> frozenset[str] | None:
@@ -89,7 +92,10 @@ class Exposition:
             # Read at scrape time, as node_exporter does; served even while the publisher is away (the files
             # are as fresh as they are), the textfile's scrape row only beside the segment's.
             textfile = self.textfile.read(block.names if block is not None else frozenset())
-            if block is not None:
+            if block is not None and block.scrape_cut is not None:
+                parts.append(_with_textfile_line(block.scrape_cut, textfile.duration))
+                parts.append(block.tail)
+            elif block is not None:
                 parts.append(self._render_each_scrape(_with_textfile_row(fam, textfile.duration)
                                                       for fam in block.scrape))
                 parts.append(block.tail)
@@ -116,12 +122,14 @@ class Exposition:
                 self._blocks.move_to_end(chosen)
                 return block
         view = snap.families
-        scrape = [fam for fam in map(view.get, SCRAPE_FAMILIES) if fam is not None and fam.series]
-        if chosen is not None:
-            scrape = [fam._replace(series=[s for s in fam.series if s[0][0] in chosen]) for fam in scrape]
+        if chosen is None:  # the scrape families rendered with the rest, their textfile line put in per scrape
+            scrape = []
+        else:  # their rows limited to the chosen collectors
+            scrape = [fam._replace(series=[s for s in fam.series if s[0][0] in chosen])
+                      for fam in map(view.get, SCRAPE_FAMILIES) if fam is not None and fam.series]
 
         def keep(name: str) -> bool:
-            return name not in SCRAPE_FAMILIES and (chosen is None or owner(name) in chosen)
+            return chosen is None or (name not in SCRAPE_FAMILIES and owner(name) in chosen)
 
         with self._lock:
             renderer = self._renderers.get(chosen)
@@ -130,9 +138,14 @@ class Exposition:
         # Two scrapes of one filter that both miss render alike, twice (each view it keeps is whole).
         texts, names = renderer.render_view(view, keep)
         first = min(SCRAPE_FAMILIES)
-        head = "".join([text for name, text in texts if name < first]).encode()
-        tail = "".join([text for name, text in texts if name > first]).encode()
-        block = _Block(key, head, tail, scrape, frozenset(names))
+        head, tail, cut = [], [], []
+        for name, text in texts:
+            if name in SCRAPE_FAMILIES:
+                cut.append((name, *_cut_at_textfile(text)))
+            else:
+                (head if name < first else tail).append(text)
+        block = _Block(key, "".join(head).encode(), "".join(tail).encode(), scrape, frozenset(names),
+                       tuple(cut) if chosen is None else None)
         with self._lock:
             self._blocks[chosen] = block
             self._blocks.move_to_end(chosen)
@@ -148,6 +161,35 @@ class Exposition:
     def node_renderer(self) -> FamilyRenderer | None:
         """The unfiltered node_* renderer (for tests: what it keeps), once a scrape has used it."""
         return self._renderers.get(None)
+
+
+def _cut_at_textfile(text: str) -> tuple[str, str]:
+    """A scrape family's text (HELP, TYPE, then a line per collector, in the collectors' order) cut where the
+    textfile collector's line goes.  A line the segment has for a collector named textfile (the publisher runs
+    none: a planted one) is left out, as ``_with_textfile_row`` leaves its row out."""
+    lines = text.splitlines(keepends=True)
+    lo, hi = 2, len(lines)
+    while lo < hi:  # the first line of a collector not before textfile
+        middle = (lo + hi) // 2
+        if _collector(lines[middle]) < TEXTFILE:
+            lo = middle + 1
+        else:
+            hi = middle
+    end = lo
+    while end < len(lines) and _collector(lines[end]) == TEXTFILE:
+        end += 1
+    return "".join(lines[:lo]), "".join(lines[end:])
+
+
+def _collector(line: str) -> str:
+    return line.partition('{collector="')[2].partition('"}')[0]
+
+
+def _with_textfile_line(cut: tuple[tuple[str, str, str], ...], duration: float) -> bytes:
+    """The scrape families' text with the textfile collector's lines (``_with_textfile_row``'s values)."""
+    return "".join([f'{before}{name}{{collector="{TEXTFILE}"}} '
+                    f'{go_float(1.0 if name == SCRAPE_FAMILIES[0] else duration)}\n{after}'
+                    for name, before, after in cut]).encode()
 
 
 def _with_textfile_row(fam: Family, duration: float) -> Family:

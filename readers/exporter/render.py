@@ -73,7 +73,8 @@ class FamilyRenderer:
     def __init__(self) -> None:
         self._heads: dict[tuple, tuple[str, list[tuple[str, int]]]] = {}
         self._lines: dict[tuple[str, tuple[str, ...]], tuple[str, float, str]] = {}  # key -> (prefix, value, line)
-        # render_view's last view: (catalog, labels blob, row layout, rows, texts, names, where each family is)
+        # render_view's last view: (catalog, labels blob, row layout, rows, texts, names, where each family is,
+        # each family's _Lines)
         self._last_view: tuple | None = None
 
     def kept(self) -> int:
@@ -100,52 +101,70 @@ class FamilyRenderer:
         and the names of every family with series in it.  ``keep`` must answer alike for the renderer's
         whole life (the exporter keeps one renderer per ``collect[]`` filter).
 
-        Between two full samples most of a host's families do not change.  When the view has the last
-        view's catalog, labels blob and rows but for their values, only the families with a changed value
-        are decoded and rendered again, found by comparing the two value columns in C.
+        Between two full samples most of a host's families do not change, and those that do keep their series
+        and labels: only values move.  When the view has the last view's catalog, labels blob and rows but for
+        their values, the changed values are found by comparing the two value columns in C, and only their
+        lines are written again, each in its place among its family's lines (no decoding, no sorting).
         """
         last = self._last_view
         rows_raw = view.rows_raw
         layout = _row_layout(rows_raw)
         if last is not None and last[0] is view.catalog and last[2] == layout and last[1] == view.labels_raw:
             return self._render_changed(view, last, rows_raw)
-        texts, names, spans = [], set(), {}
+        texts, names, spans, kept = [], set(), {}, {}
         infos = view.catalog.infos
         for index, start, rows in view.raw_families():
             name = infos[index].name
             names.add(name)
             if keep(name):
-                texts.append((name, self._family_text(view, index, rows)))
+                lines = kept[index] = self._view_lines(view, index, rows)
+                texts.append((name, lines.text()))
                 spans[index] = (start, start + len(rows))
         self._forget_gone(sum(end - start for start, end in spans.values()) // _ROW_SIZE)
         texts.sort()
         where = {index: (position, *spans[index]) for position, index in
                  enumerate(sorted(spans, key=lambda i: infos[i].name))}
-        self._last_view = (view.catalog, view.labels_raw, layout, rows_raw, texts, names, where)
+        self._last_view = (view.catalog, view.labels_raw, layout, rows_raw, texts, names, where, kept)
         return texts, names
 
     def _render_changed(self, view: FamilyView, last: tuple, rows_raw: bytes) -> tuple[list[tuple[str, str]], set[str]]:
-        """render_view when only values may have changed: the families of the changed values, again."""
+        """render_view when only values may have changed: the lines of the changed values, again."""
         from itertools import compress, count
         from operator import ne
 
-        catalog, labels, layout, old_raw, texts, names, where = last
-        changed = list(compress(count(), map(ne, _values(rows_raw), _values(old_raw))))  # NaN: always
+        catalog, labels, layout, old_raw, texts, names, where, kept = last
+        values = _values(rows_raw)
+        changed = list(compress(count(), map(ne, values, _values(old_raw))))  # NaN: always
         if changed:
             texts = list(texts)
             metric = memoryview(rows_raw).cast("I")[0::_ROW_SIZE // 4]
-            for index in set(map(metric.__getitem__, changed)):
+            touched = set()
+            for row in changed:
+                index = metric[row]
                 spot = where.get(index)
-                if spot is not None:  # else a family ``keep`` leaves out
-                    position, start, end = spot
-                    texts[position] = (texts[position][0], self._family_text(view, index, rows_raw[start:end]))
-        self._last_view = (catalog, labels, layout, rows_raw, texts, names, where)
+                if spot is None:  # a family ``keep`` leaves out
+                    continue
+                position, start, end = spot
+                lines = kept[index]
+                if not start <= row * _ROW_SIZE < end or not lines.put(row - start // _ROW_SIZE, values[row]):
+                    # (a row outside the family's one run of rows: a corrupt segment) the family decoded again
+                    lines = kept[index] = self._view_lines(view, index, rows_raw[start:end])
+                touched.add(index)
+            for index in touched:
+                position = where[index][0]
+                texts[position] = (texts[position][0], kept[index].text())
+        self._last_view = (catalog, labels, layout, rows_raw, texts, names, where, kept)
         return texts, names
 
-    def _family_text(self, view: FamilyView, index: int, rows: bytes) -> str:
-        out: list[str] = []
-        self._family_lines(view.decode(index, rows), out, True)
-        return "".join(out)
+    def _view_lines(self, view: FamilyView, index: int, rows: bytes) -> _Lines:
+        positions: list[int] = []
+        fam = view.decode(index, rows, positions)
+        head, _ = self._head(fam)
+        order, prefixes, lines = self._series_lines(fam)
+        slot_of_row = [-1] * (len(rows) // _ROW_SIZE)
+        for slot, k in enumerate(order):
+            slot_of_row[positions[k]] = slot
+        return _Lines(head, slot_of_row, prefixes, lines)
 
     def _forget_gone(self, series: int) -> None:
         """Drop the kept lines when they are far more than the ``series`` just rendered (devices and
@@ -155,25 +174,35 @@ class FamilyRenderer:
             self._heads.clear()
 
     def _family_lines(self, fam: Family, out: list[str], head_lines: bool) -> int:
-        append = out.append
-        lines = self._lines
-        name = fam.name
-        head, labels = self._head(fam)
         if head_lines:
-            append(head)
-        n = 0
-        for values, value in sorted_series(fam):
-            n += 1
+            out.append(self._head(fam)[0])
+        lines = self._series_lines(fam)[2]
+        out += lines
+        return len(lines)
+
+    def _series_lines(self, fam: Family) -> tuple[list[int], list[str], list[str]]:
+        """(the series in Go's order, as indices into ``fam.series``; each one's ``name{labels} ``; its line),
+        a line kept from the last render when its value is the same."""
+        kept_lines = self._lines
+        name = fam.name
+        labels = self._head(fam)[1]
+        series = fam.series
+        order = series_order(fam)
+        prefixes, lines = [], []
+        for k in order:
+            values, value = series[k]
             key = (name, values)
-            kept = lines.get(key)
+            kept = kept_lines.get(key)
             if kept is not None and kept[1] == value:
-                append(kept[2])
+                prefixes.append(kept[0])
+                lines.append(kept[2])
                 continue
             prefix = kept[0] if kept is not None else _prefix(name, labels, values)
             line = f"{prefix}{go_float(value)}\n"
-            lines[key] = (prefix, value, line)
-            append(line)
-        return n
+            kept_lines[key] = (prefix, value, line)
+            prefixes.append(prefix)
+            lines.append(line)
+        return order, prefixes, lines
 
     def _head(self, fam: Family) -> tuple[str, list[tuple[str, int]]]:
         """The HELP and TYPE lines, and the label names in output order with their positions."""
@@ -223,13 +252,43 @@ def _by_name(fam: Family) -> str:
     return fam.name
 
 
+def series_order(fam: Family) -> list[int]:
+    """A family's series in the Go client's order, as indices into ``fam.series``: by label values, compared in
+    label-name order."""
+    series = fam.series
+    if len(series) < 2 or not fam.labels:
+        return list(range(len(series)))
+    names = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
+    return sorted(range(len(series)), key=lambda k: [series[k][0][i] for i in names])
+
+
 def sorted_series(fam: Family) -> list[tuple[tuple[str, ...], float]]:
     """A family's series in the Go client's order: by label values, compared in label-name order."""
     series = fam.series
     if len(series) < 2 or not fam.labels:
         return series
-    order = sorted(range(len(fam.labels)), key=fam.labels.__getitem__)
-    return sorted(series, key=lambda row: [row[0][i] for i in order])
+    return [series[k] for k in series_order(fam)]
+
+
+class _Lines:
+    """A rendered family of a view: its HELP and TYPE, and its series' lines in order, each row's line found by
+    its row (``slot_of_row``: the line of each of the family's rows, -1 for a corrupt row left out), so that a
+    changed value is written again in its place."""
+
+    __slots__ = ("head", "slot_of_row", "prefixes", "lines")
+
+    def __init__(self, head: str, slot_of_row: list[int], prefixes: list[str], lines: list[str]):
+        self.head, self.slot_of_row, self.prefixes, self.lines = head, slot_of_row, prefixes, lines
+
+    def put(self, row: int, value: float) -> bool:
+        """The line of the family's ``row`` with ``value``; False for a row it does not know."""
+        if not 0 <= row < len(self.slot_of_row) or (slot := self.slot_of_row[row]) < 0:
+            return False
+        self.lines[slot] = f"{self.prefixes[slot]}{go_float(value)}\n"
+        return True
+
+    def text(self) -> str:
+        return self.head + "".join(self.lines)
 
 
 def render_node_text(snap: Snapshot) -> bytes:
