@@ -215,7 +215,8 @@ class ProcessTable:
                     if rec[0] is not None:
                         close(rec[0])
                         self._kept_count -= 1
-                    if self.node_counts:  # as node_exporter's scrape fails
+                    if node_counts:  # as node_exporter's scrape fails; what was read so far stays the table's
+                        old.update(new)
                         raise ValueError(f"{procfs}/{name}/stat: not a stat line") from None
                     continue
                 if rec[2] == start and wall_seconds:
