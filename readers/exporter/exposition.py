@@ -167,7 +167,7 @@ def _cut_at_textfile(text: str) -> tuple[str, str]:
     """A scrape family's text (HELP, TYPE, then a line per collector, in the collectors' order) cut where the
     textfile collector's line goes.  A line the segment has for a collector named textfile (the publisher runs
     none: a planted one) is left out, as ``_with_textfile_row`` leaves its row out."""
-    lines = text.splitlines(keepends=True)
+    lines = [f"{line}\n" for line in text.split("\n")[:-1]]  # (only a newline ends a line: labels are escaped)
     lo, hi = 2, len(lines)
     while lo < hi:  # the first line of a collector not before textfile
         middle = (lo + hi) // 2
