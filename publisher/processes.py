@@ -1,8 +1,9 @@
-"""Per-process scan behind ``shm-publisher --top N``: top processes by CPU and memory, counts by state.
+"""Per-process scans: ``shm-publisher --top N`` (top processes by CPU and memory, counts by state), and
+node_exporter's ``processes`` collector (``ProcessTable(node_counts=True)``, publisher/collectors/processes.py).
 
-Once per sample, ``ProcessTable.scan()`` lists /proc once and reads every
-process's ``/proc/PID/stat``.  From it come the top N processes by CPU and by
-resident memory, and the counts of node_exporter's ``processes`` collector:
+Once per sample, ``ProcessTable.scan()`` lists /proc (when a task may have
+come) and reads every process's ``/proc/PID/stat``.  From it come the top N
+processes by CPU and by resident memory, and the counts of that collector:
 ``node_processes_state{state}`` (processes by the state letter of stat field 3)
 and ``node_processes_threads_state{thread_state}`` (threads by the state letter
 of ``/proc/PID/task/TID/stat``; like node_exporter, a process's leader thread
