@@ -138,17 +138,17 @@ class FamilyRenderer:
         if changed:
             texts = list(texts)
             metric = memoryview(rows_raw).cast("I")[0::_ROW_SIZE // 4]
-            touched = set()
+            touched, decoded = set(), set()
             for row in changed:
                 index = metric[row]
                 spot = where.get(index)
-                if spot is None:  # a family ``keep`` leaves out
+                if spot is None or index in decoded:  # a family ``keep`` leaves out, or one decoded again now
                     continue
-                position, start, end = spot
-                lines = kept[index]
-                if not start <= row * _ROW_SIZE < end or not lines.put(row - start // _ROW_SIZE, values[row]):
+                _, start, end = spot
+                if not start <= row * _ROW_SIZE < end or not kept[index].put(row - start // _ROW_SIZE, values[row]):
                     # (a row outside the family's one run of rows: a corrupt segment) the family decoded again
-                    lines = kept[index] = self._view_lines(view, index, rows_raw[start:end])
+                    kept[index] = self._view_lines(view, index, rows_raw[start:end])
+                    decoded.add(index)
                 touched.add(index)
             for index in touched:
                 position = where[index][0]
