@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -168,17 +169,9 @@ def _cut_at_textfile(text: str) -> tuple[str, str]:
     textfile collector's line goes.  A line the segment has for a collector named textfile (the publisher runs
     none: a planted one) is left out, as ``_with_textfile_row`` leaves its row out."""
     lines = [f"{line}\n" for line in text.split("\n")[:-1]]  # (only a newline ends a line: labels are escaped)
-    lo, hi = 2, len(lines)
-    while lo < hi:  # the first line of a collector not before textfile
-        middle = (lo + hi) // 2
-        if _collector(lines[middle]) < TEXTFILE:
-            lo = middle + 1
-        else:
-            hi = middle
-    end = lo
-    while end < len(lines) and _collector(lines[end]) == TEXTFILE:
-        end += 1
-    return "".join(lines[:lo]), "".join(lines[end:])
+    start = bisect_left(lines, TEXTFILE, 2, key=_collector)  # after HELP and TYPE
+    end = bisect_right(lines, TEXTFILE, start, key=_collector)
+    return "".join(lines[:start]), "".join(lines[end:])
 
 
 def _collector(line: str) -> str:
