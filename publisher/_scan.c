@@ -69,6 +69,16 @@
  *     directory, sample_time, sample_monotonic, sample_duration_seconds, overruns_total,
  *     full_sample_time), all checked before the first write.
  *
+ * stat_states(fds, states, threads) -> list of positions
+ *     node_exporter's processes collector's reads (publisher/processes.py, ProcessCounter): for each kept
+ *     descriptor fds[i] (a buffer of int32; below 0: none kept) of a /proc/PID/stat or task/TID/stat, a pread
+ *     from offset 0, then states[i] = the state letter after the last ")" and, with threads (a writable
+ *     buffer of int64, or None), threads[i] = num_threads.  A line is taken only when its 21 fields after
+ *     the state, up to rss, are integers; otherwise (a failed or empty read: the task exited; not a stat
+ *     line) states[i] = 0 and i is in the returned list: the caller reads those again in Python, which
+ *     decides (open anew, drop, or fail the sample).  One call for every task: at 1 Hz each Python bytecode
+ *     per task costs more than the kernel's line.
+ *
  * store(registers, sinks, buffer) -> None
  *     buffer[offset] = R[reg] for each sink, three int64 (reg, kind, offset): kind 0 a double, 1 an unsigned
  *     64-bit integer, 2 an unsigned 32-bit one (truncated toward zero, clamped into range, NaN as 0: the
@@ -875,6 +885,95 @@ static PyObject *store(PyObject *self, PyObject *args) {
     return result;
 }
 
+#define STAT_FIELDS_CHECKED 21 /* after the state: ppid .. rss, the fields the Python parse looks at */
+#define STAT_NUM_THREADS 17    /* num_threads, counted from the state (0) */
+
+/* The state letter and num_threads of a stat line, or 0 when it is not one (see stat_states). */
+static int stat_line(const char *buf, ssize_t len, char *state, int64_t *threads) {
+    const char *end = buf + len, *r = NULL;
+    for (const char *p = end; p > buf; p--)
+        if (p[-1] == ')') {
+            r = p - 1;
+            break;
+        }
+    if (r == NULL || end - r < 4 || r[1] != ' ' || r[3] != ' ')
+        return 0;
+    *state = r[2];
+    const char *p = r + 4;
+    for (int field = 1; field <= STAT_FIELDS_CHECKED; field++) {
+        int negative = p < end && *p == '-';
+        const char *digits = p + negative;
+        uint64_t value = 0; /* unsigned: a planted line's 30 digits wrap instead of overflowing */
+        for (p = digits; p < end && *p >= '0' && *p <= '9'; p++)
+            value = value * 10 + (uint64_t)(*p - '0'); /* num_threads is small; the others are only checked */
+        if (p == digits || (p < end && *p != ' ' && *p != '\n'))
+            return 0;
+        if (field == STAT_NUM_THREADS)
+            *threads = negative ? -(int64_t)value : (int64_t)value;
+        if (p < end)
+            p++;
+        else if (field < STAT_FIELDS_CHECKED)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *stat_states(PyObject *self, PyObject *args) {
+    Py_buffer fds, states, threads = {0};
+    PyObject *threads_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*w*O:stat_states", &fds, &states, &threads_obj))
+        return NULL;
+    int have_threads = threads_obj != Py_None;
+    if (have_threads && PyObject_GetBuffer(threads_obj, &threads, PyBUF_WRITABLE) < 0)
+        goto done_nothreads;
+    Py_ssize_t n = fds.len / (Py_ssize_t)sizeof(int32_t);
+    if (states.len < n || (have_threads && threads.len / (Py_ssize_t)sizeof(int64_t) < n)) {
+        PyErr_SetString(PyExc_ValueError, "states or threads shorter than fds");
+        goto done;
+    }
+    Py_ssize_t *failed = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1)), nfailed = 0;
+    if (failed == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int32_t *fd = fds.buf;
+    char *state = states.buf;
+    int64_t *thread = threads.buf;
+    Py_BEGIN_ALLOW_THREADS
+    char buf[4096];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ssize_t got = -1;
+        if (fd[i] >= 0)
+            do
+                got = pread(fd[i], buf, sizeof buf, 0);
+            while (got < 0 && errno == EINTR);
+        int64_t count = 0;
+        if (got <= 0 || !stat_line(buf, got, &state[i], &count)) {
+            state[i] = 0;
+            failed[nfailed++] = i;
+        } else if (have_threads) {
+            thread[i] = count;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(nfailed);
+    for (Py_ssize_t k = 0; result != NULL && k < nfailed; k++) {
+        PyObject *position = PyLong_FromSsize_t(failed[k]);
+        if (position == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, position);
+    }
+    PyMem_RawFree(failed);
+done:
+    if (have_threads)
+        PyBuffer_Release(&threads);
+done_nothreads:
+    PyBuffer_Release(&fds);
+    PyBuffer_Release(&states);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"numbers", numbers, METH_VARARGS,
      "numbers(fd, out, text=False, hex=False) -> (count, signature, bytes or None): a file's numbers, in order."},
@@ -886,6 +985,8 @@ static PyMethodDef methods[] = {
      "publish(registers, sinks, buffer, plan, ..., wake_at): a compiled sample's write, then a futex wake."},
     {"store", store, METH_VARARGS, "store(registers, sinks, buffer): the registers into the buffer's bytes."},
     {"take", take, METH_VARARGS, "take(src, index, factors, dst, stride, offset): dst slots = src[index] * factors."},
+    {"stat_states", stat_states, METH_VARARGS,
+     "stat_states(fds, states, threads) -> failed positions: the state letters (and num_threads) of stat files."},
     {NULL, NULL, 0, NULL},
 };
 

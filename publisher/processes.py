@@ -1,5 +1,5 @@
 """Per-process scans: ``shm-publisher --top N`` (top processes by CPU and memory, counts by state), and
-node_exporter's ``processes`` collector (``ProcessTable(node_counts=True)``, publisher/collectors/processes.py).
+node_exporter's ``processes`` collector (``ProcessCounter``, publisher/collectors/processes.py).
 
 Once per sample, ``ProcessTable.scan()`` lists /proc (when a task may have
 come) and reads every process's ``/proc/PID/stat``.  From it come the top N
@@ -72,11 +72,16 @@ from __future__ import annotations
 import heapq
 import os
 import pwd
+import re
 import resource
 import statistics
 import time
+from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from shm_metrics.publisher.collectors.numbers import stat_states
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -108,19 +113,13 @@ class ProcessScan:
 class ProcessTable:
     """The kept-open stat fds of the processes, and their CPU ticks at the previous scan."""
 
-    def __init__(self, top_n: int = 10, procfs: str = "/proc", node_counts: bool = False) -> None:
-        """``node_counts``: count as node_exporter's processes collector does (publisher/collectors/processes.py):
-        a process's leader thread only when it has a ``task/`` directory (a fixture tree's processes may not),
-        and a stat file that is not a stat line fails the scan (ValueError).  Its table keeps at most a quarter
-        of the soft RLIMIT_NOFILE open, so that it and a ``--top`` table fit in the budget together."""
+    def __init__(self, top_n: int = 10, procfs: str = "/proc") -> None:
         if top_n < 0:
             raise ValueError(f"top_n must be >= 0, not {top_n}")
         self.top_n = top_n
         self.procfs = procfs
-        self.node_counts = node_counts
         # pid as in /proc -> [kept stat fd or None, last stat bytes, starttime (ticks after boot),
-        #                     utime+stime (ticks), row: (rss pages, -pid, cpu %, pid, stat bytes, threads, state),
-        #                     whether it has a task/ directory (looked at once, with node_counts)]
+        #                     utime+stime (ticks), row: (rss pages, -pid, cpu %, pid, stat bytes, threads, state)]
         self._procs: dict[str, list] = {}
         # tid -> kept stat fd of a thread other than the leader of a multithreaded process
         self._task_fds: dict[str, int] = {}
@@ -132,10 +131,7 @@ class ProcessTable:
         # The last scan's rows' /proc/PID/status reads, with the stat line each was read with (``_row``).
         self._statuses: dict[int, tuple[bytes, tuple[str, int | None]]] = {}
         self._last_scan_monotonic: float | None = None
-        self._fd_share = 4 if node_counts else 2
-        self._fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // self._fd_share
-        self._kept_count = 0  # stat fds kept in _procs and _task_fds
-        self._raised_limit = False
+        self._budget = FdBudget(2, procfs)  # the stat fds kept in _procs and _task_fds
         try:
             self._uptime_fd: int | None = os.open(f"{procfs}/uptime", _O_FLAGS)
         except OSError:  # a procfs without uptime (a fixture tree): new processes' CPU share is then 0
@@ -166,8 +162,6 @@ class ProcessTable:
         heap_size = 2 * self.top_n
         rss_floor = -1 if heap_size else float("inf")  # a row below it cannot enter the full heap
         threads_total = 0
-        node_counts = self.node_counts
-        leaderless: list[bytes] = []  # with node_counts: the states of processes without a task/ directory
         mark = tasks_mark(self._loadavg_fd)
         if mark is not None and mark == self._listed_mark:
             names = list(old)  # no task came since the listing: its processes, less those that exited
@@ -187,7 +181,7 @@ class ProcessTable:
                     pass
                 if not data:
                     close(rec[0])
-                    self._kept_count -= 1
+                    self._budget.kept -= 1
                     rec[0] = None
             if not data:
                 fd, data = self._open_stat(f"{procfs}/{name}/stat")
@@ -196,7 +190,7 @@ class ProcessTable:
                 if rec is not None:
                     rec[0] = fd
                 else:
-                    rec = [fd, b"", -1, 0, None, node_counts and os.path.isdir(f"{procfs}/{name}/task")]
+                    rec = [fd, b"", -1, 0, None]
 
             if data == rec[1]:
                 # Byte for byte the same as at the last scan (most sleeping processes): the same process
@@ -215,10 +209,7 @@ class ProcessTable:
                 except (ValueError, IndexError):  # not a stat line: skip it, as a vanished process
                     if rec[0] is not None:
                         close(rec[0])
-                        self._kept_count -= 1
-                    if node_counts:  # as node_exporter's scrape fails; what was read so far stays the table's
-                        old.update(new)
-                        raise ValueError(f"{procfs}/{name}/stat: not a stat line") from None
+                        self._budget.kept -= 1
                     continue
                 if rec[2] == start and wall_seconds:
                     cpu = (ticks - rec[3]) * percent_per_tick
@@ -238,9 +229,7 @@ class ProcessTable:
 
             state_append(row[6])
             threads_total += row[5]
-            if node_counts and not rec[5]:
-                leaderless.append(row[6])  # node_exporter counts no thread of a process without task/
-            elif row[5] > 1:
+            if row[5] > 1:
                 multithreaded.append(name)
             if row[0] >= rss_floor:  # (rss, -pid) decides; many processes have the same rss
                 if len(heap) < heap_size:
@@ -254,13 +243,13 @@ class ProcessTable:
         for rec in old.values():  # processes gone since the last scan
             if rec[0] is not None:
                 close(rec[0])
-                self._kept_count -= 1
+                self._budget.kept -= 1
         self._procs = new
 
         proc_states = Counter(states)
         # Every process has its leader thread, counted in the process's state (as node_exporter does);
         # only multithreaded processes have other threads to read.
-        thread_states = proc_states - Counter(leaderless) if leaderless else proc_states.copy()
+        thread_states = proc_states.copy()
         self._count_threads(multithreaded, thread_states, listed)
 
         n = self.top_n
@@ -296,38 +285,10 @@ class ProcessTable:
             data = os.pread(fd, _STAT_READ_BYTES, 0)
         except OSError:
             data = b""
-        if data and self._may_keep():
+        if data and self._budget.take():
             return fd, data
         os.close(fd)
         return None, data
-
-    def _may_keep(self) -> bool:
-        """Whether one more fd fits the budget; if so, it is counted as kept."""
-        if self._kept_count >= self._fd_budget and not self._raise_fd_limit():
-            return False
-        self._kept_count += 1
-        return True
-
-    def _raise_fd_limit(self) -> bool:
-        """Once: the soft RLIMIT_NOFILE up to the hard one, for a larger fd budget.  True if the budget grew."""
-        if self._raised_limit:
-            return False
-        self._raised_limit = True
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            try:  # the kernel refuses more than nr_open
-                with open(f"{self.procfs}/sys/fs/nr_open") as f:
-                    hard = int(f.read())
-            except (OSError, ValueError):
-                return False
-        if hard <= soft:
-            return False
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        except (OSError, ValueError):
-            return False
-        self._fd_budget = hard // self._fd_share
-        return self._kept_count < self._fd_budget
 
     def _count_threads(self, multithreaded: list[str], thread_states: Counter, listed: bool) -> None:
         """Add the threads other than the leader of each multithreaded process, by the state in their stat.
@@ -357,7 +318,7 @@ class ProcessTable:
                         pass
                     if not data:
                         close(fd)
-                        self._kept_count -= 1
+                        self._budget.kept -= 1
                         fd = None
                 if fd is None:
                     fd, data = self._open_stat(f"{procfs}/{name}/task/{tid}/stat")
@@ -370,7 +331,7 @@ class ProcessTable:
                     thread_states[data[r + 2:r + 3]] += 1
         for fd in old.values():
             close(fd)
-        self._kept_count -= len(old)
+        self._budget.kept -= len(old)
         self._task_fds = new
         self._task_ids = task_ids
 
@@ -445,7 +406,7 @@ class ProcessTable:
     @property
     def kept_fds(self) -> int:
         """How many fds the table keeps open (stat files of processes and threads, /proc/uptime)."""
-        return self._kept_count + (self._uptime_fd is not None)
+        return self._budget.kept + (self._uptime_fd is not None)
 
     def release(self) -> None:
         """Close every kept stat fd and forget the previous scan (nobody asks for scans any more: the fds of
@@ -458,7 +419,7 @@ class ProcessTable:
         for fd in self._task_fds.values():
             os.close(fd)
         self._task_fds = {}
-        self._kept_count = 0
+        self._budget.kept = 0
         self._last_scan_monotonic = None
         self._statuses = {}
         self._listed_mark = None
@@ -471,6 +432,261 @@ class ProcessTable:
             if fd is not None:
                 os.close(fd)
         self._uptime_fd = self._loadavg_fd = None
+
+
+class FdBudget:
+    """How many stat files a table keeps open: a share of the soft RLIMIT_NOFILE.  The first time a table's
+    share runs out, the soft limit is raised to the hard one (another table may have raised it already)."""
+
+    def __init__(self, share: int, procfs: str) -> None:
+        self.share = share
+        self.procfs = procfs
+        self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // share
+        self.kept = 0  # the table gives back what it closes
+        self._raised = False
+
+    def take(self) -> bool:
+        """Whether one more fd fits; if so, it is counted as kept."""
+        if self.kept >= self.limit and not self._grow():
+            return False
+        self.kept += 1
+        return True
+
+    def _grow(self) -> bool:
+        """Once: the share of the soft limit as it is now, raised to the hard one if need be.  True if it grew."""
+        if self._raised:
+            return False
+        self._raised = True
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            try:  # the kernel refuses more than nr_open
+                with open(f"{self.procfs}/sys/fs/nr_open") as f:
+                    hard = int(f.read())
+            except (OSError, ValueError):
+                hard = soft
+        if hard > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+                soft = hard
+            except (OSError, ValueError):
+                pass
+        self.limit = max(self.limit, soft // self.share)
+        return self.kept < self.limit
+
+
+# The fields of a stat line that ProcessCounter and _scan.stat_states take: the last ")", one state byte, then 21
+# integers (ppid .. rss), num_threads the 17th of them.
+_STAT_LINE = re.compile(rb".*\) (.) ((?:-?[0-9]+[ \n]){20}-?[0-9]+)(?:[ \n]|$)", re.S)
+
+
+def _stat_states_python(fds: array, states: bytearray, threads: array | None) -> list[int]:
+    """``_scan.stat_states`` without the extension: the same reads and the same rule."""
+    failed = []
+    for i, fd in enumerate(fds):
+        parsed = _state_and_threads(_read_kept(fd))
+        if parsed is None:
+            states[i] = 0
+            failed.append(i)
+        else:
+            states[i] = parsed[0]
+            if threads is not None:
+                threads[i] = parsed[1]
+    return failed
+
+
+_stat_states = stat_states or _stat_states_python
+
+
+def _read_kept(fd: int) -> bytes:
+    """A kept stat file's line; b"" when none is kept (-1) or its task has exited (ESRCH)."""
+    if fd < 0:
+        return b""
+    try:
+        return os.pread(fd, _STAT_READ_BYTES, 0)
+    except OSError:
+        return b""
+
+
+def _state_and_threads(data: bytes) -> tuple[int, int] | None:
+    """(state letter, num_threads) of a stat line, or None when ``data`` is not one (_STAT_LINE)."""
+    match = _STAT_LINE.match(data)
+    if match is None:
+        return None
+    return match[1][0], int(match[2].split()[_NUM_THREADS - 1])
+
+
+class ProcessCounter:
+    """node_exporter's ``processes`` collector's counts (publisher/collectors/processes.py), read as ProcessTable
+    reads: stat files kept open (a quarter of the soft RLIMIT_NOFILE, so that a ``--top`` table fits beside),
+    /proc listed only when a task came (``tasks_mark``), ``task/`` only of multithreaded processes.  Every
+    kept file is read in one C call per scan (``_scan.stat_states``): the state letter and num_threads are all
+    it takes of a line, and at 1 Hz each Python bytecode per task costs more than the kernel's line.
+
+    It counts as node_exporter counts: a process whose stat can be read (one that vanished meanwhile is not);
+    its threads are its stat's num_threads; threads by state come from ``task/``, the leader counted in the
+    process's state, and only where the process has a ``task/`` directory (node_exporter's own fixture tree
+    has none); a stat file that is not a stat line fails the count (ValueError), as it fails the scrape.
+    """
+
+    def __init__(self, procfs: str = "/proc") -> None:
+        self.procfs = procfs
+        self._budget = FdBudget(4, procfs)
+        self._loadavg_fd = open_loadavg(procfs)
+        self._listed_mark: bytes | None = None
+        # The processes of the last listing, less those that exited since, in order: their pids, kept stat
+        # fds (-1: none kept, read with open/read/close) and whether each has a task/ directory (looked at once).
+        self._pids: list[str] = []
+        self._fds = array("i")
+        self._has_task: list[bool] = []
+        # The threads other than the leaders of the multithreaded processes (``_thread_key``, while it stands
+        # and no task came): "pid/task/tid" paths and kept fds; and each such process's task/ listing.
+        self._thread_key: tuple[str, ...] = ()
+        self._threads: list[str] = []
+        self._thread_fds = array("i")
+        self._task_ids: dict[str, list[str]] = {}
+
+    def count(self) -> ProcessScan:
+        """Every process read once (and every other thread of the multithreaded ones); no top rows."""
+        mark = tasks_mark(self._loadavg_fd)
+        listed = mark is None or mark != self._listed_mark
+        if listed:
+            self._list()
+        self._listed_mark = mark
+        n = len(self._pids)
+        states, threads = bytearray(n), array("q", bytes(8 * n))
+        failed = _stat_states(self._fds, states, threads)
+        if failed:
+            self._read_again(failed, states, threads)
+        proc_states = Counter(states)
+        vanished = proc_states.pop(0, 0)
+        thread_states = proc_states.copy()
+        has_task = self._has_task
+        if not all(has_task):  # node_exporter counts no thread of a process without task/
+            thread_states.subtract(states[i] for i, has in enumerate(has_task) if not has and states[i])
+        multithreaded = tuple(pid for pid, count, has in zip(self._pids, threads, has_task) if count > 1 and has)
+        self._count_threads(multithreaded, listed, thread_states)
+        rows = [{"state": bytes([s]).decode("ascii", "replace"), "processes": proc_states[s],
+                 "threads": thread_states[s]} for s in sorted(proc_states.keys() | thread_states.keys())]
+        return ProcessScan(procs_total=n - vanished, threads_total=sum(threads), by_cpu=[], by_rss=[],
+                           states=[row for row in rows if row["processes"] or row["threads"]])
+
+    def _list(self) -> None:
+        """/proc listed: the kept fds of processes still there stay, the others are closed."""
+        kept = dict(zip(self._pids, zip(self._fds, self._has_task)))
+        pids = [name for name in os.listdir(self.procfs) if name.isdigit()]
+        fds, has_task = array("i"), []
+        for pid in pids:
+            fd, has = kept.pop(pid, (-1, None))
+            fds.append(fd)
+            has_task.append(os.path.isdir(f"{self.procfs}/{pid}/task") if has is None else has)
+        self._close(fd for fd, _ in kept.values())
+        self._pids, self._fds, self._has_task = pids, fds, has_task
+
+    def _read_again(self, failed: list[int], states: bytearray, threads: array) -> None:
+        """The processes whose kept file gave no stat line: exited (opened anew: the pid may be another
+        process's now; none: gone), none kept (open/read/close), or no stat line at all (ValueError)."""
+        gone = []
+        for i in failed:
+            path = f"{self.procfs}/{self._pids[i]}/stat"
+            data = _read_kept(self._fds[i])
+            if not data:
+                self._close([self._fds[i]])
+                self._fds[i], data = self._open(path)
+            if not data:
+                gone.append(i)
+                continue
+            parsed = _state_and_threads(data)
+            if parsed is None:  # the table stays as it is: every fd opened so far is in it
+                raise ValueError(f"{path}: not a stat line")
+            states[i], threads[i] = parsed
+        if gone:
+            gone_set = set(gone)
+            keep = [i for i in range(len(self._pids)) if i not in gone_set]
+            self._pids = [self._pids[i] for i in keep]
+            self._fds = array("i", [self._fds[i] for i in keep])
+            self._has_task = [self._has_task[i] for i in keep]
+
+    def _count_threads(self, multithreaded: tuple[str, ...], listed: bool, thread_states: Counter) -> None:
+        """Add the states of the other threads of the multithreaded processes."""
+        if listed or multithreaded != self._thread_key:
+            self._list_threads(multithreaded, listed)
+        m = len(self._threads)
+        states = bytearray(m)
+        gone = []
+        for i in _stat_states(self._thread_fds, states, None):
+            data = _read_kept(self._thread_fds[i])
+            if not data:
+                self._close([self._thread_fds[i]])
+                self._thread_fds[i], data = self._open(f"{self.procfs}/{self._threads[i]}/stat")
+            r = data.rfind(b")")
+            if 0 < r < len(data) - 2:
+                states[i] = data[r + 2]
+            elif not data:
+                gone.append(i)
+        thread_states.update(states)
+        thread_states.pop(0, None)
+        if gone:
+            gone_set = set(gone)
+            keep = [i for i in range(m) if i not in gone_set]
+            self._threads = [self._threads[i] for i in keep]
+            self._thread_fds = array("i", [self._thread_fds[i] for i in keep])
+
+    def _list_threads(self, multithreaded: tuple[str, ...], listed: bool) -> None:
+        """The other threads of ``multithreaded``, each's task/ listed again when /proc was."""
+        kept = dict(zip(self._threads, self._thread_fds))
+        listings, task_ids = self._task_ids, {}
+        threads, fds = [], array("i")
+        for pid in multithreaded:
+            tids = None if listed else listings.get(pid)
+            if tids is None:
+                try:
+                    tids = os.listdir(f"{self.procfs}/{pid}/task")
+                except OSError:  # gone
+                    continue
+            task_ids[pid] = tids
+            for tid in tids:
+                if tid != pid:  # the leader is counted with its process
+                    path = f"{pid}/task/{tid}"
+                    threads.append(path)
+                    fds.append(kept.pop(path, -1))
+        self._close(kept.values())
+        self._threads, self._thread_fds, self._task_ids, self._thread_key = threads, fds, task_ids, multithreaded
+
+    def _open(self, path: str) -> tuple[int, bytes]:
+        """(fd kept for the next counts or -1, data) of a stat file; b"" if it vanished."""
+        try:
+            fd = os.open(path, _O_FLAGS)
+        except OSError:
+            return -1, b""
+        try:
+            data = os.pread(fd, _STAT_READ_BYTES, 0)
+        except OSError:
+            data = b""
+        if data and self._budget.take():
+            return fd, data
+        os.close(fd)
+        return -1, data
+
+    def _close(self, fds: Iterable[int]) -> None:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+                self._budget.kept -= 1
+
+    @property
+    def kept_fds(self) -> int:
+        """How many stat fds it keeps open."""
+        return self._budget.kept
+
+    def close(self) -> None:
+        """Close every kept fd; it must not count afterwards."""
+        self._close(self._fds)
+        self._close(self._thread_fds)
+        self._pids, self._fds, self._has_task = [], array("i"), []
+        self._threads, self._thread_fds, self._thread_key, self._task_ids = [], array("i"), (), {}
+        if self._loadavg_fd is not None:
+            os.close(self._loadavg_fd)
+            self._loadavg_fd = None
 
 
 def own_namespace_proc(procfs: str) -> bool:

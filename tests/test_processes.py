@@ -699,3 +699,164 @@ def test_node_processes_on_a_tree_counts_as_node_exporter_and_a_bad_stat_line_fa
         assert len(own_fds()) <= fds
     finally:
         sampler.close()
+
+
+# ----------------------------------------------------------------- ProcessCounter (the collector's reads)
+@pytest.fixture
+def counter():
+    from shm_metrics.publisher.processes import ProcessCounter
+
+    c = ProcessCounter()
+    yield c
+    c.close()
+
+
+def _line(tail: str, comm: str = "c") -> str:
+    return f"7 ({comm}) {tail}"
+
+
+FIELDS = "1 2 3 0 -1 4194560 5 6 7 8 9 10 11 12 20 0 3 0 100 1000 50".split()  # ppid .. rss; num_threads 3
+
+
+def _fields(**at: str) -> str:
+    """FIELDS with some changed: f17="x" is num_threads (the 17th field after the state)."""
+    out = list(FIELDS)
+    for key, value in at.items():
+        out[int(key[1:]) - 1] = value
+    return " ".join(out)
+
+
+STAT_LINES = {  # planted stat files -> (state, num_threads), or None: not a stat line
+    _line(f"S {_fields()} 0 0\n"): ("S", 3),
+    _line(f"R {_fields()}"): ("R", 3),  # no newline, nothing after rss
+    _line(f"D {_fields()}\n", comm="a) b) (c"): ("D", 3),  # the last ")" ends comm
+    _line(f"S {_fields(f17='-3')} 9\n"): ("S", -3),
+    _line(f"S {_fields(f20='9' * 30)} 9\n"): ("S", 3),  # too large for 64 bits: checked, not read
+    _line(f"S {' '.join(FIELDS[:-1])}\n"): None,  # 20 fields
+    _line(f"S {_fields(f15='x0')}\n"): None,
+    _line(f"S {_fields(f6='5x')}\n"): None,
+    _line(f"S {_fields(f6='')}\n"): None,  # two blanks: an empty field
+    _line(f"S {_fields(f21='')}\n"): None,  # rss empty
+    _line(f"SS {_fields()}\n"): None,
+    "7 (no end S 1 2 3\n": None,
+    "": None,
+    "7 (c) S": None,
+}
+
+
+@pytest.mark.parametrize("c_extension", [True, False], ids=["C", "Python"])
+def test_stat_states_takes_a_stat_line_and_nothing_else(tmp_path, c_extension):
+    """_scan.stat_states and its Python twin: the state letter and num_threads of every line that has the 21
+    integer fields up to rss after one state byte, and the position of every other file (or fd -1)."""
+    from array import array
+
+    from shm_metrics.publisher import processes
+    from shm_metrics.publisher.collectors import numbers
+
+    if c_extension and numbers.stat_states is None:
+        pytest.skip("the C extension is not built here")
+    states_of = numbers.stat_states if c_extension else processes._stat_states_python
+    lines = list(STAT_LINES)
+    fds = array("i")
+    try:
+        for i, text in enumerate(lines):
+            (tmp_path / str(i)).write_text(text)
+            fds.append(os.open(tmp_path / str(i), os.O_RDONLY))
+        fds.append(-1)
+        fds.append(os.open(f"/proc/{os.getpid()}/stat", os.O_RDONLY))
+        states, threads = bytearray(len(fds)), array("q", [99] * len(fds))
+        failed = states_of(fds, states, threads)
+        got = {text: (chr(states[i]), threads[i]) if i not in failed else None for i, text in enumerate(lines)}
+        assert got == STAT_LINES
+        assert len(fds) - 2 in failed and len(fds) - 1 not in failed
+        assert chr(states[-1]) in "RS" and threads[-1] == len(os.listdir("/proc/self/task"))
+        assert all(states[i] == 0 for i in failed)
+        again = bytearray(len(fds))
+        assert states_of(fds, again, None) == failed and again == states  # without num_threads
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_counter_counts_what_a_read_of_every_task_counts(counter):
+    """Every process and thread of the host, as node_exporter reads them (retried: tasks come and go)."""
+    for _ in range(10):
+        before = (numeric_proc_entries(), all_tasks())
+        counts = counter.count()
+        after = (numeric_proc_entries(), all_tasks())
+        threads_by_state = sum(s["threads"] for s in counts.states)
+        if before == after == (counts.procs_total, counts.threads_total) and threads_by_state == before[1]:
+            break
+    else:
+        pytest.fail(f"processes, threads: {before} {after}; counted {counts.procs_total}, {counts.threads_total}, "
+                    f"{threads_by_state} by state")
+    assert sum(s["processes"] for s in counts.states) == counts.procs_total
+
+
+def test_counter_keeps_fds_and_lists_only_when_a_task_came(spawn, counter, listings, monkeypatch):
+    """With the mark held still nothing is listed and an exit still shows, its fds closed; a new process shows
+    once the mark moves; close() closes every kept fd."""
+    import shm_metrics.publisher.processes as processes
+
+    mark = [b"1 1\n"]
+    monkeypatch.setattr(processes, "tasks_mark", lambda fd: mark[0])
+    before = own_fds()
+    staying = spawn(SLEEPER, ready="ready")
+    leaving = spawn(python_child("""
+        import threading, time
+        for _ in range(3):
+            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        print("ready", flush=True)
+        time.sleep(600)
+    """), ready="ready")
+    first = counter.count()
+    kept = own_fds().values()
+    assert f"/proc/{staying.pid}/stat" in kept and f"/proc/{leaving.pid}/stat" in kept
+    assert sum(1 for target in kept if target.startswith(f"/proc/{leaving.pid}/task/")) == 3  # not the leader's
+    os.kill(leaving.pid, signal.SIGKILL)
+    leaving.wait(10)
+    newcomer = spawn(SLEEPER, ready="ready")
+    listings.clear()
+    second = counter.count()
+    assert listings == [], "the mark stood: no directory listed, task/ included"
+    assert second.procs_total == first.procs_total - 1, "an exit shows without a listing; the newcomer does not yet"
+    assert second.threads_total == first.threads_total - 4
+    assert not [target for target in own_fds().values() if target.startswith(f"/proc/{leaving.pid}/")]
+    mark[0] = b"2 2\n"
+    third = counter.count()
+    assert "/proc" in listings and third.procs_total == second.procs_total + 1
+    assert f"/proc/{newcomer.pid}/stat" in own_fds().values()
+    assert counter.kept_fds == len(own_fds()) - len(before) - 3  # the three children's pipes aside
+    counter.close()
+    assert counter.kept_fds == 0 and len(own_fds()) == len(before) + 3 - 1  # leaving's pipe was closed by wait
+
+
+FD_BUDGET_SHARES = """
+import os, resource, sys
+from shm_metrics.publisher.processes import FdBudget, ProcessCounter
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, int(sys.argv[1])))
+half, quarter = FdBudget(2, "/proc"), FdBudget(4, "/proc")
+print(sum(half.take() for _ in range(100)), sum(quarter.take() for _ in range(100)))
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+c = ProcessCounter()
+s = c.count()
+print(c.kept_fds, s.procs_total, sum(x["processes"] for x in s.states), sum(n.isdigit() for n in os.listdir("/proc")))
+"""
+
+
+def test_fd_budgets_grow_once_each_even_after_another_raised_the_limit(spawn):
+    """Each table's share of the soft limit; the first to run out raises it to the hard one and the other grows
+    too when it runs out.  The counter keeps a quarter (4 of 16) and reads every other process anyway."""
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    if hard <= 64:
+        pytest.skip("the hard RLIMIT_NOFILE leaves no room to raise the soft one")
+    for _ in range(12):
+        spawn(["sleep", "600"])
+    done = subprocess.run([sys.executable, "-c", FD_BUDGET_SHARES, str(hard)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    budgets, counts = done.stdout.splitlines()
+    assert list(map(int, budgets.split())) == [min(100, hard // 2), min(100, hard // 4)]
+    kept, total, counted, floor = map(int, counts.split())
+    assert kept <= 4 and total >= 12 and counted == total and total >= floor - 3  # others come and go

@@ -42,6 +42,9 @@ AVAILABLE = _scan is not None
 # take(src, index, factors, dst, stride, offset): dst's double at offset + r * stride = src[index[r]] (times
 # factors[r]), in C: the series encoder drops a sample's values into its rows with it.  None without the extension.
 take = None if _scan is None else _scan.take
+# stat_states(fds, states, threads): the state letters (and num_threads) of kept stat files, in C
+# (publisher/processes.py's ProcessCounter).  None without the extension.
+stat_states = None if _scan is None else _scan.stat_states
 
 _SEPARATORS = re.compile(rb"[ \t\r:/]+")
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?")

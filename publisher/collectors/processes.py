@@ -3,8 +3,8 @@
 * ``NodeProcesses`` is node_exporter's collector, switched on with ``--collector.processes``: every
   ``/proc/PID/stat`` (processes by state, threads allocated) and every ``/proc/PID/task/TID/stat``
   (threads by state), and the limits in ``/proc/sys/kernel``.  It runs only in full samples (a
-  scrape), through a table of the per-process scan's kind (kept stat files, /proc listed only when
-  a task came), counting as node_exporter counts.
+  scrape), through a ``ProcessCounter`` (kept stat files, /proc listed only when a task came, every
+  file read in one C call), counting as node_exporter counts.
 * Without it, the layout's own collectors still count: every interval the numeric entries of /proc are
   counted (``Procs``, shown as node_processes_pids, an extra node_exporter's default set does not have),
   and with ``--top`` the publisher's per-process scan (publisher/processes.py) fills the top tables and
@@ -31,7 +31,7 @@ from shm_metrics.publisher.collectors import (
     read_file,
     register,
 )
-from shm_metrics.publisher.processes import ProcessTable, own_namespace_proc
+from shm_metrics.publisher.processes import ProcessCounter, ProcessTable, own_namespace_proc
 
 if TYPE_CHECKING:
     from shm_metrics.publisher.compiled import Builder
@@ -145,7 +145,7 @@ def _limit(path: str) -> int:
 
 @register
 class NodeProcesses(Collector):
-    """node_exporter's ``processes`` collector, as it counts, through a ``ProcessTable`` of its own.
+    """node_exporter's ``processes`` collector, as it counts, through a ``ProcessCounter``.
 
     A process is counted when its stat can be read (one that vanished meanwhile is not); its
     threads are its stat's num_threads; threads by state come from its ``task/`` directory, the
@@ -170,10 +170,10 @@ class NodeProcesses(Collector):
         self._threads_max = f"{ctx.procfs}/sys/kernel/threads-max"
         self._pid_max = f"{ctx.procfs}/sys/kernel/pid_max"
         os.listdir(ctx.procfs)
-        self._table = ProcessTable(top_n=0, procfs=ctx.procfs, node_counts=True)
+        self._counter = ProcessCounter(ctx.procfs)
 
     def collect(self, out: Sample) -> None:
-        scan = self._table.scan()
+        scan = self._counter.count()
         add = out.add
         add(THREADS, (), scan.threads_total)
         add(MAX_THREADS, (), _limit(self._threads_max))
@@ -188,5 +188,5 @@ class NodeProcesses(Collector):
         out.scalars.setdefault("procs_total", scan.procs_total)
 
     def close(self) -> None:
-        self._table.close()
+        self._counter.close()
         super().close()
