@@ -69,15 +69,17 @@
  *     directory, sample_time, sample_monotonic, sample_duration_seconds, overruns_total,
  *     full_sample_time), all checked before the first write.
  *
- * stat_states(fds, states, threads) -> list of positions
+ * stat_states(fds, states, threads) -> (failed, counts, threads_total, multithreaded)
  *     node_exporter's processes collector's reads (publisher/processes.py, ProcessCounter): for each kept
  *     descriptor fds[i] (a buffer of int32; below 0: none kept) of a /proc/PID/stat or task/TID/stat, a pread
  *     from offset 0, then states[i] = the state letter after the last ")" and, with threads (a writable
  *     buffer of int64, or None), threads[i] = num_threads.  A line is taken only when its 21 fields after
  *     the state, up to rss, are integers; otherwise (a failed or empty read: the task exited; not a stat
- *     line) states[i] = 0 and i is in the returned list: the caller reads those again in Python, which
- *     decides (open anew, drop, or fail the sample).  One call for every task: at 1 Hz each Python bytecode
- *     per task costs more than the kernel's line.
+ *     line) states[i] = 0 and i is in failed: the caller reads those again in Python, which decides (open
+ *     anew, drop, or fail the sample).  counts: {state letter (int): lines taken}; threads_total: the sum of
+ *     their num_threads; multithreaded: the positions whose num_threads is above 1 (both 0 and [] without
+ *     threads).  One call for every task, counted too: at 1 Hz each Python bytecode per task costs more
+ *     than the kernel's line.
  *
  * store(registers, sinks, buffer) -> None
  *     buffer[offset] = R[reg] for each sink, three int64 (reg, kind, offset): kind 0 a double, 1 an unsigned
@@ -918,6 +920,19 @@ static int stat_line(const char *buf, ssize_t len, char *state, int64_t *threads
     return 1;
 }
 
+/* Positions as a Python list. */
+static PyObject *position_list(const Py_ssize_t *at, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t k = 0; list != NULL && k < n; k++) {
+        PyObject *position = PyLong_FromSsize_t(at[k]);
+        if (position == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, k, position);
+    }
+    return list;
+}
+
 static PyObject *stat_states(PyObject *self, PyObject *args) {
     Py_buffer fds, states, threads = {0};
     PyObject *threads_obj, *result = NULL;
@@ -931,13 +946,16 @@ static PyObject *stat_states(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "states or threads shorter than fds");
         goto done;
     }
-    Py_ssize_t *failed = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1)), nfailed = 0;
-    if (failed == NULL) {
+    /* failed positions from the front, multithreaded ones from the back: n slots hold both */
+    Py_ssize_t *at = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1)), nfailed = 0, nmulti = 0;
+    if (at == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    Py_ssize_t counts[256] = {0};
+    long long threads_total = 0;
     const int32_t *fd = fds.buf;
-    char *state = states.buf;
+    unsigned char *state = states.buf;
     int64_t *thread = threads.buf;
     Py_BEGIN_ALLOW_THREADS
     char buf[4096];
@@ -948,23 +966,44 @@ static PyObject *stat_states(PyObject *self, PyObject *args) {
                 got = pread(fd[i], buf, sizeof buf, 0);
             while (got < 0 && errno == EINTR);
         int64_t count = 0;
-        if (got <= 0 || !stat_line(buf, got, &state[i], &count)) {
+        char letter;
+        if (got <= 0 || !stat_line(buf, got, &letter, &count)) {
             state[i] = 0;
-            failed[nfailed++] = i;
-        } else if (have_threads) {
+            at[nfailed++] = i;
+            continue;
+        }
+        state[i] = (unsigned char)letter;
+        counts[(unsigned char)letter]++;
+        if (have_threads) {
             thread[i] = count;
+            threads_total += count;
+            if (count > 1)
+                at[n - ++nmulti] = i;
         }
     }
     Py_END_ALLOW_THREADS
-    result = PyList_New(nfailed);
-    for (Py_ssize_t k = 0; result != NULL && k < nfailed; k++) {
-        PyObject *position = PyLong_FromSsize_t(failed[k]);
-        if (position == NULL)
-            Py_CLEAR(result);
-        else
-            PyList_SET_ITEM(result, k, position);
+    for (Py_ssize_t k = 0; k < nmulti / 2; k++) { /* the multithreaded back in ascending order */
+        Py_ssize_t swap = at[n - nmulti + k];
+        at[n - nmulti + k] = at[n - 1 - k];
+        at[n - 1 - k] = swap;
     }
-    PyMem_RawFree(failed);
+    PyObject *failed = position_list(at, nfailed), *multi = position_list(at + n - nmulti, nmulti);
+    PyObject *by_state = PyDict_New();
+    PyMem_RawFree(at);
+    for (int letter = 1; by_state != NULL && letter < 256; letter++) {
+        if (!counts[letter])
+            continue;
+        PyObject *key = PyLong_FromLong(letter), *value = PyLong_FromSsize_t(counts[letter]);
+        if (key == NULL || value == NULL || PyDict_SetItem(by_state, key, value) < 0)
+            Py_CLEAR(by_state);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+    }
+    if (failed != NULL && multi != NULL && by_state != NULL)
+        result = Py_BuildValue("(OOLO)", failed, by_state, threads_total, multi);
+    Py_XDECREF(failed);
+    Py_XDECREF(multi);
+    Py_XDECREF(by_state);
 done:
     if (have_threads)
         PyBuffer_Release(&threads);
@@ -986,7 +1025,7 @@ static PyMethodDef methods[] = {
     {"store", store, METH_VARARGS, "store(registers, sinks, buffer): the registers into the buffer's bytes."},
     {"take", take, METH_VARARGS, "take(src, index, factors, dst, stride, offset): dst slots = src[index] * factors."},
     {"stat_states", stat_states, METH_VARARGS,
-     "stat_states(fds, states, threads) -> failed positions: the state letters (and num_threads) of stat files."},
+     "stat_states(fds, states, threads) -> (failed, counts, threads_total, multithreaded): stat files' states."},
     {NULL, NULL, 0, NULL},
 };
 

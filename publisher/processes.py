@@ -479,19 +479,24 @@ class FdBudget:
 _STAT_LINE = re.compile(rb".*\) (.) ((?:-?[0-9]+[ \n]){20}-?[0-9]+)(?:[ \n]|$)", re.S)
 
 
-def _stat_states_python(fds: array, states: bytearray, threads: array | None) -> list[int]:
-    """``_scan.stat_states`` without the extension: the same reads and the same rule."""
-    failed = []
+def _stat_states_python(fds: array, states: bytearray,
+                        threads: array | None) -> tuple[list[int], dict[int, int], int, list[int]]:
+    """``_scan.stat_states`` without the extension: the same reads, the same rule, the same counts."""
+    failed, counts, threads_total, multithreaded = [], Counter(), 0, []
     for i, fd in enumerate(fds):
         parsed = _state_and_threads(_read_kept(fd))
         if parsed is None:
             states[i] = 0
             failed.append(i)
-        else:
-            states[i] = parsed[0]
-            if threads is not None:
-                threads[i] = parsed[1]
-    return failed
+            continue
+        states[i] = parsed[0]
+        counts[parsed[0]] += 1
+        if threads is not None:
+            threads[i] = parsed[1]
+            threads_total += parsed[1]
+            if parsed[1] > 1:
+                multithreaded.append(i)
+    return failed, dict(counts), threads_total, multithreaded
 
 
 _stat_states = stat_states or _stat_states_python
@@ -538,6 +543,8 @@ class ProcessCounter:
         self._pids: list[str] = []
         self._fds = array("i")
         self._has_task: list[bool] = []
+        self._leaderless = 0  # how many have no task/ directory
+        self._states, self._thread_counts = bytearray(), array("q")  # the last count's, position by position
         # The threads other than the leaders of the multithreaded processes (``_thread_key``, while it stands
         # and no task came): "pid/task/tid" paths and kept fds; and each such process's task/ listing.
         self._thread_key: tuple[str, ...] = ()
@@ -552,22 +559,18 @@ class ProcessCounter:
         if listed:
             self._list()
         self._listed_mark = mark
-        n = len(self._pids)
-        states, threads = bytearray(n), array("q", bytes(8 * n))
-        failed = _stat_states(self._fds, states, threads)
+        failed, counts, threads_total, multi = _stat_states(self._fds, self._states, self._thread_counts)
+        proc_states = Counter(counts)
         if failed:
-            self._read_again(failed, states, threads)
-        proc_states = Counter(states)
-        vanished = proc_states.pop(0, 0)
+            threads_total += self._read_again(failed, proc_states, multi)
         thread_states = proc_states.copy()
-        has_task = self._has_task
-        if not all(has_task):  # node_exporter counts no thread of a process without task/
+        pids, has_task, states = self._pids, self._has_task, self._states
+        if self._leaderless:  # node_exporter counts no thread of a process without task/
             thread_states.subtract(states[i] for i, has in enumerate(has_task) if not has and states[i])
-        multithreaded = tuple(pid for pid, count, has in zip(self._pids, threads, has_task) if count > 1 and has)
-        self._count_threads(multithreaded, listed, thread_states)
+        self._count_threads(tuple(pids[i] for i in multi if has_task[i]), listed, thread_states)
         rows = [{"state": bytes([s]).decode("ascii", "replace"), "processes": proc_states[s],
                  "threads": thread_states[s]} for s in sorted(proc_states.keys() | thread_states.keys())]
-        return ProcessScan(procs_total=n - vanished, threads_total=sum(threads), by_cpu=[], by_rss=[],
+        return ProcessScan(procs_total=proc_states.total(), threads_total=threads_total, by_cpu=[], by_rss=[],
                            states=[row for row in rows if row["processes"] or row["threads"]])
 
     def _list(self) -> None:
@@ -580,12 +583,18 @@ class ProcessCounter:
             fds.append(fd)
             has_task.append(os.path.isdir(f"{self.procfs}/{pid}/task") if has is None else has)
         self._close(fd for fd, _ in kept.values())
-        self._pids, self._fds, self._has_task = pids, fds, has_task
+        self._keep(pids, fds, has_task)
 
-    def _read_again(self, failed: list[int], states: bytearray, threads: array) -> None:
+    def _keep(self, pids: list[str], fds: array, has_task: list[bool]) -> None:
+        self._pids, self._fds, self._has_task = pids, fds, has_task
+        self._leaderless = has_task.count(False)
+        self._states, self._thread_counts = bytearray(len(pids)), array("q", bytes(8 * len(pids)))
+
+    def _read_again(self, failed: list[int], proc_states: Counter, multithreaded: list[int]) -> int:
         """The processes whose kept file gave no stat line: exited (opened anew: the pid may be another
-        process's now; none: gone), none kept (open/read/close), or no stat line at all (ValueError)."""
-        gone = []
+        process's now; none: gone), none kept (open/read/close), or no stat line at all (ValueError).  Those
+        read are added to the counts; returns their threads."""
+        gone, threads_total = [], 0
         for i in failed:
             path = f"{self.procfs}/{self._pids[i]}/stat"
             data = _read_kept(self._fds[i])
@@ -598,36 +607,39 @@ class ProcessCounter:
             parsed = _state_and_threads(data)
             if parsed is None:  # the table stays as it is: every fd opened so far is in it
                 raise ValueError(f"{path}: not a stat line")
-            states[i], threads[i] = parsed
-        if gone:
+            self._states[i], self._thread_counts[i] = parsed
+            proc_states[parsed[0]] += 1
+            threads_total += parsed[1]
+            if parsed[1] > 1:
+                multithreaded.append(i)
+        multithreaded.sort()
+        if gone:  # dropped after this count: the positions above are this count's
             gone_set = set(gone)
             keep = [i for i in range(len(self._pids)) if i not in gone_set]
-            self._pids = [self._pids[i] for i in keep]
-            self._fds = array("i", [self._fds[i] for i in keep])
-            self._has_task = [self._has_task[i] for i in keep]
+            self._keep([self._pids[i] for i in keep], array("i", [self._fds[i] for i in keep]),
+                       [self._has_task[i] for i in keep])
+        return threads_total
 
     def _count_threads(self, multithreaded: tuple[str, ...], listed: bool, thread_states: Counter) -> None:
         """Add the states of the other threads of the multithreaded processes."""
         if listed or multithreaded != self._thread_key:
             self._list_threads(multithreaded, listed)
-        m = len(self._threads)
-        states = bytearray(m)
+        failed, counts, _, _ = _stat_states(self._thread_fds, bytearray(len(self._threads)), None)
+        thread_states.update(counts)
         gone = []
-        for i in _stat_states(self._thread_fds, states, None):
+        for i in failed:
             data = _read_kept(self._thread_fds[i])
             if not data:
                 self._close([self._thread_fds[i]])
                 self._thread_fds[i], data = self._open(f"{self.procfs}/{self._threads[i]}/stat")
             r = data.rfind(b")")
             if 0 < r < len(data) - 2:
-                states[i] = data[r + 2]
+                thread_states[data[r + 2]] += 1
             elif not data:
                 gone.append(i)
-        thread_states.update(states)
-        thread_states.pop(0, None)
         if gone:
             gone_set = set(gone)
-            keep = [i for i in range(m) if i not in gone_set]
+            keep = [i for i in range(len(self._threads)) if i not in gone_set]
             self._threads = [self._threads[i] for i in keep]
             self._thread_fds = array("i", [self._thread_fds[i] for i in keep])
 
@@ -682,7 +694,7 @@ class ProcessCounter:
         """Close every kept fd; it must not count afterwards."""
         self._close(self._fds)
         self._close(self._thread_fds)
-        self._pids, self._fds, self._has_task = [], array("i"), []
+        self._keep([], array("i"), [])
         self._threads, self._thread_fds, self._thread_key, self._task_ids = [], array("i"), (), {}
         if self._loadavg_fd is not None:
             os.close(self._loadavg_fd)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -765,14 +766,18 @@ def test_stat_states_takes_a_stat_line_and_nothing_else(tmp_path, c_extension):
         fds.append(-1)
         fds.append(os.open(f"/proc/{os.getpid()}/stat", os.O_RDONLY))
         states, threads = bytearray(len(fds)), array("q", [99] * len(fds))
-        failed = states_of(fds, states, threads)
+        failed, counts, threads_total, multithreaded = states_of(fds, states, threads)
         got = {text: (chr(states[i]), threads[i]) if i not in failed else None for i, text in enumerate(lines)}
         assert got == STAT_LINES
         assert len(fds) - 2 in failed and len(fds) - 1 not in failed
         assert chr(states[-1]) in "RS" and threads[-1] == len(os.listdir("/proc/self/task"))
         assert all(states[i] == 0 for i in failed)
+        taken = [i for i in range(len(fds)) if i not in failed]
+        assert counts == Counter(states[i] for i in taken)
+        assert threads_total == sum(threads[i] for i in taken)
+        assert multithreaded == [i for i in taken if threads[i] > 1]
         again = bytearray(len(fds))
-        assert states_of(fds, again, None) == failed and again == states  # without num_threads
+        assert states_of(fds, again, None) == (failed, counts, 0, []) and again == states  # without num_threads
     finally:
         for fd in fds:
             if fd >= 0:
