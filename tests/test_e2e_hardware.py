@@ -226,3 +226,31 @@ def test_absent_labels_are_left_out_by_the_python_api_too(fixture_root):
     by_supply = {row["labels"]["power_supply"]: row["labels"] for row in info["series"]}
     assert by_supply["AC"] == {"power_supply": "AC", "type": "Mains"}
     assert by_supply["BAT0"]["model_name"] == "LNV-45N1\ufffd" and "usb_type" not in by_supply["BAT0"]
+
+
+def test_a_root_lists_as_glob_and_comes_and_goes(tmp_path, monkeypatch):
+    """sysfs_util.Root: what entries() lists, [] while the directory is absent (looked up with access(2), no
+    listing tried), and its entries again once it is there."""
+    from shm_metrics.publisher.collectors import sysfs_util
+    from shm_metrics.publisher.collectors.sysfs_util import Root, entries
+
+    listed: list[str] = []
+    real = os.listdir
+    monkeypatch.setattr(sysfs_util.os, "listdir", lambda path: listed.append(path) or real(path))
+    path = tmp_path / "bcache"
+    root = Root(str(path))
+    assert root.entries("*-*") == [] and listed == [str(path)]
+    assert root.entries("*-*") == [] and listed == [str(path)], "absent: not listed again"
+    (path / "ab-cd").mkdir(parents=True)
+    (path / "register").write_text("")
+    (path / ".hidden-x").mkdir()
+    assert root.entries("*-*") == entries(str(path), "*-*") == [str(path / "ab-cd")]
+    assert sorted(root.entries()) == sorted([str(path / "ab-cd"), str(path / "register")])
+    (path / "ab-cd").rmdir()
+    (path / ".hidden-x").rmdir()
+    (path / "register").unlink()
+    path.rmdir()
+    assert root.entries() == []
+    path.mkdir()
+    (path / "x-y").mkdir()
+    assert root.entries("*-*") == [str(path / "x-y")]

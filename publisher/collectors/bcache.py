@@ -19,7 +19,7 @@ from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, read_file, register
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.sysfs_util import entries
+from shm_metrics.publisher.collectors.sysfs_util import Root, entries
 
 _MULTIPLIERS = {letter: float(1 << (10 * (i + 1))) for i, letter in enumerate("kMGTPEZY")}
 
@@ -166,7 +166,7 @@ class Bcache(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._root = f"{ctx.sysfs}/fs/bcache"
+        self._root = Root(f"{ctx.sysfs}/fs/bcache")
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without bcache just has no cache sets
         self._priority = bool(ctx.option("bcache.priorityStats", False))
         self._files = self.learned_paths()
@@ -175,7 +175,7 @@ class Bcache(Collector):
     def collect(self, out: Sample) -> None:
         parts = []
         try:
-            for path in entries(self._root, "*-*"):
+            for path in self._root.entries("*-*"):
                 bdevs = tuple(entries(path, "bdev[0-9]*"))
                 caches = tuple(entries(path, "cache[0-9]*"))
                 # Every file of the set in one C call, learned (collectors/learned.py); the listings decide which.

@@ -21,7 +21,7 @@ from functools import partial
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
-from shm_metrics.publisher.collectors.sysfs_util import entries
+from shm_metrics.publisher.collectors.sysfs_util import Root
 
 SECTOR_BYTES = 512
 BLOCK_GROUP_TYPES = ("data", "metadata", "system")
@@ -106,14 +106,14 @@ class Btrfs(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._root = f"{ctx.sysfs}/fs/btrfs"
+        self._root = Root(f"{ctx.sysfs}/fs/btrfs")
         os.listdir(ctx.sysfs)  # unavailable without sysfs; a host without Btrfs just has no filesystems
         self._files = self.learned_paths()
 
     def collect(self, out: Sample) -> None:
         parts = []
         try:
-            for path in entries(self._root, "*-*"):
+            for path in self._root.entries("*-*"):
                 try:
                     devices = tuple(sorted(os.listdir(f"{path}/devices")))
                 except FileNotFoundError:

@@ -130,6 +130,32 @@ def entries(root: str, pattern: str = "*") -> list[str]:
         names = os.listdir(root)
     except OSError:
         return []
+    return _matching(root, names, pattern)
+
+
+def _matching(root: str, names: list[str], pattern: str) -> list[str]:
     if not pattern.startswith("."):
         names = [name for name in names if not name.startswith(".")]  # as glob: no hidden names for "*"
     return [f"{root}/{name}" for name in fnmatch.filter(names, pattern)]
+
+
+class Root:
+    """A sysfs directory listed at every scrape that most hosts lack (/sys/fs/bcache, btrfs, xfs: their
+    modules' own).  While it is absent, a listing costs one access(2) and no exception: at 1 Hz a failed
+    listdir cost ~90 us of CPU and the access ~50 (ad hoc, cold), the difference the OSError raised."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._absent = False
+
+    def entries(self, pattern: str = "*") -> list[str]:
+        """``entries(self.path, pattern)``."""
+        if self._absent and not os.access(self.path, os.F_OK):
+            return []
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            self._absent = True
+            return []
+        self._absent = False
+        return _matching(self.path, names, pattern)
