@@ -25,6 +25,7 @@ from shm_metrics.publisher.collectors import (
     meminfo,
     netdev,
     netstat,
+    numbers,
     os_release,
     pressure,
     sockstat,
@@ -312,3 +313,49 @@ def test_procfile_reads_page_at_a_time_proc_files_to_the_end():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_conntrack_sums_from_the_numbers_while_the_file_keeps_its_structure(tmp_path, monkeypatch):
+    """After one Python parse, the column sums come from _scan's numbers (strided sums) and equal the parse's:
+    after values change, after a CPU line is added (parsed again), and with a value a double cannot sum exactly
+    (parsed, exact)."""
+    if not numbers.AVAILABLE:
+        pytest.skip("the C extension is not built here")
+    proc = tmp_path / "proc"
+    write(proc / "sys/net/netfilter/nf_conntrack_count", "12\n")
+    write(proc / "sys/net/netfilter/nf_conntrack_max", "262144\n")
+    header = ("entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop "
+              "icmp_error  expect_new expect_create expect_delete search_restart\n")
+
+    def line(found: int, restart: int) -> str:
+        return (f"0000000c  00000000 {found:08x} 00000000 00000001 00000002 00000000 00000000 00000003 00000000 "
+                f"00000000 00000000 00000000  00000000 00000000 00000000 {restart:08x}\n")
+
+    stat = proc / "net/stat/nf_conntrack"
+    write(stat, header)
+    c = conntrack.Conntrack(Context(procfs=str(proc), sysfs=str(tmp_path / "sys")))
+    parses = []
+    real = c._parse
+    monkeypatch.setattr(c, "_parse", lambda: parses.append(1) or real())
+
+    def sample() -> dict[str, float]:
+        out = Sample()
+        c.collect(out)
+        return {fam.name: value for fam, _, value in out.sampled_series()}
+
+    try:
+        for lines, parsed, found, restart in (
+                ([line(16, 4)] * 2, 1, 32, 8),
+                ([line(16, 4)] * 2, 0, 32, 8),  # the same numbers: summed in C
+                ([line(0x10000, 1), line(5, 0xffff)], 0, 0x10005, 0x10000),
+                ([line(1, 1)] * 3, 1, 3, 3),  # a CPU more: another structure, parsed again
+                ([line(1, 1)] * 3, 0, 3, 3),
+                ([line(0xffffffffffffff, 1), line(1, 1), line(1, 1)], 1, 0xffffffffffffff + 2, 3)):  # exact
+            stat.write_text(header + "".join(lines))
+            parses.clear()
+            got = sample()
+            assert len(parses) == parsed
+            assert got["node_nf_conntrack_stat_found"] == found
+            assert got["node_nf_conntrack_stat_search_restart"] == restart
+    finally:
+        c.close()
