@@ -9,6 +9,10 @@ and ``node_processes_threads_state{thread_state}`` (threads by the state letter
 of ``/proc/PID/task/TID/stat``; like node_exporter, a process's leader thread
 is counted with the process's state).
 
+``ProcessCounter.count()`` takes only that collector's counts, for a scrape: the same kept files and the
+same listing rule, every file read and counted in one C call (``_scan.stat_states``), since at 1 Hz each
+Python bytecode per task costs about what the kernel's stat line does.  What follows is the table's.
+
 Costs: this runs every second on hosts with thousands of processes.  The
 kernel formats a stat file afresh on every read (~5 us each, the floor: one
 read per process and per extra thread); the design keeps everything else off

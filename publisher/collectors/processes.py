@@ -153,11 +153,12 @@ class NodeProcesses(Collector):
     that is not a stat line fails the sample, as it fails node_exporter's scrape.
 
     node_exporter opens every process's stat, lists every ``task/`` and opens every thread's stat
-    at each scrape.  The table keeps the stat files open between samples, lists /proc only when a
+    at each scrape.  The counter keeps the stat files open between samples, lists /proc only when a
     task came, and ``task/`` only of multithreaded processes: a single-threaded process's task/
-    holds its leader alone (publisher/processes.py).  On this 2-vCPU host with ~70 processes, a 1 Hz
-    full sample with this collector on cost 4,130 us of CPU with node_exporter's way, 2,666 with
-    the table, and 1,940 with the collector off (bench Q4's rows, issue 16).
+    holds its leader alone; and it reads every kept file, and counts, in one C call
+    (publisher/processes.py).  On this 2-vCPU host with ~70 processes, a 1 Hz full sample with this
+    collector on cost 4,130 us of CPU with node_exporter's way and 2,666 with the kept files read in
+    Python (bench Q4's rows, issue 16); bench/README's stop 27 gives the C call's figures.
     """
 
     name = "node_processes"
