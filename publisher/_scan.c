@@ -75,7 +75,7 @@
  *     from offset 0, then states[i] = the state letter after the last ")" and, with threads (a writable
  *     buffer of int64, or None), threads[i] = num_threads.  A line is taken only when its 21 fields after
  *     the state, up to rss, are integers; otherwise (a failed or empty read: the task exited; not a stat
- *     line) states[i] = 0 and i is in failed: the caller reads those again in Python, which decides (open
+ *     line) states[i] = 0 (threads[i] = 0) and i is in failed: the caller reads those again in Python, which decides (open
  *     anew, drop, or fail the sample).  counts: {state letter (int): lines taken}; threads_total: the sum of
  *     their num_threads; multithreaded: the positions whose num_threads is above 1 (both 0 and [] without
  *     threads).  One call for every task, counted too: at 1 Hz each Python bytecode per task costs more
@@ -969,6 +969,8 @@ static PyObject *stat_states(PyObject *self, PyObject *args) {
         char letter;
         if (got <= 0 || !stat_line(buf, got, &letter, &count)) {
             state[i] = 0;
+            if (have_threads)
+                thread[i] = 0;
             at[nfailed++] = i;
             continue;
         }

@@ -281,18 +281,8 @@ class ProcessTable:
 
     def _open_stat(self, path: str) -> tuple[int | None, bytes]:
         """(fd kept for the next scans or None, data) of a stat file not read before; b"" if it vanished."""
-        try:
-            fd = os.open(path, _O_FLAGS)
-        except OSError:
-            return None, b""
-        try:
-            data = os.pread(fd, _STAT_READ_BYTES, 0)
-        except OSError:
-            data = b""
-        if data and self._budget.take():
-            return fd, data
-        os.close(fd)
-        return None, data
+        fd, data = self._budget.open_kept(path)
+        return (fd if fd >= 0 else None), data
 
     def _count_threads(self, multithreaded: list[str], thread_states: Counter, listed: bool) -> None:
         """Add the threads other than the leader of each multithreaded process, by the state in their stat.
@@ -303,12 +293,9 @@ class ProcessTable:
         pop = old.pop
         listings, task_ids = self._task_ids, {}
         for name in multithreaded:
-            tids = None if listed else listings.get(name)
+            tids = task_listing(procfs, name, listed, listings)
             if tids is None:
-                try:
-                    tids = os.listdir(f"{procfs}/{name}/task")
-                except OSError:  # gone
-                    continue
+                continue
             task_ids[name] = tids
             for tid in tids:
                 if tid == name:  # the leader: counted with its process
@@ -449,6 +436,21 @@ class FdBudget:
         self.kept = 0  # the table gives back what it closes
         self._raised = False
 
+    def open_kept(self, path: str) -> tuple[int, bytes]:
+        """(fd kept open if it fits the budget, else -1; the first read) of a stat file; b"" if it vanished."""
+        try:
+            fd = os.open(path, _O_FLAGS)
+        except OSError:
+            return -1, b""
+        try:
+            data = os.pread(fd, _STAT_READ_BYTES, 0)
+        except OSError:
+            data = b""
+        if data and self.take():
+            return fd, data
+        os.close(fd)
+        return -1, data
+
     def take(self) -> bool:
         """Whether one more fd fits; if so, it is counted as kept."""
         if self.kept >= self.limit and not self._grow():
@@ -491,6 +493,8 @@ def _stat_states_python(fds: array, states: bytearray,
         parsed = _state_and_threads(_read_kept(fd))
         if parsed is None:
             states[i] = 0
+            if threads is not None:
+                threads[i] = 0
             failed.append(i)
             continue
         states[i] = parsed[0]
@@ -563,15 +567,21 @@ class ProcessCounter:
         if listed:
             self._list()
         self._listed_mark = mark
-        failed, counts, threads_total, multi = _stat_states(self._fds, self._states, self._thread_counts)
+        pids, has_task, states = self._pids, self._has_task, self._states  # positions of this count
+        failed, counts, threads_total, multi = _stat_states(self._fds, states, self._thread_counts)
         proc_states = Counter(counts)
+        gone = []
         if failed:
-            threads_total += self._read_again(failed, proc_states, multi)
+            gone = self._read_again(failed, proc_states, multi)
+            threads_total = sum(self._thread_counts)
         thread_states = proc_states.copy()
-        pids, has_task, states = self._pids, self._has_task, self._states
         if self._leaderless:  # node_exporter counts no thread of a process without task/
             thread_states.subtract(states[i] for i, has in enumerate(has_task) if not has and states[i])
         self._count_threads(tuple(pids[i] for i in multi if has_task[i]), listed, thread_states)
+        if gone:  # their positions were this count's: dropped once it is done
+            gone_set = set(gone)
+            keep = [i for i in range(len(pids)) if i not in gone_set]
+            self._keep([pids[i] for i in keep], array("i", [self._fds[i] for i in keep]), [has_task[i] for i in keep])
         rows = [{"state": bytes([s]).decode("ascii", "replace"), "processes": proc_states[s],
                  "threads": thread_states[s]} for s in sorted(proc_states.keys() | thread_states.keys())]
         return ProcessScan(procs_total=proc_states.total(), threads_total=threads_total, by_cpu=[], by_rss=[],
@@ -594,17 +604,17 @@ class ProcessCounter:
         self._leaderless = has_task.count(False)
         self._states, self._thread_counts = bytearray(len(pids)), array("q", bytes(8 * len(pids)))
 
-    def _read_again(self, failed: list[int], proc_states: Counter, multithreaded: list[int]) -> int:
+    def _read_again(self, failed: list[int], proc_states: Counter, multithreaded: list[int]) -> list[int]:
         """The processes whose kept file gave no stat line: exited (opened anew: the pid may be another
         process's now; none: gone), none kept (open/read/close), or no stat line at all (ValueError).  Those
-        read are added to the counts; returns their threads."""
-        gone, threads_total = [], 0
+        read are added to the counts (their num_threads to ``_thread_counts``); returns the gone ones."""
+        gone = []
         for i in failed:
             path = f"{self.procfs}/{self._pids[i]}/stat"
             data = _read_kept(self._fds[i])
             if not data:
                 self._close([self._fds[i]])
-                self._fds[i], data = self._open(path)
+                self._fds[i], data = self._budget.open_kept(path)
             if not data:
                 gone.append(i)
                 continue
@@ -613,16 +623,10 @@ class ProcessCounter:
                 raise ValueError(f"{path}: not a stat line")
             self._states[i], self._thread_counts[i] = parsed
             proc_states[parsed[0]] += 1
-            threads_total += parsed[1]
             if parsed[1] > 1:
                 multithreaded.append(i)
         multithreaded.sort()
-        if gone:  # dropped after this count: the positions above are this count's
-            gone_set = set(gone)
-            keep = [i for i in range(len(self._pids)) if i not in gone_set]
-            self._keep([self._pids[i] for i in keep], array("i", [self._fds[i] for i in keep]),
-                       [self._has_task[i] for i in keep])
-        return threads_total
+        return gone
 
     def _count_threads(self, multithreaded: tuple[str, ...], listed: bool, thread_states: Counter) -> None:
         """Add the states of the other threads of the multithreaded processes."""
@@ -635,7 +639,7 @@ class ProcessCounter:
             data = _read_kept(self._thread_fds[i])
             if not data:
                 self._close([self._thread_fds[i]])
-                self._thread_fds[i], data = self._open(f"{self.procfs}/{self._threads[i]}/stat")
+                self._thread_fds[i], data = self._budget.open_kept(f"{self.procfs}/{self._threads[i]}/stat")
             r = data.rfind(b")")
             if 0 < r < len(data) - 2:
                 thread_states[data[r + 2]] += 1
@@ -653,12 +657,9 @@ class ProcessCounter:
         listings, task_ids = self._task_ids, {}
         threads, fds = [], array("i")
         for pid in multithreaded:
-            tids = None if listed else listings.get(pid)
+            tids = task_listing(self.procfs, pid, listed, listings)
             if tids is None:
-                try:
-                    tids = os.listdir(f"{self.procfs}/{pid}/task")
-                except OSError:  # gone
-                    continue
+                continue
             task_ids[pid] = tids
             for tid in tids:
                 if tid != pid:  # the leader is counted with its process
@@ -667,21 +668,6 @@ class ProcessCounter:
                     fds.append(kept.pop(path, -1))
         self._close(kept.values())
         self._threads, self._thread_fds, self._task_ids, self._thread_key = threads, fds, task_ids, multithreaded
-
-    def _open(self, path: str) -> tuple[int, bytes]:
-        """(fd kept for the next counts or -1, data) of a stat file; b"" if it vanished."""
-        try:
-            fd = os.open(path, _O_FLAGS)
-        except OSError:
-            return -1, b""
-        try:
-            data = os.pread(fd, _STAT_READ_BYTES, 0)
-        except OSError:
-            data = b""
-        if data and self._budget.take():
-            return fd, data
-        os.close(fd)
-        return -1, data
 
     def _close(self, fds: Iterable[int]) -> None:
         for fd in fds:
@@ -703,6 +689,18 @@ class ProcessCounter:
         if self._loadavg_fd is not None:
             os.close(self._loadavg_fd)
             self._loadavg_fd = None
+
+
+def task_listing(procfs: str, pid: str, listed: bool, listings: dict[str, list[str]]) -> list[str] | None:
+    """The tids in ``pid``'s task/: its last listing (``listings``) while no task came (``listed`` false, as
+    /proc's own listing), else listed again; None when the process has gone."""
+    tids = None if listed else listings.get(pid)
+    if tids is None:
+        try:
+            tids = os.listdir(f"{procfs}/{pid}/task")
+        except OSError:
+            return None
+    return tids
 
 
 def own_namespace_proc(procfs: str) -> bool:
