@@ -147,6 +147,13 @@ BUSY = python_child("""
     while True:
         pass
 """)
+THREE_THREADS = python_child("""
+    import threading, time
+    for _ in range(3):
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(600)
+""")  # a leader and three other threads
 SLEEPER = python_child("""
     import time
     print("ready", flush=True)
@@ -464,13 +471,7 @@ def test_a_process_that_exits_between_scans_has_its_fd_closed(spawn, table):
 
 
 def test_threads_fds_are_closed_when_the_process_exits(spawn, table):
-    child = spawn(python_child("""
-        import threading, time
-        for _ in range(3):
-            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
-        print("ready", flush=True)
-        time.sleep(600)
-    """), ready="ready")
+    child = spawn(THREE_THREADS, ready="ready")
     table.scan()
     prefix = f"/proc/{child.pid}/task/"
     assert sum(1 for target in own_fds().values() if target.startswith(prefix)) == 3  # not the leader's
@@ -810,13 +811,7 @@ def test_counter_keeps_fds_and_lists_only_when_a_task_came(spawn, counter, listi
     monkeypatch.setattr(processes, "tasks_mark", lambda fd: mark[0])
     before = own_fds()
     staying = spawn(SLEEPER, ready="ready")
-    leaving = spawn(python_child("""
-        import threading, time
-        for _ in range(3):
-            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
-        print("ready", flush=True)
-        time.sleep(600)
-    """), ready="ready")
+    leaving = spawn(THREE_THREADS, ready="ready")
     first = counter.count()
     kept = own_fds().values()
     assert f"/proc/{staying.pid}/stat" in kept and f"/proc/{leaving.pid}/stat" in kept
@@ -880,13 +875,7 @@ def test_counter_an_exit_before_a_multithreaded_process(spawn, counter, monkeypa
 
     monkeypatch.setattr(processes, "tasks_mark", lambda fd: b"1 1\n")
     leaving = spawn(SLEEPER, ready="ready")
-    threaded = spawn(python_child("""
-        import threading, time
-        for _ in range(3):
-            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
-        print("ready", flush=True)
-        time.sleep(600)
-    """), ready="ready")
+    threaded = spawn(THREE_THREADS, ready="ready")
     counter.count()
     os.kill(leaving.pid, signal.SIGKILL)
     leaving.wait(10)
