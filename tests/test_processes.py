@@ -575,11 +575,14 @@ def test_while_the_task_mark_stands_proc_is_not_listed_and_exits_still_show(spaw
     newcomer = spawn(SLEEPER, ready="ready")
     listings.clear()
     second = full_table.scan()
-    assert listings == [], "the mark stood: no directory listed, task/ included"
+    # (a host process that gained threads meanwhile has its task/ listed: with the real mark, those moved it)
+    assert "/proc" not in listings and not [path for path in listings if str(leaving.pid) in path], \
+        "the mark stood: /proc not listed, nor the task/ of a process listed before"
     assert row_of(second.by_rss, staying.pid) is not None
     assert row_of(second.by_rss, leaving.pid) is None, "an exit shows without a listing"
     assert row_of(second.by_rss, newcomer.pid) is None, "(the mark was held still: the newcomer is unseen)"
-    assert second.procs_total == first.procs_total - 1 == len(second.by_rss)
+    # others' tasks may exit meanwhile too, but none is read anew while the mark stands
+    assert second.procs_total <= first.procs_total - 1 and second.procs_total == len(second.by_rss)
     mark[0] = b"2 2\n"
     third = full_table.scan()
     assert "/proc" in listings and row_of(third.by_rss, newcomer.pid) is not None
