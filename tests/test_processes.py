@@ -560,6 +560,21 @@ def listings(monkeypatch):
     return seen
 
 
+def _exit_and_come(spawn, leaving: subprocess.Popen, listings: list[str]) -> subprocess.Popen:
+    """``leaving`` killed and reaped, a newcomer started, the listings forgotten: the newcomer."""
+    os.kill(leaving.pid, signal.SIGKILL)
+    leaving.wait(10)
+    newcomer = spawn(SLEEPER, ready="ready")
+    listings.clear()
+    return newcomer
+
+
+def _assert_the_mark_stood(listings: list[str], leaving: subprocess.Popen) -> None:
+    # (a host process that gained threads meanwhile has its task/ listed: with the real mark, those moved it)
+    assert "/proc" not in listings and not [path for path in listings if str(leaving.pid) in path], \
+        "the mark stood: /proc not listed, nor the task/ of a process listed before"
+
+
 def test_while_the_task_mark_stands_proc_is_not_listed_and_exits_still_show(spawn, full_table, listings,
                                                                            monkeypatch):
     import shm_metrics.publisher.processes as processes
@@ -570,14 +585,9 @@ def test_while_the_task_mark_stands_proc_is_not_listed_and_exits_still_show(spaw
     first = full_table.scan()
     assert "/proc" in listings
     assert row_of(first.by_rss, staying.pid) and row_of(first.by_rss, leaving.pid)
-    os.kill(leaving.pid, signal.SIGKILL)
-    leaving.wait(10)
-    newcomer = spawn(SLEEPER, ready="ready")
-    listings.clear()
+    newcomer = _exit_and_come(spawn, leaving, listings)
     second = full_table.scan()
-    # (a host process that gained threads meanwhile has its task/ listed: with the real mark, those moved it)
-    assert "/proc" not in listings and not [path for path in listings if str(leaving.pid) in path], \
-        "the mark stood: /proc not listed, nor the task/ of a process listed before"
+    _assert_the_mark_stood(listings, leaving)
     assert row_of(second.by_rss, staying.pid) is not None
     assert row_of(second.by_rss, leaving.pid) is None, "an exit shows without a listing"
     assert row_of(second.by_rss, newcomer.pid) is None, "(the mark was held still: the newcomer is unseen)"
@@ -819,14 +829,9 @@ def test_counter_keeps_fds_and_lists_only_when_a_task_came(spawn, counter, listi
     kept = own_fds().values()
     assert f"/proc/{staying.pid}/stat" in kept and f"/proc/{leaving.pid}/stat" in kept
     assert sum(1 for target in kept if target.startswith(f"/proc/{leaving.pid}/task/")) == 3  # not the leader's
-    os.kill(leaving.pid, signal.SIGKILL)
-    leaving.wait(10)
-    newcomer = spawn(SLEEPER, ready="ready")
-    listings.clear()
+    newcomer = _exit_and_come(spawn, leaving, listings)
     second = counter.count()
-    # (a host process that gained threads meanwhile has its task/ listed: with the real mark, those moved it)
-    assert "/proc" not in listings and not [path for path in listings if str(leaving.pid) in path], \
-        "the mark stood: /proc not listed, nor the task/ of a process listed before"
+    _assert_the_mark_stood(listings, leaving)
     # Others' tasks may exit meanwhile too, but none is counted anew while the mark stands: not the newcomer.
     assert second.procs_total <= first.procs_total - 1, "an exit shows without a listing"
     assert second.threads_total <= first.threads_total - 4
