@@ -108,10 +108,18 @@ class ProcessScan:
     """
 
     procs_total: int  # processes whose stat this scan read
-    threads_total: int  # the sum of their num_threads (node_processes_threads)
     by_cpu: list[dict]  # at most top_n rows, highest cpu_percent first (ties: higher rss, then lower pid)
     by_rss: list[dict]  # at most top_n rows, highest rss_bytes first (ties: lower pid)
     states: list[dict]  # {"state", "processes", "threads"} per state letter seen, sorted by letter
+
+
+@dataclass
+class ProcessCounts:
+    """node_exporter's processes collector's counts (``ProcessCounter.count``)."""
+
+    procs_total: int  # processes whose stat was read
+    threads_total: int  # the sum of their num_threads (node_processes_threads)
+    states: list[dict]  # {"state", "processes", "threads"} per state letter counted, sorted by letter
 
 
 class ProcessTable:
@@ -165,7 +173,6 @@ class ProcessTable:
         heap: list[tuple] = []
         heap_size = 2 * self.top_n
         rss_floor = -1 if heap_size else float("inf")  # a row below it cannot enter the full heap
-        threads_total = 0
         mark = tasks_mark(self._loadavg_fd)
         if mark is not None and mark == self._listed_mark:
             names = list(old)  # no task came since the listing: its processes, less those that exited
@@ -226,13 +233,12 @@ class ProcessTable:
                     cpu = 0.0
                 pid = int(name)
                 row = (rss, -pid, cpu, pid, *row_tail)  # tuples order by rss, then lower pid
-                rec[1:5] = data, start, ticks, row
+                rec[1:] = data, start, ticks, row
                 if cpu > 0:
                     busy.append((cpu, rss, -pid, row))
             new[name] = rec
 
             state_append(row[6])
-            threads_total += row[5]
             if row[5] > 1:
                 multithreaded.append(name)
             if row[0] >= rss_floor:  # (rss, -pid) decides; many processes have the same rss
@@ -272,11 +278,10 @@ class ProcessTable:
         rows_rss.sort(key=lambda r: (-r["rss_bytes"], r["pid"]))
         return ProcessScan(
             procs_total=len(new),
-            threads_total=threads_total,
             by_cpu=rows_cpu,
             by_rss=rows_rss,
             states=[{"state": s.decode("ascii", "replace"), "processes": proc_states[s], "threads": thread_states[s]}
-                    for s in sorted(proc_states.keys() | thread_states.keys())],
+                    for s in sorted(thread_states)],
         )
 
     def _open_stat(self, path: str) -> tuple[int | None, bytes]:
@@ -545,6 +550,8 @@ class ProcessCounter:
         self.procfs = procfs
         self._budget = FdBudget(4, procfs)
         self._loadavg_fd = open_loadavg(procfs)
+        # On this namespace's live /proc every process has task/; a fixture tree's may not (looked at per process).
+        self._live = self._loadavg_fd is not None
         self._listed_mark: bytes | None = None
         # The processes of the last listing, less those that exited since, in order: their pids, kept stat
         # fds (-1: none kept, read with open/read/close) and whether each has a task/ directory (looked at once).
@@ -560,7 +567,7 @@ class ProcessCounter:
         self._thread_fds = array("i")
         self._task_ids: dict[str, list[str]] = {}
 
-    def count(self) -> ProcessScan:
+    def count(self) -> ProcessCounts:
         """Every process read once (and every other thread of the multithreaded ones); no top rows."""
         mark = tasks_mark(self._loadavg_fd)
         listed = mark is None or mark != self._listed_mark
@@ -584,8 +591,8 @@ class ProcessCounter:
             self._keep([pids[i] for i in keep], array("i", [self._fds[i] for i in keep]), [has_task[i] for i in keep])
         rows = [{"state": bytes([s]).decode("ascii", "replace"), "processes": proc_states[s],
                  "threads": thread_states[s]} for s in sorted(proc_states.keys() | thread_states.keys())]
-        return ProcessScan(procs_total=proc_states.total(), threads_total=threads_total, by_cpu=[], by_rss=[],
-                           states=[row for row in rows if row["processes"] or row["threads"]])
+        return ProcessCounts(proc_states.total(), threads_total,
+                             [row for row in rows if row["processes"] or row["threads"]])
 
     def _list(self) -> None:
         """/proc listed: the kept fds of processes still there stay, the others are closed."""
@@ -595,7 +602,9 @@ class ProcessCounter:
         for pid in pids:
             fd, has = kept.pop(pid, (-1, None))
             fds.append(fd)
-            has_task.append(os.path.isdir(f"{self.procfs}/{pid}/task") if has is None else has)
+            if has is None:
+                has = self._live or os.path.isdir(f"{self.procfs}/{pid}/task")
+            has_task.append(has)
         self._close(fd for fd, _ in kept.values())
         self._keep(pids, fds, has_task)
 

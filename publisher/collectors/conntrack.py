@@ -11,6 +11,7 @@ Python parse checked: that parse gave the same sums from that very read's number
 
 from __future__ import annotations
 
+from shm_metrics.families import FamilyInfo
 from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, numbers, register
 
 ENTRIES = gauge("node_nf_conntrack_entries", "Number of currently allocated flow entries for connection tracking.")
@@ -42,7 +43,7 @@ class Conntrack(Collector):
         self._stat = self.open(f"{ctx.procfs}/net/stat/nf_conntrack")
         self._numbers = numbers.Numbers(self._stat.fd, hex=True) if numbers.AVAILABLE else None
         # Checked by the Python parse: (shape of the read, columns per line, (family, column) of each sum).
-        self._summed: tuple[numbers.Shape, int, list[tuple[object, int]]] | None = None
+        self._summed: tuple[numbers.Shape, int, list[tuple[FamilyInfo, int]]] | None = None
 
     def collect(self, out: Sample) -> None:
         out.add(ENTRIES, (), int(self._count.read_bytes()))
@@ -53,7 +54,7 @@ class Conntrack(Collector):
         for family, value in sums:
             out.add(family, (), value)
 
-    def _fast_sums(self) -> list[tuple[object, float]] | None:
+    def _fast_sums(self) -> list[tuple[FamilyInfo, float]] | None:
         """The column sums from the file's numbers, or None when its structure moved (or no parse checked it)."""
         if self._summed is None:
             return None
@@ -66,7 +67,7 @@ class Conntrack(Collector):
             return None  # a double would round the sum: the parse sums exactly
         return [(family, sum(values[column:shape.count:width])) for family, column in columns]
 
-    def _parse(self) -> list[tuple[object, int]]:
+    def _parse(self) -> list[tuple[FamilyInfo, int]]:
         """The sums of the file's text; a read whose numbers give the same sums teaches the fast path."""
         text, _, shape = numbers.read_text(self._stat, self._numbers)
         lines = text.splitlines()
