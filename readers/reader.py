@@ -336,8 +336,9 @@ class Reader:
     ``pread=True`` reads through ``pread`` into a private buffer instead of a
     long-lived mapping: a segment truncated under the reader then gives a short
     read (IncompatibleSegment), never SIGBUS.  The exporter, which must outlive
-    any segment, reads that way; it costs a copy of the segment per read and
-    has no futex wake-up.  Mapped readers re-check the file size in
+    any segment, reads that way; it costs a copy of the segment per read.  It
+    still sleeps on the futex, through a mapping of the header's page that only
+    the kernel reads.  Mapped readers re-check the file size in
     ``check_size()`` (``follow()`` does, before each read).
     """
 
@@ -351,6 +352,8 @@ class Reader:
         self._mm: mmap.mmap | None = None
         self._fd: int | None = None
         self.retries = 0  # seqlock retries over this reader's life (for the benchmark)
+        self._demand = None  # the publisher's demand socket, connected on the first ask (readers/demand.py)
+        self._header_map: mmap.mmap | None = None  # pread mode: the header's page, for the futex only
         if attach:
             self.attach()
 
@@ -488,6 +491,12 @@ class Reader:
         self.origin.catalog.get()
 
     def close(self) -> None:
+        if self._demand is not None:  # the segment's publisher may be another one when we attach again
+            self._demand.close()
+            self._demand = None
+        if self._header_map is not None:
+            self._header_map.close()
+            self._header_map = None
         if self._fd is not None:
             origin = getattr(self, "origin", None)
             if origin is not None and origin.catalog is not None:
@@ -635,9 +644,11 @@ class Reader:
         """Ask the publisher for a full sample (``L.DEMAND_FULL``) or for the per-process scan in its next
         samples (``L.DEMAND_SCAN``); False when it has no demand channel (then it samples everything
         every interval) or the channel is not trusted."""
-        from shm_metrics.readers.demand import ask
+        if self._demand is None:
+            from shm_metrics.readers.demand import DemandSocket
 
-        return ask(self.name, kind, self.trusted_uids())
+            self._demand = DemandSocket(self.name)
+        return self._demand.ask(kind, self.trusted_uids())
 
     def read_fresh(self, max_age: float, timeout: float = DEMAND_TIMEOUT_SECONDS, arrays: bool = True, *,
                    check_alive: bool = False) -> Snapshot:
@@ -685,9 +696,14 @@ class Reader:
 
     def _wait_seq_moves(self, seq: int, deadline: float) -> None:
         """pread mode: look at ``seq`` alone (8 bytes) until it moves or ``deadline`` (monotonic) passes,
-        not at a copy of the whole segment."""
-        while self._file_seq() == seq and time.monotonic() < deadline:
-            time.sleep(0.002)
+        not at a copy of the whole segment; asleep on the futex in between (woken when the sample is in: one
+        wake-up, where polling every 2 ms woke ~3 times during a full sample), else polling."""
+        address, _ = self._wake_method()
+        while (now := time.monotonic()) < deadline and self._file_seq() == seq:
+            if not address:
+                time.sleep(0.002)
+            elif self._futex_wait(address, seq, deadline - now) and self._file_seq() == seq:
+                time.sleep(0.002)  # back with nothing new (a signal, or a wait the kernel refused): never a spin
 
     # --- history
     def history(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -752,7 +768,7 @@ class Reader:
             reason = shm_wake.UNAVAILABLE_REASON
             address = 0
             if self._pread:
-                reason = "reading through pread: no mapping to wait on"
+                address, reason = self._header_futex(shm_wake)
             elif shm_wake.AVAILABLE:
                 address = shm_wake.buffer_address(self._mm) + L.FUTEX_WORD_OFFSET
                 self.check_size()  # the import above takes milliseconds: check right before touching the page
@@ -761,6 +777,19 @@ class Reader:
                     address = 0
             self._wake = (address, reason)
         return self._wake
+
+    def _header_futex(self, shm_wake) -> tuple[int, str]:
+        """pread mode: the futex word's address in a mapping of the header's page alone, which this process
+        never reads.  Only the kernel does, for FUTEX_WAIT: a page truncated away fails that wait (EFAULT)
+        where a read of ours would die of SIGBUS.  (0, why) when there is none."""
+        if not shm_wake.AVAILABLE:
+            return 0, shm_wake.UNAVAILABLE_REASON
+        try:
+            self._header_map = mmap.mmap(self._fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError) as exc:  # shorter than a page: truncated since it was checked
+            return 0, f"no mapping of the header: {exc}"
+        address = shm_wake.buffer_address(self._header_map) + L.FUTEX_WORD_OFFSET
+        return address, shm_wake.probe(address, self._file_seq())
 
     def wait_for_sample(self, seq: int, timeout: float) -> bool:
         """Sleep until ``seq`` changes (a sample is being or has been written), at most ``timeout`` s.

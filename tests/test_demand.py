@@ -200,3 +200,36 @@ def test_one_shots_and_followers_that_show_the_process_tables_ask_for_the_scan(n
     assert follow.returncode == 0, follow.stderr
     rows = [json.loads(line)["process_states"] for line in follow.stdout.splitlines()]
     assert len(rows) == 8 and rows[-1], rows
+
+
+def test_a_readers_kept_demand_socket_follows_a_restart_and_never_a_planted_socket(name, start_publisher):
+    """A reader connects to the publisher's demand socket once and keeps it; when that publisher stops, its next
+    ask looks at the path again: a socket planted there by another user (as root: nobody's) is refused, the
+    next publisher's is used, and close() lets the socket go."""
+    first = start_publisher(name, "--interval", "0.2")
+    fds_before = len(os.listdir("/proc/self/fd"))  # each publisher started holds two pipes: the same count
+    reader = Reader(name)
+    try:
+        assert reader.ask()
+        os.unlink(L.demand_path(name))
+        assert reader.ask()  # through the kept connection: the path is not looked at again
+        first.stop()
+        assert not reader.ask()  # its socket closed and the path is gone: nothing to ask
+        if os.geteuid() == 0:
+            planted = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            planted.bind(L.demand_path(name))
+            os.chown(L.demand_path(name), NOBODY, NOBODY)
+            try:
+                assert not reader.ask()
+                planted.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    planted.recv(64)  # nothing was sent to it
+            finally:
+                planted.close()
+                os.unlink(L.demand_path(name))
+        start_publisher(name, "--interval", "0.2")
+        wait_for(lambda: os.path.exists(L.demand_path(name)), what="the new publisher's demand socket")
+        assert reader.ask()
+    finally:
+        reader.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before

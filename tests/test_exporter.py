@@ -152,3 +152,20 @@ def test_values_are_written_as_node_exporter_writes_them(value, go):
     from shm_metrics.readers.exporter.render import go_float
 
     assert go_float(value) == go
+
+
+def test_the_short_ways_of_writing_a_value_agree_with_the_long_one():
+    """go_float's two short ways (plain decimals in [1e-4, 1e6), whole numbers in [1e6, 1e16)) write what its
+    general way writes, over random doubles of every magnitude and the edges of both ranges."""
+    import random
+    import struct
+
+    from shm_metrics.readers.exporter.render import _go_float_any, go_float
+
+    rng = random.Random(16)
+    values = [1e-4, 9.999999999999999e-05, 1e6, 999999.9999999999, 1e16, 9999999999999998.0, -1e6, 1e15 + 1,
+              2.0 ** 53, 0.1, -0.0, 100000.0, -999999.0]
+    for _ in range(20000):
+        values += [float(rng.randint(-10 ** 17, 10 ** 17)) / 10 ** rng.randint(0, 8), float(rng.getrandbits(60)),
+                   rng.uniform(-1e7, 1e7), struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]]
+    assert [v for v in values if go_float(v) != _go_float_any(v, repr(v))] == []

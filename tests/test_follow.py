@@ -124,3 +124,43 @@ def test_live_view_redraws_on_new_samples(name, start_publisher):
     finally:
         code = view.stop(signal.SIGINT)
     assert code in (0, 130), view.output[-2000:]
+
+
+def test_a_pread_reader_sleeps_on_the_futex_and_a_truncated_segment_ends_its_wait(name):
+    """The exporter's kind of reader (``pread=True``) sleeps on the futex through a mapping of the header's page
+    it never reads itself: woken by the publish, and a segment its owner truncated ends the wait with
+    IncompatibleSegment, not SIGBUS."""
+    import threading
+
+    import pytest
+    from synthetic import sample
+
+    from shm_metrics import shm_layout as L
+    from shm_metrics.publisher.segment import OwnedSegment
+    from shm_metrics.readers.reader import IncompatibleSegment
+
+    segment = OwnedSegment(name, L.Layout.for_capacities(2, 1, 1, 1, history=4, top=2), 0o600, interval=1.0)
+    path, size = L.segment_path(name), os.path.getsize(L.segment_path(name))
+    try:
+        segment.set_state(L.STATE_RUNNING)
+        segment.publish(sample(2, 1, 1, 1, 2, 10.0, 1.0), time.time(), 1000.0, 0.01, 0)
+        reader = Reader(name, pread=True)
+        try:
+            assert reader.wake == "futex"
+            seq = reader.read().seq
+            publish = threading.Timer(0.3, segment.publish, (sample(2, 1, 1, 1, 2, 10.0, 1.01), time.time(), 1001.0,
+                                                             0.01, 0))
+            publish.start()
+            started = time.monotonic()
+            assert reader.wait_for_sample(seq, 20.0)
+            assert time.monotonic() - started < 15.0  # woken by the publish, not by the end of its 20 s (generous)
+            publish.join()
+            assert reader.read().seq == seq + 2
+            os.truncate(path, 0)  # its owner (us) cuts it short
+            with pytest.raises(IncompatibleSegment):
+                reader.wait_for_sample(seq + 2, 5.0)
+        finally:
+            reader.close()
+    finally:
+        os.truncate(path, size)  # whole again (zeros) before the owner's own mapping is touched by its close
+        segment.close(unlink=True)

@@ -33,13 +33,29 @@ def go_float(value: float) -> str:
     No cache keyed by value: counters take a new value every sample, and such a cache grows for as long
     as the exporter runs (issue 15); ``FamilyRenderer`` keeps each series' last line instead.
     """
+    text = repr(float(value))
+    magnitude = abs(value)
+    # Two short ways for most values (a scrape formats every value that changed, with cold caches): repr's
+    # digits are Go's (both the shortest that round-trip), and so is its form where both write no exponent;
+    # a whole number below 1e16 comes as "digits.0" from repr, which Go writes d.ddde+XX from 1e6 on.
+    if 1e-4 <= magnitude < 1e6:
+        return text[:-2] if text[-2:] == ".0" else text
+    if 1e6 <= magnitude < 1e16 and text[-2:] == ".0":
+        sign = "-" if value < 0 else ""
+        whole = text[len(sign):-2]
+        digits = whole.rstrip("0")
+        return f"{sign}{digits[0]}{'.' if len(digits) > 1 else ''}{digits[1:]}e+{len(whole) - 1:02d}"
+    return _go_float_any(value, text)
+
+
+def _go_float_any(value: float, text: str) -> str:
+    """``go_float`` of any value, from its repr ``text``."""
     if value != value:
         return "NaN"
     if value in (_INF, -_INF):
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "0"  # expfmt writes 0 for -0 too
-    text = repr(float(value))
     sign = "-" if text[0] == "-" else ""
     mantissa, _, exponent = text.lstrip("-").partition("e")
     whole, _, fraction = mantissa.partition(".")

@@ -43,10 +43,28 @@ def _limit(which: int) -> float:
     return _UNLIMITED if soft == resource.RLIM_INFINITY else float(soft)
 
 
+_stat_fd = -1  # /proc/self/stat, kept open from the first scrape on
+_stat_fd_lock = threading.Lock()
+
+
+def _own_stat() -> bytes:
+    """This process's /proc/self/stat line: one pread of a kept descriptor per scrape, not a Python file object
+    (an open, an fstat, two reads and a close).  The line is well under a page, and the kernel writes it whole
+    in one read."""
+    global _stat_fd
+    if _stat_fd < 0:
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+        with _stat_fd_lock:  # two first scrapes at once keep one descriptor
+            if _stat_fd < 0:
+                _stat_fd, fd = fd, -1
+        if fd >= 0:
+            os.close(fd)
+    return os.pread(_stat_fd, 4096, 0)
+
+
 def process_families() -> list[Family]:
     """The Go client's process collector for this process, by family name."""
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
+    stat = _own_stat()
     fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 (state) is fields[0]
     utime, stime, starttime = int(fields[11]), int(fields[12]), int(fields[19])
     vsize, rss = int(fields[20]), int(fields[21])
