@@ -7,11 +7,14 @@
  * found by their Python parse whenever a file's structure changes; this only re-reads numbers at the same
  * places while it does not.
  *
- * numbers(fd, out, text=False, hex=False) -> (count, signature, file bytes or None)
+ * numbers(fd, out, text=False, hex=False, whole=False) -> (count, signature, file bytes or None)
  *     fd: a descriptor, or a tuple of them (a group of files, read as one text with "\n\x1f\n" between them:
  *     a word that keeps each file's numbers in their places; "\x1e" for a file whose read fails; each file of
- *     a group is read until a short read, as sysfs attributes come).  Reads the whole file behind fd from offset 0 (pread until a read returns nothing: /proc tables come a
- *     page at a time) and splits it into tokens at blanks, tabs, newlines and colons.  A token that is a
+ *     a group is read until a short read, as sysfs attributes come).  Reads the whole file behind fd from
+ *     offset 0: pread until a read returns nothing (a /proc table comes a page at a time), or with whole true
+ *     until a read shorter than asked (a file the kernel writes whole in one read: a single_open /proc file
+ *     such as stat, meminfo or loadavg, a sysctl, a sysfs attribute, a regular file; no read more to find the
+ *     end).  Splits it into tokens at blanks, tabs, newlines and colons.  A token that is a
  *     decimal number ([-]digits[.digits]) is stored as a double into out (a writable buffer of doubles,
  *     e.g. array('d')) in file order; every other token is a word.  count is how many numbers the file has
  *     (more than out holds: only the first ones stored; grow out and call again).  signature is a 64-bit
@@ -20,15 +23,15 @@
  *     file's bytes come back too: the collector's Python parse of that very read then says which number is
  *     which, for this signature.
  *
- * values(fd, work, signature, count, index, factors, limit=inf, exact=b"", exact_text=b"", hex=False)
- *   -> bytes, None or False
+ * values(fd, work, signature, count, index, factors, limit=inf, exact=b"", exact_text=b"", hex=False,
+ *        whole=False) -> bytes, None or False
  *     numbers(fd, work), then, when the file has that signature and count, the doubles work[index[r]] *
  *     factors[r] as bytes; None when the structure differs, False when a number taken is limit or more in
  *     magnitude (a learned program's numbers beyond 2**53).  The grid sample's one call per file.  exact: the
  *     positions (unsigned 32-bit, ascending) of numbers that must be, byte for byte, the NUL-ended tokens of
  *     exact_text (else None): numbers beyond a double's integers, which a learned program keeps as they are.
- *     hex (numbers() too): a token of 1 to 16 hexadecimal digits is the number (the files of /proc/net/stat,
- *     softnet_stat), a decimal fraction a word.
+ *     whole as for numbers(); hex (numbers() too): a token of 1 to 16 hexadecimal digits is the number (the
+ *     files of /proc/net/stat, softnet_stat), a decimal fraction a word.
  *
  * take(src, index, factors, dst, stride, offset) -> None
  *     dst[offset + r * stride] (a double) = src[index[r]] * factors[r], for every r; factors may be None (1).
@@ -42,7 +45,7 @@
  *     signature or count, a failed statvfs, a signalled poll): the Python path then samples and compiles
  *     anew.  With read false nothing is read: the sources' work buffers hold what the Python path just read
  *     (the check of a new program against the Python path's result).  Sources, each a tuple:
- *       (FILE, fd, work, signature, count)  numbers() into work, the structure checked
+ *       (FILE, fd, work, signature, count, whole)  numbers() into work, the structure checked
  *       (STATVFS, path, work)               work[0..5] = f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree
  *       (POLL, fd)                          a poll() for POLLPRI/POLLERR that returns at once (mountinfo)
  *       (DIR, path, work)                   work[0] = how many names of the directory are all digits (/proc),
@@ -258,13 +261,14 @@ static int as_fd(PyObject *o) {
 
 /* The whole file into stack (size cap) when it fits, else into a heap buffer (*buf != stack: free it).
  * ``fds`` is one descriptor (an int) or a tuple of them: a group, read as one text, GROUP_SEPARATOR between,
- * GROUP_UNREADABLE for a file whose read fails. */
-static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t *len) {
+ * GROUP_UNREADABLE for a file whose read fails.  ``whole``: the one file comes whole in one read (see
+ * numbers()), so a short read is its end. */
+static int read_all(PyObject *fds, char *stack, Py_ssize_t cap, char **buf, Py_ssize_t *len, int whole) {
     *buf = stack;
     *len = 0;
     if (PyLong_Check(fds)) {
         int fd = as_fd(fds);
-        if (fd == -1 || read_append(fd, stack, buf, &cap, len, 0) < 0)
+        if (fd == -1 || read_append(fd, stack, buf, &cap, len, whole) < 0)
             goto fail;
         return 0;
     }
@@ -351,13 +355,13 @@ static Py_ssize_t scan_buffer(const char *buf, Py_ssize_t len, double *dst, Py_s
 
 static PyObject *numbers(PyObject *self, PyObject *args) {
     PyObject *fd;
-    int text = 0, hex = 0;
+    int text = 0, hex = 0, whole = 0;
     Py_buffer out;
-    if (!PyArg_ParseTuple(args, "Ow*|pp:numbers", &fd, &out, &text, &hex))
+    if (!PyArg_ParseTuple(args, "Ow*|ppp:numbers", &fd, &out, &text, &hex, &whole))
         return NULL;
     char stack[STACK_BYTES], *buf;
     Py_ssize_t len;
-    if (read_all(fd, stack, sizeof stack, &buf, &len) < 0) {
+    if (read_all(fd, stack, sizeof stack, &buf, &len, whole) < 0) {
         PyBuffer_Release(&out);
         return NULL;
     }
@@ -445,14 +449,14 @@ static PyObject *values(PyObject *self, PyObject *args) {
     unsigned long long expected;
     Py_ssize_t expected_count;
     double limit = HUGE_VAL;
-    int hex = 0;
-    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|dy*y*p:values", &fd, &work, &expected, &expected_count, &index, &factors,
-                          &limit, &exact, &exact_text, &hex))
+    int hex = 0, whole = 0;
+    if (!PyArg_ParseTuple(args, "Ow*Kny*y*|dy*y*pp:values", &fd, &work, &expected, &expected_count, &index, &factors,
+                          &limit, &exact, &exact_text, &hex, &whole))
         return NULL;
     PyObject *result = NULL;
     char stack[STACK_BYTES], *buf;
     Py_ssize_t len;
-    if (read_all(fd, stack, sizeof stack, &buf, &len) < 0)
+    if (read_all(fd, stack, sizeof stack, &buf, &len, whole) < 0)
         goto done;
     double *nums = work.buf;
     Py_ssize_t cap = work.len / (Py_ssize_t)sizeof(double);
@@ -541,11 +545,12 @@ static int read_source(PyObject *spec, Source *src) {
         PyObject *fd = PyTuple_GET_ITEM(spec, 1);
         unsigned long long expected = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(spec, 3));
         Py_ssize_t expected_count = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 4));
-        if (PyErr_Occurred())
+        int whole = PyObject_IsTrue(PyTuple_GET_ITEM(spec, 5));
+        if (PyErr_Occurred() || whole < 0)
             return -1;
         char stack[STACK_BYTES], *buf;
         Py_ssize_t len;
-        if (read_all(fd, stack, sizeof stack, &buf, &len) < 0) {
+        if (read_all(fd, stack, sizeof stack, &buf, &len, whole) < 0) {
             if (!PyErr_ExceptionMatches(PyExc_OSError))
                 return -1;
             PyErr_Clear(); /* a file that cannot be read now: the Python path says why */
@@ -723,7 +728,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         Source *s = &src[got];
         s->kind = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
-        static const Py_ssize_t sizes[] = {5, 3, 2, 3, 2};
+        static const Py_ssize_t sizes[] = {6, 3, 2, 3, 2};
         if (s->kind < SRC_FILE || s->kind > SRC_BOOTTIME || PyTuple_GET_SIZE(spec) != sizes[s->kind]) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "unknown source kind or arity");
@@ -1017,9 +1022,11 @@ done_nothreads:
 
 static PyMethodDef methods[] = {
     {"numbers", numbers, METH_VARARGS,
-     "numbers(fd, out, text=False, hex=False) -> (count, signature, bytes or None): a file's numbers, in order."},
+     "numbers(fd, out, text=False, hex=False, whole=False) -> (count, signature, bytes or None): a file's numbers, "
+     "in order."},
     {"values", values, METH_VARARGS,
-     "values(fd, work, signature, count, index, factors, limit=inf, exact=b'', exact_text=b'', hex=False) -> "
+     "values(fd, work, signature, count, index, factors, limit=inf, exact=b'', exact_text=b'', hex=False, "
+     "whole=False) -> "
      "bytes, None or False: numbers() and take() in one call."},
     {"run", run, METH_VARARGS, "run(sources, ops, registers, read) -> bool: a compiled grid sample's values."},
     {"publish", publish, METH_VARARGS,

@@ -78,7 +78,7 @@ class Builder:
         st = os.fstat(numbers_.fd)
         key = (st.st_dev, st.st_ino, shape)
         if key not in self._files:
-            self.sources.append((FILE, numbers_.fd, numbers_.values, shape.signature, shape.count))
+            self.sources.append((FILE, numbers_.fd, numbers_.values, shape.signature, shape.count, numbers_.whole))
             self._files[key] = len(self.sources) - 1
         return self._files[key]
 

@@ -272,3 +272,45 @@ def test_a_grid_sample_in_which_a_file_changed_shape_is_whole(proc):
     assert grid.disks[-1]["device"] == "nvme9n1" and grid.scalars == {**before.scalars, **grid.scalars}
     assert len(sampler.sample(full=False).fixed) == 2  # the new programs serve the next one
     sampler.close()
+
+
+@pytest.mark.parametrize("whole_read", ["c", "python"])
+def test_a_file_that_comes_whole_is_read_whole_in_one_read(tmp_path, monkeypatch, whole_read):
+    """``whole`` (ProcFile, _scan.c): a read shorter than asked ends the file.  A file larger than any one read
+    still comes whole (the reads go on while they fill what was asked); the single_open files of this host read
+    whole give what reading to the end gives; and a short file takes one read, not two (the Python path's reads
+    counted)."""
+    from shm_metrics.publisher.collectors import ProcFile
+
+    big = tmp_path / "big"
+    big.write_bytes(b"".join(b"key%d %d\n" % (i, i) for i in range(40000)))  # ~500 KB: reads of 64 KiB and more
+    for path in (big, *(Path(f"/proc/{name}") for name in ("meminfo", "net/snmp", "net/netstat", "loadavg"))):
+        if not path.exists():
+            continue
+        whole, plain = ProcFile(str(path), whole=True), ProcFile(str(path))
+        try:
+            if whole_read == "c":
+                one, two = numbers.Numbers.of(whole), numbers.Numbers.of(plain)
+                (count, signature, raw), (count2, signature2, _) = one.read(text=True), two.read()
+                assert (count, signature) == (count2, signature2), path  # their structure: values move
+                got = raw
+            else:
+                got = whole.read_bytes()
+                assert len(got.split(b"\n")) == len(plain.read_bytes().split(b"\n")), path
+            if path == big:
+                assert got == big.read_bytes()
+        finally:
+            whole.close()
+            plain.close()
+    small = tmp_path / "small"
+    small.write_bytes(b"1 2 3\n")
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(at) or real_pread(fd, n, at))
+    for whole, expected in ((True, [0]), (False, [0, 6])):
+        pf = ProcFile(str(small), whole=whole)
+        try:
+            reads.clear()
+            assert pf.read_bytes() == b"1 2 3\n" and reads == expected
+        finally:
+            pf.close()

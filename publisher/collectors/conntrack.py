@@ -38,10 +38,10 @@ class Conntrack(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._count = self.open(f"{ctx.procfs}/sys/net/netfilter/nf_conntrack_count")
-        self._max = self.open(f"{ctx.procfs}/sys/net/netfilter/nf_conntrack_max")
+        self._count = self.open(f"{ctx.procfs}/sys/net/netfilter/nf_conntrack_count", whole=True)
+        self._max = self.open(f"{ctx.procfs}/sys/net/netfilter/nf_conntrack_max", whole=True)
         self._stat = self.open(f"{ctx.procfs}/net/stat/nf_conntrack")
-        self._numbers = numbers.Numbers(self._stat.fd, hex=True) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._stat, hex=True) if numbers.AVAILABLE else None
         # Checked by the Python parse: (shape of the read, columns per line, (family, column) of each sum).
         self._summed: tuple[numbers.Shape, int, list[tuple[FamilyInfo, int]]] | None = None
 

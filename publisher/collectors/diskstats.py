@@ -113,7 +113,7 @@ class Diskstats(Collector):
         self._file = self.open(f"{ctx.procfs}/diskstats")
         self._info: dict[tuple[str, str, str], tuple[float, list[tuple]]] = {}
         self.udev_data = ctx.udev_data
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         # The fast path's program (collectors/numbers.py): the counters' values of every disk kept, then
         # the disks array's five per disk; with the disks' names and their info series, as the Python path
         # left them.

@@ -16,8 +16,8 @@ class Entropy(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._avail = self.open(f"{ctx.procfs}/sys/kernel/random/entropy_avail")
-        self._pool = self.open(f"{ctx.procfs}/sys/kernel/random/poolsize")
+        self._avail = self.open(f"{ctx.procfs}/sys/kernel/random/entropy_avail", whole=True)
+        self._pool = self.open(f"{ctx.procfs}/sys/kernel/random/poolsize", whole=True)
 
     def collect(self, out: Sample) -> None:
         out.add(AVAILABLE, (), int(self._avail.read_bytes()))

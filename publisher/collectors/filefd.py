@@ -22,8 +22,8 @@ class Filefd(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._file = self.open(f"{ctx.procfs}/sys/fs/file-nr")
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._file = self.open(f"{ctx.procfs}/sys/fs/file-nr", whole=True)
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         self._shape: numbers.Shape | None = None  # of the latest read, for a compiled program
 
     def collect(self, out: Sample) -> None:

@@ -110,7 +110,7 @@ class _Program:
         structural number), ASIDE when only this read is beyond the program (a number too large to be exact
         in a double)."""
         raw = numbers._scan.values(source.fd, source.values, *self.shape, self.positions, self.factors, EXACT,
-                                   self.exact, self.exact_text, source.hex)
+                                   self.exact, self.exact_text, source.hex, source.whole)
         if raw is None or raw is False:
             return None if raw is None else ASIDE
         split = self.mapped
@@ -135,7 +135,7 @@ class LearnedFile:
         """``hex``: the file's numbers are hexadecimal digits, without a prefix (/proc/net/stat/*)."""
         self.file = file
         self.parse = parse
-        self.numbers = numbers.Numbers(file.fd, hex=hex) if numbers.AVAILABLE else None
+        self.numbers = numbers.Numbers.of(file, hex=hex) if numbers.AVAILABLE else None
         self.program: _Program | None = None
         self.learned = 0  # programs made (tests)
         self._wait = 0  # Python samples before the next try at learning

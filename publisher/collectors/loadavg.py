@@ -27,11 +27,11 @@ class Loadavg(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._file = self.open(f"{ctx.procfs}/loadavg")
+        self._file = self.open(f"{ctx.procfs}/loadavg", whole=True)
         self._threads = "processes" not in ctx.enabled
         if not self._threads:
             self.families = (LOAD1, LOAD5, LOAD15)
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         self._shape: numbers.Shape | None = None  # of the latest read, for a compiled program
 
     def collect(self, out: Sample) -> None:

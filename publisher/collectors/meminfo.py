@@ -46,7 +46,7 @@ class Meminfo(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._file = self.open(f"{ctx.procfs}/meminfo")
+        self._file = self.open(f"{ctx.procfs}/meminfo", whole=True)
         self._by_key: dict[str, FamilyInfo] = {}
         for line in self._file.read().splitlines():
             key, _, rest = line.partition(":")
@@ -57,7 +57,7 @@ class Meminfo(Collector):
         self._keys: tuple[str, ...] = ()
         self._factors: list[int] = []
         self._families: list[FamilyInfo | None] = []
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         self._program: numbers.Program | None = None  # the series' values, then the scalars' (_SCALARS)
 
     def collect(self, out: Sample) -> None:

@@ -83,12 +83,12 @@ class _Interface:
         self.name = name
         self.path = path
         self.ignore_invalid_speed = ignore_invalid_speed
-        self.operstate = ProcFile(f"{path}/operstate")  # OSError: no interface there (any more)
+        self.operstate = ProcFile(f"{path}/operstate", whole=True)  # OSError: no interface there (any more)
         files = []
         self.present: tuple[str, ...] = ()  # the dynamic attributes this interface has, in the group's order
         for attr in _DYNAMIC:
             try:
-                files.append(ProcFile(f"{path}/{attr}"))
+                files.append(ProcFile(f"{path}/{attr}", whole=True))
                 self.present += (attr,)
             except OSError:
                 pass

@@ -57,7 +57,7 @@ class Netdev(Collector):
         self._file = self.open(f"{LIVE_PROCFS if self._netlink else ctx.procfs}/net/dev")
         self._nohandler: dict[str, ProcFile | None] = {}
         self._nohandler_series: list[tuple] = []  # of the latest full sample, repeated in the others
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         # The fast path's program (collectors/numbers.py): the 16 columns of every interface kept, with
         # their names in file order.
         self._program: tuple[numbers.Program, list[str]] | None = None
@@ -67,7 +67,8 @@ class Netdev(Collector):
             return None
         if device not in self._nohandler:
             try:
-                self._nohandler[device] = ProcFile(f"{LIVE_SYSFS}/class/net/{device}/statistics/rx_nohandler")
+                self._nohandler[device] = ProcFile(f"{LIVE_SYSFS}/class/net/{device}/statistics/rx_nohandler",
+                                                   whole=True)
             except OSError:
                 self._nohandler[device] = None
         return self._nohandler[device]

@@ -39,8 +39,9 @@ class Netstat(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._netstat = (self.open(f"{ctx.procfs}/net/netstat"), self.open(f"{ctx.procfs}/net/snmp"))
-        self._snmp6 = self.open(f"{ctx.procfs}/net/snmp6")
+        self._netstat = (self.open(f"{ctx.procfs}/net/netstat", whole=True),
+                         self.open(f"{ctx.procfs}/net/snmp", whole=True))
+        self._snmp6 = self.open(f"{ctx.procfs}/net/snmp6", whole=True)
         families: list[FamilyInfo] = []
         # Where each wanted value is: (file, line of values, column) -> family; the kernel's column
         # order is fixed, so only the wanted columns of the wanted lines are parsed each sample.

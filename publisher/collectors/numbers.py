@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from shm_metrics.families import FamilyInfo
 
+_NO_LIMIT = float("inf")  # values(): no number is too large for a Program (it takes doubles as they are)
+
 if TYPE_CHECKING:
     from shm_metrics.publisher.collectors import ProcFile
 
@@ -106,7 +108,8 @@ class Program:
     def values(self, numbers: Numbers) -> bytes | None:
         """Read the file again: the values (doubles, scaled) at the positions, or None when the file has
         another structure now (then the collector's Python parse runs and makes a new program)."""
-        return _scan.values(numbers.fd, numbers.values, *self.shape, self.positions, self.factors)
+        return _scan.values(numbers.fd, numbers.values, *self.shape, self.positions, self.factors, _NO_LIMIT, b"", b"",
+                            numbers.hex, numbers.whole)
 
     def take(self, numbers: array) -> bytes:
         """The values (doubles, scaled) at the positions of numbers already read."""
@@ -124,17 +127,23 @@ class Program:
 class Numbers:
     """The numbers of a kept-open file (``ProcFile``), re-read in place: ``values`` holds them after ``read``."""
 
-    def __init__(self, fd: int, capacity: int = 128, hex: bool = False):
+    def __init__(self, fd: int, capacity: int = 128, hex: bool = False, whole: bool = False):
         self.fd = fd
         self.values = array("d", bytes(8 * capacity))
         self.hex = hex  # its numbers are hexadecimal digits (_scan.c's hex)
+        self.whole = whole  # the kernel writes the file whole in one read (ProcFile.whole, _scan.c's whole)
+
+    @classmethod
+    def of(cls, file: ProcFile, hex: bool = False) -> Numbers:
+        """The numbers of ``file``, read as it comes (``ProcFile.whole``)."""
+        return cls(file.fd, hex=hex, whole=file.whole)
 
     def read(self, text: bool = False) -> tuple[int, int, bytes | None]:
         """(how many numbers, the structure's signature, the file's bytes when ``text``)."""
-        count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex)
+        count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex, self.whole)
         if count > len(self.values):  # a larger file than last time: room for it and read again
             self.values = array("d", bytes(8 * 2 * count))
-            count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex)
+            count, signature, raw = _scan.numbers(self.fd, self.values, text, self.hex, self.whole)
         return count, signature, raw
 
 

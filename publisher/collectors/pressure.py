@@ -41,7 +41,8 @@ class Pressure(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._files = [(self.open(f"{ctx.procfs}/pressure/{res}"), fams) for res, fams in _RESOURCES.items()]
+        self._files = [(self.open(f"{ctx.procfs}/pressure/{res}", whole=True), fams)
+                       for res, fams in _RESOURCES.items()]
 
     def collect(self, out: Sample) -> None:
         for pf, (some, full) in self._files:

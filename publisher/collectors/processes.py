@@ -84,7 +84,7 @@ class Procs(Collector):
         if not self._families:
             self.families = ()
         self._loadavg = self._tasks_file()
-        self._numbers = numbers.Numbers(self._loadavg.fd) if self._loadavg and numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._loadavg) if self._loadavg and numbers.AVAILABLE else None
         self._shape: numbers.Shape | None = None  # of the latest read of /proc/loadavg, for a compiled program
         self._tasks: tuple | bytes | None = None  # the task mark of the latest listing
         self._count = array("d", [0.0])  # of that listing (a compiled program's directory source counts into it)
@@ -95,7 +95,7 @@ class Procs(Collector):
         if not own_namespace_proc(self.ctx.procfs):
             return None
         try:
-            return self.open(f"{self.ctx.procfs}/loadavg")
+            return self.open(f"{self.ctx.procfs}/loadavg", whole=True)
         except OSError:
             return None
 

@@ -50,7 +50,7 @@ class Sockstat(Collector):
         self._files = []
         for path, v4 in ((f"{ctx.procfs}/net/sockstat", True), (f"{ctx.procfs}/net/sockstat6", False)):
             try:  # IPv6 (or IPv4) may be disabled: node_exporter skips the file
-                self._files.append((self.open(path), v4))
+                self._files.append((self.open(path, whole=True), v4))
             except FileNotFoundError:
                 pass
         if not self._files:

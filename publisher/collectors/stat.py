@@ -161,7 +161,7 @@ class Stat(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self._file = self.open(f"{ctx.procfs}/stat")
+        self._file = self.open(f"{ctx.procfs}/stat", whole=True)
         self._prev: dict[str, tuple[float, ...]] = {}
         self._mode_labels: dict[str, list[tuple[str, str]]] = {}
         self._guest = bool(ctx.option("cpu.guest", True))
@@ -198,7 +198,7 @@ class Stat(Collector):
         # A sysfs file per core and per package: read in full samples only, repeated in the others.
         self.on_demand = tuple(fam for fam in (CORE_THROTTLES, PACKAGE_THROTTLES) if fam in families)
         self._throttles: list[tuple] = []  # their series in the latest full sample
-        self._numbers = numbers.Numbers(self._file.fd) if numbers.AVAILABLE else None
+        self._numbers = numbers.Numbers.of(self._file) if numbers.AVAILABLE else None
         # The fast path's program (collectors/numbers.py): the series' values (every CPU's modes and guest
         # times, then the scalar lines', then softirqs), then the "cpu" line's modes; with the CPUs' numbers.
         # With it: the CPUs' numbers, and how many columns each has in the program (8, or 10 with guest times).

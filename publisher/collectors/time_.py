@@ -31,8 +31,8 @@ class Time(Collector):
         self._sources: list[tuple[str, ProcFile, ProcFile]] = []
         paths = sorted(glob.glob(f"{ctx.sysfs}/devices/system/clocksource/clocksource[0-9]*"))
         for i, path in enumerate(paths):
-            self._sources.append((str(i), self.open(f"{path}/available_clocksource"),
-                                  self.open(f"{path}/current_clocksource")))
+            self._sources.append((str(i), self.open(f"{path}/available_clocksource", whole=True),
+                                  self.open(f"{path}/current_clocksource", whole=True)))
 
     def collect(self, out: Sample) -> None:
         now = time.time()

@@ -33,8 +33,8 @@ class Uptime(Collector):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self._clock = ctx.procfs == LIVE_PROCFS and hasattr(time, "CLOCK_BOOTTIME")
-        self._file = None if self._clock else self.open(f"{ctx.procfs}/uptime")
-        self._numbers = numbers.Numbers(self._file.fd) if self._file and numbers.AVAILABLE else None
+        self._file = None if self._clock else self.open(f"{ctx.procfs}/uptime", whole=True)
+        self._numbers = numbers.Numbers.of(self._file) if self._file and numbers.AVAILABLE else None
         self._shape: numbers.Shape | None = None  # of the file's latest read, for a compiled program
         self._now = array("d", [0.0])  # the clock's latest reading, for a compiled program's check
 
