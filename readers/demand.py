@@ -1,10 +1,11 @@
 """Asking the publisher for a sample (the reader's end of the demand channel, docs/LAYOUT.md "Demand").
 
 One datagram to the publisher's socket ``/dev/shm/<name>.want``, sent only when
-the socket is what it should be (looked at when a reader connects to it): a socket owned by a user the reader trusts for
-the segment itself (anyone else may have planted it, to read our requests or to
-make us wait).  Sending never blocks and never fails loudly: without a channel
-(an older publisher, ``--always-full``) every sample already runs every collector.
+the socket is what it should be (looked at when a reader connects to it): a
+socket owned by a user the reader trusts for the segment itself (anyone else may
+have planted it, to read our requests or to make us wait).  Sending never blocks
+and never fails loudly: without a channel (an older publisher, ``--always-full``)
+every sample already runs every collector.
 """
 
 from __future__ import annotations
@@ -61,4 +62,3 @@ class DemandSocket:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
