@@ -19,6 +19,7 @@ import collections
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import NamedTuple
 
 from prometheus_client.metrics_core import Metric
@@ -138,14 +139,15 @@ class Exposition:
                 renderer = self._renderers[chosen] = FamilyRenderer()
         # Two scrapes of one filter that both miss render alike, twice (each view it keeps is whole).
         texts, names = renderer.render_view(view, keep)
-        first = min(SCRAPE_FAMILIES)
-        head, tail, cut = [], [], []
-        for name, text in texts:
-            if name in SCRAPE_FAMILIES:
-                cut.append((name, *_cut_at_textfile(text)))
-            else:
-                (head if name < first else tail).append(text)
-        block = _Block(key, "".join(head).encode(), "".join(tail).encode(), scrape, frozenset(names),
+        # The texts are in name order: the scrape families' span found by bisection, the ~300 texts on either
+        # side joined in C (a loop over them in Python was ~1/3 of this function's cost at a scrape's cold start).
+        low = bisect_left(texts, (_FIRST_SCRAPE,))
+        high = bisect_right(texts, (_LAST_SCRAPE, _AFTER_ANY_TEXT), low)
+        cut = [(name, *_cut_at_textfile(text)) for name, text in texts[low:high] if name in SCRAPE_FAMILIES]
+        between = [text for name, text in texts[low:high] if name not in SCRAPE_FAMILIES]  # other names: tail
+        head = "".join(map(_TEXT, texts[:low]))
+        tail = "".join([*between, *map(_TEXT, texts[high:])])
+        block = _Block(key, head.encode(), tail.encode(), scrape, frozenset(names),
                        tuple(cut) if chosen is None else None)
         with self._lock:
             self._blocks[chosen] = block
@@ -162,6 +164,11 @@ class Exposition:
     def node_renderer(self) -> FamilyRenderer | None:
         """The unfiltered node_* renderer (for tests: what it keeps), once a scrape has used it."""
         return self._renderers.get(None)
+
+
+_FIRST_SCRAPE, _LAST_SCRAPE = min(SCRAPE_FAMILIES), max(SCRAPE_FAMILIES)
+_AFTER_ANY_TEXT = "\U0010ffff"  # above every family's text (each begins "# HELP"): (name, this) ends name's span
+_TEXT = itemgetter(1)
 
 
 def _cut_at_textfile(text: str) -> tuple[str, str]:
