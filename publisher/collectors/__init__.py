@@ -74,7 +74,8 @@ class ProcFile:
     sysfs attribute (at most a page, from one call of its show()), and of a regular file (a fixture tree);
     not of a table made a record at a time (net/dev, diskstats, vmstat, net/udp...), which comes about a
     page per read.  That read more costs ~2-3 us of CPU each at 1 Hz (ad hoc: 23 files read 0.5 s apart,
-    with and without it); a full sample reads ~20 such files, a grid sample 4.
+    with and without it); under strace, a full sample of this host's default collectors made 34 such reads
+    before, 8 now, a grid sample 6 before, 2 now.
     """
 
     def __init__(self, path: str, whole: bool = False):
