@@ -18,8 +18,9 @@ runs over the very numbers the next Python grid sample read, and its bytes must 
 everywhere but the header and the history ring (so a value that changed and that no place covers fails the
 check too).  It is dropped, and the Python path samples, whenever the host's structure changes (a file's
 layout, a mount, a failed statvfs), the segment's series move (a full sample brought other series, a new
-generation), a collector's own deadline passes (diskstats' udev data), a collector unavailable at start is
-due for a retry, or the sample is full or runs the per-process scan.  Collectors whose state carries from
+generation), a collector's own deadline passes and what it reads again then changed (diskstats' udev data),
+a collector unavailable at start is retried (the path it lacked appeared), or the sample is full or runs the
+per-process scan.  Collectors whose state carries from
 one sample to the next (the CPU ticks of the busy share, the process count's marks) hand it over both ways.
 """
 
@@ -65,7 +66,7 @@ class Builder:
         self.ops = array("q")
         self.registers = array("d")
         self.places: list[tuple[int, tuple]] = []
-        self.valid_until = math.inf
+        self.deadlines: list[tuple[float, Callable[[float], float | None] | None]] = []
         self.states: list[tuple[int, int, Callable[[], Sequence[float] | None], Callable[[list[float]], None]]] = []
         self.on_change: list[Callable[[], None]] = []
         self._constants: dict[float, int] = {}
@@ -192,9 +193,11 @@ class Builder:
         for family, label_values, register in zip(families, labels, registers, strict=True):
             self.places.append((register, ("series", family, label_values)))
 
-    def until(self, deadline: float) -> None:
-        """The program is dropped at this monotonic time (a collector re-reads something then)."""
-        self.valid_until = min(self.valid_until, deadline)
+    def until(self, deadline: float, renew: Callable[[float], float | None] | None = None) -> None:
+        """The program is dropped at this monotonic time (a collector re-reads something then), unless ``renew``,
+        called then with the time, finds that what the program repeats did not change and gives the next
+        deadline (diskstats' udev data read again: a few small files, not a Python sample and a new program)."""
+        self.deadlines.append((deadline, renew))
 
 
 class Program:
@@ -206,7 +209,8 @@ class Program:
         self.constants = array("d", built.registers)  # before any state is loaded: part of what it computes
         self.registers = built.registers
         self.states = built.states
-        self.valid_until = built.valid_until
+        self.deadlines = tuple(built.deadlines)
+        self.valid_until = min((deadline for deadline, _ in self.deadlines), default=math.inf)
         self.on_change = tuple(built.on_change)
         self.sinks = sinks
         self.segment = segment
@@ -228,6 +232,20 @@ class Program:
         for changed in self.on_change:
             changed()
         return False
+
+    def renew(self, now: float) -> bool:
+        """Past ``valid_until``: every deadline due renewed by its collector (the program holds, until the
+        earliest next one), or False (it is to be dropped)."""
+        deadlines = []
+        for deadline, renew in self.deadlines:
+            if deadline <= now:
+                deadline = renew(now) if renew is not None else None
+                if deadline is None:
+                    return False
+            deadlines.append((deadline, renew))
+        self.deadlines = tuple(deadlines)
+        self.valid_until = min(deadline for deadline, _ in deadlines)
+        return True
 
     def load_states(self) -> None:
         regs = self.registers
@@ -267,7 +285,8 @@ class CompiledGrid:
         holds: the caller takes the Python path."""
         p = self.program
         # (The segment's shape is checked after each Python sample, the only kind that may change it.)
-        if (p is None or not p.checked or p.segment is not segment or monotonic >= p.valid_until
+        if (p is None or not p.checked or p.segment is not segment
+                or monotonic >= p.valid_until and not p.renew(monotonic)
                 or not self.sampler.grid_compilable(monotonic)):
             return False
         if not p.run(True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,38 @@ def test_nothing_is_retried_or_listed_again_before_its_time(tree):
     try:
         shutil.copytree(tree / "sys/class/nvme/nvme0", tree / "sys/class/nvme/nvme1")
         assert {labels[0] for _, labels, _ in sampler.sample().all_series() if labels} == {"nvme0", "nvme"}
+    finally:
+        sampler.close()
+
+
+def test_a_retry_waits_for_the_path_the_collector_lacked(tree, monkeypatch):
+    """A collector that said which path it lacked (hwmon: its class directory) is not constructed again while
+    that path is missing, so the grid samples stay compiled (a retry is a Python sample), but every
+    RETRY_ALL_AFTER-th retry all the same; once the path is there, the next retry starts it."""
+    from shm_metrics.publisher import sampler as sampler_module
+
+    constructed = []
+    original = Hwmon.__init__
+
+    def counting(self, ctx):
+        constructed.append(1)
+        original(self, ctx)
+
+    monkeypatch.setattr(Hwmon, "__init__", counting)
+    aside = hide(tree, "sys/class/hwmon")
+    sampler = start(tree, Hwmon, retry_seconds=0)
+    try:
+        assert len(constructed) == 1
+        sampler.sample()  # each sample finds a retry due (retry_seconds=0), and skips it
+        assert sampler.grid_compilable(time.monotonic()), "a retry with nothing to start kept the grid in Python"
+        for _ in range(sampler_module.RETRY_ALL_AFTER - 3):
+            assert success(sampler.sample(full=False), "hwmon") == 0
+        assert len(constructed) == 1, "constructed again while its class directory was missing"
+        sampler.sample()
+        assert len(constructed) == 2, "the periodic retry of every collector did not run"
+        os.rename(aside, tree / "sys/class/hwmon")
+        assert success(sampler.sample(), "hwmon") == 1
+        assert len(constructed) == 3 and not sampler.unavailable
     finally:
         sampler.close()
 

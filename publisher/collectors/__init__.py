@@ -14,7 +14,7 @@ parsing in one file.
 files do not exist on this host (no /proc/pressure, no conntrack module) is
 left out at start, and ``node_scrape_collector_success`` says 0 for it, as
 node_exporter does; the sampler tries it again every ``retry_seconds`` (a
-module loaded later).  Devices come and go while the publisher runs: a
+module loaded later) once the path it lacked exists (``Missing``).  Devices come and go while the publisher runs: a
 collector that lists a directory of devices (hwmon chips, thermal zones,
 nvme controllers...) keeps them in ``Devices``, which lists it again every
 ``Context.rescan_seconds`` (not every sample: the listing costs more than
@@ -197,6 +197,26 @@ class DeviceFilter:
 # scalars and arrays, the live view), on demand (a scrape, a reader asking for every family: at most once
 # per interval), or for the per-process scan: on demand and while a top viewer asks for its tables.
 CORE, ON_DEMAND, PROCESS_SCAN = "core", "on_demand", "process_scan"
+
+
+class Missing(LookupError):
+    """A collector's files are not on this host (yet).  ``path`` is the file or directory whose appearance may
+    change that: the sampler retries the collector when it exists (publisher/sampler.py), as it does for a
+    constructor's FileNotFoundError, whose ``filename`` says the same."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
+def missing_path(error: BaseException) -> str | None:
+    """The path whose absence ``error`` (or the error it was raised ``from``) reports, or None."""
+    for exc in (error, error.__cause__):
+        if isinstance(exc, Missing):
+            return exc.path
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            return os.fsdecode(exc.filename)
+    return None
 
 
 class Collector:

@@ -124,15 +124,33 @@ class Diskstats(Collector):
         key = (device, major, minor)
         cached = self._info.get(key)
         if cached is None or now - cached[0] > INFO_REFRESH_SECONDS:
-            props = {}
-            text = read_once(f"{self.udev_data}/b{major}:{minor}") or ""
-            for line in text.splitlines():
-                if line.startswith("E:"):
-                    k, sep, v = line[2:].partition("=")
-                    if sep:
-                        props[k] = v
-            cached = self._info[key] = (now, _udev_series(device, major, minor, props))
+            cached = self._info[key] = (now, self._read_info(device, major, minor))
         return cached[1]
+
+    def _read_info(self, device: str, major: str, minor: str) -> list[tuple]:
+        """The disk's info series from its udev data (none there: the series without its properties)."""
+        props = {}
+        text = read_once(f"{self.udev_data}/b{major}:{minor}") or ""
+        for line in text.splitlines():
+            if line.startswith("E:"):
+                k, sep, v = line[2:].partition("=")
+                if sep:
+                    props[k] = v
+        return _udev_series(device, major, minor, props)
+
+    def _renew(self, now: float) -> float | None:
+        """At the compiled program's deadline: every kept disk's udev data read again.  The next deadline when
+        it gives the series it gave (the program's bytes stand), else None: the program is dropped and the
+        Python path publishes the new series (from what this read)."""
+        unchanged = True
+        for key, (_, series) in list(self._info.items()):
+            fresh = self._read_info(*key)
+            self._info[key] = (now, fresh)
+            unchanged = unchanged and fresh == series
+        if not unchanged:
+            return None
+        self._program_made = now
+        return now + INFO_REFRESH_SECONDS
 
     def collect(self, out: Sample) -> None:
         rows = []
@@ -201,7 +219,7 @@ class Diskstats(Collector):
                 built.row("disks", i, key, fields[width * i + k])
         built.scalar("disk_read_bytes_total", built.total(fields[2::width]))
         built.scalar("disk_written_bytes_total", built.total(fields[3::width]))
-        built.until(self._program_made + INFO_REFRESH_SECONDS)
+        built.until(self._program_made + INFO_REFRESH_SECONDS, self._renew)
         return True
 
     def _make_program(self, raw: bytes, shape: numbers.Shape, series: list[tuple], rows: list[dict],

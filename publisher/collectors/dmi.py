@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, register
+from shm_metrics.publisher.collectors import Collector, Context, Missing, Sample, gauge, register
 from shm_metrics.publisher.collectors.sysfs_util import go_text, sys_read_raw
 
 HELP = ("A metric with a constant '1' value labeled by bios_date, bios_release, bios_vendor, bios_version, "
@@ -52,7 +52,7 @@ class Dmi(Collector):
             if raw is not None:  # unreadable (root-only serials): no such label, as there
                 values[label] = go_text(raw).strip()
         if not values:
-            raise LookupError(f"no DMI information in {root}")
+            raise Missing(f"no DMI information in {root}", root)
         self._info = (gauge("node_dmi_info", HELP, *values), tuple(values.values()))
         self.families = (self._info[0],)
 

@@ -18,7 +18,16 @@ import os
 from functools import partial
 
 from shm_metrics.families import FamilyInfo
-from shm_metrics.publisher.collectors import Collector, Context, Sample, gauge, read_once, register, untyped
+from shm_metrics.publisher.collectors import (
+    Collector,
+    Context,
+    Missing,
+    Sample,
+    gauge,
+    read_once,
+    register,
+    untyped,
+)
 from shm_metrics.publisher.collectors._go_order import add_parts_in_go_order
 from shm_metrics.publisher.collectors.learned import LearnedGroup
 
@@ -95,7 +104,7 @@ class Zfs(Collector):
         super().__init__(ctx)
         self._base = f"{ctx.procfs}/spl/kstat/zfs"
         if not os.path.isdir(self._base):
-            raise LookupError(f"{self._base}: no ZFS module")
+            raise Missing(f"{self._base}: no ZFS module", self._base)
         self._subsystems = []  # (subsystem, file name, kept-open file)
         for subsystem, filename in SUBSYSTEM_FILES.items():
             try:
