@@ -229,7 +229,8 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
         "what appears after start (a module loaded, a chip or disk plugged in) is published without a restart"))
     late.add_argument("--collector.retry-interval", dest="retry_interval", type=_period, default=RETRY_SECONDS,
                       metavar="SECONDS", help="how often a collector unavailable at start (its files missing) is "
-                                              "tried again (default: %(default)g)")
+                                              "tried again once what it lacked exists, and every tenth time "
+                                              "anyway (default: %(default)g)")
     late.add_argument("--collector.rescan-interval", dest="rescan_interval", type=_period, default=RESCAN_SECONDS,
                       metavar="SECONDS", help="how often collectors list their devices again: hwmon chips, "
                                               "thermal zones, nvme... (default: %(default)g; interfaces, disks and "
