@@ -17,6 +17,7 @@ message queue has a unique name and is removed; ``Lab.close`` checks.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -213,20 +214,32 @@ def free_port() -> int:
 
 
 def connect(port: int) -> http.client.HTTPConnection:
-    """The one client every scrape uses: http.client, keep-alive, no gzip (neither server compresses then)."""
+    """The one client every scrape uses: http.client, keep-alive (no gzip unless ``get`` asks for it)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return conn
 
 
-def get(conn: http.client.HTTPConnection, path: str = "/metrics") -> bytes:
-    conn.request("GET", path)
+# What Prometheus (2.x, its scrape defaults) sends with every scrape: it asks for gzip, and both servers then
+# compress (node_exporter's promhttp at gzip's default level, shm-exporter at level 1).
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+              "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+    "User-Agent": "Prometheus/2.45.0",
+    "X-Prometheus-Scrape-Timeout-Seconds": "10",
+}
+
+
+def get(conn: http.client.HTTPConnection, path: str = "/metrics", headers: dict[str, str] | None = None) -> bytes:
+    """The body of a GET (``headers``: e.g. PROMETHEUS_HEADERS), decompressed when the server sent it gzipped."""
+    conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
     if resp.status != 200:
         raise RuntimeError(f"GET {path}: HTTP {resp.status}")
-    return body
+    return gzip.decompress(body) if resp.getheader("Content-Encoding") == "gzip" else body
 
 
 def wait_http(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
