@@ -65,6 +65,7 @@ RETRY_SECONDS = 30.0
 # of a compiled one (~1.3 ms of CPU at 1 Hz instead of ~0.3), where looking for the files costs a stat each.
 RETRY_ALL_AFTER = 10
 _FAMILIES = attrgetter("families")
+_RUN, _SKIP, _DUE, _REPLAY = "run", "skip", "due", "replay"  # Sampler._grid_role
 
 
 class Sampler:
@@ -136,6 +137,10 @@ class Sampler:
         self._versions = [0, 0]
         self._scanning = False  # whether the latest sample ran the per-process scan (a viewer asked)
         self._plans: dict[tuple[bool, int, int], tuple] = {}
+        # Whether a grid sample without the scan would run a collector beyond the CORE ones (grid_compilable),
+        # by (collectors, collectors that ran): both only grow, so equal counts are the same sets.  Not by the
+        # plan's key, which every full sample changes: the plan made again cost ~170 us cold after each scrape.
+        self._none_due: tuple[tuple[int, int], bool] | None = None
         self.last_full_time = 0.0  # Unix time the latest full sample began
         # Family name -> function filling a Sample (the benchmark times each entry separately).
         self.families = {c.name: _filler(c) for c in self.collectors}
@@ -343,15 +348,15 @@ class Sampler:
         scalars: dict[str, float | int] = {}
         arrays: dict[str, list[dict]] = {}
         for c in self.collectors:
-            cached = self._cached.get(c.name)
-            if c.tier == CORE and not c.refresh_seconds:
+            role = self._grid_role(c, scan)
+            if role is _RUN:
                 run.append(c)
-            elif c.tier == PROCESS_SCAN and not scan and cached is None:
-                continue  # not asked for yet: nothing to run or replay
-            elif c.tier == CORE or (c.tier == PROCESS_SCAN and scan) or cached is None:
+            elif role is _SKIP:
+                continue
+            elif role is _DUE:
                 due.append(c)
             else:
-                part = cached[1]
+                part = self._cached[c.name][1]
                 scalars.update(part.scalars)
                 if c.tier != PROCESS_SCAN:  # the per-process tables only from a scan of this very sample
                     arrays.update((name, rows) for name in ARRAYS if (rows := getattr(part, name)))
@@ -363,6 +368,19 @@ class Sampler:
         if block is None or len(with_series) != len(kept_parts) or not all(map(is_, with_series, kept_parts)):
             block = tuple(row for part in parts for row in part.sampled_series())
         return run, fills, due, scalars, list(arrays.items()), block
+
+    def _grid_role(self, c: Collector, scan: bool) -> str:
+        """What a grid sample does with a collector: runs it every time (the CORE ones), skips it (the per-process
+        scan nobody asked for yet), runs it when due (a CORE one with a refresh, the scan while asked for, one
+        that never ran), or replays its last output."""
+        if c.tier == CORE and not c.refresh_seconds:
+            return _RUN
+        never_ran = c.name not in self._cached
+        if c.tier == PROCESS_SCAN and not scan and never_ran:
+            return _SKIP  # not asked for yet: nothing to run or replay
+        if c.tier == CORE or (c.tier == PROCESS_SCAN and scan) or never_ran:
+            return _DUE
+        return _REPLAY
 
     def _run(self, c: Collector, out: Sample, fast: bool = False) -> int:
         """Run one collector into ``out`` (through its fast path when ``fast``: the CORE collectors, whose
@@ -413,7 +431,10 @@ class Sampler:
         the CORE collectors alone, no collector is due for a retry, none is due to run."""
         if self._retry_ready(now) or self._status is None or self._pending is not None:
             return False
-        return not self._plan_for(False)[2]
+        key = (len(self.collectors), len(self._cached))
+        if self._none_due is None or self._none_due[0] != key:
+            self._none_due = (key, all(self._grid_role(c, False) is not _DUE for c in self.collectors))
+        return self._none_due[1]
 
     def compile(self, built: Builder) -> str | None:
         """The CORE collectors' grid sample described to ``built`` (publisher/compiled.py); None, or why
