@@ -171,10 +171,11 @@ class Sampler:
                               for fam in (c.families if c.tier != CORE else c.on_demand))
 
     def retry_unavailable(self) -> list[str]:
-        """Try the collectors unavailable so far again (``sample()`` does every ``retry_seconds``);
-        those that start now join in registry order.  Returns their names."""
+        """Try the collectors unavailable so far again (``sample()`` does when ``_retry_ready``); those that
+        start now join in registry order, the next retry is ``retry_seconds`` away.  Returns their names."""
         started = []
         self._retries_skipped = 0
+        self._next_retry = time.monotonic() + self.retry_seconds
         for cls in list(self._retry):
             del self._retry[cls]
             collector = self._start(cls, quiet=True)
@@ -237,7 +238,6 @@ class Sampler:
             out.full_time = self.last_full_time = time.time() if wall_time is None else wall_time
             return out
         if self._retry_ready(time.monotonic()):
-            self._next_retry = time.monotonic() + self.retry_seconds
             self.retry_unavailable()
         if scan != self._scanning:
             self._scanning = scan
