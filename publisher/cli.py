@@ -25,7 +25,7 @@ from shm_metrics.publisher import switches
 from shm_metrics.publisher.collectors import RESCAN_SECONDS, collector_names, numbers, selected
 from shm_metrics.publisher.compiled import CompiledGrid
 from shm_metrics.publisher.demand import DemandChannel, open_channel
-from shm_metrics.publisher.filters import Filters
+from shm_metrics.publisher.filters import DISK_EXCLUDE, FS_TYPE_EXCLUDE, MOUNT_POINT_EXCLUDE, NET_EXCLUDE, Filters
 from shm_metrics.publisher.sampler import RETRY_SECONDS, Sampler
 from shm_metrics.publisher.segment import NameInUse, OwnedSegment
 from shm_metrics.readers.cliargs import (
@@ -250,14 +250,14 @@ def build_parser(names: dict[str, bool] | None = None) -> argparse.ArgumentParse
     # Default None: an include given alone then replaces the default exclude (node_exporter has them mutually
     # exclusive, and Debian's default net exclude would otherwise make --collector.netdev.device-include fail).
     for options, dest, default, what in (
-            (("--disk-exclude", "--collector.diskstats.device-exclude"), "disk_exclude", Filters.disk_exclude,
+            (("--disk-exclude", "--collector.diskstats.device-exclude"), "disk_exclude", DISK_EXCLUDE,
              "block devices left out"),
             (("--collector.diskstats.device-include",), "disk_include", "", "only these block devices"),
             (("--mount-points-exclude", "--collector.filesystem.mount-points-exclude"), "mount_points_exclude",
-             Filters.mount_point_exclude, "mount points left out"),
+             MOUNT_POINT_EXCLUDE, "mount points left out"),
             (("--fs-types-exclude", "--collector.filesystem.fs-types-exclude"), "fs_types_exclude",
-             Filters.fs_type_exclude, "filesystem types left out"),
-            (("--net-exclude", "--collector.netdev.device-exclude"), "net_exclude", Filters.net_exclude,
+             FS_TYPE_EXCLUDE, "filesystem types left out"),
+            (("--net-exclude", "--collector.netdev.device-exclude"), "net_exclude", NET_EXCLUDE,
              "network interfaces left out"),
             (("--collector.netdev.device-include",), "net_include", "", "only these network interfaces")):
         flt.add_argument(*options, dest=dest, type=_regex, default=None, metavar="REGEX",
@@ -271,15 +271,15 @@ def filters_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Fil
     exclusive, with an include given alone replacing the default exclude."""
     values = {}
     for kind, exclude_dest, default, exclude_flag in (
-            ("disk", "disk_exclude", Filters.disk_exclude, "--collector.diskstats.device-exclude"),
-            ("net", "net_exclude", Filters.net_exclude, "--collector.netdev.device-exclude")):
+            ("disk", "disk_exclude", DISK_EXCLUDE, "--collector.diskstats.device-exclude"),
+            ("net", "net_exclude", NET_EXCLUDE, "--collector.netdev.device-exclude")):
         include, exclude = getattr(args, f"{kind}_include"), getattr(args, exclude_dest)
         if include and exclude:
             parser.error(f"{exclude_flag} and {exclude_flag.replace('exclude', 'include')} are mutually exclusive")
         values[exclude_dest] = ("" if include else default) if exclude is None else exclude
         values[f"{kind}_include"] = include or ""
-    mounts = Filters.mount_point_exclude if args.mount_points_exclude is None else args.mount_points_exclude
-    fstypes = Filters.fs_type_exclude if args.fs_types_exclude is None else args.fs_types_exclude
+    mounts = MOUNT_POINT_EXCLUDE if args.mount_points_exclude is None else args.mount_points_exclude
+    fstypes = FS_TYPE_EXCLUDE if args.fs_types_exclude is None else args.fs_types_exclude
     return Filters(values["disk_exclude"], mounts, fstypes, values["net_exclude"],
                    disk_include=values["disk_include"], net_include=values["net_include"])
 

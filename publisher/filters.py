@@ -11,7 +11,6 @@ the publisher's command line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 DISK_EXCLUDE = r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
 MOUNT_POINT_EXCLUDE = r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
@@ -25,25 +24,24 @@ def _compile(pattern: str) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
-@dataclass
 class Filters:
-    disk_exclude: str = DISK_EXCLUDE
-    mount_point_exclude: str = MOUNT_POINT_EXCLUDE
-    fs_type_exclude: str = FS_TYPE_EXCLUDE
-    net_exclude: str = NET_EXCLUDE
-    # node_exporter's device-include: when set, only matching devices are sampled (the CLI empties the
-    # exclude when only the include is given, as node_exporter has them mutually exclusive).
-    disk_include: str = ""
-    net_include: str = ""
+    """Which disks, mounts and interfaces the collectors sample (node_exporter's exclude and include flags)."""
 
-    def __post_init__(self) -> None:
-        # re.error propagates: the CLI turns it into a usage error.
-        self._disk = _compile(self.disk_exclude)
-        self._mount = _compile(self.mount_point_exclude)
-        self._fstype = _compile(self.fs_type_exclude)
-        self._net = _compile(self.net_exclude)
-        self._disk_in = _compile(self.disk_include)
-        self._net_in = _compile(self.net_include)
+    def __init__(self, disk_exclude: str = DISK_EXCLUDE, mount_point_exclude: str = MOUNT_POINT_EXCLUDE,
+                 fs_type_exclude: str = FS_TYPE_EXCLUDE, net_exclude: str = NET_EXCLUDE,
+                 disk_include: str = "", net_include: str = "") -> None:
+        """node_exporter's device-include: when set, only matching devices are sampled (the CLI empties the
+        exclude when only the include is given, as node_exporter has them mutually exclusive).
+        re.error propagates: the CLI turns it into a usage error."""
+        self.disk_exclude, self.mount_point_exclude = disk_exclude, mount_point_exclude
+        self.fs_type_exclude, self.net_exclude = fs_type_exclude, net_exclude
+        self.disk_include, self.net_include = disk_include, net_include
+        self._disk = _compile(disk_exclude)
+        self._mount = _compile(mount_point_exclude)
+        self._fstype = _compile(fs_type_exclude)
+        self._net = _compile(net_exclude)
+        self._disk_in = _compile(disk_include)
+        self._net_in = _compile(net_include)
 
         # Device names repeat every sample (the filters run on each line of /proc/diskstats and net/dev):
         # each name's decision is kept, bounded (loop devices and veths come and go).

@@ -78,12 +78,11 @@ import os
 import pwd
 import re
 import resource
-import statistics
 import time
 from array import array
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shm_metrics.publisher.collectors.numbers import stat_states
 
@@ -98,8 +97,7 @@ _STATE, _UTIME, _STIME, _NUM_THREADS, _STARTTIME, _RSS = 0, 11, 12, 17, 19, 21
 _SPLITS = _RSS + 1  # split no further than rss: the other ~30 fields are never looked at
 
 
-@dataclass
-class ProcessScan:
+class ProcessScan(NamedTuple):
     """One scan: top rows by CPU and by RSS, and counts by state letter.
 
     Rows: pid, name (comm), user (of the effective uid), state, cpu_percent (100 = one CPU, since the previous
@@ -113,8 +111,7 @@ class ProcessScan:
     states: list[dict]  # {"state", "processes", "threads"} per state letter seen, sorted by letter
 
 
-@dataclass
-class ProcessCounts:
+class ProcessCounts(NamedTuple):
     """node_exporter's processes collector's counts (``ProcessCounter.count``)."""
 
     procs_total: int  # processes whose stat was read
@@ -750,4 +747,4 @@ def time_scan(table: ProcessTable, rounds: int) -> float:
         t0 = time.perf_counter()
         table.scan()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return sorted(times)[len(times) // 2]

@@ -25,7 +25,6 @@ import logging
 import mmap
 import os
 import re
-import secrets
 import stat
 import struct
 import time
@@ -193,7 +192,7 @@ def _create_temp_locked(path: str) -> tuple[int, str]:
     opened; we draw another name instead.
     """
     for _ in range(5):
-        temp = f"{path}.gen-{secrets.token_hex(8)}"
+        temp = f"{path}.gen-{os.urandom(8).hex()}"
         try:
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -402,7 +401,8 @@ class OwnedSegment:
         values = {
             "magic": bytes(8), "layout_version": L.LAYOUT_VERSION, "header_size": layout.header_size,
             "total_size": layout.total_size, "table_hash": L.TABLE_HASH,
-            "instance_id": secrets.randbits(64), "publisher_pid": os.getpid(), "state": L.STATE_STARTING,
+            "instance_id": int.from_bytes(os.urandom(8), "little"), "publisher_pid": os.getpid(),
+            "state": L.STATE_STARTING,
             "publisher_start_time": time.time(), "interval_seconds": interval,
             "section_count": len(L.SECTIONS), "section_size": L.SECTION.size,
             "sections_offset": layout.sections_offset,

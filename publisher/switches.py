@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shm_metrics.readers.cliargs import paragraph
 
@@ -49,8 +49,7 @@ ELSEWHERE = {"textfile": "the textfile collector runs in shm-exporter at scrape 
                          "give --collector.textfile.directory to shm-exporter"}
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One node_exporter per-collector option this publisher accepts."""
 
     flag: str  # node_exporter's flag without "--collector.": the key in Context.options

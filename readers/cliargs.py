@@ -134,13 +134,14 @@ def setup_logging(args: argparse.Namespace, stream: object = None) -> None:
 def _log_fields(record: logging.LogRecord) -> list[tuple[str, str]]:
     """go-kit's keys in promlog's order: ts (UTC, milliseconds), caller (file:line), level, msg; err when the
     record carries an exception."""
-    import datetime
     import os.path
+    import time
 
-    ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+    # time, not datetime: a long-running publisher would keep datetime's ~0.4 MiB for this one line.
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(record.created)) + f"{int(record.created % 1 * 1000):03d}Z"
     level = "warn" if record.levelno == 30 else "debug" if record.levelno < 20 else (
         "info" if record.levelno < 30 else "error")
-    fields = [("ts", ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"),
+    fields = [("ts", ts),
               ("caller", f"{os.path.basename(record.pathname)}:{record.lineno}"), ("level", level),
               ("msg", record.getMessage())]
     if record.exc_info:

@@ -19,6 +19,9 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+from conftest import wait_for
+
+from shm_metrics import shm_layout as L
 from shm_metrics.families import Family
 from shm_metrics.readers.exporter.exposition import build
 from shm_metrics.readers.exporter.render import FamilyRenderer, render_families
@@ -31,6 +34,9 @@ from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
 RETAINED_SLACK = 128 * 1024
 SAMPLES = 60
 ROOT = Path(__file__).resolve().parent.parent
+# Shared objects a publisher has no use for, each resident for as long as it runs (months): OpenSSL's libcrypto
+# (~3.4 MiB, through secrets -> hmac -> hashlib), decimal's (through statistics), datetime's (a log line's time).
+UNUSED_LIBRARIES = ("libcrypto", "_hashlib", "_decimal", "_datetime")
 
 
 @contextlib.contextmanager
@@ -90,6 +96,24 @@ def test_exporter_retains_nothing_sample_after_sample(name, start_publisher):
             conn.close()
     assert second - first < RETAINED_SLACK, f"the exporter kept {second - first} bytes more over {SAMPLES} samples"
     assert server._workers.threads == 1  # one keep-alive client: one worker, however many scrapes
+
+
+def test_the_publisher_maps_no_library_it_has_no_use_for(name, start_publisher):
+    """After grid samples, a full sample and the per-process scan (both asked for), and a log line, the
+    publisher's address space holds none of UNUSED_LIBRARIES: what it imports is what it uses."""
+    from shm_metrics.readers.reader import Reader
+
+    pub = start_publisher(name, "--interval", "0.1", "--log.level", "debug")
+    with Reader(name) as reader:
+        first = reader.read(arrays=False)
+        assert reader.ask(L.DEMAND_SCAN) and reader.ask(L.DEMAND_FULL)
+        wait_for(lambda: reader.read(arrays=False).full_sample_time > first.full_sample_time,
+                 what="a full sample asked for")
+        wait_for(lambda: reader.read().top_cpu, what="the per-process scan's table")
+    with open(f"/proc/{pub.pid}/maps") as f:
+        mapped = {line.split()[-1].rsplit("/", 1)[-1] for line in f if "/" in line}
+    unused = sorted(path for path in mapped for library in UNUSED_LIBRARIES if path.startswith(library))
+    assert not unused, f"the publisher mapped {unused}"
 
 
 def test_a_keep_alive_clients_next_request_needs_no_new_worker():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 from shm_metrics.publisher.collectors import Collector, Context, Sample, counter, gauge, register
 
@@ -52,7 +51,7 @@ class Timex(Collector):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter runs on
         self._adjtimex = libc.adjtimex
         self._adjtimex.argtypes = [ctypes.POINTER(_Timex)]
         self._buf = _Timex()
