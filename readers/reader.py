@@ -451,10 +451,12 @@ class Reader:
         views = {code: self._mv.cast(code) for code in ("Q", "d")}
         self._field_slots = {f.name: (views[f.code], layout.offset_of("scalars", f.name) // f.size)
                              for f in L.SCALARS.fields}
-        self._array_slots = [(rec, i, layout.offsets[i], layout.capacities[i])
+        # Per section read: its name, its count's place in the span, offset, record size and capacity.
+        self._array_slots = [(rec.name, _DIR_START + i * _DIR_WIDTH + _COUNT_POS, layout.offsets[i], rec.size,
+                              layout.capacities[i])
                              for rec, i in ((r, L.SECTION_INDEX[r.name])
                                             for r in (*L.SAMPLE_ARRAYS, *L.FAMILY_SECTIONS))]
-        self._count_limits = [(_DIR_START + i * _DIR_WIDTH + _COUNT_POS, cap) for _, i, _, cap in self._array_slots]
+        self._count_limits = [(at, cap) for _, at, _, _, cap in self._array_slots]
         self._valid_counts: tuple = ()  # the directory's counts as last validated: unchanged counts need no loop
         self._wake: tuple[int, str] | None = None  # (futex address or 0, reason), decided on first wait
 
@@ -614,13 +616,17 @@ class Reader:
     def _decode_arrays(self, values: tuple) -> dict[str, bytes] | None:
         # A copy of each array's valid rows, decoded later only if asked for: a
         # memcpy inside the seqlock is far cheaper than unpacking every row.
+        # A slice of the mapping is that copy (bytes); in pread mode, a view of the buffer the next read
+        # overwrites, copied at the end.
         out = {}
-        mv = self._mv
-        for rec, i, offset, capacity in self._array_slots:
-            count = values[_DIR_START + i * _DIR_WIDTH + _COUNT_POS]
+        source = self._mv if self._mm is None else self._mm
+        for name, at, offset, size, capacity in self._array_slots:
+            count = values[at]
             if count > capacity:
                 return None  # torn (retried) or corrupt (reported)
-            out[rec.name] = mv[offset:offset + count * rec.size].tobytes()
+            out[name] = source[offset:offset + count * size]
+        if self._mm is None:
+            return {name: rows.tobytes() for name, rows in out.items()}
         return out
 
     def read_field(self, name: str) -> int | float:
