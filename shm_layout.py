@@ -581,6 +581,8 @@ def open_checked(path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_resu
 _FLOCK = struct.Struct("@hhqqi4x")  # struct flock on 64-bit Linux: l_type l_whence l_start l_len l_pid
 _F_OFD_GETLK, _F_OFD_SETLK = 36, 37  # <fcntl.h>; Python's fcntl module has them only from 3.12 on some builds
 _F_RDLCK, _F_WRLCK, _F_UNLCK = 0, 1, 2
+# The liveness lock, taken by the publisher; the question a reader asks with F_OFD_GETLK (at every follower's sample).
+_WHOLE_FILE_WRITE_LOCK = _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 0, 0)
 
 
 def hold_liveness_lock(fd: int) -> None:
@@ -588,7 +590,7 @@ def hold_liveness_lock(fd: int) -> None:
     import fcntl
 
     try:
-        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        fcntl.fcntl(fd, _F_OFD_SETLK, _WHOLE_FILE_WRITE_LOCK)
     except OSError as exc:
         if exc.errno in (11, 13):  # EAGAIN, EACCES: held by another open file description
             raise BlockingIOError(exc.errno, "liveness lock held by another publisher") from None
@@ -602,7 +604,7 @@ def publisher_alive(fd: int) -> bool:
     """
     import fcntl
 
-    result = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(_F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    result = fcntl.fcntl(fd, _F_OFD_GETLK, _WHOLE_FILE_WRITE_LOCK)
     return _FLOCK.unpack(result)[0] != _F_UNLCK
 
 

@@ -477,7 +477,9 @@ class Reader:
         """
         if self._fd is None:
             raise NoSegment(f"not attached to {self.name}")
-        size = os.fstat(self._fd).st_size
+        # lseek to the end, not fstat: the same size without a stat_result object of 20 fields, at every
+        # sample of a follower (every read goes through pread or the mapping: the offset is not used).
+        size = os.lseek(self._fd, 0, os.SEEK_END)
         if size != self.size:
             raise IncompatibleSegment(f"{self.name}: the segment changed size under the reader "
                                       f"({self.size} -> {size} bytes): truncated by its owner?")
@@ -708,7 +710,7 @@ class Reader:
         while (now := time.monotonic()) < deadline and self._file_seq() == seq:
             if not address:
                 time.sleep(0.002)
-            elif self._futex_wait(address, seq, deadline - now) and self._file_seq() == seq:
+            elif self._futex_wait(seq, deadline - now) and self._file_seq() == seq:
                 time.sleep(0.002)  # back with nothing new (a signal, or a wait the kernel refused): never a spin
 
     # --- history
@@ -770,7 +772,6 @@ class Reader:
         if self._wake is None:
             from shm_metrics import shm_wake  # ctypes: only readers that wait pay for it
 
-            self._futex_wait = shm_wake.wait
             reason = shm_wake.UNAVAILABLE_REASON
             address = 0
             if self._pread:
@@ -782,6 +783,8 @@ class Reader:
                 if reason:
                     address = 0
             self._wake = (address, reason)
+            if address:
+                self._futex_wait = shm_wake.Waiter(address).wait
         return self._wake
 
     def _header_futex(self, shm_wake) -> tuple[int, str]:
@@ -803,27 +806,30 @@ class Reader:
         Sleeps in the kernel on the publisher's futex (no CPU while waiting,
         woken within microseconds of the write); polls every
         ``poll_interval()`` where the futex is unavailable.  True if it changed.
+        A mapped reader's size is checked before each look at ``seq`` (``check_size``), the last one just before
+        this returns: a ``read()`` right after it needs no check of its own.
         """
         address, _ = self._wake_method()
-        if self._pread:
-            current = self._file_seq
-        else:
-            def current(q=self._q, si=self._seq_index, i=self._i, state=self._state_index,
-                        check_size=self.check_size) -> int | None:
-                check_size()  # asleep for up to ``timeout``: the file may have been truncated meanwhile
-                if i[state] == L.STATE_REPLACED:
-                    return None  # seq stays put in a replaced generation: the next sample is in the new one
-                return q[si]
+        current = self._file_seq if self._pread else self._mapped_seq
         deadline = time.monotonic() + timeout
         while current() == seq:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             if address:
-                self._futex_wait(address, seq, remaining)
+                self._futex_wait(seq, remaining)
             else:
                 time.sleep(min(self.poll_interval(), remaining))
         return True
+
+    def _mapped_seq(self) -> int | None:
+        """``seq`` in the mapping, the file's size checked first (a wait sleeps for up to its timeout: the file
+        may have been truncated meanwhile); None in a replaced generation, whose seq stays put (the next
+        sample is in the new one)."""
+        self.check_size()
+        if self._i[self._state_index] == L.STATE_REPLACED:
+            return None
+        return self._q[self._seq_index]
 
     def poll_interval(self) -> float:
         """The fallback poll period: 1/20 of the interval, within 2-100 ms."""
@@ -843,6 +849,10 @@ class Reader:
         status = None
         last = None
         last_identity_check = 0.0
+        size_checked = False  # by wait_for_sample(), last thing: the read after it needs no check
+        # Whether seq moved in the last wait: a publisher that just published lives, and its liveness lock
+        # (a system call) is tested only when no sample came (the first read, a wait that timed out).
+        woken = False
 
         def say(text: str) -> None:
             nonlocal status
@@ -863,8 +873,10 @@ class Reader:
                     time.sleep(0.5)
                     continue
             try:
-                self.check_size()  # a mapping kept for long: never touch pages a truncation took away
-                snap = self.read(arrays=arrays, check_alive=True)
+                if not size_checked:
+                    self.check_size()  # a mapping kept for long: never touch pages a truncation took away
+                size_checked = False
+                snap = self.read(arrays=arrays, check_alive=not woken)
             except SegmentBusy as exc:
                 say(str(exc))
                 snap = None
@@ -873,18 +885,18 @@ class Reader:
                 self.close()
                 time.sleep(0.5)
                 continue
+            fresh = snap is not None and snap.is_fresh(max_age)
             key = (self.instance_id, snap.seq) if snap else None
-            if snap and snap.is_fresh(max_age) and key != last:
+            if fresh and key != last:
                 last = key
                 status = None
                 yield snap
-            elif snap and (snap.seq > 0 or snap.state == STATE_DEAD) and not snap.is_fresh(max_age):
+            elif snap and (snap.seq > 0 or snap.state == STATE_DEAD) and not fresh:
                 from shm_metrics.readers.format import describe_not_fresh  # presentation: only when said
 
                 say(f"{describe_not_fresh(snap, max_age)}; waiting for new samples")
             now = time.monotonic()
-            stalled = snap is None or not snap.is_fresh(max_age)
-            if stalled or now - last_identity_check > 1.0:
+            if not fresh or now - last_identity_check > 1.0:
                 last_identity_check = now
                 if self.replaced():
                     self.close()
@@ -893,7 +905,8 @@ class Reader:
             # so look at the name and the sample's age at least this often.
             limit = (snap.max_age() if max_age is None else max_age) if snap else 1.0
             try:
-                self.wait_for_sample(snap.seq if snap else self.seq, min(1.0, max(limit / 2, 0.01)))
+                woken = self.wait_for_sample(snap.seq if snap else self.seq, min(1.0, max(limit / 2, 0.01)))
+                size_checked = True
             except IncompatibleSegment as exc:
                 say(f"waiting: {exc}")
                 self.close()
