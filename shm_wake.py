@@ -89,9 +89,8 @@ def wake_all(address: int) -> int:
 
 
 class Waiter:
-    """``wait`` on one address, with its ctypes arguments made once: a reader waits at every sample, and
-    building them at each call (the address, the timespec and a reference to it) was a good part of a
-    follower's CPU per sample with cold caches (Q7)."""
+    """Waits on one address, with the ctypes arguments made once (the address, the timespec and a reference
+    to it): a follower waits at every sample, where each Python step is paid with cold caches (Q7)."""
 
     def __init__(self, address: int) -> None:
         self._address = ctypes.c_void_p(address)
