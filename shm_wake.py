@@ -90,7 +90,8 @@ def wake_all(address: int) -> int:
 
 class Waiter:
     """Waits on one address, with the ctypes arguments made once (the address, the timespec and a reference
-    to it): a follower waits at every sample, where each Python step is paid with cold caches (Q7)."""
+    to it): a follower waits at every sample, where each Python step is paid with cold caches (Q7).  One thread
+    at a time (a Reader's): the timespec is shared between its calls."""
 
     def __init__(self, address: int) -> None:
         self._address = ctypes.c_void_p(address)

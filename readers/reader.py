@@ -616,10 +616,9 @@ class Reader:
         return int.from_bytes(raw, "little")
 
     def _decode_arrays(self, values: tuple) -> dict[str, bytes] | None:
-        # A copy of each array's valid rows, decoded later only if asked for: a
-        # memcpy inside the seqlock is far cheaper than unpacking every row.
-        # A slice of the mapping is that copy (bytes); in pread mode, a view of the buffer the next read
-        # overwrites, copied at the end.
+        # A copy of each array's valid rows, decoded later only if asked for: a memcpy inside the seqlock is far
+        # cheaper than unpacking every row.  A slice of the mapping is that copy (bytes); in pread mode, a view
+        # of the buffer (which the next read overwrites), copied at the end.
         out = {}
         source = self._mv if self._mm is None else self._mm
         for name, at, offset, size, capacity in self._array_slots:

@@ -28,6 +28,7 @@ from shm_metrics.readers.exporter.render import FamilyRenderer, render_families
 from shm_metrics.readers.exporter.server import App, ExporterServer, _WorkerPool
 from shm_metrics.readers.exporter.source import SegmentSource
 from shm_metrics.readers.exporter.webconfig import WebConfigWatcher
+from shm_metrics.readers.reader import Reader
 
 # Python allocations the exporter may gain between two equal runs of SAMPLES new samples: 5-20 KiB measured.
 # The cache of every value ever formatted that issue 15 removed kept ~430 KiB more per 60 samples at 100 Hz.
@@ -101,8 +102,6 @@ def test_exporter_retains_nothing_sample_after_sample(name, start_publisher):
 def test_the_publisher_maps_no_library_it_has_no_use_for(name, start_publisher):
     """After grid samples, a full sample and the per-process scan (both asked for), and a log line, the
     publisher's address space holds none of UNUSED_LIBRARIES: what it imports is what it uses."""
-    from shm_metrics.readers.reader import Reader
-
     pub = start_publisher(name, "--interval", "0.1", "--log.level", "debug")
     with Reader(name) as reader:
         first = reader.read(arrays=False)
